@@ -1,0 +1,3 @@
+from metrology.cli import main
+
+raise SystemExit(main())
