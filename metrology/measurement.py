@@ -1,0 +1,124 @@
+"""The plain results object the solver hands to analysis, verdict, report and audit layers.
+
+No torch tensors here: numpy arrays and floats only, so downstream layers never import the
+physics. Produced by :func:`metrology.solver.uncertainty.measurement_from_fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class StationEstimate:
+    """One scalar station parameter with its standard uncertainty.
+
+    ``name`` is a stable label such as ``"illumination.shift_mm[0]"``; ``unit`` e.g. ``"mm"``.
+    """
+
+    name: str
+    label: str
+    unit: str
+    value: float
+    u: float
+    nominal: float = 0.0
+
+
+@dataclass
+class DataQuality:
+    """Data-quality findings of a capture.
+
+    ``flags`` holds ``(code, message, severity)`` with severity ``"error"`` (blocks a PASS) or
+    ``"warning"``.
+    """
+
+    saturated_fraction: float = 0.0
+    hot_pixels: int = 0
+    blank_frames: list = field(default_factory=list)
+    flags: list = field(default_factory=list)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(sev == "error" for _, _, sev in self.flags)
+
+
+@dataclass
+class Identifiability:
+    """Correlations of the fitted parameters at the solution (from the Jacobian)."""
+
+    names: list
+    correlation: np.ndarray
+    condition_number: float
+    strong_pairs: list = field(default_factory=list)  # (name_a, name_b, correlation)
+    unidentifiable: list = field(default_factory=list)  # names the data cannot separate
+
+    @property
+    def max_abs_correlation(self) -> float:
+        c = np.abs(self.correlation - np.diag(np.diag(self.correlation)))
+        return float(c.max()) if c.size else 0.0
+
+
+@dataclass
+class SolverReport:
+    """How the fit went."""
+
+    mode: str
+    loss_name: str
+    iterations: int
+    converged: bool
+    final_loss: float
+    history: list
+    reduced_chi2: float
+    frame_residuals: np.ndarray  # (J,) RMS residual per frame / noise sigma
+    message: str = ""
+    wall_time_s: float = 0.0
+
+
+@dataclass
+class Measurement:
+    """Everything measured from one capture.
+
+    Attributes
+    ----------
+    wavelength_nm, na : float
+        Of the lens under test.
+    tile_center_mm : (float, float)
+        Field position of the tile.
+    zernike_waves : ndarray, shape (K,)
+        Noll 1..K pupil phase coefficients (waves). Noll 1-4 are alignment terms (held at 0 in
+        the pupil; tilt and defocus are reported as sample position and defocus).
+    zernike_cov : ndarray, shape (K, K)
+        Covariance of ``zernike_waves`` (waves^2), Type A and Type B combined.
+    station : list of StationEstimate
+        Station misalignment and sample pose with uncertainties.
+    pupil_amplitude : ndarray, shape (P, P)
+        Pupil amplitude on a normalised grid covering the unit disk (for reports).
+    solver, quality, identifiability
+        See the classes above.
+    arrays : dict
+        Optional arrays for reports (sample transmission, frames, residual maps, LED data).
+    """
+
+    wavelength_nm: float
+    na: float
+    tile_center_mm: tuple
+    zernike_waves: np.ndarray
+    zernike_cov: np.ndarray
+    station: list
+    solver: SolverReport
+    quality: DataQuality
+    identifiability: Identifiability
+    pupil_amplitude: np.ndarray | None = None
+    arrays: dict = field(default_factory=dict)
+
+    @property
+    def zernike_u(self) -> np.ndarray:
+        return np.sqrt(np.clip(np.diag(self.zernike_cov), 0, None))
+
+    def station_value(self, name: str) -> StationEstimate:
+        for s in self.station:
+            if s.name == name:
+                return s
+        raise KeyError(name)
