@@ -1,0 +1,120 @@
+"""Jacobian of the whitened residuals with respect to the free system parameters.
+
+Forward-mode automatic differentiation (``torch.func.jvp`` batched with ``vmap``) gives one
+Jacobian column per tangent. Per-LED brightness affects only its own frame, so a single tangent
+(all brightnesses at once) yields all of their columns ("column compression"). The products
+``J^T J`` and ``J^T r`` are accumulated directly; the full Jacobian is never stored.
+
+Residuals are whitened amplitude residuals ``r = 2 sqrt(g) (sqrt(M + c) - sqrt(D + c))`` (unit
+variance under shot and read noise), so ``J^T J`` is the Fisher information of the parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, jvp, vmap
+
+from metrology.solver.losses import _offset
+
+BRIGHTNESS = "illumination.brightness"
+
+
+@dataclass
+class Columns:
+    """The free scalar parameters: one entry per Jacobian column."""
+
+    names: list  # e.g. "pupil.zernike_waves[5]"
+    paths: list  # parameter path of each column
+    flat_index: list  # element of the parameter
+
+
+def columns_for(model, specs) -> Columns:
+    names, paths, idx = [], [], []
+    for s in specs:
+        p = model.parameter(s.path)
+        elems = range(p.numel()) if s.indices is None else s.indices
+        for k in elems:
+            label = s.path if p.dim() == 0 else f"{s.path}[{k}]"
+            names.append(label)
+            paths.append(s.path)
+            idx.append(int(k))
+    return Columns(names, paths, idx)
+
+
+def whitened_residual(model_out, data, noise):
+    c = _offset(noise.gain_e_per_count, noise.read_noise_counts)
+    return 2 * noise.gain_e_per_count**0.5 * (torch.sqrt(model_out.clamp(min=0.0) + c) - torch.sqrt(data.clamp(min=0.0) + c))
+
+
+def normal_equations(model, data, mask, noise, specs, chunk: int = 6):
+    """``J^T J``, ``J^T r`` and ``r^T r`` over the valid pixels, for the free elements of ``specs``.
+
+    Parameters
+    ----------
+    model : StationModel
+    data, mask : Tensor, shape (J, n, n)
+    noise : NoiseModel
+    specs : list of ParameterSpec
+        Free parameters (sample fields excluded).
+    chunk : int
+        Tangents evaluated together (memory / speed trade-off).
+
+    Returns
+    -------
+    jtj : Tensor (P, P) float64
+    jtr : Tensor (P,) float64
+    rtr : float
+    columns : Columns
+    """
+    cols = columns_for(model, specs)
+    paths = list(dict.fromkeys(s.path for s in specs))
+    primals = tuple(model.parameter(p).detach() for p in paths)
+    valid = mask > 0
+
+    def f(*vals):
+        out = functional_call(model, dict(zip(paths, vals)), ())
+        return whitened_residual(out, data, noise) * mask
+
+    # tangents: all non-brightness columns one by one, brightness compressed into one tangent
+    plain = [i for i, p in enumerate(cols.paths) if p != BRIGHTNESS]
+    bright = [i for i, p in enumerate(cols.paths) if p == BRIGHTNESS]
+    tangent_defs = [[i] for i in plain] + ([bright] if bright else [])
+    with torch.no_grad():
+        r = f(*primals)
+    outs = []
+    for s in range(0, len(tangent_defs), chunk):
+        group = tangent_defs[s : s + chunk]
+        tans = []
+        for pi, path in enumerate(paths):
+            t = torch.zeros((len(group),) + primals[pi].shape, dtype=primals[pi].dtype)
+            for gi, members in enumerate(group):
+                for ci in members:
+                    if cols.paths[ci] == path:
+                        t[gi].view(-1)[cols.flat_index[ci]] = 1.0
+            tans.append(t)
+        tan_out = vmap(lambda *tt: jvp(f, primals, tuple(tt))[1])(*tans)
+        outs.append(tan_out.detach())
+    t_all = torch.cat(outs).double()  # (T, J, n, n)
+    r = r.double()
+    n_plain = len(plain)
+    p_total = len(cols.names)
+    jtj = torch.zeros((p_total, p_total), dtype=torch.float64)
+    jtr = torch.zeros(p_total, dtype=torch.float64)
+    tp = t_all[:n_plain].reshape(n_plain, -1)
+    pi = torch.as_tensor(plain, dtype=torch.long)
+    jtj[pi[:, None], pi[None, :]] = tp @ tp.T
+    jtr[pi] = tp @ r.reshape(-1)
+    if bright:
+        bt = t_all[n_plain]  # (J, n, n): column j lives in frame j
+        bi = torch.as_tensor(bright, dtype=torch.long)
+        leds = torch.as_tensor([cols.flat_index[i] for i in bright], dtype=torch.long)
+        bcol = bt[leds]  # (Jb, n, n)
+        jtj[bi, bi] = (bcol**2).sum(dim=(-2, -1))
+        cross = torch.einsum("pjxy,jxy->pj", t_all[:n_plain][:, leds], bcol)
+        jtj[pi[:, None], bi[None, :]] = cross
+        jtj[bi[:, None], pi[None, :]] = cross.T
+        jtr[bi] = (bcol * r[leds]).sum(dim=(-2, -1))
+    del valid
+    return jtj, jtr, float((r**2).sum()), cols

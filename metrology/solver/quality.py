@@ -1,0 +1,105 @@
+"""Data quality of a capture: saturation, hot pixels, blank frames; the fit mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.ndimage import median_filter
+
+from metrology.measurement import DataQuality
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """The camera's noise, in counts.
+
+    Parameters
+    ----------
+    gain_e_per_count : float
+        Photo-electrons per count.
+    read_noise_counts : float
+        Read noise standard deviation (counts).
+    saturation_counts : float or None
+        Full scale; pixels at or above it are saturated (None: no saturation, e.g. HDR data).
+    """
+
+    gain_e_per_count: float = 1.0
+    read_noise_counts: float = 1.0
+    saturation_counts: float | None = None
+
+
+def estimate_background(frames: np.ndarray) -> float:
+    """Background (counts): a low percentile of the darkest frames' pixels."""
+    means = frames.reshape(frames.shape[0], -1).mean(axis=1)
+    dark = frames[np.argsort(means)[: max(1, frames.shape[0] // 10)]]
+    return float(np.percentile(dark, 5))
+
+
+def hot_pixel_mask(frames: np.ndarray, noise: NoiseModel, background: float) -> np.ndarray:
+    """Pixels stuck high in most frames (``(n, n)`` bool).
+
+    A pixel is hot when its median over frames exceeds the 3x3 median of its neighbours' medians by
+    more than 10 sigma of the noise there and by 50 %.
+    """
+    med = np.median(frames, axis=0)
+    local = median_filter(med, size=3, mode="nearest")
+    sigma = np.sqrt(np.clip(local - background, 0, None) / noise.gain_e_per_count + noise.read_noise_counts**2)
+    return (med - local > 10 * sigma) & (med > 1.5 * np.maximum(local, background + 1e-9))
+
+
+def assess(frames: np.ndarray, noise: NoiseModel, background: float) -> tuple[np.ndarray, DataQuality]:
+    """Mask (J, n, n) of pixels to fit and the data-quality findings (before the fit).
+
+    Blank frames are found after the geometry is known (:func:`blank_frames`).
+    """
+    mask = np.ones(frames.shape, dtype=bool)
+    quality = DataQuality()
+    if noise.saturation_counts is not None:
+        sat = frames >= noise.saturation_counts
+        mask &= ~sat
+        quality.saturated_fraction = float(sat.mean())
+        if sat.any():
+            quality.flags.append(
+                ("saturation", f"{100 * sat.mean():.2f} % of pixels saturated (masked, not fitted)", "warning")
+            )
+    hot = hot_pixel_mask(frames, noise, background)
+    quality.hot_pixels = int(hot.sum())
+    if hot.any():
+        mask &= ~hot[None]
+        quality.flags.append(("hot_pixels", f"{int(hot.sum())} hot pixels detected (masked)", "warning"))
+    return mask, quality
+
+
+def blank_frames(data: torch.Tensor, model: torch.Tensor, background: float, noise: NoiseModel) -> list:
+    """Frames with no signal where the model predicts clear signal (a dead LED, a missed trigger).
+
+    A frame is blank when its mean signal above background is below 20 % of the modelled one and the
+    modelled signal is at least 10 standard errors of the frame mean.
+    """
+    with torch.no_grad():
+        npix = data.shape[-1] * data.shape[-2]
+        measured = (data - background).mean(dim=(-2, -1))
+        predicted = (model - background).mean(dim=(-2, -1))
+        sigma_mean = torch.sqrt(model.clamp(min=0).mean(dim=(-2, -1)) / noise.gain_e_per_count + noise.read_noise_counts**2) / npix**0.5
+        flat = data.reshape(data.shape[0], -1).std(dim=1) < 1e-6
+        blank = ((measured < 0.2 * predicted) & (predicted > 10 * sigma_mean)) | flat
+        return [int(i) for i in torch.nonzero(blank).flatten()]
+
+
+def flag_blank(quality: DataQuality, blank: list, n_frames: int, bright_field: np.ndarray) -> None:
+    """Record blank frames: an error when more than 5 % of frames or any bright-field frame."""
+    quality.blank_frames = list(blank)
+    if not blank:
+        return
+    frac = len(blank) / n_frames
+    severe = frac > 0.05 or any(bright_field[i] for i in blank)
+    quality.flags.append(
+        (
+            "blank_frames",
+            f"{len(blank)} of {n_frames} frames carry no signal (excluded from the fit): {blank[:12]}"
+            + ("..." if len(blank) > 12 else ""),
+            "error" if severe else "warning",
+        )
+    )

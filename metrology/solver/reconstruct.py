@@ -1,0 +1,351 @@
+"""Joint reconstruction of station misalignment, lens pupil and (optionally) the sample.
+
+The solver only ever receives ``(model, data, noise, schedule)``. Free parameters are optimised
+in preconditioned units (``value / step``) with L-BFGS; parameters are released at the iteration
+their :class:`~metrology.solver.schedule.ParameterSpec` names, and bounds are enforced by
+projection. In prior and blind modes the sample and the system parameters are updated in
+alternation (the UA-FP self-calibrating loop), each with its own L-BFGS memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from metrology.measurement import DataQuality
+from metrology.physics import StationModel
+from metrology.solver import init as init_mod
+from metrology.solver.jacobian import columns_for, normal_equations
+from metrology.solver.losses import LOSSES, chi_square, total_variation
+from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
+from metrology.solver.schedule import Schedule
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`reconstruct` (the model holds the fitted parameters)."""
+
+    model: StationModel
+    schedule: Schedule
+    data: torch.Tensor
+    mask: torch.Tensor
+    noise: NoiseModel
+    quality: DataQuality
+    history: list
+    iterations: int
+    converged: bool
+    message: str
+    chi2: float
+    dof: int
+    frame_residuals: np.ndarray
+    wall_time_s: float
+    init_summary: dict = field(default_factory=dict)
+    jtj: torch.Tensor | None = None  # Fisher information of the system parameters at the solution
+    columns: object = None  # metrology.solver.jacobian.Columns naming the rows of jtj
+
+    @property
+    def reduced_chi2(self) -> float:
+        return self.chi2 / max(self.dof, 1)
+
+
+class _Block:
+    """Free parameter elements optimised together in preconditioned coordinates ``z``.
+
+    ``theta = theta0 + W z`` with ``W = diag(step)`` (sample fields) or ``W = L^-T`` where
+    ``L L^T`` is the Gauss-Newton Hessian of the loss at the start (system parameters): in ``z``
+    the problem is close to isotropic, so L-BFGS converges in few iterations.
+    """
+
+    def __init__(self, model: StationModel, specs, hessian: torch.Tensor | None = None):
+        self.model = model
+        self.specs = list(specs)
+        self.cols = columns_for(model, self.specs)
+        self.paths = list(dict.fromkeys(s.path for s in self.specs))
+        dtype = model.pupil.na.dtype
+        self.index = {
+            path: torch.as_tensor([k for p, k in zip(self.cols.paths, self.cols.flat_index) if p == path], dtype=torch.long)
+            for path in self.paths
+        }
+        self.slices = {}
+        start = 0
+        for path in self.paths:
+            self.slices[path] = slice(start, start + len(self.index[path]))
+            start += len(self.index[path])
+        with torch.no_grad():
+            self.theta0 = torch.cat([model.parameter(p).detach().flatten()[self.index[p]] for p in self.paths])
+        steps = torch.cat([torch.full((len(self.index[s.path]),), s.step, dtype=dtype) for s in self.specs])
+        self.lower = torch.cat([torch.full((len(self.index[s.path]),), (s.bounds or (-float("inf"),))[0], dtype=dtype) for s in self.specs])
+        self.upper = torch.cat([torch.full((len(self.index[s.path]),), (s.bounds or (0, float("inf")))[1], dtype=dtype) for s in self.specs])
+        if hessian is None:
+            self.w = None
+            self.steps = steps
+        else:
+            h = hessian.double()
+            h = h + torch.diag(1e-9 * h.diagonal().max() + 1e-12 / steps.double() ** 2)
+            chol = torch.linalg.cholesky(h)
+            eye = torch.eye(h.shape[0], dtype=torch.float64)
+            self.w = torch.linalg.solve_triangular(chol.T, eye, upper=True).to(dtype)
+        self.z = [torch.zeros(len(self.theta0), dtype=dtype, requires_grad=True)]
+
+    def theta(self) -> torch.Tensor:
+        z = self.z[0]
+        return self.theta0 + (z * self.steps if self.w is None else self.w @ z)
+
+    def values(self) -> dict:
+        """Parameter tensors (differentiable w.r.t. ``z``) to pass to ``functional_call``."""
+        theta = self.theta()
+        out = {}
+        for path in self.paths:
+            p = self.model.parameter(path).detach()
+            flat = p.flatten().index_put((self.index[path],), theta[self.slices[path]])
+            out[path] = flat.reshape(p.shape)
+        return out
+
+    def project_and_store(self) -> None:
+        """Write the values back into the model, clamped to the bounds."""
+        with torch.no_grad():
+            theta = torch.maximum(torch.minimum(self.theta(), self.upper), self.lower)
+            for path in self.paths:
+                p = self.model.parameter(path)
+                flat = p.detach().flatten().clone()
+                flat[self.index[path]] = theta[self.slices[path]]
+                p.copy_(flat.reshape(p.shape))
+
+
+def _objective(model, data, mask, noise, schedule, reference):
+    loss_fn = LOSSES[schedule.loss]
+
+    def evaluate(overrides: dict) -> torch.Tensor:
+        out = functional_call(model, overrides, ())
+        loss = loss_fn(out, data, mask, noise.gain_e_per_count, noise.read_noise_counts)
+        if schedule.tv_weight or schedule.prior_weight:
+            re = overrides.get("sample.field_real", model.sample.field_real)
+            im = overrides.get("sample.field_imag", model.sample.field_imag)
+            t = torch.complex(re, im)
+            if schedule.tv_weight:
+                loss = loss + schedule.tv_weight * total_variation(t)
+            if schedule.prior_weight and reference is not None:
+                loss = loss + schedule.prior_weight * (t - reference).abs().pow(2).mean()
+        return loss
+
+    return evaluate
+
+
+INNER_ITERATIONS = 10
+"""L-BFGS iterations per outer iteration of the system step."""
+
+
+def _lbfgs(block: _Block, evaluate, max_iter: int):
+    opt = torch.optim.LBFGS(
+        block.z, lr=1.0, max_iter=max_iter, max_eval=4 * max_iter, history_size=30, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12, tolerance_change=1e-15,
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = evaluate(block.values())
+        loss.backward()
+        return loss
+
+    return opt, closure
+
+
+def prepare(model: StationModel, frames, noise: NoiseModel):
+    """Data tensor, fit mask, data quality and background estimate of a capture."""
+    data_np = np.asarray(frames, dtype=np.float64)
+    background = estimate_background(data_np)
+    mask_np, quality = assess(data_np, noise, background)
+    dtype = model.pupil.na.dtype
+    data = torch.as_tensor(data_np, dtype=dtype)
+    mask = torch.as_tensor(mask_np, dtype=dtype)
+    return data, mask, quality, background
+
+
+def initialise(model: StationModel, data, mask, background, mode: str, ranges=None, search_geometry=True) -> dict:
+    """Coarse initialisation (see :mod:`metrology.solver.init`)."""
+    summary = {}
+    ranges = ranges or init_mod.DEFAULT_RANGES
+    if mode in ("known", "prior") and search_geometry:
+        k, score = init_mod.search_led_frequencies(model, data - background, ranges=ranges)
+        with torch.no_grad():
+            k_nom = model.illumination.spatial_frequencies().detach()
+            near_bf = torch.linalg.vector_norm(k_nom, dim=-1) < model.geometry.cutoff + 3 * model.geometry.df
+        weight = score.clamp(min=0) * (~near_bf).double()
+        if (weight > 0).sum() < 6:
+            weight = score.clamp(min=0)
+        summary["geometry_search"] = init_mod.fit_geometry(model, k, weight)
+    init_mod.initialise_intensity(model, data, background, mask)
+    if mode in ("known", "prior"):
+        with torch.no_grad():
+            k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1)
+            j = int(torch.argmin(k))
+            pred = model(indices=torch.tensor([j]))[0]
+            sx, sy = init_mod.phase_correlation_shift(data[j], pred)
+            g = model.geometry
+            model.sample.position_um.add_(torch.tensor([sx, sy], dtype=pred.dtype) * g.pixel_um)
+        summary["position_um"] = model.sample.position_um.detach().tolist()
+    return summary
+
+
+def reconstruct(
+    model: StationModel,
+    frames,
+    noise: NoiseModel,
+    schedule: Schedule,
+    *,
+    initialise_geometry: bool = True,
+    ranges=None,
+    progress=None,
+    reference_transmission=None,
+) -> FitResult:
+    """Fit the station model to a capture.
+
+    Parameters
+    ----------
+    model : StationModel
+        Nominal model; its sample holds the reference map (known/prior) or the start (blind).
+    frames : array-like, shape (J, n, n)
+        Measured frames (counts), in the model's LED order.
+    noise : NoiseModel
+        Camera noise (counts) for the data term, saturation and quality checks.
+    schedule : Schedule
+        Free parameters, iterations, loss.
+    initialise_geometry : bool
+        Run the coarse geometry search (known/prior) before the gradient fit.
+    progress : callable, optional
+        ``progress(iteration, max_iterations, loss)`` after each iteration.
+
+    Returns
+    -------
+    FitResult
+    """
+    t0 = time.perf_counter()
+    data, mask, quality, background = prepare(model, frames, noise)
+    if schedule.mode == "blind" and reference_transmission is None:
+        from metrology.solver.blind import initial_sample
+
+        initial_sample(model, data, background)
+    summary = initialise(model, data, mask, background, schedule.mode, ranges, initialise_geometry)
+    with torch.no_grad():
+        pred = model()
+    blank = blank_frames(data, pred, background, noise)
+    flag_blank(quality, blank, data.shape[0], model.bright_field().cpu().numpy())
+    if blank:
+        mask[blank] = 0.0
+    reference = None
+    if schedule.mode == "prior":
+        reference = model.sample.transmission().detach().clone()
+    evaluate = _objective(model, data, mask, noise, schedule, reference)
+
+    history: list = []
+    converged = False
+    message = "maximum iterations reached"
+    active_paths = None
+    system = sample_block = None
+    sample_specs = [p for p in schedule.parameters if p.path.startswith("sample.field")]
+    if sample_specs:
+        sample_block = _Block(model, sample_specs)
+        s_opt, s_closure = _lbfgs(sample_block, evaluate, schedule.sample_steps)
+    last_release = max([p.start for p in schedule.parameters], default=0)
+    system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
+    n_valid = float(mask.sum())
+    hessian_all, cols_all = None, None
+    if system_specs:
+        jtj, _, _, cols_all = normal_equations(model, data, mask, noise, system_specs)
+        hessian_all = 2.0 * jtj / n_valid
+    it = 0
+    for it in range(1, schedule.max_iterations + 1):
+        free = schedule.free_at(it - 1)
+        paths = tuple(p.path for p in free)
+        if paths != active_paths:
+            if system is not None:
+                system.project_and_store()
+            system = None
+            if free:
+                names = columns_for(model, free).names
+                pos = {n: i for i, n in enumerate(cols_all.names)}
+                sel = torch.as_tensor([pos[n] for n in names], dtype=torch.long)
+                system = _Block(model, free, hessian_all[sel[:, None], sel[None, :]])
+                opt, closure = _lbfgs(system, evaluate, INNER_ITERATIONS)
+            active_paths = paths
+        if sample_block is not None:
+            s_opt.step(s_closure)
+            sample_block.project_and_store()
+        if system is not None:
+            loss = opt.step(closure)
+            system.project_and_store()
+        else:
+            loss = evaluate({})
+        value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+        if not np.isfinite(value):
+            message = "loss became non-finite"
+            break
+        history.append(value)
+        if progress is not None:
+            progress(it, schedule.max_iterations, value)
+        if it > last_release + schedule.patience and len(history) > schedule.patience:
+            old = history[-1 - schedule.patience]
+            if abs(old - value) <= schedule.rtol * max(abs(old), 1e-30) * schedule.patience:
+                converged = True
+                message = f"relative loss change below {schedule.rtol:g} per iteration"
+                break
+    jtj = None
+    if system_specs and history and np.isfinite(history[-1]):
+        polished, jtj, cols_all, polish_msg = _polish(model, data, mask, noise, system_specs, evaluate)
+        converged = converged and polished
+        message = message + "; " + polish_msg
+    with torch.no_grad():
+        pred = model()
+        chi2, per_frame = chi_square(pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts)
+    n_free = sum(
+        (len(p.indices) if p.indices is not None else model.parameter(p.path).numel()) for p in schedule.parameters
+    )
+    dof = int(mask.sum().item()) - n_free
+    return FitResult(
+        model=model, schedule=schedule, data=data, mask=mask, noise=noise, quality=quality, history=history,
+        iterations=it, converged=converged, message=message, chi2=chi2, dof=dof,
+        frame_residuals=per_frame.cpu().numpy(), wall_time_s=time.perf_counter() - t0, init_summary=summary,
+        jtj=jtj, columns=cols_all,
+    )
+
+
+POLISH_STEPS = 3
+POLISH_TOLERANCE = 0.2
+"""Converged when the remaining Gauss-Newton step is below this many standard deviations."""
+
+
+def _polish(model, data, mask, noise, specs, evaluate):
+    """Gauss-Newton polishing of the system parameters and the convergence test.
+
+    Returns ``(converged, jtj, columns, message)`` with ``jtj`` (Fisher information of the whitened
+    residuals) at the final point, for the uncertainty evaluation.
+    """
+    worst = float("inf")
+    for step in range(POLISH_STEPS + 1):
+        jtj, jtr, rtr, cols = normal_equations(model, data, mask, noise, specs)
+        reg = jtj + torch.diag(1e-12 * jtj.diagonal().max() + 1e-30 * torch.ones(len(jtr), dtype=jtj.dtype))
+        delta = -torch.linalg.solve(reg, jtr)
+        sigma = torch.sqrt(torch.linalg.inv(reg).diagonal().clamp(min=1e-300))
+        worst = float((delta.abs() / sigma).max())
+        if worst < POLISH_TOLERANCE:
+            return True, jtj, cols, f"remaining Gauss-Newton step {worst:.2g} sigma"
+        if step == POLISH_STEPS:
+            break
+        block = _Block(model, specs)
+        with torch.no_grad():
+            before = float(evaluate({}))
+            for frac in (1.0, 0.5, 0.25, 0.1):
+                block.z[0].copy_(delta.to(block.z[0].dtype) * frac / block.steps)
+                block.project_and_store()
+                if float(evaluate({})) < before:
+                    break
+                block.z[0].zero_()
+                block.project_and_store()
+            else:
+                return False, jtj, cols, f"Gauss-Newton step rejected ({worst:.2g} sigma left)"
+    return False, jtj, cols, f"not converged: remaining Gauss-Newton step {worst:.2g} sigma"
+

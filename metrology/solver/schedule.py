@@ -1,0 +1,159 @@
+"""Calibration schedules: which parameter paths are free, their step, when released, their bounds.
+
+A :class:`Schedule` is a list of :class:`ParameterSpec`, one per parameter path of
+:data:`metrology.physics.CALIBRATABLE`. Paths not listed stay fixed. ``step`` is the parameter's
+natural step size: the optimiser works on ``p / step`` (a diagonal preconditioner for L-BFGS) and
+uses it as the learning rate of Adam sample updates. ``start`` is the iteration at which the
+parameter is released; ``indices`` frees only some elements (e.g. Noll 5..K of the Zernike vector);
+``bounds`` are enforced by projection after every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from metrology.physics import CALIBRATABLE
+
+MODES = ("known", "prior", "blind")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """How one parameter path is fitted.
+
+    Parameters
+    ----------
+    path : str
+        Parameter path, e.g. ``"illumination.shift_mm"``.
+    step : float
+        Typical step / scale in the parameter's unit (preconditioner; Adam learning rate).
+    start : int
+        Iteration at which the parameter is released (0: from the start).
+    bounds : (float, float) or None
+        Inclusive bounds, in the parameter's unit.
+    indices : tuple of int or None
+        Free elements (flat indices); ``None`` frees all.
+    """
+
+    path: str
+    step: float
+    start: int = 0
+    bounds: tuple | None = None
+    indices: tuple | None = None
+
+    def __post_init__(self):
+        if self.path not in CALIBRATABLE:
+            raise ValueError(f"unknown parameter path {self.path!r}")
+        if self.step <= 0:
+            raise ValueError(f"{self.path}: step must be > 0")
+        if self.bounds is not None and self.bounds[0] >= self.bounds[1]:
+            raise ValueError(f"{self.path}: empty bounds {self.bounds}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A calibration schedule.
+
+    Parameters
+    ----------
+    mode : {"known", "prior", "blind"}
+        Reference sample known (only its pose is fitted), used as a prior (initialised and
+        regularised towards its map), or unknown (initialised from the bright-field images).
+    parameters : tuple of ParameterSpec
+        Free parameters; any path not listed is fixed.
+    max_iterations : int
+        Maximum outer iterations (L-BFGS iterations of the system step).
+    rtol : float
+        Convergence: relative change of the loss over ``patience`` iterations below ``rtol``.
+    patience : int
+        Window for the convergence test.
+    loss : {"amplitude", "poisson", "huber"}
+        Data term (see :mod:`metrology.solver.losses`).
+    tv_weight : float
+        Total-variation weight on the sample (prior and blind modes).
+    prior_weight : float
+        Weight pulling the sample towards the reference map (prior mode).
+    sample_steps : int
+        Sample updates per alternation in prior/blind modes (the UA-FP self-calibrating loop
+        alternates sample updates and system updates).
+    """
+
+    mode: str = "known"
+    parameters: tuple = field(default_factory=tuple)
+    max_iterations: int = 200
+    rtol: float = 1e-6
+    patience: int = 2
+    loss: str = "amplitude"
+    tv_weight: float = 0.0
+    prior_weight: float = 0.0
+    sample_steps: int = 5
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.loss not in ("amplitude", "poisson", "huber"):
+            raise ValueError(f"unknown loss {self.loss!r}")
+        paths = [p.path for p in self.parameters]
+        if len(paths) != len(set(paths)):
+            raise ValueError("a parameter path is listed twice")
+
+    def spec(self, path: str) -> ParameterSpec | None:
+        for p in self.parameters:
+            if p.path == path:
+                return p
+        return None
+
+    def free_at(self, iteration: int) -> list:
+        """Specs released at ``iteration`` (excluding sample fields, updated separately)."""
+        return [p for p in self.parameters if p.start <= iteration and not p.path.startswith("sample.field")]
+
+    def with_parameters(self, **changes) -> "Schedule":
+        return replace(self, **changes)
+
+    def without(self, *paths) -> "Schedule":
+        """The same schedule with ``paths`` fixed (e.g. misalignment frozen at nominal)."""
+        return replace(self, parameters=tuple(p for p in self.parameters if p.path not in paths))
+
+
+GEOMETRY_PATHS = (
+    "illumination.shift_mm",
+    "illumination.rotation_deg",
+    "illumination.distance_error_mm",
+    "illumination.tilt_deg",
+)
+
+
+def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iterations: int | None = None) -> Schedule:
+    """Staged default: LED geometry, brightness and sample pose first; then the lens aberrations;
+    the apodisation last (then everything together).
+
+    Noll 1-4 stay fixed at zero (alignment terms carried by sample position and defocus).
+    """
+    zern = tuple(range(4, zernike_terms))
+    params = [
+        ParameterSpec("illumination.shift_mm", 0.05, 0, (-3.0, 3.0)),
+        ParameterSpec("illumination.rotation_deg", 0.05, 0, (-10.0, 10.0)),
+        ParameterSpec("illumination.distance_error_mm", 0.2, 0, (-10.0, 10.0)),
+        ParameterSpec("illumination.tilt_deg", 0.2, 0, (-5.0, 5.0)),
+        ParameterSpec("illumination.brightness", 0.01, 0, (0.0, 10.0)),
+        ParameterSpec("sample.position_um", 0.1, 0, (-50.0, 50.0)),
+        ParameterSpec("sample.defocus_um", 0.5, 0, (-200.0, 200.0)),
+        ParameterSpec("camera.background_counts", 1.0, 0, None),
+        ParameterSpec("pupil.zernike_waves", 0.01, 2, (-2.0, 2.0), zern),
+        ParameterSpec("pupil.log_amplitude", 0.01, 4, (-2.0, 2.0), tuple(range(3, min(15, zernike_terms)))),
+    ]
+    if mode in ("prior", "blind"):
+        params.append(ParameterSpec("sample.field_real", 0.01, 0, (-3.0, 3.0)))
+        params.append(ParameterSpec("sample.field_imag", 0.01, 0, (-3.0, 3.0)))
+    if mode == "blind":
+        # with an unknown object a common LED shift is a phase ramp on the object and the sample
+        # position is meaningless: only the non-uniform part of the geometry is identifiable
+        params = [p for p in params if p.path not in ("sample.position_um",)]
+    iters = max_iterations or {"known": 30, "prior": 60, "blind": 80}[mode]
+    return Schedule(
+        mode=mode,
+        parameters=tuple(params),
+        max_iterations=iters,
+        tv_weight=0.0 if mode == "known" else 1e-3,
+        prior_weight=0.1 if mode == "prior" else 0.0,
+    )
