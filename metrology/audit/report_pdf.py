@@ -1,0 +1,255 @@
+"""The calibration audit PDF of one station (reportlab, with matplotlib charts as PNG images).
+
+Contents: title, station, date range; the integrity check in words; calibration history; summary of
+inspections by verdict; recorded alarms; a trend chart per station parameter and golden-lens term
+(centre line, +/-3 sigma limits, EWMA and its limits, alarms marked); a footer on every page with
+:data:`metrology.conventions.CONVENTIONS_TEXT` and the page number.
+
+matplotlib and reportlab are imported inside :func:`write_audit_report`, so importing this module is
+cheap and has no side effects.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from metrology.audit.drift import DEFAULT_RULES, station_charts
+from metrology.audit.store import AuditStore, format_utc, parse_utc, utc_now
+from metrology.conventions import CONVENTIONS_TEXT
+from metrology.errors import InputError
+
+VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "station"
+
+
+def _short(utc) -> str:
+    return "-" if not utc else str(utc)[:19].replace("T", " ")
+
+
+def _chart_png(name, unit, series, chart, since_text, rules, n_baseline) -> tuple:
+    """PNG bytes of one trend chart and the alarms shown on it."""
+    from matplotlib.figure import Figure
+
+    seqs, utcs = series.seqs, series.utcs
+    shown = [i for i, u in enumerate(utcs) if since_text is None or u >= since_text]
+    fig = Figure(figsize=(7.0, 2.3), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    x = [seqs[i] for i in shown]
+    y = [chart.values[i] for i in shown]
+    ax.plot(x, y, "o-", ms=2.5, lw=0.8, color="#1f4e9a", label="value")
+    alarms = [a for a in chart.alarms if a.index in set(shown)]
+    if chart.centre is not None and x:
+        c, s = chart.centre, chart.sigma
+        ax.axhline(c, color="green", lw=0.9, label="centre")
+        ax.axhline(c + 3 * s, color="red", lw=0.8, ls="--", label="+/-3 sigma")
+        ax.axhline(c - 3 * s, color="red", lw=0.8, ls="--")
+        if chart.ewma is not None and "ewma" in rules:
+            idx = [i - chart.start for i in shown if i >= chart.start]
+            xe = [seqs[i + chart.start] for i in idx]
+            ax.plot(xe, [chart.ewma[i] for i in idx], "-", lw=0.9, color="orange", label="EWMA")
+            ax.plot(xe, [chart.ewma_upper[i] for i in idx], ":", lw=0.8, color="orange")
+            ax.plot(xe, [chart.ewma_lower[i] for i in idx], ":", lw=0.8, color="orange")
+        if series.centre is None:
+            b0, b1 = chart.start, min(chart.start + n_baseline - 1, len(seqs) - 1)
+            if seqs[b1] >= x[0]:
+                ax.axvspan(max(seqs[b0], x[0]) - 0.5, seqs[b1] + 0.5, color="0.92", zorder=0)
+    for a in alarms:
+        ax.plot([seqs[a.index]], [a.observation], "x", color="red", ms=8, mew=2)
+    if alarms:
+        ax.plot([], [], "x", color="red", ms=6, mew=2, label="alarm")
+    ax.set_title(name + (f"  [{unit}]" if unit else ""), fontsize=8)
+    ax.set_xlabel("audit record seq", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=5.5, loc="upper left", ncol=6, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue(), alarms
+
+
+def _atomic_write(path: Path, data: bytes):
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + path.name, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_audit_report(store: AuditStore, station_id: str, since=None, out_dir=".", now=None,
+                       n_baseline: int = 20, rules=DEFAULT_RULES) -> Path:
+    """Write ``audit_<station>_<UTC>.pdf`` into ``out_dir`` atomically and return its path.
+
+    Parameters
+    ----------
+    store : AuditStore
+    station_id : str
+    since : datetime or str, optional
+        First time shown (date = midnight UTC); control limits still come from the full history.
+    out_dir : str or Path
+        Created if missing; InputError if it cannot be written.
+    now : datetime, optional
+        Report time (default now), used in the file name.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+    from reportlab.lib.units import cm
+    from reportlab.platypus import (Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table,
+                                    TableStyle)
+
+    now_t = parse_utc(now, "now") if now is not None else utc_now()
+    since_t = parse_utc(since, "--since") if since is not None else None
+    since_text = format_utc(since_t) if since_t else None
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out_dir, f"cannot create the output folder: {exc.strerror or exc}") from exc
+    if not os.access(out_dir, os.W_OK):
+        raise InputError(out_dir, "output folder is not writable")
+    path = out_dir / f"audit_{_safe(station_id)}_{now_t.strftime('%Y%m%dT%H%M%SZ')}.pdf"
+
+    all_recs = store.records(station_id=station_id)
+    recs = [r for r in all_recs if since_text is None or r.utc >= since_text]
+    verify = store.verify()
+    charts = station_charts(store, station_id, n_baseline=n_baseline, rules=rules)
+
+    styles = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=styles["BodyText"], fontSize=8.5, leading=11)
+    small = ParagraphStyle("small", parent=body, fontSize=7, leading=8.5)
+    foot = ParagraphStyle("foot", parent=body, fontSize=5.5, leading=6.6, textColor=colors.grey)
+    h1, h2 = styles["Title"], ParagraphStyle("h2", parent=styles["Heading2"], fontSize=12)
+    P = lambda text, st=body: Paragraph(escape(str(text)), st)  # noqa: E731
+
+    def table(rows, widths):
+        t = Table(rows, colWidths=widths, repeatRows=1)
+        t.setStyle(TableStyle([
+            ("FONT", (0, 0), (-1, -1), "Helvetica", 7),
+            ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 7),
+            ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dde5f0")),
+            ("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ]))
+        return t
+
+    from metrology import __version__
+
+    first = recs[0].utc if recs else None
+    last = recs[-1].utc if recs else None
+    story = [
+        P(f"Calibration audit: station {station_id}", h1),
+        P(f"Station: {station_id}. Period: {_short(since_text or first)} to {_short(last)} UTC "
+          f"({len(recs)} records shown of {len(all_recs)} for this station). Generated "
+          f"{_short(format_utc(now_t))} UTC by metrology {__version__}. Audit store: {store.path}."),
+        Spacer(1, 6),
+        P("Integrity check", h2),
+        P(("PASSED. " if verify.ok else "FAILED. ") + verify.summary()
+          + (" Every record's content hash and chain link were recomputed and match." if verify.ok else
+             " The records named above were edited, deleted or moved after they were written; the "
+             "history below cannot be trusted until this is explained.")),
+    ]
+    for p in verify.problems[:50]:
+        story.append(P("- " + p, small))
+
+    story += [P("Calibration history", h2)]
+    cals = [r for r in recs if r.kind == "calibration"]
+    if cals:
+        rows = [["seq", "time (UTC)", "operator", "golden lens", "closure", "max En", "valid until (UTC)"]]
+        for r in cals:
+            c = r.content
+            cl = c.get("closure") or {}
+            rows.append([r.seq, _short(r.utc), P(c.get("operator", ""), small), P(cl.get("golden_lens_id", ""), small),
+                         "PASS" if c.get("passed") else "FAIL", f"{float(cl.get('max_En', float('nan'))):.2f}",
+                         _short(c.get("valid_until"))])
+        story.append(table(rows, [1.1 * cm, 3.0 * cm, 3.0 * cm, 3.2 * cm, 1.5 * cm, 1.5 * cm, 3.2 * cm]))
+    else:
+        story.append(P("No calibration in this period."))
+
+    story += [P("Inspections", h2)]
+    insp = [r for r in recs if r.kind == "inspection"]
+    counts = {v: 0 for v in VERDICTS}
+    for r in insp:
+        v = r.content.get("verdict") or (r.content.get("lens") or {}).get("verdict")
+        counts[v if v in counts else "INCONCLUSIVE"] += 1
+    rows = [["verdict", "count"]] + [[v, counts[v]] for v in VERDICTS] + [["total", len(insp)]]
+    story.append(table(rows, [4 * cm, 2.5 * cm]))
+
+    story += [P("Recorded alarms", h2)]
+    alarms = [r for r in recs if r.kind == "alarm"]
+    if alarms:
+        rows = [["seq", "time (UTC)", "parameter", "rule", "on record", "message"]]
+        for r in alarms:
+            c = r.content
+            rows.append([r.seq, _short(r.utc), P(c.get("parameter", ""), small), str(c.get("rule", "")).upper(),
+                         c.get("record_seq", ""), P(c.get("message", ""), small)])
+        story.append(table(rows, [1.0 * cm, 2.8 * cm, 3.6 * cm, 1.6 * cm, 1.4 * cm, 7.1 * cm]))
+    else:
+        story.append(P("No alarm recorded in this period."))
+
+    story += [P("Trend charts", h2),
+              P(f"Shewhart individuals chart (centre and sigma from the first {n_baseline} records, "
+                "sigma = mean moving range / 1.128, limits +/-3 sigma) and EWMA (lambda 0.2, L 3, exact "
+                "time-varying limits). Golden-lens terms: centre = certified value, sigma = combined "
+                "standard uncertainty. Grey band: baseline. Red crosses: alarms.", small)]
+    if not charts:
+        story.append(P("No inspection or calibration record with station parameters."))
+    for name, (series, chart) in charts.items():
+        png, shown_alarms = _chart_png(name, series.unit, series, chart, since_text, rules, n_baseline)
+        limits = (f"centre {chart.centre:.6g}, sigma {chart.sigma:.3g} {series.unit}" if chart.centre is not None
+                  else "no control limits yet")
+        n_shown = sum(1 for u in series.utcs if since_text is None or u >= since_text)
+        story.append(KeepTogether([
+            P(f"{name} [{series.unit or '-'}]: {n_shown} of {len(series.values)} points shown, {limits}, "
+              f"{len(shown_alarms)} alarm(s) shown.", small),
+            Image(io.BytesIO(png), width=17.5 * cm, height=17.5 * cm * 2.3 / 7.0)]))
+        if chart.note:
+            story.append(P(chart.note, small))
+        if shown_alarms:
+            rows = [["ALARM on record seq", "rule", "side", "statistic", "limit", "observation"]]
+            rows += [[series.seqs[a.index], a.rule.upper(), a.side, f"{a.value:.6g}", f"{a.limit:.6g}",
+                      f"{a.observation:.6g}"] for a in shown_alarms[:30]]
+            story.append(table(rows, [3.2 * cm, 2.0 * cm, 1.4 * cm, 2.6 * cm, 2.6 * cm, 2.6 * cm]))
+            if len(shown_alarms) > 30:
+                story.append(P(f"... and {len(shown_alarms) - 30} more alarms on {name}", small))
+        story.append(Spacer(1, 4))
+
+    def on_page(canvas, doc):
+        canvas.saveState()
+        para = Paragraph(escape(CONVENTIONS_TEXT), foot)
+        w, h = para.wrap(doc.width - 2.0 * cm, 3 * cm)
+        para.drawOn(canvas, doc.leftMargin, 0.9 * cm)
+        canvas.setFont("Helvetica", 7)
+        canvas.drawRightString(doc.leftMargin + doc.width, 0.9 * cm, f"page {doc.page}")
+        canvas.drawString(doc.leftMargin, A4[1] - 1.0 * cm, f"Calibration audit - station {station_id}")
+        canvas.restoreState()
+
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=1.5 * cm, rightMargin=1.5 * cm,
+                            topMargin=1.5 * cm, bottomMargin=2.6 * cm,
+                            title=f"Calibration audit {station_id}", author=f"metrology {__version__}")
+    doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
+    try:
+        _atomic_write(path, buf.getvalue())
+    except OSError as exc:
+        raise InputError(path, f"cannot write the report: {exc.strerror or exc}") from exc
+    return path

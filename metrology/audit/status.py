@@ -1,0 +1,242 @@
+"""Station calibration status (printed by ``inspect``) and recording runs in the audit store.
+
+Drift limits
+------------
+``station_status`` compares this run's station misalignment with the state measured at the last
+calibration. ``drift_limits`` keys (station config) map to parameter names as follows:
+
+==========================  ==========================================================  =========
+key                         compared quantity                                           unit
+==========================  ==========================================================  =========
+``shift_mm``                length of the change of (``illumination.shift_mm[0]``,      mm
+                            ``illumination.shift_mm[1]``)
+``rotation_deg``            ``illumination.rotation_deg``                                deg
+``distance_error_mm``       ``illumination.distance_error_mm``                           mm
+``tilt_deg``                each of ``illumination.tilt_deg[0]``, ``[1]``                deg
+``defocus_um``              ``sample.defocus_um``                                        um
+any full parameter name     that parameter (e.g. ``"sample.position_um[0]"``)            its unit
+==========================  ==========================================================  =========
+
+The change is ``|current - calibrated|``; a limit is exceeded if the change is larger. Parameters
+missing from either side are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+
+from metrology.audit.golden import ClosureResult
+from metrology.audit.store import AuditStore, Record, file_sha256, parse_utc, plus_days, utc_now
+from metrology.conventions import COVERAGE_FACTOR
+from metrology.errors import InputError
+from metrology.measurement import StationEstimate
+
+DRIFT_LIMIT_KEYS = {
+    "shift_mm": ("illumination.shift_mm[0]", "illumination.shift_mm[1]"),
+    "rotation_deg": ("illumination.rotation_deg",),
+    "distance_error_mm": ("illumination.distance_error_mm",),
+    "tilt_deg": ("illumination.tilt_deg[0]", "illumination.tilt_deg[1]"),
+    "defocus_um": ("sample.defocus_um",),
+}
+"""drift-limit key -> station parameter names (``shift_mm`` compares the vector change length)."""
+
+_UNITS = {"shift_mm": "mm", "rotation_deg": "deg", "distance_error_mm": "mm", "tilt_deg": "deg",
+          "defocus_um": "um"}
+
+
+def misalignment_dict(estimates) -> dict:
+    """Normalise station misalignment to ``{name: {"value", "U", "unit"}}``.
+
+    Accepts a list of :class:`metrology.measurement.StationEstimate` (``U = k u``), a dict of such
+    dicts, or a dict name -> float (U unknown: stored as NaN).
+    """
+    out = {}
+    if isinstance(estimates, dict):
+        for name, e in estimates.items():
+            if isinstance(e, dict):
+                out[str(name)] = {"value": float(e["value"]), "U": float(e.get("U", math.nan)),
+                                  "unit": str(e.get("unit", ""))}
+            elif isinstance(e, StationEstimate):
+                out[str(name)] = {"value": float(e.value), "U": COVERAGE_FACTOR * float(e.u), "unit": e.unit}
+            else:
+                out[str(name)] = {"value": float(e), "U": math.nan, "unit": ""}
+        return out
+    for e in estimates or []:
+        if not isinstance(e, StationEstimate):
+            raise InputError("misalignment", f"expected StationEstimate items, got {type(e).__name__}")
+        out[e.name] = {"value": float(e.value), "U": COVERAGE_FACTOR * float(e.u), "unit": e.unit}
+    return out
+
+
+def _values(misalignment) -> dict:
+    """name -> float from any form :func:`misalignment_dict` accepts."""
+    return {k: v["value"] for k, v in misalignment_dict(misalignment).items()}
+
+
+def _inputs(inputs) -> dict:
+    """label -> sha256: a dict is taken as is; a list of paths is hashed."""
+    if inputs is None:
+        return {}
+    if isinstance(inputs, dict):
+        return {str(k): str(v) for k, v in inputs.items()}
+    return {str(p): file_sha256(p) for p in inputs}
+
+
+def drift_exceedances(current: dict, calibrated: dict, drift_limits: dict) -> list:
+    """Drift limits exceeded: list of ``(key, change, limit, unit, detail)`` (see module doc)."""
+    out = []
+    for key, limit in (drift_limits or {}).items():
+        limit = float(limit)
+        if key == "shift_mm":
+            names = DRIFT_LIMIT_KEYS[key]
+            if all(n in current and n in calibrated for n in names):
+                d = [current[n] - calibrated[n] for n in names]
+                change = math.hypot(*d)
+                if change > limit:
+                    out.append((key, change, limit, "mm",
+                                f"LED array shift changed by ({d[0]:+.4g}, {d[1]:+.4g}) mm"))
+            continue
+        names = DRIFT_LIMIT_KEYS.get(key, (key,))
+        for n in names:
+            if n in current and n in calibrated:
+                change = abs(current[n] - calibrated[n])
+                if change > limit:
+                    out.append((key, change, limit, _UNITS.get(key, ""),
+                                f"{n} changed by {current[n] - calibrated[n]:+.4g}"))
+    return out
+
+
+def station_status(store: AuditStore, station_id: str, now, current_misalignment: dict,
+                   drift_limits: dict) -> dict:
+    """Calibration status of a station for this run.
+
+    Parameters
+    ----------
+    store : AuditStore
+    station_id : str
+    now : datetime or ISO text
+        Time of this run (UTC).
+    current_misalignment : dict
+        This run's station parameters, name -> value (or ``{"value", ...}``), e.g.
+        ``{"illumination.shift_mm[0]": 0.012}``.
+    drift_limits : dict
+        Allowed change since calibration, keys as in the module docstring.
+
+    Returns
+    -------
+    dict
+        ``status`` (``"none"``, ``"valid"``, ``"expired"``, ``"failed"``, ``"drifted"``), ``reason``
+        (one sentence), ``calibrated_utc``, ``valid_until``, ``calibration_seq``, ``golden_lens_id``
+        and ``drift`` (list of exceedances as dicts). Precedence: none, failed, expired, drifted.
+    """
+    now_t = parse_utc(now, "now")
+    cal = store.last_calibration(station_id)
+    out = {"status": "none", "reason": f"no calibration recorded for station {station_id}",
+           "calibrated_utc": None, "valid_until": None, "calibration_seq": None,
+           "golden_lens_id": None, "drift": []}
+    if cal is None:
+        return out
+    c = cal.content
+    closure = c.get("closure") or {}
+    out.update(calibrated_utc=cal.utc, valid_until=c.get("valid_until"), calibration_seq=cal.seq,
+               golden_lens_id=closure.get("golden_lens_id"))
+    if not c.get("passed", False):
+        failed = [str(t["noll"]) for t in closure.get("per_term", []) if not t.get("pass", False)]
+        out.update(status="failed", reason=(
+            f"last calibration (seq {cal.seq}, {cal.utc}) failed the golden-lens closure"
+            + (f" on Noll {', '.join(failed)}" if failed else "")
+            + f" (max En {float(closure.get('max_En', math.nan)):.2f})"))
+        return out
+    valid_until = c.get("valid_until")
+    if valid_until and now_t > parse_utc(valid_until):
+        out.update(status="expired", reason=f"calibration seq {cal.seq} expired at {valid_until}")
+        return out
+    exceed = drift_exceedances(_values(current_misalignment), _values(c.get("misalignment") or {}),
+                               drift_limits)
+    if exceed:
+        out["drift"] = [{"key": k, "change": ch, "limit": lim, "unit": u, "detail": d}
+                        for k, ch, lim, u, d in exceed]
+        out.update(status="drifted", reason="station drifted since calibration seq "
+                   f"{cal.seq}: " + "; ".join(f"{d} (|change| {ch:.4g} {u} > limit {lim:g} {u})"
+                                              for k, ch, lim, u, d in exceed))
+        return out
+    out.update(status="valid", reason=f"calibrated {cal.utc} (seq {cal.seq}) with "
+               f"{closure.get('golden_lens_id', 'golden lens')}, valid until {valid_until}")
+    return out
+
+
+def record_calibration(store: AuditStore, station_id: str, operator: str, closure: ClosureResult,
+                       misalignment, validity_days: float, inputs, software_version: str,
+                       now=None, extra: dict | None = None) -> Record:
+    """Append a ``calibration`` record.
+
+    Parameters
+    ----------
+    closure : ClosureResult
+        From :func:`metrology.audit.golden.closure_check`.
+    misalignment : list of StationEstimate or dict
+        The station state measured during calibration (see :func:`misalignment_dict`).
+    validity_days : float
+        ``valid_until = now + validity_days`` (only for a passed closure; a failed one has none).
+    inputs : dict label -> sha256, or list of paths (hashed here)
+    now : datetime or str, optional
+        Time of the calibration; default now.
+    extra : dict, optional
+        More fields to store (e.g. solver summary).
+    """
+    t = parse_utc(now, "now") if now is not None else utc_now()
+    if not (isinstance(validity_days, (int, float)) and validity_days > 0):
+        raise InputError("validity_days", f"must be a positive number of days, got {validity_days!r}")
+    content = {
+        "operator": str(operator),
+        "software_version": str(software_version),
+        "inputs": _inputs(inputs),
+        "misalignment": misalignment_dict(misalignment),
+        "closure": closure.to_dict(),
+        "golden_lens_id": closure.golden_lens_id,
+        "passed": bool(closure.passed),
+        "validity_days": float(validity_days),
+        "valid_until": plus_days(t, validity_days) if closure.passed else None,
+    }
+    if extra:
+        content["extra"] = extra
+    return store.append("calibration", station_id, content, utc=t)
+
+
+def record_inspection(store: AuditStore, station_id: str, *, operator: str, software_version: str,
+                      inputs, misalignment, serial: str, zernike: dict, figures: dict, verdict: str,
+                      status: dict | None = None, now=None, extra: dict | None = None) -> Record:
+    """Append an ``inspection`` record.
+
+    Parameters
+    ----------
+    zernike : dict
+        Noll -> ``(value, U)`` or ``{"value", "U"}`` in waves.
+    figures : dict
+        Lens figures (e.g. ``{"rms_waves": {"value", "U"}, "strehl": ...}``), stored as given.
+    verdict : {"PASS", "FAIL", "INCONCLUSIVE"}
+    status : dict, optional
+        The :func:`station_status` of this run.
+    """
+    if verdict not in ("PASS", "FAIL", "INCONCLUSIVE"):
+        raise InputError("verdict", f"must be PASS, FAIL or INCONCLUSIVE, got {verdict!r}")
+    z = {}
+    for k, v in (zernike or {}).items():
+        if isinstance(v, dict):
+            z[str(int(str(k)))] = {"value": float(v["value"]), "U": float(v["U"])}
+        else:
+            z[str(int(str(k)))] = {"value": float(v[0]), "U": float(v[1])}
+    content = {
+        "operator": str(operator),
+        "software_version": str(software_version),
+        "inputs": _inputs(inputs),
+        "misalignment": misalignment_dict(misalignment),
+        "lens": {"serial": str(serial), "zernike": z, "figures": figures or {}, "verdict": verdict},
+        "verdict": verdict,
+    }
+    if status is not None:
+        content["station_status"] = {k: status.get(k) for k in
+                                     ("status", "reason", "calibration_seq", "valid_until")}
+    if extra:
+        content["extra"] = extra
+    return store.append("inspection", station_id, content, utc=now)

@@ -1,0 +1,136 @@
+"""``metrology audit``: verify the audit store, list its history, write the audit PDF.
+
+::
+
+    metrology audit verify [--audit-db P]
+    metrology audit list [--station ID] [--since DATE] [--kind KIND] [--audit-db P]
+    metrology audit report --station ID [--since DATE] --out DIR [--audit-db P]
+
+The store is ``--audit-db`` if given, else ``$METROLOGY_AUDIT_DB``, else
+``$METROLOGY_SITE_DIR/audit.sqlite``, else ``~/.metrology/audit.sqlite``. These commands never
+create a store: a missing file is an input error (exit 2).
+
+Exit codes: 0 success (verify: chain intact); 1 verify found problems (each printed, naming the
+record seq); 2 bad input (missing or foreign store file, bad date, unwritable output folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from metrology.audit.store import KINDS, AuditStore, default_db_path, parse_utc
+from metrology.errors import InputError
+
+
+def _db_option(p):
+    p.add_argument("--audit-db", metavar="PATH", default=None,
+                   help="audit store (SQLite); default $METROLOGY_AUDIT_DB, "
+                        "$METROLOGY_SITE_DIR/audit.sqlite or ~/.metrology/audit.sqlite")
+
+
+def _open(args) -> AuditStore:
+    path = args.audit_db if args.audit_db else default_db_path()
+    return AuditStore(path, create=False)
+
+
+def _since(args):
+    return parse_utc(args.since, "--since") if getattr(args, "since", None) else None
+
+
+def _summary(rec) -> str:
+    c = rec.content
+    if rec.kind == "inspection":
+        lens = c.get("lens") or {}
+        return f"serial {lens.get('serial', '?')}: {c.get('verdict', lens.get('verdict', '?'))}"
+    if rec.kind == "calibration":
+        cl = c.get("closure") or {}
+        verdict = "PASS" if c.get("passed") else "FAIL"
+        until = c.get("valid_until") or "-"
+        return (f"golden {cl.get('golden_lens_id', '?')}: closure {verdict}, max En "
+                f"{float(cl.get('max_En', float('nan'))):.2f}, valid until {until[:19]}")
+    if rec.kind == "alarm":
+        return (f"{str(c.get('rule', '?')).upper()} {c.get('parameter', '?')} on record seq "
+                f"{c.get('record_seq', '?')}: {float(c.get('value', float('nan'))):.6g} vs limit "
+                f"{float(c.get('limit', float('nan'))):.6g}")
+    return ""
+
+
+def format_table(rows: list) -> str:
+    """Aligned plain-text table; ``rows[0]`` is the header."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_verify(args) -> int:
+    with _open(args) as store:
+        res = store.verify()
+    if res.ok:
+        print(f"audit store {store.path}: OK, {res.n_records} records, hash chain intact")
+        print(f"head: seq {res.head_seq} chain SHA-256 {res.head_chain_sha256}")
+        return 0
+    print(f"audit store {store.path}: {len(res.problems)} problem(s) in {res.n_records} records")
+    for p in res.problems:
+        print(f"  {p}")
+    return 1
+
+
+def run_list(args) -> int:
+    with _open(args) as store:
+        recs = store.records(station_id=args.station, kind=args.kind, since=_since(args))
+    rows = [["seq", "time (UTC)", "station", "kind", "operator", "summary"]]
+    for r in recs:
+        rows.append([r.seq, r.utc[:19].replace("T", " "), r.station_id, r.kind,
+                     r.content.get("operator", "-") if r.kind != "alarm" else "-", _summary(r)])
+    print(format_table(rows))
+    print(f"{len(recs)} record(s)")
+    return 0
+
+
+def run_report(args) -> int:
+    from metrology.audit.report_pdf import write_audit_report
+
+    since = _since(args)
+    with _open(args) as store:
+        if args.station not in store.stations():
+            raise InputError("--station", f"no record of station {args.station!r} in {store.path}")
+        path = write_audit_report(store, args.station, since=since, out_dir=args.out)
+    print(path)
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``metrology audit`` and its sub-commands ``verify``, ``list``, ``report``."""
+    p = subparsers.add_parser(
+        "audit", help="verify, list and report the calibration audit store",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="audit_command", metavar="ACTION")
+
+    v = sub.add_parser("verify", help="check the hash chain; exit 1 naming each bad record")
+    _db_option(v)
+    v.set_defaults(func=run_verify)
+
+    ls = sub.add_parser("list", help="print the history as a table")
+    ls.add_argument("--station", metavar="ID", default=None, help="only this station")
+    ls.add_argument("--since", metavar="DATE", default=None, help="from this date/time (UTC, ISO 8601)")
+    ls.add_argument("--kind", choices=KINDS, default=None, help="only this record kind")
+    _db_option(ls)
+    ls.set_defaults(func=run_list)
+
+    r = sub.add_parser("report", help="write the audit PDF of a station and print its path")
+    r.add_argument("--station", metavar="ID", required=True, help="station id")
+    r.add_argument("--since", metavar="DATE", default=None, help="from this date/time (UTC, ISO 8601)")
+    r.add_argument("--out", metavar="DIR", required=True, help="output folder (created if missing)")
+    _db_option(r)
+    r.set_defaults(func=run_report)
+
+    def _usage(args):
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_usage)
+    return p
