@@ -1,0 +1,239 @@
+"""The lens specification (TOML), see ``docs/spec.md``.
+
+Every problem is raised as :class:`metrology.errors.InputError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from metrology.conventions import ALIGNMENT_NOLL
+from metrology.errors import InputError
+from metrology.analysis.figures import cutoff_cyc_per_mm
+from metrology.analysis.orderings import lens_families
+
+FORMAT_VERSION = 1
+KNOWN_FAMILIES = tuple(f for f in lens_families(12) if not f.startswith("Z("))
+"""Family names accepted in ``[limits.family]`` (see :func:`orderings.zernike_family`)."""
+
+
+@dataclass
+class MtfLimit:
+    """Minimum MTF at an object-side spatial frequency (cycles/mm)."""
+
+    frequency_cyc_per_mm: float
+    min: float
+
+
+@dataclass
+class MisalignmentLimits:
+    """Largest station misalignment for which a measurement is valid (``inf``: not checked).
+
+    ``shift_mm`` bounds ``hypot(dx, dy)``; ``tilt_deg`` bounds each tilt component.
+    """
+
+    shift_mm: float = math.inf
+    rotation_deg: float = math.inf
+    distance_error_mm: float = math.inf
+    tilt_deg: float = math.inf
+
+
+@dataclass
+class Validity:
+    """Conditions on the measurement itself."""
+
+    max_reduced_chi2: float = 4.0
+    max_saturated_fraction: float = 0.05
+    max_condition_number: float = 1e8
+    max_station_misalignment: MisalignmentLimits = field(default_factory=MisalignmentLimits)
+    wavelength_tolerance_nm: float = 1.0
+    na_tolerance: float = 0.005
+
+
+@dataclass
+class LensSpec:
+    """A parsed lens specification. Limits left out of the file are ``None`` / empty."""
+
+    path: str
+    model: str
+    wavelength_nm: float
+    na: float
+    rms_waves_max: float | None = None
+    strehl_min: float | None = None
+    pv_waves_max: float | None = None
+    family_max: dict = field(default_factory=dict)  # family name -> waves
+    term_max: dict = field(default_factory=dict)  # Noll index -> waves
+    mtf: list = field(default_factory=list)  # MtfLimit
+    validity: Validity = field(default_factory=Validity)
+    format_version: int = FORMAT_VERSION
+    description: str = ""
+
+    @property
+    def cutoff_cyc_per_mm(self) -> float:
+        return cutoff_cyc_per_mm(self.wavelength_nm, self.na)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["term_max"] = {str(k): v for k, v in self.term_max.items()}
+        return d
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+
+
+def _keys(src, table: dict, where: str, allowed) -> None:
+    for k in table:
+        if k not in allowed:
+            raise InputError(src, f"unknown key '{where}{k}' (allowed: {', '.join(sorted(allowed))})")
+
+
+def _number(src, table: dict, key: str, where: str, *, required=False, default=None):
+    if key not in table:
+        if required:
+            raise InputError(src, f"missing key '{where}{key}'")
+        return default
+    v = table[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise InputError(src, f"'{where}{key}' must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _table(src, parent: dict, key: str, where: str) -> dict:
+    v = parent.get(key, {})
+    if not isinstance(v, dict):
+        raise InputError(src, f"'{where}{key}' must be a table")
+    return v
+
+
+def _check(src, ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise InputError(src, f"'{key}' {problem}")
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+def parse_spec(data: dict, src="<spec>") -> LensSpec:
+    """Build a :class:`LensSpec` from a parsed TOML dict (``src`` names the source in errors)."""
+    _keys(src, data, "", {"format_version", "lens", "limits", "validity"})
+    fv = data.get("format_version")
+    if fv != FORMAT_VERSION:
+        raise InputError(src, f"'format_version' must be {FORMAT_VERSION}, got {fv!r}")
+
+    lens = _table(src, data, "lens", "")
+    if "lens" not in data:
+        raise InputError(src, "missing table [lens]")
+    _keys(src, lens, "lens.", {"model", "wavelength_nm", "na", "description"})
+    model = lens.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InputError(src, "'lens.model' must be a non-empty string")
+    wl = _number(src, lens, "wavelength_nm", "lens.", required=True)
+    _check(src, wl > 0, "lens.wavelength_nm", f"must be > 0, got {wl}")
+    na = _number(src, lens, "na", "lens.", required=True)
+    _check(src, 0 < na < 1, "lens.na", f"must be in (0, 1), got {na}")
+    desc = lens.get("description", "")
+    if not isinstance(desc, str):
+        raise InputError(src, "'lens.description' must be a string")
+    spec = LensSpec(path=str(src), model=model, wavelength_nm=wl, na=na, description=desc)
+
+    lim = _table(src, data, "limits", "")
+    _keys(src, lim, "limits.", {"rms_waves_max", "strehl_min", "pv_waves_max", "family", "term", "mtf"})
+    spec.rms_waves_max = _number(src, lim, "rms_waves_max", "limits.")
+    if spec.rms_waves_max is not None:
+        _check(src, spec.rms_waves_max > 0, "limits.rms_waves_max", f"must be > 0, got {spec.rms_waves_max}")
+    spec.pv_waves_max = _number(src, lim, "pv_waves_max", "limits.")
+    if spec.pv_waves_max is not None:
+        _check(src, spec.pv_waves_max > 0, "limits.pv_waves_max", f"must be > 0, got {spec.pv_waves_max}")
+    spec.strehl_min = _number(src, lim, "strehl_min", "limits.")
+    if spec.strehl_min is not None:
+        _check(src, 0 < spec.strehl_min <= 1, "limits.strehl_min", f"must be in (0, 1], got {spec.strehl_min}")
+
+    fam = _table(src, lim, "family", "limits.")
+    for name in fam:
+        key = f"limits.family.{name}"
+        if name not in KNOWN_FAMILIES:
+            raise InputError(src, f"unknown key '{key}' (families: {', '.join(KNOWN_FAMILIES[:12])}, ...)")
+        v = _number(src, fam, name, "limits.family.")
+        _check(src, v > 0, key, f"must be > 0 waves, got {v}")
+        spec.family_max[name] = v
+
+    term = _table(src, lim, "term", "limits.")
+    for name in term:
+        key = f"limits.term.{name}"
+        try:
+            j = int(name)
+        except ValueError:
+            raise InputError(src, f"unknown key '{key}' (term keys are Noll indices, e.g. \"11\")") from None
+        if j < 1 or str(j) != name.strip():
+            raise InputError(src, f"unknown key '{key}' (term keys are Noll indices >= 5)")
+        _check(src, j not in ALIGNMENT_NOLL, key, "is an alignment term (Noll 1-4), never a lens limit")
+        v = _number(src, term, name, "limits.term.")
+        _check(src, v > 0, key, f"must be > 0 waves, got {v}")
+        spec.term_max[j] = v
+
+    mtf = lim.get("mtf", [])
+    if not isinstance(mtf, list):
+        raise InputError(src, "'limits.mtf' must be an array of tables ([[limits.mtf]])")
+    cut = spec.cutoff_cyc_per_mm
+    for i, row in enumerate(mtf):
+        where = f"limits.mtf[{i}]."
+        if not isinstance(row, dict):
+            raise InputError(src, f"'limits.mtf[{i}]' must be a table")
+        _keys(src, row, where, {"frequency_cyc_per_mm", "min"})
+        f = _number(src, row, "frequency_cyc_per_mm", where, required=True)
+        _check(src, 0 < f < cut, where + "frequency_cyc_per_mm",
+               f"must be in (0, {cut:.1f}) cycles/mm (the cut-off 2 NA / lambda), got {f}")
+        mn = _number(src, row, "min", where, required=True)
+        _check(src, 0 <= mn <= 1, where + "min", f"must be in [0, 1], got {mn}")
+        spec.mtf.append(MtfLimit(f, mn))
+
+    if (spec.rms_waves_max is None and spec.strehl_min is None and spec.pv_waves_max is None
+            and not spec.family_max and not spec.term_max and not spec.mtf):
+        raise InputError(src, "'limits' holds no limit: a specification must state at least one")
+
+    val = _table(src, data, "validity", "")
+    _keys(src, val, "validity.", {"max_reduced_chi2", "max_saturated_fraction", "max_condition_number",
+                                  "max_station_misalignment", "wavelength_tolerance_nm", "na_tolerance"})
+    v = spec.validity
+    for key, lo_ok, text in (
+        ("max_reduced_chi2", lambda x: x > 0, "must be > 0"),
+        ("max_saturated_fraction", lambda x: 0 <= x <= 1, "must be in [0, 1]"),
+        ("max_condition_number", lambda x: x >= 1, "must be >= 1"),
+        ("wavelength_tolerance_nm", lambda x: x >= 0, "must be >= 0"),
+        ("na_tolerance", lambda x: x >= 0, "must be >= 0"),
+    ):
+        x = _number(src, val, key, "validity.")
+        if x is not None:
+            _check(src, lo_ok(x), "validity." + key, f"{text}, got {x}")
+            setattr(v, key, x)
+    mis = _table(src, val, "max_station_misalignment", "validity.")
+    where = "validity.max_station_misalignment."
+    _keys(src, mis, where, {"shift_mm", "rotation_deg", "distance_error_mm", "tilt_deg"})
+    for key in mis:
+        x = _number(src, mis, key, where)
+        _check(src, x > 0, where + key, f"must be > 0, got {x}")
+        setattr(v.max_station_misalignment, key, x)
+    return spec
+
+
+def load_spec(path) -> LensSpec:
+    """Read and validate a lens specification TOML file.
+
+    Raises
+    ------
+    InputError
+        Missing/unreadable file, TOML syntax error, unknown key, impossible limit (naming the key).
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise InputError(p, f"cannot read specification: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(p, f"not valid TOML: {e}") from None
+    return parse_spec(data, p)

@@ -1,0 +1,282 @@
+"""Conformance decisions (ISO 14253-1, ``U = k u``, ``k = 2``) and the overall verdict.
+
+Rules (``docs/spec.md``, "Verdict"):
+
+* each limit: :func:`decide_upper` / :func:`decide_lower`;
+* the measurement must be valid (solver converged, fit residual, data quality, identifiability,
+  station misalignment, wavelength/NA match, calibration status); an invalid measurement is never
+  PASS and never FAIL: a FAIL from bad data is not trustworthy either, so it becomes INCONCLUSIVE
+  with every reason stated;
+* valid measurement: FAIL if any limit FAILs, PASS if all PASS, INCONCLUSIVE otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from metrology.conventions import ALIGNMENT_NOLL, COVERAGE_FACTOR, DECISION_RULE
+from metrology.measurement import Measurement
+from metrology.analysis.orderings import noll_to_nm, zernike_name
+from metrology.analysis.propagation import N_DRAWS, SEED, MTF_AZIMUTHS_DEG, derived_figures, family_indices
+from metrology.analysis.spec import LensSpec
+
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+
+
+def decide_upper(value: float, U: float, limit: float) -> str:
+    """Upper limit: PASS if ``value + U <= limit``, FAIL if ``value - U > limit``, else INCONCLUSIVE."""
+    if not (math.isfinite(value) and math.isfinite(U)):
+        return INCONCLUSIVE
+    if value + U <= limit:
+        return PASS
+    if value - U > limit:
+        return FAIL
+    return INCONCLUSIVE
+
+
+def decide_lower(value: float, U: float, limit: float) -> str:
+    """Lower limit: PASS if ``value - U >= limit``, FAIL if ``value + U < limit``, else INCONCLUSIVE."""
+    if not (math.isfinite(value) and math.isfinite(U)):
+        return INCONCLUSIVE
+    if value - U >= limit:
+        return PASS
+    if value + U < limit:
+        return FAIL
+    return INCONCLUSIVE
+
+
+@dataclass
+class LimitResult:
+    """One judged limit. ``kind`` is ``"max"`` or ``"min"``; ``U = k u``."""
+
+    name: str
+    kind: str
+    limit: float
+    unit: str
+    value: float
+    u: float
+    U: float
+    verdict: str
+    reason: str
+    key: str = ""  # the spec key, e.g. "limits.family.coma"
+
+
+@dataclass
+class Verdict:
+    """Overall decision with its reasons (blocking findings first) and per-limit rows."""
+
+    overall: str
+    reasons: list
+    limits: list
+    warnings: list = field(default_factory=list)
+    valid: bool = True
+    decision_rule: str = DECISION_RULE
+    coverage_factor: float = COVERAGE_FACTOR
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["limits"] = [asdict(r) for r in self.limits]
+        return d
+
+
+# ----------------------------------------------------------------------------- validity
+
+_STATION_RE = re.compile(r"^(?:illumination\.)?(shift_mm|rotation_deg|distance_error_mm|tilt_deg)(?:\[(\d+)\])?$")
+_ZERNIKE_RE = re.compile(r"^pupil\.zernike_waves\[(\d+)\]$")
+
+
+def judged_noll(spec: LensSpec, n_terms: int) -> list[int]:
+    """Noll indices (among 1..n_terms) that some limit of ``spec`` depends on."""
+    judged = set()
+    if spec.rms_waves_max is not None or spec.strehl_min is not None or spec.pv_waves_max is not None or spec.mtf:
+        judged.update(j for j in range(1, n_terms + 1) if j not in ALIGNMENT_NOLL)
+    for fam in spec.family_max:
+        judged.update(i + 1 for i in family_indices(fam, n_terms))
+    judged.update(j for j in spec.term_max if j <= n_terms)
+    return sorted(judged)
+
+
+def _misalignment(measurement: Measurement) -> dict:
+    """Largest |value| per misalignment kind (shift: hypot of dx, dy)."""
+    comps: dict = {}
+    for s in measurement.station:
+        mt = _STATION_RE.match(str(s.name))
+        if mt:
+            comps.setdefault(mt.group(1), []).append(float(s.value))
+    out = {}
+    if "shift_mm" in comps:
+        out["shift_mm"] = float(np.hypot.reduce(np.abs(comps["shift_mm"]))) if comps["shift_mm"] else 0.0
+    for k in ("rotation_deg", "distance_error_mm", "tilt_deg"):
+        if k in comps:
+            out[k] = float(np.max(np.abs(comps[k])))
+    return out
+
+
+def validity_findings(measurement: Measurement, spec: LensSpec, station_status: dict | None = None):
+    """Reasons that make the measurement invalid, and non-blocking warnings.
+
+    Returns
+    -------
+    blocking : list of str
+    warnings : list of str
+    """
+    v = spec.validity
+    blocking, warnings = [], []
+    sol = measurement.solver
+    if not sol.converged:
+        blocking.append(f"solver did not converge ({sol.message or 'no message'})")
+    chi2 = float(sol.reduced_chi2)
+    if not math.isfinite(chi2) or chi2 > v.max_reduced_chi2:
+        blocking.append(f"fit residual too large: reduced chi2 {chi2:.3g} > {v.max_reduced_chi2:g}")
+    q = measurement.quality
+    for code, message, sev in q.flags:
+        (blocking if sev == "error" else warnings).append(f"data quality {sev} [{code}]: {message}")
+    if q.blank_frames and not any(sev == "error" for _, _, sev in q.flags):
+        warnings.append(f"blank frames: {list(q.blank_frames)}")
+    if q.saturated_fraction > v.max_saturated_fraction:
+        blocking.append(f"saturated fraction {q.saturated_fraction:.3g} > {v.max_saturated_fraction:g}")
+
+    k = len(measurement.zernike_waves)
+    judged = set(judged_noll(spec, k))
+    ident = measurement.identifiability
+    bad = []
+    for name in ident.unidentifiable:
+        mt = _ZERNIKE_RE.match(str(name))
+        if mt and int(mt.group(1)) + 1 in judged:  # tensor index i is Noll i + 1
+            j = int(mt.group(1)) + 1
+            bad.append(f"Noll {j} ({zernike_name(*noll_to_nm(j))})")
+        elif not mt:
+            warnings.append(f"not identifiable (not judged): {name}")
+    if bad:
+        blocking.append("judged Zernike terms not identifiable from the data: " + ", ".join(bad))
+    cond = float(ident.condition_number)
+    if not math.isfinite(cond) or cond > v.max_condition_number:
+        blocking.append(f"condition number {cond:.3g} > {v.max_condition_number:g}")
+
+    mis = _misalignment(measurement)
+    lim = v.max_station_misalignment
+    for key, value in mis.items():
+        mx = getattr(lim, key)
+        if value > mx:
+            blocking.append(f"station misalignment {key} = {value:.3g} beyond the validity limit {mx:g}")
+
+    if abs(measurement.wavelength_nm - spec.wavelength_nm) > v.wavelength_tolerance_nm:
+        blocking.append(f"wavelength {measurement.wavelength_nm:g} nm does not match the specification's "
+                        f"{spec.wavelength_nm:g} nm")
+    if abs(measurement.na - spec.na) > v.na_tolerance:
+        blocking.append(f"NA {measurement.na:g} does not match the specification's {spec.na:g}")
+
+    if station_status is not None:
+        status = str(station_status.get("status", "none"))
+        why = station_status.get("reason", "")
+        if status in ("expired", "failed", "drifted"):
+            blocking.append(f"station calibration {status}" + (f": {why}" if why else ""))
+        elif status == "none":
+            warnings.append("no calibration audit store configured" + (f": {why}" if why else ""))
+        elif status != "valid":
+            blocking.append(f"station calibration status unknown ({status!r})")
+    if not np.all(np.isfinite(measurement.zernike_waves)) or not np.all(np.isfinite(measurement.zernike_cov)):
+        blocking.append("non-finite Zernike coefficients or covariance")
+    return blocking, warnings
+
+
+# ----------------------------------------------------------------------------- judge
+
+
+def _row(name, key, kind, limit, unit, q, scale=1.0) -> LimitResult:
+    value, u, U = q.value * scale, q.u * scale, q.U * scale
+    dec = decide_upper(value, U, limit) if kind == "max" else decide_lower(value, U, limit)
+    op = "<=" if kind == "max" else ">="
+    if dec == PASS:
+        reason = f"conforms: {value:.4g} {op} {limit:g} even with U = {U:.2g}"
+    elif dec == FAIL:
+        reason = f"does not conform: {value:.4g} violates {op} {limit:g} by more than U = {U:.2g}"
+    elif not math.isfinite(value):
+        reason = "value not available"
+    else:
+        reason = f"{value:.4g} +/- {U:.2g} straddles the limit {limit:g}"
+    return LimitResult(name, kind, float(limit), unit, float(value), float(u), float(U), dec, reason, key)
+
+
+def judge(measurement: Measurement, spec: LensSpec, station_status: dict | None = None,
+          n_draws: int = N_DRAWS, seed: int = SEED) -> Verdict:
+    """Judge a measurement against a lens specification.
+
+    Parameters
+    ----------
+    measurement : Measurement
+        Noll coefficients (waves) and covariance; alignment terms Noll 1-4 are excluded.
+    spec : LensSpec
+    station_status : dict, optional
+        From calibration audits: ``{"status": "valid"|"expired"|"failed"|"none"|"drifted",
+        "reason": str}``; ``"none"`` (no audit store) only warns.
+    n_draws, seed : int
+        Monte Carlo settings of :mod:`metrology.analysis.propagation`.
+
+    Returns
+    -------
+    Verdict
+    """
+    c = np.asarray(measurement.zernike_waves, dtype=float)
+    cov = np.asarray(measurement.zernike_cov, dtype=float)
+    k = c.size
+    fams = [f for f in spec.family_max if family_indices(f, k)]
+    figs = derived_figures(
+        np.nan_to_num(c), np.nan_to_num(cov), measurement.wavelength_nm, measurement.na,
+        pv=spec.pv_waves_max is not None, strehl=spec.strehl_min is not None,
+        mtf_frequencies_cyc_per_mm=[m.frequency_cyc_per_mm for m in spec.mtf],
+        families=fams, terms=[j for j in spec.term_max if j <= k], n_draws=n_draws, seed=seed,
+    )
+    rows = []
+    if spec.rms_waves_max is not None:
+        rows.append(_row("RMS wavefront error (alignment removed)", "limits.rms_waves_max", "max",
+                         spec.rms_waves_max, "waves", figs["rms_waves"]))
+    if spec.pv_waves_max is not None:
+        rows.append(_row("PV wavefront error (alignment removed)", "limits.pv_waves_max", "max",
+                         spec.pv_waves_max, "waves", figs["pv_waves"]))
+    if spec.strehl_min is not None:
+        rows.append(_row("Strehl ratio (on-axis)", "limits.strehl_min", "min", spec.strehl_min, "",
+                         figs["strehl"]))
+    for name, lim in spec.family_max.items():
+        key = f"limits.family.{name}"
+        if name in fams:
+            rows.append(_row(f"{name} magnitude", key, "max", lim, "waves", figs[f"family:{name}"]))
+        else:
+            rows.append(LimitResult(f"{name} magnitude", "max", lim, "waves", math.nan, math.nan, math.nan,
+                                    INCONCLUSIVE, f"not measured (only Noll 1..{k} fitted)", key))
+    for j, lim in spec.term_max.items():
+        key = f"limits.term.{j}"
+        label = f"|Z{j}| {zernike_name(*noll_to_nm(j))}"
+        if j <= k:
+            rows.append(_row(label, key, "max", lim, "waves", figs[f"term:{j}"]))
+        else:
+            rows.append(LimitResult(label, "max", lim, "waves", math.nan, math.nan, math.nan, INCONCLUSIVE,
+                                    f"not measured (only Noll 1..{k} fitted)", key))
+    az = "/".join(f"{a:g}" for a in MTF_AZIMUTHS_DEG)
+    for i, m in enumerate(spec.mtf):
+        rows.append(_row(f"MTF at {m.frequency_cyc_per_mm:g} cycles/mm (worst of {az} deg)",
+                         f"limits.mtf[{i}].min", "min", m.min, "", figs[f"mtf@{m.frequency_cyc_per_mm:g}"]))
+
+    blocking, warnings = validity_findings(measurement, spec, station_status)
+    failed = [r for r in rows if r.verdict == FAIL]
+    open_ = [r for r in rows if r.verdict == INCONCLUSIVE]
+    if blocking:
+        overall = INCONCLUSIVE
+        reasons = ["measurement not valid: " + b for b in blocking]
+        if failed:
+            reasons.append("limits that would fail on valid data (not trusted): "
+                           + ", ".join(r.name for r in failed))
+    elif failed:
+        overall = FAIL
+        reasons = [f"{r.name}: {r.reason}" for r in failed]
+    elif open_:
+        overall = INCONCLUSIVE
+        reasons = [f"{r.name}: {r.reason}" for r in open_]
+    else:
+        overall = PASS
+        reasons = ["all limits conform with the expanded uncertainty taken into account"]
+    return Verdict(overall, reasons, rows, warnings, valid=not blocking)

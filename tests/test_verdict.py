@@ -1,0 +1,153 @@
+"""Decision rule and judge(): PASS / FAIL / INCONCLUSIVE, and validity blocks."""
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metrology.analysis.spec import load_spec, parse_spec
+from metrology.analysis.verdict import decide_lower, decide_upper, judge
+from metrology.measurement import (
+    DataQuality, Identifiability, Measurement, SolverReport, StationEstimate,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "fixtures" / "specs" / "plan-4x-010.toml"
+DRAWS = 400
+
+
+def _lens_coeffs(name):
+    d = tomllib.loads((ROOT / "fixtures" / "lenses" / f"{name}-4x.toml").read_text())
+    c = np.zeros(15)
+    for k, v in d["zernike_waves"].items():
+        c[int(k) - 1] = v
+    return c
+
+
+def _measurement(c, u=0.002, **kw):
+    k = len(c)
+    cov = np.diag(np.r_[np.zeros(4), np.full(k - 4, u**2)])
+    solver = SolverReport(mode="lens", loss_name="amplitude", iterations=100, converged=kw.pop("converged", True),
+                          final_loss=1.0, history=[], reduced_chi2=kw.pop("chi2", 1.1),
+                          frame_residuals=np.ones(5))
+    quality = DataQuality(saturated_fraction=kw.pop("saturated", 0.0), blank_frames=kw.pop("blank", []),
+                          flags=kw.pop("flags", []))
+    ident = Identifiability(names=[], correlation=np.eye(2), condition_number=kw.pop("cond", 100.0),
+                            unidentifiable=kw.pop("unidentifiable", []))
+    station = [
+        StationEstimate("illumination.shift_mm[0]", "LED shift x", "mm", kw.pop("dx", 0.1), 0.01),
+        StationEstimate("illumination.shift_mm[1]", "LED shift y", "mm", 0.05, 0.01),
+        StationEstimate("illumination.rotation_deg", "LED rotation", "deg", 0.3, 0.01),
+        StationEstimate("illumination.distance_error_mm", "LED distance", "mm", 0.2, 0.05),
+        StationEstimate("illumination.tilt_deg[0]", "tilt x", "deg", 0.1, 0.01),
+        StationEstimate("illumination.tilt_deg[1]", "tilt y", "deg", -0.1, 0.01),
+    ]
+    return Measurement(wavelength_nm=kw.pop("wavelength_nm", 520.0), na=kw.pop("na", 0.1), tile_center_mm=(0.0, 0.0),
+                       zernike_waves=np.asarray(c, float), zernike_cov=cov, station=station, solver=solver,
+                       quality=quality, identifiability=ident)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec(SPEC)
+
+
+def test_decide_upper_three_outcomes_and_edge():
+    assert decide_upper(0.05, 0.01, 0.07) == "PASS"
+    assert decide_upper(0.10, 0.01, 0.07) == "FAIL"
+    assert decide_upper(0.065, 0.01, 0.07) == "INCONCLUSIVE"
+    assert decide_upper(0.075, 0.01, 0.07) == "INCONCLUSIVE"
+    assert decide_upper(0.5, 0.25, 0.75) == "PASS"  # exactly at the limit: value + U == limit
+    assert decide_upper(1.0, 0.25, 0.75) == "INCONCLUSIVE"  # value - U == limit is not proven FAIL
+    assert decide_upper(float("nan"), 0.01, 0.07) == "INCONCLUSIVE"
+
+
+def test_decide_lower_three_outcomes_and_edge():
+    assert decide_lower(0.9, 0.05, 0.8) == "PASS"
+    assert decide_lower(0.6, 0.05, 0.8) == "FAIL"
+    assert decide_lower(0.82, 0.05, 0.8) == "INCONCLUSIVE"
+    assert decide_lower(1.0, 0.25, 0.75) == "PASS"  # exactly at the limit
+    assert decide_lower(0.5, 0.25, 0.75) == "INCONCLUSIVE"
+
+
+def test_good_lens_passes(spec):
+    v = judge(_measurement(_lens_coeffs("good")), spec, {"status": "valid", "reason": ""}, n_draws=DRAWS)
+    assert v.overall == "PASS", v.reasons
+    assert all(r.verdict == "PASS" for r in v.limits)
+    names = {r.key for r in v.limits}
+    assert {"limits.rms_waves_max", "limits.strehl_min", "limits.pv_waves_max", "limits.family.coma",
+            "limits.term.11", "limits.mtf[0].min"} <= names
+    d = v.to_dict()
+    assert d["overall"] == "PASS" and len(d["limits"]) == len(v.limits) and "ISO 14253-1" in d["decision_rule"]
+
+
+def test_bad_lens_fails(spec):
+    v = judge(_measurement(_lens_coeffs("bad")), spec, n_draws=DRAWS)
+    assert v.overall == "FAIL"
+    rms = [r for r in v.limits if r.key == "limits.rms_waves_max"][0]
+    assert rms.verdict == "FAIL" and rms.value == pytest.approx(0.15, abs=1e-3)
+
+
+def test_rms_within_U_is_inconclusive(spec):
+    c = _lens_coeffs("good") * (0.07 / 0.03997)  # RMS exactly at the limit
+    v = judge(_measurement(c, u=0.004), spec, n_draws=DRAWS)
+    rms = [r for r in v.limits if r.key == "limits.rms_waves_max"][0]
+    assert rms.verdict == "INCONCLUSIVE" and rms.U > 0
+    assert v.overall in ("INCONCLUSIVE", "FAIL")
+    assert v.overall != "PASS"
+
+
+def test_marginal_lens_is_inconclusive(spec):
+    v = judge(_measurement(_lens_coeffs("marginal")), spec, n_draws=DRAWS)
+    assert v.overall == "INCONCLUSIVE"
+
+
+@pytest.mark.parametrize(
+    "kw,text",
+    [
+        (dict(converged=False), "converge"),
+        (dict(flags=[("blank_frame", "frame 12 is blank", "error")], blank=[12]), "blank"),
+        (dict(unidentifiable=["pupil.zernike_waves[5]"]), "Noll 6"),
+        (dict(chi2=9.0), "chi2"),
+        (dict(saturated=0.2), "saturated"),
+        (dict(cond=1e9), "condition"),
+        (dict(dx=3.0), "shift_mm"),
+        (dict(wavelength_nm=530.0), "wavelength"),
+        (dict(na=0.12), "NA"),
+    ],
+)
+@pytest.mark.parametrize("lens", ["good", "bad"])
+def test_invalid_measurement_never_pass_or_fail(spec, kw, text, lens):
+    v = judge(_measurement(_lens_coeffs(lens), **kw), spec, n_draws=200)
+    assert v.overall == "INCONCLUSIVE" and not v.valid
+    assert any(text in r for r in v.reasons), v.reasons
+
+
+@pytest.mark.parametrize("status,overall", [("valid", "PASS"), ("none", "PASS"), ("expired", "INCONCLUSIVE"),
+                                            ("failed", "INCONCLUSIVE"), ("drifted", "INCONCLUSIVE")])
+def test_station_status(spec, status, overall):
+    v = judge(_measurement(_lens_coeffs("good")), spec, {"status": status, "reason": "audit 2024-11"},
+              n_draws=200)
+    assert v.overall == overall
+    if status == "none":
+        assert any("audit" in w for w in v.warnings)
+    if overall == "INCONCLUSIVE":
+        assert any(status in r and "audit 2024-11" in r for r in v.reasons)
+
+
+def test_warnings_do_not_block(spec):
+    m = _measurement(_lens_coeffs("good"), flags=[("hot_pixels", "3 hot pixels", "warning")],
+                     unidentifiable=["illumination.brightness[3]", "pupil.zernike_waves[0]"])
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "PASS" and v.warnings
+
+
+def test_unmeasured_term_is_inconclusive(spec):
+    data = tomllib.loads(SPEC.read_text())
+    data["limits"] = {"term": {"22": 0.05}, "rms_waves_max": 0.07}
+    s = parse_spec(data, "inline")
+    v = judge(_measurement(_lens_coeffs("good")), s, n_draws=200)
+    row = [r for r in v.limits if r.key == "limits.term.22"][0]
+    assert row.verdict == "INCONCLUSIVE" and "not measured" in row.reason
+    assert v.overall == "INCONCLUSIVE"
