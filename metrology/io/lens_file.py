@@ -1,0 +1,163 @@
+"""Lens description files (TOML) for the simulator: the lens "truth".
+
+Format (``docs/formats.md``, section "Lens description")::
+
+    format_version = 1
+    model = "Plan 4x/0.10"
+    serial = "SN-0001"
+    na = 0.1
+    wavelength_nm = 520.0          # optional: wavelength at which the coefficients are given
+    [zernike_waves]                # Noll index -> coefficient (waves); or a list, Noll 1..n
+    "5" = 0.03
+    [apodisation]                  # optional: Noll coefficients of ln(amplitude)
+    "4" = -0.1
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from metrology.errors import InputError
+
+FORMAT_VERSION = 1
+MAX_NOLL = 231
+_TOP_KEYS = {"format_version", "model", "serial", "na", "wavelength_nm", "zernike_waves", "apodisation"}
+
+
+@dataclass(frozen=True)
+class LensDescription:
+    """A lens under test as the simulator sees it.
+
+    Attributes
+    ----------
+    model, serial : str
+    na : float
+        True numerical aperture (pupil edge).
+    wavelength_nm : float or None
+        Wavelength at which ``zernike_waves`` are stated (None: the station's wavelength).
+    zernike_waves : dict int -> float
+        Noll index -> pupil phase coefficient (waves).
+    apodisation : dict int -> float
+        Noll index -> coefficient of ``ln A`` (pupil amplitude); empty = uniform.
+    """
+
+    model: str
+    serial: str
+    na: float
+    wavelength_nm: float | None = None
+    zernike_waves: dict = field(default_factory=dict)
+    apodisation: dict = field(default_factory=dict)
+    source: str = field(default="", compare=False)
+
+    @property
+    def max_noll(self) -> int:
+        """Largest Noll index with a coefficient (4 at least)."""
+        return max([4, *self.zernike_waves, *self.apodisation])
+
+    def coefficients(self, n_terms: int | None = None, wavelength_nm: float | None = None) -> np.ndarray:
+        """Phase coefficients Noll 1..n_terms (waves), shape (n_terms,).
+
+        Parameters
+        ----------
+        n_terms : int, optional
+            Length (default :attr:`max_noll`). Must cover every non-zero coefficient.
+        wavelength_nm : float, optional
+            Convert to waves at this wavelength (same optical path; ``c * lambda_lens / lambda``).
+        """
+        return self._vector(self.zernike_waves, n_terms, wavelength_nm)
+
+    def apodisation_coefficients(self, n_terms: int | None = None) -> np.ndarray:
+        """``ln A`` coefficients Noll 1..n_terms, shape (n_terms,)."""
+        return self._vector(self.apodisation, n_terms, None)
+
+    def rms_waves(self, first: int = 5, last: int | None = None) -> float:
+        """RMS wavefront error ``sqrt(sum c_j^2)`` over Noll ``first..last`` (waves)."""
+        c = self.coefficients()
+        last = len(c) if last is None else last
+        return float(np.sqrt(np.sum(c[first - 1 : last] ** 2)))
+
+    def _vector(self, table, n_terms, wavelength_nm):
+        n = self.max_noll if n_terms is None else int(n_terms)
+        out = np.zeros(n)
+        for j, v in table.items():
+            if j > n:
+                if v != 0.0:
+                    raise ValueError(f"lens has Noll {j} but only {n} terms were requested")
+                continue
+            out[j - 1] = v
+        if wavelength_nm is not None and self.wavelength_nm is not None and table is self.zernike_waves:
+            out = out * (self.wavelength_nm / wavelength_nm)
+        return out
+
+
+def _number(source, name, value, positive=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(source, f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise InputError(source, f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def _coefficient_table(source, name, value) -> dict:
+    out = {}
+    if isinstance(value, list):
+        items = [(str(i + 1), v) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        items = list(value.items())
+    else:
+        raise InputError(source, f"{name} must be a table (Noll index -> waves) or a list (Noll 1..n)")
+    for key, v in items:
+        try:
+            j = int(key)
+        except ValueError:
+            raise InputError(source, f"unknown key '{name}.{key}' (keys are Noll indices 1..{MAX_NOLL})") from None
+        if not 1 <= j <= MAX_NOLL or str(j) != key.strip():
+            raise InputError(source, f"{name}.{key}: Noll index must be an integer in 1..{MAX_NOLL}")
+        out[j] = _number(source, f"{name}.{key}", v)
+        if abs(out[j]) > 10:
+            raise InputError(source, f"{name}.{key} = {out[j]:g} is implausibly large (|c| > 10)")
+    return out
+
+
+def load_lens(path) -> LensDescription:
+    """Read and validate a lens description TOML file.
+
+    Raises
+    ------
+    InputError
+        Missing file, TOML syntax error, unknown key, wrong type or bad value (names the key).
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "lens file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read lens file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"TOML syntax error: {exc}") from None
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise InputError(path, f"unknown key '{key}'")
+    version = data.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise InputError(path, f"format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("model", "serial"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise InputError(path, f"'{key}' must be a non-empty string" if key in data else f"missing required key '{key}'")
+    if "na" not in data:
+        raise InputError(path, "missing required key 'na'")
+    na = _number(path, "na", data["na"])
+    if not 0 < na < 1:
+        raise InputError(path, f"na must be in (0, 1), got {na:g}")
+    wl = data.get("wavelength_nm")
+    wl = None if wl is None else _number(path, "wavelength_nm", wl, positive=True)
+    zw = _coefficient_table(path, "zernike_waves", data.get("zernike_waves", {}))
+    ap = _coefficient_table(path, "apodisation", data.get("apodisation", {}))
+    return LensDescription(model=data["model"], serial=data["serial"], na=na, wavelength_nm=wl,
+                           zernike_waves=zw, apodisation=ap, source=str(path))

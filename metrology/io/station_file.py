@@ -1,0 +1,422 @@
+"""Station description files (TOML): load, validate, write back.
+
+The format is specified in ``docs/formats.md`` (section "Station description"). Every key is in
+:data:`SCHEMA`; unknown keys, missing required keys, wrong types and out-of-range values raise
+:class:`~metrology.errors.InputError` naming the file and the key (``led_array.pitch_mm``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from dataclasses import replace as dc_replace
+from pathlib import Path
+
+from metrology.errors import InputError
+
+FORMAT_VERSION = 1
+REQUIRED = object()
+"""Sentinel default: the key must be present."""
+
+DRIFT_PATHS = {
+    "shift_mm": "illumination.shift_mm",
+    "rotation_deg": "illumination.rotation_deg",
+    "distance_error_mm": "illumination.distance_error_mm",
+    "tilt_deg": "illumination.tilt_deg",
+    "defocus_um": "sample.defocus_um",
+    "position_um": "sample.position_um",
+}
+"""TOML key in ``[calibration.drift_limits]`` -> station parameter path of the model."""
+
+DEFAULT_DRIFT_LIMITS = {
+    "shift_mm": 0.05,
+    "rotation_deg": 0.1,
+    "distance_error_mm": 0.3,
+    "tilt_deg": 0.5,
+    "defocus_um": 20.0,
+    "position_um": 50.0,
+}
+"""Default drift limits (units in the key names; 2-vectors: limit on the Euclidean norm)."""
+
+
+def _gt0(v):
+    return None if v > 0 else f"must be > 0, got {v:g}"
+
+
+def _ge0(v):
+    return None if v >= 0 else f"must be >= 0, got {v:g}"
+
+
+def _na(v):
+    return None if 0 < v < 1 else f"must be in (0, 1), got {v:g}"
+
+
+def _ge1(v):
+    return None if v >= 1 else f"must be >= 1, got {v:g}"
+
+
+def _frame(v):
+    return None if v >= 8 and v % 2 == 0 else f"must be even and >= 8, got {v}"
+
+
+def _bits(v):
+    return None if 1 <= v <= 16 else f"must be in 1..16, got {v}"
+
+
+def _zterms(v):
+    return None if 4 <= v <= 231 else f"must be in 4..231, got {v}"
+
+
+def _order(v):
+    return None if v in ("raster", "spiral") else f"must be 'raster' or 'spiral', got {v!r}"
+
+
+def _nonempty(v):
+    return None if v.strip() else "must not be empty"
+
+
+# (section, key) -> (attribute, kind, default, check). Section "" is the top level.
+SCHEMA = {
+    ("", "format_version"): ("format_version", "int", FORMAT_VERSION, None),
+    ("station", "id"): ("station_id", "str", REQUIRED, _nonempty),
+    ("station", "description"): ("description", "str", "", None),
+    ("led_array", "rows"): ("led_rows", "int", REQUIRED, _ge1),
+    ("led_array", "cols"): ("led_cols", "int", REQUIRED, _ge1),
+    ("led_array", "pitch_mm"): ("led_pitch_mm", "float", REQUIRED, _gt0),
+    ("led_array", "distance_mm"): ("led_distance_mm", "float", REQUIRED, _gt0),
+    ("led_array", "center_row"): ("led_center_row", "float", None, None),
+    ("led_array", "center_col"): ("led_center_col", "float", None, None),
+    ("led_array", "wavelength_nm"): ("wavelength_nm", "float", REQUIRED, _gt0),
+    ("led_array", "size_mm"): ("led_size_mm", "float", 0.0, _ge0),
+    ("led_array", "order"): ("led_order", "str", "raster", _order),
+    ("lens", "na"): ("na", "float", REQUIRED, _na),
+    ("lens", "magnification"): ("magnification", "float", REQUIRED, _gt0),
+    ("camera", "pixel_um"): ("camera_pixel_um", "float", REQUIRED, _gt0),
+    ("camera", "frame_px"): ("frame_px", "int", REQUIRED, _frame),
+    ("camera", "bit_depth"): ("bit_depth", "int", 12, _bits),
+    ("camera", "photons_per_count"): ("photons_per_count", "float", 1.0, _gt0),
+    ("camera", "read_noise_e"): ("read_noise_e", "float", 0.0, _ge0),
+    ("camera", "background_counts"): ("background_counts", "float", 0.0, _ge0),
+    ("reconstruction", "upsampling"): ("upsampling", "int", None, _ge1),
+    ("reconstruction", "zernike_terms"): ("zernike_terms", "int", 36, _zterms),
+    ("reconstruction", "tile_center_mm"): ("tile_center_mm", "pair", (0.0, 0.0), None),
+    ("slide", "thickness_mm"): ("slide_thickness_mm", "float", 0.0, _ge0),
+    ("slide", "index"): ("slide_index", "float", 1.52, _ge1),
+    ("calibration", "validity_days"): ("validity_days", "float", 30.0, _gt0),
+}
+SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration")
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """Camera of a station (noise model of the simulator, full scale of the solver).
+
+    Attributes: ``pixel_um`` (camera pixel pitch, um), ``frame_px`` (square frame side),
+    ``bit_depth``, ``photons_per_count`` (photo-electrons per count, the gain),
+    ``read_noise_e`` (read noise, electrons RMS), ``background_counts`` (offset, counts).
+    """
+
+    pixel_um: float
+    frame_px: int
+    bit_depth: int
+    photons_per_count: float
+    read_noise_e: float
+    background_counts: float
+
+    @property
+    def full_scale(self) -> int:
+        """Largest count value ``2**bit_depth - 1`` (saturation)."""
+        return 2**self.bit_depth - 1
+
+
+@dataclass(frozen=True)
+class StationDescription:
+    """A validated station description (see ``docs/formats.md``). Units in the names.
+
+    LED ``(row, col)`` indices are board indices, ``0 <= row < led_rows``, ``0 <= col < led_cols``.
+    ``drift_limits`` maps station parameter paths (``illumination.shift_mm`` ...) to the largest
+    allowed drift from the calibrated state (for 2-vectors: of the Euclidean norm).
+    """
+
+    station_id: str
+    led_rows: int
+    led_cols: int
+    led_pitch_mm: float
+    led_distance_mm: float
+    led_center_row: float
+    led_center_col: float
+    wavelength_nm: float
+    na: float
+    magnification: float
+    camera_pixel_um: float
+    frame_px: int
+    upsampling: int
+    description: str = ""
+    led_size_mm: float = 0.0
+    led_order: str = "raster"
+    bit_depth: int = 12
+    photons_per_count: float = 1.0
+    read_noise_e: float = 0.0
+    background_counts: float = 0.0
+    zernike_terms: int = 36
+    tile_center_mm: tuple = (0.0, 0.0)
+    slide_thickness_mm: float = 0.0
+    slide_index: float = 1.52
+    validity_days: float = 30.0
+    drift_limits: dict = field(default_factory=lambda: {DRIFT_PATHS[k]: v for k, v in DEFAULT_DRIFT_LIMITS.items()})
+    format_version: int = FORMAT_VERSION
+    source: str = field(default="", compare=False)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def camera(self) -> CameraSettings:
+        """Camera settings (pixel, frame, bit depth, gain, read noise, background)."""
+        return CameraSettings(
+            self.camera_pixel_um, self.frame_px, self.bit_depth, self.photons_per_count,
+            self.read_noise_e, self.background_counts,
+        )
+
+    @property
+    def fov_um(self) -> float:
+        """Field of view of one frame in the sample plane (um)."""
+        return self.frame_px * self.camera_pixel_um / self.magnification
+
+    def led_list(self) -> list[tuple[int, int]]:
+        """All ``(row, col)`` of the board section, in the configured capture order.
+
+        ``raster``: row by row, columns increasing. ``spiral``: outward from the centre LED, by
+        distance from ``(center_row, center_col)``, ties broken by angle from +x towards +y.
+        """
+        leds = [(r, c) for r in range(self.led_rows) for c in range(self.led_cols)]
+        if self.led_order == "spiral":
+            def key(rc):
+                dy, dx = rc[0] - self.led_center_row, rc[1] - self.led_center_col
+                return (round(math.hypot(dx, dy), 9), round(math.atan2(dy, dx) % (2 * math.pi), 9))
+            leds.sort(key=key)
+        return leds
+
+    def geometry(self, leds=None):
+        """The :class:`metrology.physics.StationGeometry` for ``leds`` (default :meth:`led_list`)."""
+        from metrology.physics.geometry import StationGeometry
+
+        return StationGeometry(
+            wavelength_nm=self.wavelength_nm,
+            na=self.na,
+            magnification=self.magnification,
+            camera_pixel_um=self.camera_pixel_um,
+            frame_px=self.frame_px,
+            upsampling=self.upsampling,
+            led_pitch_mm=self.led_pitch_mm,
+            led_distance_mm=self.led_distance_mm,
+            led_center_row=self.led_center_row,
+            led_center_col=self.led_center_col,
+            leds=tuple(self.led_list() if leds is None else leds),
+            tile_center_mm=tuple(self.tile_center_mm),
+            zernike_terms=self.zernike_terms,
+            led_size_mm=self.led_size_mm,
+            slide_thickness_mm=self.slide_thickness_mm,
+            slide_index=self.slide_index,
+        )
+
+    def check_capture(self, capture, source="capture") -> None:
+        """Raise :class:`InputError` (naming ``source``) if ``capture`` does not fit this station.
+
+        Checks the station ID, the frame size, that every LED is on the board, and the wavelength
+        (when the capture states one, to 0.5 nm).
+        """
+        if capture.station_id != self.station_id:
+            raise InputError(source, f"capture is from station {capture.station_id!r}, not {self.station_id!r}")
+        if capture.frame_px != self.frame_px:
+            raise InputError(source, f"frames are {capture.frame_px} px, the station's camera.frame_px is {self.frame_px}")
+        for j, (r, c) in enumerate(capture.leds):
+            if not (0 <= r < self.led_rows and 0 <= c < self.led_cols):
+                raise InputError(source, f"frame {j}: LED ({r}, {c}) is not on the {self.led_rows}x{self.led_cols} board")
+        wl = capture.wavelength_nm
+        if wl is not None and abs(wl - self.wavelength_nm) > 0.5:
+            raise InputError(source, f"capture wavelength {wl:g} nm differs from the station's {self.wavelength_nm:g} nm")
+
+    def replace(self, **changes) -> "StationDescription":
+        """A copy with ``changes`` applied and validated again (e.g. ``frame_px=32``)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        if "frame_px" in changes and "upsampling" not in changes:
+            values["upsampling"] = None  # recompute the minimum for the new frame
+        return _finish(values, self.source or "<station>")
+
+    # ------------------------------------------------------------------ writing
+    def to_toml(self) -> str:
+        """TOML text that :func:`load_station` reads back equal to this description."""
+        by_section: dict[str, list[str]] = {s: [] for s in ("",) + SECTIONS}
+        for (section, key), (attr, kind, _default, _check) in SCHEMA.items():
+            by_section[section].append(f"{key} = {_toml_value(getattr(self, attr))}")
+        lines = list(by_section[""])
+        for section in SECTIONS:
+            lines += ["", f"[{section}]"] + by_section[section]
+        lines += ["", "[calibration.drift_limits]"]
+        inverse = {v: k for k, v in DRIFT_PATHS.items()}
+        for path, limit in self.drift_limits.items():
+            lines.append(f"{inverse[path]} = {_toml_value(limit)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(float(v))
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _convert(source, name: str, kind: str, value):
+    if kind == "str":
+        if not isinstance(value, str):
+            raise InputError(source, f"{name} must be a string, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(source, f"{name} must be an integer, got {value!r}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(source, f"{name} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise InputError(source, f"{name} must be finite, got {value!r}")
+        return value
+    if kind == "pair":
+        if not isinstance(value, list) or len(value) != 2:
+            raise InputError(source, f"{name} must be a list of 2 numbers, got {value!r}")
+        return tuple(_convert(source, name, "float", v) for v in value)
+    raise AssertionError(kind)
+
+
+def _parse(data: dict, source) -> dict:
+    """Validate the TOML tables against :data:`SCHEMA`; returns attribute -> value."""
+    known_sections = set(SECTIONS)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in known_sections:
+                raise InputError(source, f"unknown section [{key}]")
+            for sub, subval in value.items():
+                if key == "calibration" and sub == "drift_limits":
+                    if not isinstance(subval, dict):
+                        raise InputError(source, "calibration.drift_limits must be a table")
+                    for dk in subval:
+                        if dk not in DRIFT_PATHS:
+                            raise InputError(source, f"unknown key 'calibration.drift_limits.{dk}'")
+                elif (key, sub) not in SCHEMA:
+                    raise InputError(source, f"unknown key '{key}.{sub}'")
+        elif ("", key) not in SCHEMA:
+            raise InputError(source, f"unknown key '{key}'")
+    values = {}
+    for (section, key), (attr, kind, default, check) in SCHEMA.items():
+        name = f"{section}.{key}" if section else key
+        table = data if not section else data.get(section, {})
+        if key in table:
+            value = _convert(source, name, kind, table[key])
+            if check is not None:
+                problem = check(value)
+                if problem:
+                    raise InputError(source, f"{name} {problem}")
+        elif default is REQUIRED:
+            raise InputError(source, f"missing required key '{name}'")
+        else:
+            value = default
+        values[attr] = value
+    limits = dict(DEFAULT_DRIFT_LIMITS)
+    for dk, dv in data.get("calibration", {}).get("drift_limits", {}).items():
+        name = f"calibration.drift_limits.{dk}"
+        limits[dk] = _convert(source, name, "float", dv)
+        problem = _gt0(limits[dk])
+        if problem:
+            raise InputError(source, f"{name} {problem}")
+    values["drift_limits"] = {DRIFT_PATHS[k]: v for k, v in limits.items()}
+    return values
+
+
+def _finish(values: dict, source) -> StationDescription:
+    """Fill computed defaults, cross-check, and build the description."""
+    if values["format_version"] != FORMAT_VERSION:
+        raise InputError(source, f"format_version {values['format_version']} is not supported (expected {FORMAT_VERSION})")
+    if values["led_center_row"] is None:
+        values["led_center_row"] = (values["led_rows"] - 1) / 2
+    if values["led_center_col"] is None:
+        values["led_center_col"] = (values["led_cols"] - 1) / 2
+    values["source"] = str(source)
+    if values["slide_thickness_mm"] >= values["led_distance_mm"]:
+        raise InputError(source, "slide.thickness_mm must be smaller than led_array.distance_mm")
+    auto = values["upsampling"] is None
+    if auto:
+        values["upsampling"] = 1
+    desc = StationDescription(**values)
+    # sampling: the pupil must fit in a frame, the widest illumination in the reconstruction grid
+    from metrology.physics.illumination import max_nominal_illumination_na
+
+    try:
+        geometry = desc.geometry()
+        na_ill = max_nominal_illumination_na(geometry)
+        if auto:
+            for ups in range(1, 65):
+                try:
+                    dc_replace(geometry, upsampling=ups).check_sampling(na_ill)
+                    break
+                except ValueError as exc:
+                    if "upsampling" not in str(exc):
+                        raise
+            desc = StationDescription(**{**values, "upsampling": ups})
+            geometry = desc.geometry()
+        geometry.check_sampling(na_ill)
+    except ValueError as exc:
+        field_name = "reconstruction.upsampling" if "upsampling" in str(exc) else "camera.frame_px / lens.na"
+        raise InputError(source, f"{field_name}: {exc}") from None
+    return desc
+
+
+def load_station(path) -> StationDescription:
+    """Read and validate a station description TOML file.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    StationDescription
+
+    Raises
+    ------
+    InputError
+        Missing file, TOML syntax error, unknown key, missing key, wrong type or bad value; the
+        message names the file and the key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "station file not found") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read station file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(path, "not a text (UTF-8) file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"TOML syntax error: {exc}") from None
+    return _finish(_parse(data, path), path)
+
+
+def parse_station(text: str, source="<station>") -> StationDescription:
+    """Like :func:`load_station` for TOML ``text`` (``source`` names it in errors)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(source, f"TOML syntax error: {exc}") from None
+    return _finish(_parse(data, source), source)

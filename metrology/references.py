@@ -1,0 +1,257 @@
+"""Reference samples: analytic complex transmissions over a periodic field of view.
+
+Every sample is defined over a square field of view of side ``fov_um`` (um) and is periodic over
+it (it tiles the plane), so the simulator (fine grid) and the station model (reconstruction
+grid) can evaluate the *same* object on different grids. Grid pixel ``(row, col)`` of an
+``n_px`` grid sits at ``x = col * fov_um / n_px``, ``y = row * fov_um / n_px`` (x along columns,
+y along rows, see :mod:`metrology.conventions`).
+
+Catalogue (:data:`CATALOGUE`):
+
+``random-broadband``
+    Exactly band-limited: a finite Fourier series on the lattice ``k / fov_um`` with
+    ``|f| <= cutoff_cpum`` (default 1.2 cycles/um). Amplitude roughly in [0.6, 1], phase roughly
+    +/- 1 rad, flat (broad) spectrum. Identical on every grid with ``n_px > 2 cutoff fov`` (on a
+    coarser grid the components above its Nyquist frequency are dropped, never aliased).
+``siemens-star``
+    Binary amplitude/phase star (36 spoke periods) centred on the field; clear outside.
+``usaf-bars``
+    USAF-style groups of three bars, horizontal and vertical, periods from 8 um down to 1 um.
+
+:func:`load_reference_file` reads a measured/designed transmission from ``.npy`` or ``.tif``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from metrology.errors import InputError
+
+CATALOGUE = {
+    "random-broadband": "band-limited random complex transmission (amplitude 0.6-1, phase +/-1 rad)",
+    "siemens-star": "binary amplitude/phase Siemens star, 36 spoke periods",
+    "usaf-bars": "USAF-style three-bar groups, periods 8 um to 1 um",
+}
+"""Known reference sample IDs and what they are."""
+
+DEFAULT_SEED = 0
+DEFAULT_CUTOFF_CPUM = 1.2
+
+
+def _lattice_index(n: int) -> np.ndarray:
+    """DFT frequency indices of an ``n`` grid (numpy ``fftfreq`` order, integers)."""
+    return np.fft.fftfreq(n, 1.0 / n).round().astype(int)
+
+
+def broadband_coefficients(fov_um: float, cutoff_cpum: float = DEFAULT_CUTOFF_CPUM, seed: int | None = None):
+    """Fourier coefficients of ``random-broadband`` on the lattice ``(kx, ky) / fov_um``.
+
+    The amplitude and phase are random fields with a flat spectrum up to ``cutoff_cpum``;
+    ``a exp(i phi)`` is formed on a canonical grid, projected onto ``|f| <= cutoff_cpum`` and scaled
+    so that ``|t| <= 1`` on that grid; the result is exactly band-limited and depends only on
+    ``(fov_um, cutoff_cpum, seed)``.
+
+    Returns
+    -------
+    kx, ky : ndarray of int, shape (M,)
+        Lattice indices (cycles per field of view).
+    coeff : ndarray complex128, shape (M,)
+        ``t(x, y) = sum coeff exp(i 2 pi (kx x + ky y) / fov_um)``.
+    """
+    rng = np.random.default_rng(DEFAULT_SEED if seed is None else seed)
+    kmax = int(math.floor(cutoff_cpum * fov_um))
+    m = 1 << int(math.ceil(math.log2(4 * kmax + 8)))  # canonical grid: room for the harmonics
+    k = _lattice_index(m)
+    kx, ky = np.meshgrid(k, k)
+    radius = np.hypot(kx, ky)
+
+    def field(std):
+        spec = (rng.standard_normal((m, m)) + 1j * rng.standard_normal((m, m))) * (radius <= kmax)
+        spec[0, 0] = 0.0
+        f = np.fft.ifft2(spec).real
+        return f * (std / max(f.std(), 1e-300))
+
+    amplitude = np.clip(0.8 + field(0.08), 0.55, 1.0)
+    phase = np.clip(field(0.45), -1.3, 1.3)
+    spectrum = np.fft.fft2(amplitude * np.exp(1j * phase)) / m**2
+    keep = radius <= cutoff_cpum * fov_um
+    spectrum = np.where(keep, spectrum, 0.0)
+    peak = np.abs(np.fft.ifft2(spectrum) * m**2).max()  # passive sample: |t| <= 1
+    return kx[keep], ky[keep], spectrum[keep] / max(peak, 1.0)
+
+
+def _synthesise(kx, ky, coeff, n_px: int) -> np.ndarray:
+    """Evaluate a Fourier series on an ``n_px`` grid (components above its Nyquist dropped)."""
+    keep = (np.abs(kx) < n_px / 2) & (np.abs(ky) < n_px / 2)
+    spec = np.zeros((n_px, n_px), dtype=np.complex128)
+    spec[ky[keep] % n_px, kx[keep] % n_px] = coeff[keep]
+    return np.fft.ifft2(spec) * n_px**2
+
+
+def _supersampled(fn, fov_um: float, n_px: int, sub: int = 4) -> np.ndarray:
+    """Average ``fn(x, y)`` (um) over ``sub x sub`` points symmetric about each pixel centre."""
+    step = fov_um / n_px
+    offsets = (np.arange(sub) - (sub - 1) / 2) * step / sub
+    base = np.arange(n_px) * step
+    out = np.zeros((n_px, n_px), dtype=np.complex128)
+    for oy in offsets:
+        for ox in offsets:
+            x, y = np.meshgrid(base + ox, base + oy)
+            out += fn(x, y)
+    return out / sub**2
+
+
+def _siemens_star(fov_um: float, n_px: int, spokes: int = 36) -> np.ndarray:
+    c = fov_um / 2
+    r_max = 0.45 * fov_um
+    dark = 0.35 * np.exp(1j * 0.8)
+
+    def fn(x, y):
+        dx, dy = x - c, y - c
+        theta = np.arctan2(dy, dx)
+        inside = np.hypot(dx, dy) <= r_max
+        on = np.cos(spokes * theta) >= 0
+        return np.where(inside & ~on, dark, 1.0 + 0j)
+
+    return _supersampled(fn, fov_um, n_px)
+
+
+def _usaf_bars(fov_um: float, n_px: int) -> np.ndarray:
+    periods = (8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.2, 1.0)  # um per line pair
+    cells = math.ceil(math.sqrt(len(periods)))
+    cell = fov_um / cells
+    chrome = 0.05 + 0j
+
+    def fn(x, y):
+        out = np.ones_like(x, dtype=np.complex128)
+        for i, p in enumerate(periods):
+            cx0, cy0 = (i % cells) * cell, (i // cells) * cell
+            u, v = x - cx0 - 0.1 * cell, y - cy0 - 0.1 * cell
+            length = min(5 * p, 0.38 * cell)
+            w = p / 2
+            # three vertical bars (period p along x), then three horizontal bars beside them
+            for b in range(3):
+                vert = (u >= b * p) & (u < b * p + w) & (v >= 0) & (v < length)
+                horiz = (v >= b * p) & (v < b * p + w) & (u >= 0.45 * cell) & (u < 0.45 * cell + length)
+                out = np.where(vert | horiz, chrome, out)
+        return out
+
+    return _supersampled(fn, fov_um, n_px)
+
+
+def reference_transmission(sample_id: str, fov_um: float, n_px: int, seed: int | None = None,
+                           cutoff_cpum: float = DEFAULT_CUTOFF_CPUM) -> np.ndarray:
+    """Complex transmission of a catalogued reference sample on an ``n_px x n_px`` grid.
+
+    Parameters
+    ----------
+    sample_id : str
+        One of :data:`CATALOGUE`.
+    fov_um : float
+        Field of view (um); pixel = ``fov_um / n_px``.
+    n_px : int
+        Grid side.
+    seed : int, optional
+        Seed of ``random-broadband`` (default 0); ignored by the deterministic targets.
+    cutoff_cpum : float
+        Band limit of ``random-broadband`` (cycles/um).
+
+    Returns
+    -------
+    ndarray complex128, shape (n_px, n_px)
+    """
+    if sample_id not in CATALOGUE:
+        raise InputError(sample_id, f"unknown reference sample; known: {', '.join(CATALOGUE)}")
+    if not fov_um > 0 or n_px < 2:
+        raise ValueError("fov_um must be > 0 and n_px >= 2")
+    if sample_id == "random-broadband":
+        return _synthesise(*broadband_coefficients(fov_um, cutoff_cpum, seed), n_px)
+    if sample_id == "siemens-star":
+        return _siemens_star(fov_um, n_px)
+    return _usaf_bars(fov_um, n_px)
+
+
+def fourier_resample(image: np.ndarray, n_px: int) -> np.ndarray:
+    """Resample a periodic square image to ``n_px x n_px`` by zero-padding/cropping its spectrum.
+
+    Keeps the mean value; the Nyquist row/column of an even grid is split symmetrically.
+    """
+    m = image.shape[0]
+    spec = np.fft.fftshift(np.fft.fft2(image))
+    out = np.zeros((n_px, n_px), dtype=np.complex128)
+    k = min(m, n_px)
+    h = k // 2
+    src = slice(m // 2 - h, m // 2 - h + k)
+    dst = slice(n_px // 2 - h, n_px // 2 - h + k)
+    out[dst, dst] = spec[src, src]
+    if k % 2 == 0 and m != n_px:  # the Nyquist line of the smaller grid
+        if n_px > m:  # split it between -N/2 and +N/2
+            lo = n_px // 2 - h
+            out[lo, :] *= 0.5
+            out[:, lo] *= 0.5
+            out[lo + k, dst] = out[lo, dst]
+            out[dst, lo + k] = out[dst, lo]
+            out[lo + k, lo + k] = out[lo, lo]
+        else:  # fold +N/2 onto -N/2
+            hi = m // 2 + h
+            out[0, :] += spec[hi, src]
+            out[:, 0] += spec[src, hi]
+            out[0, 0] += spec[hi, hi]
+    return np.fft.ifft2(np.fft.ifftshift(out)) * (n_px / m) ** 2
+
+
+def load_reference_file(path, pixel_um: float, fov_um: float, n_px: int) -> np.ndarray:
+    """Load a reference transmission from ``.npy`` (complex or real) or ``.tif`` (amplitude).
+
+    The central ``round(fov_um / pixel_um)`` pixels are taken as one period of the sample and
+    Fourier-resampled to ``n_px`` (pixel ``fov_um / n_px``).
+
+    Parameters
+    ----------
+    path : str or Path
+    pixel_um : float
+        Pixel size of the file's image in the sample plane (um).
+    fov_um : float
+        Field of view to cover (um).
+    n_px : int
+        Output grid side.
+
+    Returns
+    -------
+    ndarray complex128, shape (n_px, n_px)
+    """
+    path = Path(path)
+    if not pixel_um > 0:
+        raise InputError(path, f"pixel size must be > 0 um, got {pixel_um!r}")
+    if not path.exists():
+        raise InputError(path, "reference file not found")
+    try:
+        if path.suffix.lower() == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            data = tifffile.imread(path)
+        else:
+            raise InputError(path, "reference file must be .npy or .tif")
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(path, f"cannot read reference file ({type(exc).__name__}: {exc})") from None
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise InputError(path, f"reference image must be 2-D, got shape {data.shape}")
+    if data.dtype.kind not in "uifc":
+        raise InputError(path, f"reference image must be numeric, got {data.dtype}")
+    data = data.astype(np.complex128)
+    if not np.all(np.isfinite(data)):
+        raise InputError(path, "reference image contains NaN or inf")
+    m = int(round(fov_um / pixel_um))
+    if m < 2 or m > min(data.shape):
+        raise InputError(path, f"image {data.shape[1]}x{data.shape[0]} px of {pixel_um:g} um does not cover the "
+                               f"{fov_um:g} um field of view ({m} px needed)")
+    r0, c0 = (data.shape[0] - m) // 2, (data.shape[1] - m) // 2
+    return fourier_resample(data[r0 : r0 + m, c0 : c0 + m], n_px)
