@@ -215,3 +215,18 @@ def test_adjoint_of_linear_field_operator():
     lhs = (ax.conj() * y).sum()
     rhs = (x.conj() * ahy).sum()
     assert torch.allclose(lhs.real, rhs.real, rtol=1e-10)
+
+
+def test_pupil_edge_coverage_is_the_disk_area_and_moves_smoothly():
+    from metrology.physics.pupil import disk_coverage
+
+    u = torch.arange(-30, 31, dtype=torch.float64)
+    radius = torch.tensor(20.3, dtype=torch.float64, requires_grad=True)
+    areas = []
+    for shift in (0.0, 0.23, 0.5):
+        cov = disk_coverage(radius, u[None, :] - shift, u[:, None] + 0.5 * shift)
+        areas.append(cov.sum())
+        assert abs(cov.sum().item() - math.pi * 20.3**2) < 2e-3 * math.pi * 20.3**2
+        assert cov.min() >= 0 and cov.max() <= 1
+    areas[0].backward()
+    assert abs(radius.grad.item() - 2 * math.pi * 20.3) < 0.01 * 2 * math.pi * 20.3  # d(area)/dR = perimeter

@@ -105,6 +105,8 @@ def _compare_with_model(st, leds, truth, coeffs, edge_width):
     sim = S.simulate_intensity(st, leds, mis, t, coeffs, edge_width_cpum=edge_width)
     full = {**mis, "pupil.zernike_waves": list(coeffs), "leds": [list(x) for x in leds]}
     model = S.model_from_truth(st, full)  # float64, reference on the reconstruction grid
+    if edge_width > 0:
+        model.pupil.edge = "ramp"  # the simulator's ramp option replicates the model's linear ramp
     with torch.no_grad():
         mod = model.intensity().numpy()
     return sim, mod

@@ -12,12 +12,31 @@ from metrology.physics.zernike import monomial_matrix, shifted_polynomial_grid
 
 
 def soft_disk(radius_px: torch.Tensor, r_px: torch.Tensor) -> torch.Tensor:
-    """Anti-aliased disk: 1 inside, 0 outside, a linear ramp one pixel wide at the edge.
-
-    The area of the ramp equals that of the hard disk to first order, and the value moves
-    continuously with ``radius_px`` and the coordinates, so the edge carries gradients.
-    """
+    """Anti-aliased disk: 1 inside, 0 outside, a linear ramp one pixel wide at the edge."""
     return (radius_px - r_px + 0.5).clamp(0.0, 1.0)
+
+
+def disk_coverage(radius_px: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor) -> torch.Tensor:
+    """Area fraction of each unit pixel (centred at ``(ux, uy)``, pixels) covered by the disk.
+
+    The edge is treated as a straight line through the pixel with the local normal
+    ``(ux, uy) / r``; the covered area of a unit square below a line at signed distance
+    ``t = radius - r`` from its centre is piecewise quadratic in ``t`` (exact for a straight edge,
+    continuously differentiable). This is the pupil integrated over each frequency cell, the right
+    discretisation for a continuous object spectrum, and it moves smoothly with the radius and
+    the sub-pixel shift, so the edge carries gradients.
+    """
+    r = torch.sqrt(ux**2 + uy**2 + 1e-12)
+    a0 = ux.abs() / r
+    b0 = uy.abs() / r
+    a = torch.maximum(a0, b0)
+    b = torch.minimum(a0, b0).clamp(min=1e-4)
+    s = (radius_px - r) + 0.5 * (a + b)  # distance of the edge from the outermost corner
+    low = s**2 / (2 * a * b)
+    mid = (s - 0.5 * b) / a
+    high = 1 - (a + b - s) ** 2 / (2 * a * b)
+    cov = torch.where(s <= b, low, torch.where(s <= a, mid, high))
+    return torch.where(s <= 0, torch.zeros_like(s), torch.where(s >= a + b, torch.ones_like(s), cov))
 
 
 class Pupil(nn.Module):
@@ -32,10 +51,19 @@ class Pupil(nn.Module):
         Noll coefficients of ``ln A`` (apodisation); zero = uniform amplitude.
     na : ()
         Numerical aperture (the edge radius); fixed by default.
+
+    Attributes
+    ----------
+    edge : {"coverage", "ramp"}
+        Discretisation of the pupil edge: the disk's area fraction over each frequency cell
+        (default, :func:`disk_coverage`) or a one-pixel linear ramp (:func:`soft_disk`).
     """
 
-    def __init__(self, geometry: StationGeometry, dtype=torch.float32):
+    def __init__(self, geometry: StationGeometry, dtype=torch.float32, edge: str = "coverage"):
         super().__init__()
+        if edge not in ("coverage", "ramp"):
+            raise ValueError(f"unknown pupil edge {edge!r}")
+        self.edge = edge
         self.geometry = geometry
         k = geometry.zernike_terms
         self.zernike_waves = nn.Parameter(torch.zeros(k, dtype=dtype))
@@ -84,7 +112,10 @@ class Pupil(nn.Module):
         fy = (u[None, :, None] - shift_px[:, 1, None, None]) * g.df
         f2 = fx**2 + fy**2
         radius_px = self.na / g.wavelength_um / g.df
-        edge = soft_disk(radius_px, torch.sqrt(f2 + 1e-30) / g.df)
+        if self.edge == "coverage":
+            edge = disk_coverage(radius_px, fx / g.df, fy / g.df)
+        else:
+            edge = soft_disk(radius_px, torch.sqrt(f2 + 1e-30) / g.df)
         phase = 2 * math.pi * self.phase_waves(shift_px)
         inv_lambda = 1.0 / g.wavelength_um
         kz_minus_k = -f2 / (torch.sqrt((inv_lambda**2 - f2).clamp(min=1e-12)) + inv_lambda)

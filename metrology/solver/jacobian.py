@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, jvp, vmap
 
-from metrology.solver.losses import _offset
+from metrology.solver.losses import _offset, _roots
 
 BRIGHTNESS = "illumination.brightness"
 
@@ -43,12 +43,13 @@ def columns_for(model, specs) -> Columns:
     return Columns(names, paths, idx)
 
 
-def whitened_residual(model_out, data, noise):
-    c = _offset(noise.gain_e_per_count, noise.read_noise_counts)
-    return 2 * noise.gain_e_per_count**0.5 * (torch.sqrt(model_out.clamp(min=0.0) + c) - torch.sqrt(data.clamp(min=0.0) + c))
+def whitened_residual(model_out, data, noise, background):
+    """Variance-stabilised residual ``2 sqrt(g) (sqrt(M - b + c) - sqrt(D - b + c))`` (unit variance)."""
+    sm, sd = _roots(model_out, data, background, _offset(noise.gain_e_per_count, noise.read_noise_counts))
+    return 2 * noise.gain_e_per_count**0.5 * (sm - sd)
 
 
-def normal_equations(model, data, mask, noise, specs, chunk: int = 6):
+def normal_equations(model, data, mask, noise, specs, chunk: int = 6, groups=None):
     """``J^T J``, ``J^T r`` and ``r^T r`` over the valid pixels, for the free elements of ``specs``.
 
     Parameters
@@ -60,6 +61,9 @@ def normal_equations(model, data, mask, noise, specs, chunk: int = 6):
         Free parameters (sample fields excluded).
     chunk : int
         Tangents evaluated together (memory / speed trade-off).
+    groups : list of index arrays, optional
+        Frame groups; when given, the per-group ``(J_g^T J_g, J_g^T r_g)`` are returned too
+        (for the linearised jackknife).
 
     Returns
     -------
@@ -71,11 +75,12 @@ def normal_equations(model, data, mask, noise, specs, chunk: int = 6):
     cols = columns_for(model, specs)
     paths = list(dict.fromkeys(s.path for s in specs))
     primals = tuple(model.parameter(p).detach() for p in paths)
-    valid = mask > 0
 
     def f(*vals):
-        out = functional_call(model, dict(zip(paths, vals)), ())
-        return whitened_residual(out, data, noise) * mask
+        over = dict(zip(paths, vals))
+        out = functional_call(model, over, ())
+        bg = over.get("camera.background_counts", model.camera.background_counts.detach())
+        return whitened_residual(out, data, noise, bg) * mask
 
     # tangents: all non-brightness columns one by one, brightness compressed into one tangent
     plain = [i for i, p in enumerate(cols.paths) if p != BRIGHTNESS]
@@ -98,23 +103,39 @@ def normal_equations(model, data, mask, noise, specs, chunk: int = 6):
         outs.append(tan_out.detach())
     t_all = torch.cat(outs).double()  # (T, J, n, n)
     r = r.double()
+    jtj, jtr = _assemble(t_all, r, cols, plain, bright, None)
+    groups_out = []
+    for sel in groups or ():
+        groups_out.append(_assemble(t_all, r, cols, plain, bright, torch.as_tensor(sel, dtype=torch.long)))
+    rtr = float((r**2).sum())
+    if groups is not None:
+        return jtj, jtr, rtr, cols, groups_out
+    return jtj, jtr, rtr, cols
+
+
+def _assemble(t_all, r, cols, plain, bright, frames):
+    """``J^T J`` and ``J^T r`` restricted to ``frames`` (None: all frames)."""
     n_plain = len(plain)
     p_total = len(cols.names)
     jtj = torch.zeros((p_total, p_total), dtype=torch.float64)
     jtr = torch.zeros(p_total, dtype=torch.float64)
-    tp = t_all[:n_plain].reshape(n_plain, -1)
+    tsel = t_all if frames is None else t_all[:, frames]
+    rsel = r if frames is None else r[frames]
+    tp = tsel[:n_plain].reshape(n_plain, -1)
     pi = torch.as_tensor(plain, dtype=torch.long)
     jtj[pi[:, None], pi[None, :]] = tp @ tp.T
-    jtr[pi] = tp @ r.reshape(-1)
+    jtr[pi] = tp @ rsel.reshape(-1)
     if bright:
         bt = t_all[n_plain]  # (J, n, n): column j lives in frame j
         bi = torch.as_tensor(bright, dtype=torch.long)
         leds = torch.as_tensor([cols.flat_index[i] for i in bright], dtype=torch.long)
+        if frames is not None:
+            keep = torch.isin(leds, frames)
+            bi, leds = bi[keep], leds[keep]
         bcol = bt[leds]  # (Jb, n, n)
         jtj[bi, bi] = (bcol**2).sum(dim=(-2, -1))
         cross = torch.einsum("pjxy,jxy->pj", t_all[:n_plain][:, leds], bcol)
         jtj[pi[:, None], bi[None, :]] = cross
         jtj[bi[:, None], pi[None, :]] = cross.T
         jtr[bi] = (bcol * r[leds]).sum(dim=(-2, -1))
-    del valid
-    return jtj, jtr, float((r**2).sum()), cols
+    return jtj, jtr

@@ -1,10 +1,10 @@
 """Data terms and regularisers of the reconstruction.
 
 All data terms take modelled counts ``model`` and measured counts ``data`` of shape (J, n, n), a
-0/1 ``mask`` of the same shape (saturated and hot pixels, blank frames are 0) and the camera's
-noise description (``gain_e_per_count``, ``read_noise_counts``). They return a scalar normalised
-per valid pixel so that a perfect model with pure noise gives a value near 1 (amplitude, huber) or
-a constant (poisson).
+0/1 ``mask`` of the same shape (saturated and hot pixels, blank frames are 0), the camera's
+noise description (``gain_e_per_count``; ``read_noise_counts`` including quantisation) and the
+current ``background`` (counts, an offset that carries no shot noise). They return a scalar
+normalised per valid pixel so that a perfect model with pure noise gives a value near 1.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 
-def noise_variance(model: torch.Tensor, gain_e_per_count: float, read_noise_counts: float) -> torch.Tensor:
-    """Variance of a pixel's counts: shot noise ``model / gain`` plus read noise (counts^2)."""
-    return model.clamp(min=0.0) / gain_e_per_count + read_noise_counts**2
+def noise_variance(model, gain_e_per_count, read_noise_counts, background=0.0):
+    """Variance of a pixel's counts: shot noise ``(model - background) / gain`` plus read noise."""
+    return (model - background).clamp(min=0.0) / gain_e_per_count + read_noise_counts**2
 
 
 def _offset(gain_e_per_count, read_noise_counts):
@@ -22,30 +22,35 @@ def _offset(gain_e_per_count, read_noise_counts):
     return read_noise_counts**2 * gain_e_per_count + 1.0 / gain_e_per_count
 
 
-def amplitude_loss(model, data, mask, gain_e_per_count, read_noise_counts):
+def _roots(model, data, background, c):
+    return torch.sqrt((model - background).clamp(min=0.0) + c), torch.sqrt((data - background + c).clamp(min=0.0))
+
+
+def amplitude_loss(model, data, mask, gain_e_per_count, read_noise_counts, background=0.0):
     """Amplitude (square-root) least squares: ``4 g (sqrt(M + c) - sqrt(D + c))^2``.
 
     Variance-stabilised for shot noise: each term has expectation ~1 for a perfect model.
     """
     c = _offset(gain_e_per_count, read_noise_counts)
-    r = torch.sqrt(model.clamp(min=0.0) + c) - torch.sqrt(data.clamp(min=0.0) + c)
-    return 4 * gain_e_per_count * (mask * r**2).sum() / mask.sum()
+    sm, sd = _roots(model, data, background, c)
+    return 4 * gain_e_per_count * (mask * (sm - sd) ** 2).sum() / mask.sum()
 
 
-def poisson_loss(model, data, mask, gain_e_per_count, read_noise_counts):
+def poisson_loss(model, data, mask, gain_e_per_count, read_noise_counts, background=0.0):
     """Poisson negative log-likelihood in electrons (shifted by the read noise), per pixel,
     with the saturated-model constant removed so a perfect model gives ~0.5."""
     c = _offset(gain_e_per_count, read_noise_counts)
-    m = (model.clamp(min=0.0) + c) * gain_e_per_count
-    d = (data.clamp(min=0.0) + c) * gain_e_per_count
+    m = ((model - background).clamp(min=0.0) + c) * gain_e_per_count
+    d = (data - background + c).clamp(min=1e-6) * gain_e_per_count
     nll = m - d * torch.log(m) - (d - d * torch.log(d))
     return 2 * (mask * nll).sum() / mask.sum()
 
 
-def huber_loss(model, data, mask, gain_e_per_count, read_noise_counts, delta=3.0):
+def huber_loss(model, data, mask, gain_e_per_count, read_noise_counts, background=0.0, delta=3.0):
     """Robust loss: Huber on the variance-stabilised amplitude residual (``delta`` in sigmas)."""
     c = _offset(gain_e_per_count, read_noise_counts)
-    r = 2 * gain_e_per_count**0.5 * (torch.sqrt(model.clamp(min=0.0) + c) - torch.sqrt(data.clamp(min=0.0) + c))
+    sm, sd = _roots(model, data, background, c)
+    r = 2 * gain_e_per_count**0.5 * (sm - sd)
     a = r.abs()
     h = torch.where(a <= delta, r**2, 2 * delta * a - delta**2)
     return (mask * h).sum() / mask.sum()
@@ -61,7 +66,7 @@ def total_variation(field: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return torch.sqrt(dx.abs() ** 2 + dy.abs() ** 2 + eps).mean()
 
 
-def chi_square(model, data, mask, gain_e_per_count, read_noise_counts):
+def chi_square(model, data, mask, gain_e_per_count, read_noise_counts, background=0.0):
     """Sum of squared normalised residuals over valid pixels and per frame.
 
     Returns
@@ -71,7 +76,7 @@ def chi_square(model, data, mask, gain_e_per_count, read_noise_counts):
         RMS normalised residual of each frame (valid pixels only).
     """
     with torch.no_grad():
-        var = noise_variance(model, gain_e_per_count, read_noise_counts)
+        var = noise_variance(model, gain_e_per_count, read_noise_counts, background)
         z2 = mask * (data - model) ** 2 / var
         per_frame = torch.sqrt(z2.sum(dim=(-2, -1)) / mask.sum(dim=(-2, -1)).clamp(min=1))
         return z2.sum().item(), per_frame

@@ -29,6 +29,12 @@ class NoiseModel:
     read_noise_counts: float = 1.0
     saturation_counts: float | None = None
 
+    @classmethod
+    def from_camera(cls, gain_e_per_count: float, read_noise_e: float, full_scale: float | None, quantised: bool = True):
+        """Noise of an integer camera: read noise (electrons) plus quantisation (1/12 count^2)."""
+        var = (read_noise_e / gain_e_per_count) ** 2 + (1.0 / 12.0 if quantised else 0.0)
+        return cls(gain_e_per_count, max(var, 1e-12) ** 0.5, full_scale)
+
 
 def estimate_background(frames: np.ndarray) -> float:
     """Background (counts): a low percentile of the darkest frames' pixels."""
@@ -82,7 +88,8 @@ def blank_frames(data: torch.Tensor, model: torch.Tensor, background: float, noi
         npix = data.shape[-1] * data.shape[-2]
         measured = (data - background).mean(dim=(-2, -1))
         predicted = (model - background).mean(dim=(-2, -1))
-        sigma_mean = torch.sqrt(model.clamp(min=0).mean(dim=(-2, -1)) / noise.gain_e_per_count + noise.read_noise_counts**2) / npix**0.5
+        shot = (model - background).clamp(min=0).mean(dim=(-2, -1)) / noise.gain_e_per_count
+        sigma_mean = torch.sqrt(shot + noise.read_noise_counts**2) / npix**0.5
         flat = data.reshape(data.shape[0], -1).std(dim=1) < 1e-6
         blank = ((measured < 0.2 * predicted) & (predicted > 10 * sigma_mean)) | flat
         return [int(i) for i in torch.nonzero(blank).flatten()]

@@ -46,6 +46,7 @@ class FitResult:
     init_summary: dict = field(default_factory=dict)
     jtj: torch.Tensor | None = None  # Fisher information of the system parameters at the solution
     columns: object = None  # metrology.solver.jacobian.Columns naming the rows of jtj
+    jackknife: list | None = None  # per LED group (J_g^T J_g, J_g^T r_g) at the solution
 
     @property
     def reduced_chi2(self) -> float:
@@ -121,7 +122,8 @@ def _objective(model, data, mask, noise, schedule, reference):
 
     def evaluate(overrides: dict) -> torch.Tensor:
         out = functional_call(model, overrides, ())
-        loss = loss_fn(out, data, mask, noise.gain_e_per_count, noise.read_noise_counts)
+        bg = overrides.get("camera.background_counts", model.camera.background_counts)
+        loss = loss_fn(out, data, mask, noise.gain_e_per_count, noise.read_noise_counts, bg)
         if schedule.tv_weight or schedule.prior_weight:
             re = overrides.get("sample.field_real", model.sample.field_real)
             im = overrides.get("sample.field_imag", model.sample.field_imag)
@@ -293,14 +295,16 @@ def reconstruct(
                 converged = True
                 message = f"relative loss change below {schedule.rtol:g} per iteration"
                 break
-    jtj = None
+    jtj, per_group = None, None
     if system_specs and history and np.isfinite(history[-1]):
-        polished, jtj, cols_all, polish_msg = _polish(model, data, mask, noise, system_specs, evaluate)
+        polished, jtj, cols_all, per_group, polish_msg = _polish(model, data, mask, noise, system_specs, evaluate)
         converged = converged and polished
         message = message + "; " + polish_msg
     with torch.no_grad():
         pred = model()
-        chi2, per_frame = chi_square(pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts)
+        chi2, per_frame = chi_square(
+            pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts, model.camera.background_counts
+        )
     n_free = sum(
         (len(p.indices) if p.indices is not None else model.parameter(p.path).numel()) for p in schedule.parameters
     )
@@ -309,11 +313,12 @@ def reconstruct(
         model=model, schedule=schedule, data=data, mask=mask, noise=noise, quality=quality, history=history,
         iterations=it, converged=converged, message=message, chi2=chi2, dof=dof,
         frame_residuals=per_frame.cpu().numpy(), wall_time_s=time.perf_counter() - t0, init_summary=summary,
-        jtj=jtj, columns=cols_all,
+        jtj=jtj, columns=cols_all, jackknife=per_group,
     )
 
 
 POLISH_STEPS = 3
+JACKKNIFE_GROUPS = 10
 POLISH_TOLERANCE = 0.2
 """Converged when the remaining Gauss-Newton step is below this many standard deviations."""
 
@@ -321,18 +326,20 @@ POLISH_TOLERANCE = 0.2
 def _polish(model, data, mask, noise, specs, evaluate):
     """Gauss-Newton polishing of the system parameters and the convergence test.
 
-    Returns ``(converged, jtj, columns, message)`` with ``jtj`` (Fisher information of the whitened
+    Returns ``(converged, jtj, columns, per_group, message)`` with ``jtj`` (Fisher information of the whitened
     residuals) at the final point, for the uncertainty evaluation.
     """
     worst = float("inf")
+    n = data.shape[0]
+    groups = [list(range(g, n, JACKKNIFE_GROUPS)) for g in range(min(JACKKNIFE_GROUPS, n))]
     for step in range(POLISH_STEPS + 1):
-        jtj, jtr, rtr, cols = normal_equations(model, data, mask, noise, specs)
+        jtj, jtr, rtr, cols, per_group = normal_equations(model, data, mask, noise, specs, groups=groups)
         reg = jtj + torch.diag(1e-12 * jtj.diagonal().max() + 1e-30 * torch.ones(len(jtr), dtype=jtj.dtype))
         delta = -torch.linalg.solve(reg, jtr)
         sigma = torch.sqrt(torch.linalg.inv(reg).diagonal().clamp(min=1e-300))
         worst = float((delta.abs() / sigma).max())
         if worst < POLISH_TOLERANCE:
-            return True, jtj, cols, f"remaining Gauss-Newton step {worst:.2g} sigma"
+            return True, jtj, cols, per_group, f"remaining Gauss-Newton step {worst:.2g} sigma"
         if step == POLISH_STEPS:
             break
         block = _Block(model, specs)
@@ -346,6 +353,6 @@ def _polish(model, data, mask, noise, specs, evaluate):
                 block.z[0].zero_()
                 block.project_and_store()
             else:
-                return False, jtj, cols, f"Gauss-Newton step rejected ({worst:.2g} sigma left)"
-    return False, jtj, cols, f"not converged: remaining Gauss-Newton step {worst:.2g} sigma"
+                return False, jtj, cols, per_group, f"Gauss-Newton step rejected ({worst:.2g} sigma left)"
+    return False, jtj, cols, per_group, f"not converged: remaining Gauss-Newton step {worst:.2g} sigma"
 

@@ -1,0 +1,175 @@
+"""Measurement uncertainty of the fitted parameters and their identifiability.
+
+Method (stated in every report through ``docs/uncertainty.md``):
+
+* **Type A, noise**: the Fisher information ``F = J^T J`` of the whitened residuals at the
+  solution (shot + read noise), ``C_F = F^-1`` (Laplace approximation of the posterior).
+* **Type B, model mismatch**: (a) ``C_F`` scaled by the reduced chi-square when it exceeds 1
+  (Birge ratio: residuals larger than the noise model says inflate every variance), and (b) a
+  linearised delete-one-group jackknife over interleaved LED groups: each group's frames are
+  removed in turn and the Gauss-Newton step ``(F - F_g)^-1 J_g^T r_g`` gives the refit without
+  them. Systematic, LED-dependent residuals (pupil-edge discretisation, finite LEDs, unmodelled
+  vignetting) make the groups disagree and widen the jackknife spread, even when the noise alone
+  would be tiny.
+* The standard uncertainty of each parameter is the larger of (a) and (b); correlations are
+  those of ``C_F``. ``U = k u`` with ``k = 2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from metrology.conventions import ALIGNMENT_NOLL
+from metrology.measurement import Identifiability, Measurement, SolverReport, StationEstimate
+from metrology.physics.model import STATION_PARAMETERS
+
+STATION_LABELS = {
+    "illumination.shift_mm[0]": ("LED array shift x", "mm"),
+    "illumination.shift_mm[1]": ("LED array shift y", "mm"),
+    "illumination.rotation_deg": ("LED array rotation", "deg"),
+    "illumination.distance_error_mm": ("LED array distance error", "mm"),
+    "illumination.tilt_deg[0]": ("LED array tilt about x", "deg"),
+    "illumination.tilt_deg[1]": ("LED array tilt about y", "deg"),
+    "sample.defocus_um": ("Sample defocus", "um"),
+    "sample.position_um[0]": ("Sample position x", "um"),
+    "sample.position_um[1]": ("Sample position y", "um"),
+}
+"""Stable names, labels and units of the station misalignment estimates."""
+
+STRONG_CORRELATION = 0.95
+VIF_LIMIT = 1e4
+"""A parameter is unidentifiable when its variance inflation ``C_ii F_ii`` exceeds this (more than
+99.99 % of its information shared with other parameters) or its correlation with another exceeds
+0.999."""
+
+
+def _inverse(mat: torch.Tensor) -> torch.Tensor:
+    d = torch.sqrt(mat.diagonal().clamp(min=1e-300))
+    scaled = mat / d[:, None] / d[None, :]
+    inv = torch.linalg.pinv(scaled, hermitian=True, rtol=1e-12)
+    return inv / d[:, None] / d[None, :]
+
+
+def jackknife_covariance(jtj: torch.Tensor, groups) -> torch.Tensor:
+    """Linearised delete-one-group jackknife covariance from per-group normal equations."""
+    steps = []
+    for a_g, b_g in groups:
+        reduced = jtj - a_g
+        # parameters seen only by the removed frames (their LEDs' brightness) drop out
+        keep = reduced.diagonal() > 1e-9 * jtj.diagonal()
+        step = torch.zeros_like(b_g)
+        step[keep] = _inverse(reduced[keep][:, keep]) @ b_g[keep]
+        steps.append(step)
+    d = torch.stack(steps)
+    g = d.shape[0]
+    dev = d - d.mean(dim=0, keepdim=True)
+    return (g - 1) / g * dev.T @ dev
+
+
+def covariance(fit) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Combined covariance of the system parameters (Type A and Type B) and the Fisher covariance.
+
+    Returns
+    -------
+    cov : Tensor (P, P)
+        ``D R D`` with ``R`` the Fisher correlation and ``D`` the per-parameter standard uncertainty.
+    cov_fisher : Tensor (P, P)
+    info : dict
+        Birge ratio and jackknife summary.
+    """
+    cf = _inverse(fit.jtj)
+    birge = max(1.0, fit.reduced_chi2)
+    var = cf.diagonal() * birge
+    info = {"birge_scale": birge, "jackknife_groups": 0}
+    if fit.jackknife:
+        cj = jackknife_covariance(fit.jtj, fit.jackknife)
+        var = torch.maximum(var, cj.diagonal())
+        info["jackknife_groups"] = len(fit.jackknife)
+    u = torch.sqrt(var.clamp(min=0))
+    sd = torch.sqrt(cf.diagonal().clamp(min=1e-300))
+    corr = cf / sd[:, None] / sd[None, :]
+    return corr * u[:, None] * u[None, :], cf, info
+
+
+def identifiability(names, cf: torch.Tensor, jtj: torch.Tensor) -> Identifiability:
+    """Correlation matrix, condition number and unidentifiable parameters (brightness excluded)."""
+    keep = [i for i, n in enumerate(names) if not n.startswith("illumination.brightness")]
+    sub = cf[keep][:, keep]
+    sd = torch.sqrt(sub.diagonal().clamp(min=1e-300))
+    corr = (sub / sd[:, None] / sd[None, :]).clamp(-1, 1)
+    ev = torch.linalg.eigvalsh(corr)
+    cond = float(ev.max() / ev.min().clamp(min=1e-300))
+    cond = min(cond, 1e300)
+    kept = [names[i] for i in keep]
+    pairs, bad = [], set()
+    c = corr.numpy()
+    for i in range(len(kept)):
+        for j in range(i + 1, len(kept)):
+            if abs(c[i, j]) >= STRONG_CORRELATION:
+                pairs.append((kept[i], kept[j], float(c[i, j])))
+                if abs(c[i, j]) > 0.999:
+                    bad.update((kept[i], kept[j]))
+    vif = (sub.diagonal() * jtj[keep][:, keep].diagonal()).numpy()
+    bad.update(n for n, v in zip(kept, vif) if v > VIF_LIMIT)
+    pairs.sort(key=lambda p: -abs(p[2]))
+    return Identifiability(
+        names=kept, correlation=c, condition_number=cond, strong_pairs=pairs, unidentifiable=sorted(bad)
+    )
+
+
+def measurement_from_fit(fit) -> Measurement:
+    """Turn a :class:`~metrology.solver.reconstruct.FitResult` into a plain :class:`Measurement`."""
+    model = fit.model
+    g = model.geometry
+    names = fit.columns.names
+    cov, cf, info = covariance(fit)
+    index = {n: i for i, n in enumerate(names)}
+    k = g.zernike_terms
+    z = model.pupil.zernike_waves.detach().double().cpu().numpy()
+    zcov = np.zeros((k, k))
+    zi = [(j, index.get(f"pupil.zernike_waves[{j}]")) for j in range(k)]
+    zi = [(j, i) for j, i in zi if i is not None]
+    for a, ia in zi:
+        for b, ib in zi:
+            zcov[a, b] = float(cov[ia, ib])
+    station = []
+    state = model.station_state()
+    for path in STATION_PARAMETERS:
+        value = state[path]
+        values = value if isinstance(value, list) else [value]
+        for e, v in enumerate(values):
+            name = path if not isinstance(value, list) else f"{path}[{e}]"
+            if name not in index:
+                continue  # not fitted in this mode
+            label, unit = STATION_LABELS[name]
+            station.append(StationEstimate(name, label, unit, float(v), float(torch.sqrt(cov[index[name], index[name]]))))
+    solver = SolverReport(
+        mode=fit.schedule.mode,
+        loss_name=fit.schedule.loss,
+        iterations=fit.iterations,
+        converged=fit.converged,
+        final_loss=float(fit.history[-1]) if fit.history else float("nan"),
+        history=list(map(float, fit.history)),
+        reduced_chi2=float(fit.reduced_chi2),
+        frame_residuals=fit.frame_residuals,
+        message=fit.message,
+        wall_time_s=fit.wall_time_s,
+    )
+    ident = identifiability(names, cf, fit.jtj)
+    for j in ALIGNMENT_NOLL:
+        zcov[j - 1, :] = 0.0
+        zcov[:, j - 1] = 0.0
+    m = Measurement(
+        wavelength_nm=g.wavelength_nm,
+        na=float(model.pupil.na.detach()),
+        tile_center_mm=tuple(g.tile_center_mm),
+        zernike_waves=z,
+        zernike_cov=zcov,
+        station=station,
+        solver=solver,
+        quality=fit.quality,
+        identifiability=ident,
+    )
+    m.arrays["uncertainty_method"] = info
+    return m
