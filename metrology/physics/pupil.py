@@ -29,7 +29,7 @@ def disk_coverage(radius_px: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor) -
     r = torch.sqrt(ux**2 + uy**2 + 1e-12)
     a0 = ux.abs() / r
     b0 = uy.abs() / r
-    a = torch.maximum(a0, b0)
+    a = torch.maximum(a0, b0).clamp(min=0.5**0.5)  # >= 1/sqrt(2) for any direction; guards r = 0
     b = torch.minimum(a0, b0).clamp(min=1e-4)
     s = (radius_px - r) + 0.5 * (a + b)  # distance of the edge from the outermost corner
     low = s**2 / (2 * a * b)
