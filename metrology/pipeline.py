@@ -1,0 +1,240 @@
+"""The inspection and calibration pipelines: load and validate, reconstruct, analyse, decide.
+
+This is the application layer between the core (physics, solver, analysis) and the edges (report,
+audit, CLI). Every input is loaded and checked before any long computation, so bad input fails
+fast with an :class:`~metrology.errors.InputError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from metrology.errors import InputError
+
+
+@dataclass
+class LoadedInputs:
+    """Everything an inspection needs, validated."""
+
+    capture_path: Path
+    capture: object  # metrology.io.capture.Capture
+    station_path: Path
+    station: object  # metrology.io.station_file.StationDescription
+    geometry: object  # metrology.physics.StationGeometry
+    reference_label: str
+    reference: np.ndarray  # complex (N, N) on the reconstruction grid
+    inputs: list = field(default_factory=list)  # [{"role", "path", "sha256"}]
+    spec_path: Path | None = None
+    spec: object = None  # metrology.analysis.spec.LensSpec
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _require_file(path, role: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, f"{role} file not found")
+    if not p.is_file():
+        raise InputError(p, f"{role} path is not a file")
+    return p
+
+
+def resolve_reference(reference, capture, station, geometry):
+    """The reference sample map on the reconstruction grid.
+
+    ``reference`` is None (use the capture's ``reference_sample`` and ``reference_seed``), a
+    catalogue id optionally with ``:seed=N`` (``random-broadband:seed=3``), or a ``.npy`` file
+    (complex transmission over the station's field of view; its pixel is ``fov / side``).
+
+    Returns
+    -------
+    label : str
+    transmission : ndarray complex (N, N)
+    path : Path or None
+        The file, when the reference came from one (hashed into the report).
+    """
+    from metrology.references import CATALOGUE, load_reference_file, reference_transmission
+
+    n = geometry.object_px
+    if reference is None:
+        sample_id = capture.reference_sample or ""
+        seed = int(capture.extra.get("reference_seed", 0)) if isinstance(capture.extra, dict) else 0
+        if sample_id not in CATALOGUE:
+            raise InputError(
+                "--reference",
+                f"the capture names reference sample {sample_id!r}, which is not in the catalogue "
+                f"({', '.join(CATALOGUE)}); pass --reference with a catalogue id or a .npy map",
+            )
+        return f"{sample_id}:seed={seed}", reference_transmission(sample_id, station.fov_um, n, seed=seed), None
+    text = str(reference)
+    base, _, opts = text.partition(":")
+    if base in CATALOGUE:
+        seed = 0
+        if opts:
+            key, _, value = opts.partition("=")
+            if key != "seed" or not value.lstrip("-").isdigit():
+                raise InputError("--reference", f"expected ID or ID:seed=N, got {text!r}")
+            seed = int(value)
+        return f"{base}:seed={seed}", reference_transmission(base, station.fov_um, n, seed=seed), None
+    path = _require_file(text, "reference sample")
+    side = None
+    try:
+        arr = np.load(path, mmap_mode="r")
+        side = arr.shape[0]
+    except Exception as exc:  # noqa: BLE001 - report any unreadable map as bad input
+        raise InputError(path, f"cannot read the reference map ({exc})") from None
+    t = load_reference_file(path, station.fov_um / side, station.fov_um, n)
+    return path.name, t, path
+
+
+def load_inputs(capture, station, spec=None, reference=None) -> LoadedInputs:
+    """Load and validate the capture, the station description, the spec and the reference."""
+    from metrology.analysis.spec import load_spec
+    from metrology.io.capture import read_capture
+    from metrology.io.station_file import load_station
+
+    station_path = _require_file(station, "station")
+    capture_path = _require_file(capture, "capture")
+    spec_path = _require_file(spec, "spec") if spec is not None else None
+    st = load_station(station_path)
+    spec_obj = load_spec(spec_path) if spec_path is not None else None
+    cap = read_capture(capture_path)
+    st.check_capture(cap, capture_path)
+    try:
+        geometry = st.geometry(cap.leds)
+        from metrology.physics.illumination import max_nominal_illumination_na
+
+        geometry.check_sampling(max_nominal_illumination_na(geometry))
+    except ValueError as exc:
+        raise InputError(station_path, str(exc)) from None
+    label, transmission, ref_path = resolve_reference(reference, cap, st, geometry)
+    inputs = [
+        {"role": "capture", "path": str(capture_path), "sha256": sha256_file(capture_path)},
+        {"role": "station", "path": str(station_path), "sha256": sha256_file(station_path)},
+    ]
+    if spec_path is not None:
+        inputs.append({"role": "spec", "path": str(spec_path), "sha256": sha256_file(spec_path)})
+    if ref_path is not None:
+        inputs.append({"role": "reference", "path": str(ref_path), "sha256": sha256_file(ref_path)})
+    return LoadedInputs(capture_path, cap, station_path, st, geometry, label, transmission, inputs,
+                        spec_path, spec_obj)
+
+
+def noise_for(loaded: LoadedInputs):
+    """The solver's noise model from the station camera and the capture's data type."""
+    from metrology.solver import NoiseModel
+
+    cam = loaded.station.camera
+    frames = loaded.capture.frames
+    integer = np.issubdtype(frames.dtype, np.integer)
+    return NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale if integer else None, integer)
+
+
+def build_model(loaded: LoadedInputs, mode: str = "known", dtype=None):
+    """Nominal station model for the capture (reference map in known/prior modes)."""
+    import torch
+
+    from metrology.io.capture import relative_exposure
+    from metrology.physics import StationModel
+
+    dtype = dtype or torch.float32
+    transmission = loaded.reference if mode in ("known", "prior") else None
+    return StationModel(loaded.geometry, transmission, relative_exposure(loaded.capture), dtype=dtype)
+
+
+def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | None = None, progress=None,
+            frozen=(), frames=None):
+    """Reconstruct and evaluate the uncertainty.
+
+    Parameters
+    ----------
+    frozen : sequence of str
+        Parameter paths held at nominal (e.g. every misalignment path, to show the leak).
+    frames : ndarray, optional
+        Frames to fit instead of the capture's (tests).
+
+    Returns
+    -------
+    fit : metrology.solver.FitResult
+    measurement : metrology.measurement.Measurement
+    """
+    from metrology.solver import default_schedule, reconstruct
+    from metrology.solver.uncertainty import measurement_from_fit
+
+    schedule = default_schedule(mode, loaded.geometry.zernike_terms, max_iterations)
+    if frozen:
+        schedule = schedule.without(*frozen)
+    model = build_model(loaded, mode)
+    fit = reconstruct(
+        model,
+        loaded.capture.frames if frames is None else frames,
+        noise_for(loaded),
+        schedule,
+        initialise_geometry=not any(p.startswith("illumination.") for p in frozen),
+        progress=progress,
+    )
+    return fit, measurement_from_fit(fit)
+
+
+def audit_store_path(option) -> Path | None:
+    """The audit store to use: ``--audit-db``, else ``$METROLOGY_AUDIT_DB`` or ``$METROLOGY_SITE_DIR``;
+    None when none is configured (the report then says so)."""
+    if option:
+        return Path(option)
+    if os.environ.get("METROLOGY_AUDIT_DB") or os.environ.get("METROLOGY_SITE_DIR"):
+        from metrology.audit.store import default_db_path
+
+        return default_db_path()
+    return None
+
+
+def station_status(store_path, loaded: LoadedInputs, measurement, now) -> dict:
+    """Calibration status of the station for this run (``"none"`` without an audit store)."""
+    if store_path is None:
+        return {"status": "none", "reason": "no audit store configured (--audit-db)", "calibrated_utc": None,
+                "valid_until": None}
+    from metrology.audit.status import misalignment_dict
+    from metrology.audit.status import station_status as status_of
+    from metrology.audit.store import AuditStore
+
+    with AuditStore(store_path) as store:
+        current = {k: v["value"] if isinstance(v, dict) else v for k, v in misalignment_dict(measurement.station).items()}
+        return status_of(store, loaded.station.station_id, now, current, loaded.station.drift_limits)
+
+
+def check_output_dir(out_dir) -> Path:
+    """Create ``out_dir`` if needed and prove it is writable (fail fast, before the fit)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".metrology-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(out, f"output folder is not writable ({exc.strerror or exc})") from None
+    return out
+
+
+class Timer:
+    """Wall-clock sections (seconds)."""
+
+    def __init__(self):
+        self.sections = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.sections[name] = self.sections.get(name, 0.0) + now - self._t
+        self._t = now
