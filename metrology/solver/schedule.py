@@ -62,7 +62,10 @@ class Schedule:
     parameters : tuple of ParameterSpec
         Free parameters; any path not listed is fixed.
     max_iterations : int
-        Maximum outer iterations (L-BFGS iterations of the system step).
+        Maximum outer iterations (each: ``sample_steps`` L-BFGS iterations on the sample, if free,
+        and 10 preconditioned L-BFGS iterations on the system parameters). The fit then ends with
+        Gauss-Newton steps on the system parameters until the remaining step is below half a
+        standard deviation (the convergence test).
     rtol : float
         Convergence: relative change of the loss over ``patience`` iterations below ``rtol``.
     patience : int
@@ -81,7 +84,7 @@ class Schedule:
     mode: str = "known"
     parameters: tuple = field(default_factory=tuple)
     max_iterations: int = 200
-    rtol: float = 1e-6
+    rtol: float = 1e-5
     patience: int = 2
     loss: str = "amplitude"
     tv_weight: float = 0.0
@@ -139,8 +142,8 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         ParameterSpec("sample.position_um", 0.1, 0, (-50.0, 50.0)),
         ParameterSpec("sample.defocus_um", 0.5, 0, (-200.0, 200.0)),
         ParameterSpec("camera.background_counts", 1.0, 0, None),
-        ParameterSpec("pupil.zernike_waves", 0.01, 2, (-2.0, 2.0), zern),
-        ParameterSpec("pupil.log_amplitude", 0.01, 4, (-2.0, 2.0), tuple(range(3, min(15, zernike_terms)))),
+        ParameterSpec("pupil.zernike_waves", 0.01, 1, (-2.0, 2.0), zern),
+        ParameterSpec("pupil.log_amplitude", 0.01, 2, (-2.0, 2.0), (3, 10)),  # radial apodisation (Noll 4, 11)
     ]
     if mode in ("prior", "blind"):
         params.append(ParameterSpec("sample.field_real", 0.01, 0, (-3.0, 3.0)))
@@ -149,7 +152,7 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         # with an unknown object a common LED shift is a phase ramp on the object and the sample
         # position is meaningless: only the non-uniform part of the geometry is identifiable
         params = [p for p in params if p.path not in ("sample.position_um",)]
-    iters = max_iterations or {"known": 30, "prior": 60, "blind": 80}[mode]
+    iters = max_iterations or {"known": 4, "prior": 30, "blind": 60}[mode]
     return Schedule(
         mode=mode,
         parameters=tuple(params),
