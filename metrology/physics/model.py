@@ -105,9 +105,12 @@ class StationModel(nn.Module):
         w = whole.to(torch.long)
         rows = n_obj // 2 + w[:, 1, None] + u[None, :]
         cols = n_obj // 2 + w[:, 0, None] + u[None, :]
+        crop = spectrum[rows.clamp(0, n_obj - 1)[:, :, None], cols.clamp(0, n_obj - 1)[:, None, :]]
         if rows.min() < 0 or cols.min() < 0 or rows.max() >= n_obj or cols.max() >= n_obj:
-            raise ValueError("an LED's spectrum leaves the reconstruction grid: increase upsampling")
-        crop = spectrum[rows[:, :, None], cols[:, None, :]]
+            # frequencies beyond the reconstruction grid carry no object content (band limit);
+            # StationGeometry.check_sampling keeps nominal LEDs inside, this guards optimiser excursions
+            inside = ((rows >= 0) & (rows < n_obj))[:, :, None] & ((cols >= 0) & (cols < n_obj))[:, None, :]
+            crop = crop * inside
         pupil = self.pupil(remainder, self.sample.defocus_um)
         uf = u.to(self.pupil.na.dtype) * g.df
         pos = self.sample.position_um
@@ -115,6 +118,25 @@ class StationModel(nn.Module):
         ramp = torch.polar(torch.ones_like(ramp_phase), ramp_phase)
         scale = (g.frame_px / n_obj) ** 2
         return pupil * crop * ramp * scale
+
+    def spectrum_coverage(self) -> torch.Tensor:
+        """How often each object frequency is seen: ``sum_j |P(f - k_j)|^2`` on the centred object
+        spectrum grid, shape (N, N) (a preconditioner for sample updates)."""
+        g = self.geometry
+        with torch.no_grad():
+            offsets = self.frequency_offsets_px()
+            whole = torch.round(offsets)
+            pupil = self.pupil(offsets - whole, self.sample.defocus_um)
+            n_obj, half = g.object_px, g.pupil_box_half
+            u = torch.arange(-half, half + 1, device=pupil.device)
+            w = whole.to(torch.long)
+            rows = (n_obj // 2 + w[:, 1, None] + u[None, :]).clamp(0, n_obj - 1)
+            cols = (n_obj // 2 + w[:, 0, None] + u[None, :]).clamp(0, n_obj - 1)
+            cover = torch.zeros((n_obj, n_obj), dtype=pupil.real.dtype, device=pupil.device)
+            idx_r = rows[:, :, None].expand(-1, -1, u.numel())
+            idx_c = cols[:, None, :].expand(-1, u.numel(), -1)
+            cover.index_put_((idx_r.reshape(-1), idx_c.reshape(-1)), (pupil.abs() ** 2).reshape(-1), accumulate=True)
+            return cover
 
     def intensity(self, indices=None) -> torch.Tensor:
         """Noise-free intensity ``|psi_j|^2`` on the camera grid, shape (J', n, n)."""

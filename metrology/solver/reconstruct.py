@@ -85,11 +85,13 @@ class _Block:
             self.w = None
             self.steps = steps
         else:
+            # W = H^-1/2 through the eigen-decomposition: robust to directions the data do not
+            # constrain (their eigenvalues are floored, so the step there stays bounded)
             h = hessian.double()
-            h = h + torch.diag(1e-9 * h.diagonal().max() + 1e-12 / steps.double() ** 2)
-            chol = torch.linalg.cholesky(h)
-            eye = torch.eye(h.shape[0], dtype=torch.float64)
-            self.w = torch.linalg.solve_triangular(chol.T, eye, upper=True).to(dtype)
+            d = torch.sqrt(h.diagonal().clamp(min=1e-30))
+            evals, evecs = torch.linalg.eigh(h / d[:, None] / d[None, :])
+            evals = evals.clamp(min=1e-4 * float(evals.max().clamp(min=1e-30)))
+            self.w = ((evecs / torch.sqrt(evals)) @ evecs.T / d[:, None]).to(dtype)
         self.z = [torch.zeros(len(self.theta0), dtype=dtype, requires_grad=True)]
 
     def theta(self) -> torch.Tensor:
@@ -117,6 +119,40 @@ class _Block:
                 p.copy_(flat.reshape(p.shape))
 
 
+class _SampleBlock:
+    """The sample, optimised through its spectrum with a Fourier-domain preconditioner.
+
+    ``O = O0 + step * w(f) * (z_re + i z_im)``, ``t = IFFT(O)``, with ``w = 1 / sqrt(coverage + eps)``
+    and ``coverage(f) = sum_j |P(f - k_j)|^2``: frequencies seen by many LEDs get small steps,
+    those seen by few get large ones, which equalises the curvature of the data term.
+    """
+
+    def __init__(self, model: StationModel, step: float):
+        self.model = model
+        with torch.no_grad():
+            t = model.sample.transmission().detach()
+            self.o0 = torch.fft.fftshift(torch.fft.fft2(t))
+            cover = model.spectrum_coverage()
+            n = t.shape[-1]
+            self.w = (step * n / torch.sqrt(cover + 0.05 * cover.max())).to(t.real.dtype)
+        self.z = [torch.zeros((2,) + t.shape, dtype=t.real.dtype, requires_grad=True)]
+
+    def transmission(self) -> torch.Tensor:
+        z = self.z[0]
+        spec = self.o0 + self.w * torch.complex(z[0], z[1])
+        return torch.fft.ifft2(torch.fft.ifftshift(spec))
+
+    def values(self) -> dict:
+        t = self.transmission()
+        return {"sample.field_real": t.real, "sample.field_imag": t.imag}
+
+    def project_and_store(self) -> None:
+        with torch.no_grad():
+            t = self.transmission()
+            self.model.sample.field_real.copy_(t.real)
+            self.model.sample.field_imag.copy_(t.imag)
+
+
 def _objective(model, data, mask, noise, schedule, reference):
     loss_fn = LOSSES[schedule.loss]
 
@@ -132,7 +168,8 @@ def _objective(model, data, mask, noise, schedule, reference):
                 loss = loss + schedule.tv_weight * total_variation(t)
             if schedule.prior_weight and reference is not None:
                 loss = loss + schedule.prior_weight * (t - reference).abs().pow(2).mean()
-        return loss
+        # a line-search probe far outside the physical range must read as "much worse", not NaN
+        return torch.nan_to_num(loss, nan=1e30, posinf=1e30)
 
     return evaluate
 
@@ -171,6 +208,10 @@ def initialise(model: StationModel, data, mask, background, mode: str, ranges=No
     """Coarse initialisation (see :mod:`metrology.solver.init`)."""
     summary = {}
     ranges = ranges or init_mod.DEFAULT_RANGES
+    if mode == "blind" and search_geometry:
+        from metrology.solver.blind import initialise_blind_geometry
+
+        summary["geometry_search"] = initialise_blind_geometry(model, data, background)
     if mode in ("known", "prior") and search_geometry:
         k, score = init_mod.search_led_frequencies(model, data - background, ranges=ranges)
         with torch.no_grad():
@@ -250,7 +291,7 @@ def reconstruct(
     system = sample_block = None
     sample_specs = [p for p in schedule.parameters if p.path.startswith("sample.field")]
     if sample_specs:
-        sample_block = _Block(model, sample_specs)
+        sample_block = _SampleBlock(model, min(p.step for p in sample_specs))
         s_opt, s_closure = _lbfgs(sample_block, evaluate, schedule.sample_steps)
     last_release = max([p.start for p in schedule.parameters], default=0)
     system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
@@ -260,7 +301,7 @@ def reconstruct(
         jtj, _, _, cols_all = normal_equations(model, data, mask, noise, system_specs)
         hessian_all = 2.0 * jtj / n_valid
     it = 0
-    for it in range(1, schedule.max_iterations + 1):
+    for it in range(1, schedule.staging_rounds + 1):
         free = schedule.free_at(it - 1)
         paths = tuple(p.path for p in free)
         if paths != active_paths:
@@ -297,7 +338,12 @@ def reconstruct(
                 break
     jtj, per_group = None, None
     if system_specs and history and np.isfinite(history[-1]):
-        polished, jtj, cols_all, per_group, polish_msg = _polish(model, data, mask, noise, system_specs, evaluate)
+        budget = max(schedule.max_iterations - it, 0)
+        polished, jtj, cols_all, per_group, polish_msg, steps = _polish(
+            model, data, mask, noise, system_specs, evaluate, budget,
+            None if progress is None else (lambda k, v: progress(it + k, schedule.max_iterations, v)),
+        )
+        it += steps
         # the Gauss-Newton test decides; with a free sample its own loop must have settled too
         converged = polished and (converged or sample_block is None)
         message = polish_msg if sample_block is None else message + "; " + polish_msg
@@ -319,45 +365,50 @@ def reconstruct(
 
 
 POLISH_STEPS = 8
+"""Default Gauss-Newton budget when :func:`_polish` is called on its own."""
 JACKKNIFE_GROUPS = 10
 POLISH_TOLERANCE = 0.5
 """Converged when the remaining Gauss-Newton step is below this many standard deviations of every
 parameter (its effect on the result is then below ~12 % of the uncertainty, added in quadrature)."""
 
 
-def _polish(model, data, mask, noise, specs, evaluate):
+def _polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS, progress=None):
     """Gauss-Newton polishing of the system parameters and the convergence test.
 
-    Returns ``(converged, jtj, columns, per_group, message)`` with ``jtj`` (Fisher information of the whitened
-    residuals) at the final point, for the uncertainty evaluation.
+    At most ``budget`` steps are taken. Returns ``(converged, jtj, columns, per_group, message,
+    steps)`` with ``jtj`` (Fisher information of the whitened residuals) at the final point, for the
+    uncertainty evaluation.
     """
     worst = float("inf")
     n = data.shape[0]
     groups = [list(range(g, n, JACKKNIFE_GROUPS)) for g in range(min(JACKKNIFE_GROUPS, n))]
-    for step in range(POLISH_STEPS + 1):
+    step = 0
+    while True:
         jtj, jtr, rtr, cols, per_group = normal_equations(model, data, mask, noise, specs, groups=groups)
         reg = jtj + torch.diag(1e-12 * jtj.diagonal().max() + 1e-30 * torch.ones(len(jtr), dtype=jtj.dtype))
-        delta = -torch.linalg.solve(reg, jtr)
-        sigma = torch.sqrt(torch.linalg.inv(reg).diagonal().clamp(min=1e-300))
+        delta = -torch.linalg.lstsq(reg, jtr[:, None]).solution[:, 0]
+        sigma = torch.sqrt(torch.linalg.pinv(reg, hermitian=True).diagonal().clamp(min=1e-300))
         worst = float((delta.abs() / sigma).max())
         if worst < POLISH_TOLERANCE:
-            return True, jtj, cols, per_group, f"converged: remaining Gauss-Newton step {worst:.2g} sigma after {step} steps"
-        if step == POLISH_STEPS:
-            break
+            return True, jtj, cols, per_group, f"converged: remaining Gauss-Newton step {worst:.2g} sigma after {step} steps", step
+        if step >= budget:
+            return False, jtj, cols, per_group, f"not converged: iteration budget spent with a {worst:.2g} sigma step left", step
+        step += 1
         block = _Block(model, specs)
         with torch.no_grad():
             before = float(evaluate({}))
             for frac in (1.0, 0.5, 0.25, 0.1):
                 block.z[0].copy_(delta.to(block.z[0].dtype) * frac / block.steps)
                 block.project_and_store()
-                if float(evaluate({})) < before:
+                after = float(evaluate({}))
+                if after < before:
                     break
                 block.z[0].zero_()
                 block.project_and_store()
             else:
                 if worst < 2 * POLISH_TOLERANCE:
                     # the predicted loss decrease is below the loss's floating-point resolution
-                    return True, jtj, cols, per_group, f"at numerical precision ({worst:.2g} sigma step left)"
-                return False, jtj, cols, per_group, f"Gauss-Newton step rejected ({worst:.2g} sigma left)"
-    return False, jtj, cols, per_group, f"not converged: remaining Gauss-Newton step {worst:.2g} sigma"
-
+                    return True, jtj, cols, per_group, f"converged at numerical precision ({worst:.2g} sigma step left)", step
+                return False, jtj, cols, per_group, f"not converged: Gauss-Newton step rejected ({worst:.2g} sigma left)", step
+        if progress is not None:
+            progress(step, after)

@@ -62,10 +62,14 @@ class Schedule:
     parameters : tuple of ParameterSpec
         Free parameters; any path not listed is fixed.
     max_iterations : int
-        Maximum outer iterations (each: ``sample_steps`` L-BFGS iterations on the sample, if free,
-        and 10 preconditioned L-BFGS iterations on the system parameters). The fit then ends with
-        Gauss-Newton steps on the system parameters until the remaining step is below half a
-        standard deviation (the convergence test).
+        Total iteration budget. The first ``staging_rounds`` iterations are outer L-BFGS rounds
+        (each: ``sample_steps`` L-BFGS iterations on the sample, if free, and 10 preconditioned
+        L-BFGS iterations on the system parameters, releasing parameters as scheduled); the rest
+        of the budget goes to Gauss-Newton steps on the system parameters until the remaining step
+        is below half a standard deviation (the convergence test). A fit that runs out of budget
+        first is reported as not converged.
+    staging_rounds : int
+        Outer L-BFGS rounds before the Gauss-Newton phase (fewer when the loss settles earlier).
     rtol : float
         Convergence: relative change of the loss over ``patience`` iterations below ``rtol``.
     patience : int
@@ -83,7 +87,8 @@ class Schedule:
 
     mode: str = "known"
     parameters: tuple = field(default_factory=tuple)
-    max_iterations: int = 200
+    max_iterations: int = 12
+    staging_rounds: int = 4
     rtol: float = 1e-5
     patience: int = 2
     loss: str = "amplitude"
@@ -152,11 +157,13 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         # with an unknown object a common LED shift is a phase ramp on the object and the sample
         # position is meaningless: only the non-uniform part of the geometry is identifiable
         params = [p for p in params if p.path not in ("sample.position_um",)]
-    iters = max_iterations or {"known": 4, "prior": 30, "blind": 60}[mode]
+    rounds = {"known": 4, "prior": 30, "blind": 60}[mode]
+    iters = max_iterations or rounds + 8
     return Schedule(
         mode=mode,
         parameters=tuple(params),
         max_iterations=iters,
+        staging_rounds=min(rounds, iters),
         tv_weight=0.0 if mode == "known" else 1e-3,
         prior_weight=0.1 if mode == "prior" else 0.0,
     )

@@ -97,10 +97,12 @@ def identifiability(names, cf: torch.Tensor, jtj: torch.Tensor) -> Identifiabili
     keep = [i for i, n in enumerate(names) if not n.startswith("illumination.brightness")]
     sub = cf[keep][:, keep]
     sd = torch.sqrt(sub.diagonal().clamp(min=1e-300))
-    corr = (sub / sd[:, None] / sd[None, :]).clamp(-1, 1)
-    ev = torch.linalg.eigvalsh(corr)
-    cond = float(ev.max() / ev.min().clamp(min=1e-300))
-    cond = min(cond, 1e300)
+    corr = torch.nan_to_num(sub / sd[:, None] / sd[None, :]).clamp(-1, 1)
+    try:
+        ev = torch.linalg.eigvalsh(corr)
+        cond = min(float(ev.max() / ev.min().clamp(min=1e-300)), 1e300)
+    except RuntimeError:  # numerically singular: as unidentifiable as it gets
+        cond = 1e300
     kept = [names[i] for i in keep]
     pairs, bad = [], set()
     c = corr.numpy()
