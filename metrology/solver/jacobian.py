@@ -28,11 +28,12 @@ class Columns:
     names: list  # e.g. "pupil.zernike_waves[5]"
     paths: list  # parameter path of each column
     flat_index: list  # element of the parameter
+    spec: list  # index of the ParameterSpec (in the list given) that frees it
 
 
 def columns_for(model, specs) -> Columns:
-    names, paths, idx = [], [], []
-    for s in specs:
+    names, paths, idx, owner = [], [], [], []
+    for si, s in enumerate(specs):
         p = model.parameter(s.path)
         elems = range(p.numel()) if s.indices is None else s.indices
         for k in elems:
@@ -40,7 +41,19 @@ def columns_for(model, specs) -> Columns:
             names.append(label)
             paths.append(s.path)
             idx.append(int(k))
-    return Columns(names, paths, idx)
+            owner.append(si)
+    return Columns(names, paths, idx, owner)
+
+
+def psd_inverse(mat: torch.Tensor, rcond: float = 1e-12) -> torch.Tensor:
+    """Pseudo-inverse of a symmetric positive semi-definite matrix, scaled by its diagonal first
+    (parameters in different units), with eigenvalues below ``rcond * max`` dropped."""
+    d = torch.sqrt(mat.diagonal().clamp(min=1e-300))
+    scaled = mat / d[:, None] / d[None, :]
+    evals, evecs = torch.linalg.eigh(scaled)
+    keep = evals > rcond * evals.max().clamp(min=1e-300)
+    inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
+    return inv / d[:, None] / d[None, :]
 
 
 def whitened_residual(model_out, data, noise, background):

@@ -17,9 +17,9 @@ import torch
 from torch.func import functional_call
 
 from metrology.measurement import DataQuality
-from metrology.physics import StationModel
+from metrology.physics import CALIBRATABLE, StationModel
 from metrology.solver import init as init_mod
-from metrology.solver.jacobian import columns_for, normal_equations
+from metrology.solver.jacobian import columns_for, normal_equations, psd_inverse
 from metrology.solver.losses import LOSSES, chi_square, total_variation
 from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
 from metrology.solver.schedule import Schedule
@@ -67,20 +67,23 @@ class _Block:
         self.cols = columns_for(model, self.specs)
         self.paths = list(dict.fromkeys(s.path for s in self.specs))
         dtype = model.pupil.na.dtype
-        self.index = {
-            path: torch.as_tensor([k for p, k in zip(self.cols.paths, self.cols.flat_index) if p == path], dtype=torch.long)
+        cols = self.cols
+        self.slices = {  # positions (in column order) of each path's columns
+            path: torch.as_tensor([i for i, p in enumerate(cols.paths) if p == path], dtype=torch.long)
             for path in self.paths
         }
-        self.slices = {}
-        start = 0
-        for path in self.paths:
-            self.slices[path] = slice(start, start + len(self.index[path]))
-            start += len(self.index[path])
+        self.index = {
+            path: torch.as_tensor([cols.flat_index[i] for i in self.slices[path].tolist()], dtype=torch.long)
+            for path in self.paths
+        }
+        spec_of = [self.specs[i] for i in cols.spec]
         with torch.no_grad():
-            self.theta0 = torch.cat([model.parameter(p).detach().flatten()[self.index[p]] for p in self.paths])
-        steps = torch.cat([torch.full((len(self.index[s.path]),), s.step, dtype=dtype) for s in self.specs])
-        self.lower = torch.cat([torch.full((len(self.index[s.path]),), (s.bounds or (-float("inf"),))[0], dtype=dtype) for s in self.specs])
-        self.upper = torch.cat([torch.full((len(self.index[s.path]),), (s.bounds or (0, float("inf")))[1], dtype=dtype) for s in self.specs])
+            self.theta0 = torch.stack(
+                [model.parameter(p).detach().flatten()[k] for p, k in zip(cols.paths, cols.flat_index)]
+            ).to(dtype)
+        steps = torch.tensor([sp.step for sp in spec_of], dtype=dtype)
+        self.lower = torch.tensor([(sp.bounds or (-float("inf"), 0))[0] for sp in spec_of], dtype=dtype)
+        self.upper = torch.tensor([(sp.bounds or (0, float("inf")))[1] for sp in spec_of], dtype=dtype)
         if hessian is None:
             self.w = None
             self.steps = steps
@@ -273,6 +276,8 @@ def reconstruct(
 
         initial_sample(model, data, background)
     summary = initialise(model, data, mask, background, schedule.mode, ranges, initialise_geometry)
+    if schedule.bootstrap_na_factor:
+        summary["bootstrap"] = _bootstrap(model, frames, noise, schedule)
     with torch.no_grad():
         pred = model()
     blank = blank_frames(data, pred, background, noise)
@@ -364,6 +369,33 @@ def reconstruct(
     )
 
 
+def _bootstrap(model: StationModel, frames, noise: NoiseModel, schedule: Schedule) -> dict:
+    """Fit the low-angle LEDs first and carry the result over (see ``Schedule.bootstrap_na_factor``)."""
+    from dataclasses import replace
+
+    with torch.no_grad():
+        k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1)
+        sel = torch.nonzero(k < schedule.bootstrap_na_factor * model.pupil.na / model.geometry.wavelength_um)
+        sel = sel.flatten()
+    if sel.numel() < 9 or sel.numel() == k.numel():
+        return {"leds": int(sel.numel()), "used": False}
+    g = model.geometry
+    sub = StationModel(g.with_leds([g.leds[i] for i in sel.tolist()]), model.sample.transmission().detach(),
+                       model.exposure[sel], dtype=model.pupil.na.dtype)
+    shared = [p for p in CALIBRATABLE if not p.startswith("sample.field") and p != "illumination.brightness"]
+    with torch.no_grad():
+        for path in shared:
+            sub.parameter(path).copy_(model.parameter(path))
+        sub.illumination.brightness.copy_(model.illumination.brightness[sel])
+    frames = torch.as_tensor(np.asarray(frames))[sel.cpu()].numpy()
+    fit = reconstruct(sub, frames, noise, replace(schedule, bootstrap_na_factor=None), initialise_geometry=False)
+    with torch.no_grad():
+        for path in shared:
+            model.parameter(path).copy_(sub.parameter(path))
+        model.illumination.brightness[sel] = sub.illumination.brightness
+    return {"leds": int(sel.numel()), "used": True, "loss": fit.history[-1] if fit.history else None}
+
+
 POLISH_STEPS = 8
 """Default Gauss-Newton budget when :func:`_polish` is called on its own."""
 JACKKNIFE_GROUPS = 10
@@ -385,9 +417,11 @@ def _polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEP
     step = 0
     while True:
         jtj, jtr, rtr, cols, per_group = normal_equations(model, data, mask, noise, specs, groups=groups)
-        reg = jtj + torch.diag(1e-12 * jtj.diagonal().max() + 1e-30 * torch.ones(len(jtr), dtype=jtj.dtype))
-        delta = -torch.linalg.lstsq(reg, jtr[:, None]).solution[:, 0]
-        sigma = torch.sqrt(torch.linalg.pinv(reg, hermitian=True).diagonal().clamp(min=1e-300))
+        if not (torch.isfinite(jtj).all() and torch.isfinite(jtr).all()):
+            return False, jtj, cols, per_group, "not converged: non-finite Jacobian", step
+        inv = psd_inverse(jtj)
+        delta = -(inv @ jtr)
+        sigma = torch.sqrt(inv.diagonal().clamp(min=1e-300))
         worst = float((delta.abs() / sigma).max())
         if worst < POLISH_TOLERANCE:
             return True, jtj, cols, per_group, f"converged: remaining Gauss-Newton step {worst:.2g} sigma after {step} steps", step

@@ -83,6 +83,11 @@ class Schedule:
     sample_steps : int
         Sample updates per alternation in prior/blind modes (the UA-FP self-calibrating loop
         alternates sample updates and system updates).
+    bootstrap_na_factor : float or None
+        When set, the fit first runs on the LEDs with illumination NA below this factor times the
+        lens NA (bright field and the first dark-field ring) and starts the full fit from that
+        result: strong aberrations (a wave or more peak to valley) otherwise trap the full fit in
+        local minima.
     """
 
     mode: str = "known"
@@ -95,21 +100,26 @@ class Schedule:
     tv_weight: float = 0.0
     prior_weight: float = 0.0
     sample_steps: int = 5
+    bootstrap_na_factor: float | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.loss not in ("amplitude", "poisson", "huber"):
             raise ValueError(f"unknown loss {self.loss!r}")
-        paths = [p.path for p in self.parameters]
-        if len(paths) != len(set(paths)):
-            raise ValueError("a parameter path is listed twice")
-
-    def spec(self, path: str) -> ParameterSpec | None:
+        seen = {}
         for p in self.parameters:
-            if p.path == path:
-                return p
-        return None
+            elems = set(p.indices) if p.indices is not None else None
+            prev = seen.get(p.path)
+            if prev is not None and (prev is None or elems is None or prev & elems):
+                raise ValueError(f"{p.path}: listed twice with overlapping elements")
+            if p.path in seen and seen[p.path] is None:
+                raise ValueError(f"{p.path}: listed twice with overlapping elements")
+            seen[p.path] = elems if prev is None else prev | elems
+
+    def specs(self, path: str) -> list:
+        """The specs that free elements of ``path`` (several when released in stages)."""
+        return [p for p in self.parameters if p.path == path]
 
     def free_at(self, iteration: int) -> list:
         """Specs released at ``iteration`` (excluding sample fields, updated separately)."""
@@ -137,7 +147,13 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
 
     Noll 1-4 stay fixed at zero (alignment terms carried by sample position and defocus).
     """
-    zern = tuple(range(4, zernike_terms))
+    # aberrations by increasing radial order (n <= 3, then n = 4-5, then the rest): a strong
+    # high-order term fitted before the low orders are right invites local minima
+    stages = [(1, 4, min(10, zernike_terms)), (2, 10, min(21, zernike_terms)), (3, 21, zernike_terms)]
+    zern_specs = [
+        ParameterSpec("pupil.zernike_waves", 0.01, start, (-2.0, 2.0), tuple(range(a, b)))
+        for start, a, b in stages if b > a
+    ]
     params = [
         ParameterSpec("illumination.shift_mm", 0.05, 0, (-3.0, 3.0)),
         ParameterSpec("illumination.rotation_deg", 0.05, 0, (-10.0, 10.0)),
@@ -145,10 +161,10 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         ParameterSpec("illumination.tilt_deg", 0.2, 0, (-5.0, 5.0)),
         ParameterSpec("illumination.brightness", 0.01, 0, (0.0, 10.0)),
         ParameterSpec("sample.position_um", 0.1, 0, (-50.0, 50.0)),
-        ParameterSpec("sample.defocus_um", 0.5, 0, (-200.0, 200.0)),
+        ParameterSpec("sample.defocus_um", 0.5, 1, (-200.0, 200.0)),  # with the low-order aberrations
         ParameterSpec("camera.background_counts", 1.0, 0, None),
-        ParameterSpec("pupil.zernike_waves", 0.01, 1, (-2.0, 2.0), zern),
-        ParameterSpec("pupil.log_amplitude", 0.01, 2, (-2.0, 2.0), (3, 10)),  # radial apodisation (Noll 4, 11)
+        *zern_specs,
+        ParameterSpec("pupil.log_amplitude", 0.01, 3, (-2.0, 2.0), (3, 10)),  # radial apodisation (Noll 4, 11)
     ]
     if mode in ("prior", "blind"):
         params.append(ParameterSpec("sample.field_real", 0.01, 0, (-3.0, 3.0)))
@@ -157,7 +173,7 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         # with an unknown object a common LED shift is a phase ramp on the object and the sample
         # position is meaningless: only the non-uniform part of the geometry is identifiable
         params = [p for p in params if p.path not in ("sample.position_um",)]
-    rounds = {"known": 4, "prior": 30, "blind": 60}[mode]
+    rounds = {"known": 6, "prior": 30, "blind": 60}[mode]
     iters = max_iterations or rounds + 8
     return Schedule(
         mode=mode,
@@ -166,4 +182,5 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         staging_rounds=min(rounds, iters),
         tv_weight=0.0 if mode == "known" else 1e-3,
         prior_weight=0.1 if mode == "prior" else 0.0,
+        bootstrap_na_factor=1.25 if mode in ("known", "prior") else None,
     )

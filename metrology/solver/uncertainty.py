@@ -23,6 +23,7 @@ import torch
 from metrology.conventions import ALIGNMENT_NOLL
 from metrology.measurement import Identifiability, Measurement, SolverReport, StationEstimate
 from metrology.physics.model import STATION_PARAMETERS
+from metrology.solver.jacobian import psd_inverse
 
 STATION_LABELS = {
     "illumination.shift_mm[0]": ("LED array shift x", "mm"),
@@ -44,13 +45,6 @@ VIF_LIMIT = 1e4
 0.999."""
 
 
-def _inverse(mat: torch.Tensor) -> torch.Tensor:
-    d = torch.sqrt(mat.diagonal().clamp(min=1e-300))
-    scaled = mat / d[:, None] / d[None, :]
-    inv = torch.linalg.pinv(scaled, hermitian=True, rtol=1e-12)
-    return inv / d[:, None] / d[None, :]
-
-
 def jackknife_covariance(jtj: torch.Tensor, groups) -> torch.Tensor:
     """Linearised delete-one-group jackknife covariance from per-group normal equations."""
     steps = []
@@ -59,7 +53,7 @@ def jackknife_covariance(jtj: torch.Tensor, groups) -> torch.Tensor:
         # parameters seen only by the removed frames (their LEDs' brightness) drop out
         keep = reduced.diagonal() > 1e-9 * jtj.diagonal()
         step = torch.zeros_like(b_g)
-        step[keep] = _inverse(reduced[keep][:, keep]) @ b_g[keep]
+        step[keep] = psd_inverse(reduced[keep][:, keep]) @ b_g[keep]
         steps.append(step)
     d = torch.stack(steps)
     g = d.shape[0]
@@ -78,7 +72,7 @@ def covariance(fit) -> tuple[torch.Tensor, torch.Tensor, dict]:
     info : dict
         Birge ratio and jackknife summary.
     """
-    cf = _inverse(fit.jtj)
+    cf = psd_inverse(fit.jtj)
     birge = max(1.0, fit.reduced_chi2)
     var = cf.diagonal() * birge
     info = {"birge_scale": birge, "jackknife_groups": 0}
