@@ -22,7 +22,7 @@ def cert():
 
 
 def test_fixture_certificate(cert):
-    assert cert.id == "golden-4x-010" and cert.wavelength_nm == 530.0 and cert.na == 0.10
+    assert cert.id == "golden-4x-010" and cert.wavelength_nm == 520.0 and cert.na == 0.10
     assert cert.date == "2024-11-05"
     assert set(cert.coefficients) == {5, 6, 7, 8, 11}
     for value, U in cert.coefficients.values():

@@ -37,11 +37,13 @@ DRIFT_LIMIT_KEYS = {
     "distance_error_mm": ("illumination.distance_error_mm",),
     "tilt_deg": ("illumination.tilt_deg[0]", "illumination.tilt_deg[1]"),
     "defocus_um": ("sample.defocus_um",),
+    "position_um": ("sample.position_um[0]", "sample.position_um[1]"),
 }
 """drift-limit key -> station parameter names (``shift_mm`` compares the vector change length)."""
 
 _UNITS = {"shift_mm": "mm", "rotation_deg": "deg", "distance_error_mm": "mm", "tilt_deg": "deg",
-          "defocus_um": "um"}
+          "defocus_um": "um", "position_um": "um"}
+_VECTOR_KEYS = {"shift_mm": "LED array shift", "position_um": "sample position"}
 
 
 def misalignment_dict(estimates) -> dict:
@@ -87,14 +89,18 @@ def drift_exceedances(current: dict, calibrated: dict, drift_limits: dict) -> li
     out = []
     for key, limit in (drift_limits or {}).items():
         limit = float(limit)
-        if key == "shift_mm":
+        short = key.rsplit(".", 1)[-1]  # station files key by model path ("illumination.shift_mm")
+        if short in DRIFT_LIMIT_KEYS and "[" not in key:
+            key = short
+        if key in _VECTOR_KEYS:
             names = DRIFT_LIMIT_KEYS[key]
             if all(n in current and n in calibrated for n in names):
                 d = [current[n] - calibrated[n] for n in names]
                 change = math.hypot(*d)
                 if change > limit:
-                    out.append((key, change, limit, "mm",
-                                f"LED array shift changed by ({d[0]:+.4g}, {d[1]:+.4g}) mm"))
+                    unit = _UNITS[key]
+                    out.append((key, change, limit, unit,
+                                f"{_VECTOR_KEYS[key]} changed by ({d[0]:+.4g}, {d[1]:+.4g}) {unit}"))
             continue
         names = DRIFT_LIMIT_KEYS.get(key, (key,))
         for n in names:

@@ -48,6 +48,8 @@ def columns_for(model, specs) -> Columns:
 def psd_inverse(mat: torch.Tensor, rcond: float = 1e-12) -> torch.Tensor:
     """Pseudo-inverse of a symmetric positive semi-definite matrix, scaled by its diagonal first
     (parameters in different units), with eigenvalues below ``rcond * max`` dropped."""
+    if mat.numel() == 0:
+        return mat.clone()
     d = torch.sqrt(mat.diagonal().clamp(min=1e-300))
     scaled = mat / d[:, None] / d[None, :]
     evals, evecs = torch.linalg.eigh(scaled)

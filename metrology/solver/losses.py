@@ -23,7 +23,8 @@ def _offset(gain_e_per_count, read_noise_counts):
 
 
 def _roots(model, data, background, c):
-    return torch.sqrt((model - background).clamp(min=0.0) + c), torch.sqrt((data - background + c).clamp(min=0.0))
+    # the floor keeps sqrt' finite where the clamp is active (its zero tangent must not meet an infinity)
+    return torch.sqrt((model - background).clamp(min=0.0) + c), torch.sqrt((data - background + c).clamp(min=1e-12))
 
 
 def amplitude_loss(model, data, mask, gain_e_per_count, read_noise_counts, background=0.0):

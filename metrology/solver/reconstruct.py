@@ -431,8 +431,12 @@ def _polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEP
         block = _Block(model, specs)
         with torch.no_grad():
             before = float(evaluate({}))
-            for frac in (1.0, 0.5, 0.25, 0.1):
-                block.z[0].copy_(delta.to(block.z[0].dtype) * frac / block.steps)
+            # Levenberg-Marquardt: the Gauss-Newton step first, then increasingly damped ones
+            for damping in (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
+                if damping:
+                    dj = jtj.diagonal()
+                    delta = -(psd_inverse(jtj + damping * torch.diag(dj)) @ jtr)
+                block.z[0].copy_(delta.to(block.z[0].dtype) / block.steps)
                 block.project_and_store()
                 after = float(evaluate({}))
                 if after < before:
@@ -443,6 +447,6 @@ def _polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEP
                 if worst < 2 * POLISH_TOLERANCE:
                     # the predicted loss decrease is below the loss's floating-point resolution
                     return True, jtj, cols, per_group, f"converged at numerical precision ({worst:.2g} sigma step left)", step
-                return False, jtj, cols, per_group, f"not converged: Gauss-Newton step rejected ({worst:.2g} sigma left)", step
+                return False, jtj, cols, per_group, f"not converged: no step reduces the loss ({worst:.2g} sigma left)", step
         if progress is not None:
             progress(step, after)

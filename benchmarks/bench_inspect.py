@@ -1,0 +1,44 @@
+"""End-to-end time of ``metrology inspect`` on a standard 225-frame 128x128 capture (issue 5).
+
+Simulates the capture (not timed), then runs the inspection and prints the split load /
+reconstruct / analyse / report and the total. Target: < 60 s on 2 CPU cores.
+Run: ``python benchmarks/bench_inspect.py [--frame 128]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, machine, simulate, standard_lens, standard_misalignment, standard_station
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frame", type=int, default=128)
+    args = ap.parse_args()
+    from metrology.inspection import run_inspection
+    from metrology.io import write_capture
+
+    st = standard_station(args.frame)
+    truth = standard_misalignment(1, len(st.led_list()))
+    cap, _ = simulate(st, standard_lens(1, rms=0.04), truth, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_capture(tmp / "capture.tif", cap)
+        (tmp / "station.toml").write_text(st.to_toml())
+        t0 = time.perf_counter()
+        out = run_inspection(tmp / "capture.tif", tmp / "station.toml", ROOT / "fixtures" / "specs" / "plan-4x-010.toml",
+                             serial="BENCH-1", out_dir=tmp / "out")
+        total = time.perf_counter() - t0
+    t = out.document["timings_s"]
+    print(f"machine: {machine()}")
+    print(f"inspect, 225 frames {args.frame}x{args.frame}: load {t['load']:.1f} s, reconstruct {t['reconstruct']:.1f} s, "
+          f"analyse {t['analyse']:.1f} s, report {t['report']:.1f} s; total {total:.1f} s (target < 60 s); "
+          f"verdict {out.document['verdict']['overall']}, iterations {out.document['solver']['iterations']}")
+
+
+if __name__ == "__main__":
+    main()

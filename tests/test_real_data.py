@@ -1,0 +1,116 @@
+"""Real data (UConn blood smear): foreign reader, axis mapping evidence, a quick blind fit.
+
+Skipped when ../shared/data/uconn-bloodsmear is absent (a fresh clone has no data).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metrology.errors import InputError
+from metrology.io.foreign import (
+    bright_field_mismatch, defocus_shift_matrix, load_description, load_foreign, square_spiral,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "uconn-bloodsmear"
+DESCRIPTION = ROOT / "fixtures" / "foreign" / "uconn-bloodsmear.toml"
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} absent")
+
+
+def test_spiral_matches_their_sequence_rules():
+    order = square_spiral(15)
+    assert len(order) == 225 and len(set(order)) == 225
+    assert order[:10] == [(0, 0), (1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1), (2, -1)]
+    assert max(max(abs(x), abs(y)) for x, y in order) == 7
+
+
+def test_description_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DESCRIPTION.read_text().replace('their_x = "+col"', 'their_x = "+row"'))
+    with pytest.raises(InputError, match="bad.toml.*mapping"):
+        load_description(bad)
+    with pytest.raises(InputError, match="not a readable MATLAB"):
+        junk = tmp_path / "junk.mat"
+        junk.write_bytes(b"not a mat file at all" * 10)
+        load_foreign(junk, DESCRIPTION)
+
+
+@needs_data
+def test_sequence_csv_and_reader_round_trip(tmp_path):
+    rows = list(csv.DictReader(open(DATA / "led_sequence.csv")))
+    assert [(int(r["xi_rel"]), int(r["yi_rel"])) for r in rows] == square_spiral(15)
+    capture, station = load_foreign(DATA / "bloodsmear_blue.mat", DESCRIPTION)
+    assert capture.n_frames == 225 and capture.frame_px == 128
+    assert capture.frames.dtype == np.float32
+    assert [list(map(int, (r["led_abs_x"], r["led_abs_y"]))) for r in rows] == capture.extra["their_led_index"]
+    # identity mapping: their (xi, yi) -> board (row, col) = (7 + yi, 7 + xi); first LED on axis
+    assert capture.leds[:3] == [(7, 7), (7, 8), (8, 8)]
+    assert station.tile_center_mm == pytest.approx((0.0, -0.65))
+    assert station.slide_thickness_mm == 1.0 and station.led_distance_mm == pytest.approx(91.88)
+    assert station.wavelength_nm == pytest.approx(475.0)
+    assert capture.extra["known_defocus_um_theirs"] == pytest.approx(-15.0)
+    station.check_capture(capture)
+    # our capture format holds it
+    from metrology.io.capture import read_capture, write_capture
+
+    back = read_capture(write_capture(tmp_path / "blue.tif", capture))
+    assert back == capture
+
+
+@needs_data
+@pytest.mark.parametrize("colour", ["red", "green", "blue"])
+def test_bright_field_set_matches_mapping(colour):
+    capture, station = load_foreign(DATA / f"bloodsmear_{colour}.mat", DESCRIPTION)
+    ev = bright_field_mismatch(capture, station, margin_na=0.005)
+    assert ev["measured"].sum() in (20, 21)
+    assert ev["n_mismatched"] == 0
+    # pseudo-counts: bright frames are thousands of counts, dark-field frames above the offset
+    means = capture.frames.mean(axis=(1, 2))
+    assert 1e3 < means.max() < 1e5 and means.min() > 1
+
+
+@needs_data
+def test_offset_sign_from_edge_brightness():
+    """Blue: first LED 0.65 mm off the patch centre along their +y. LEDs at yi = +2 must be
+    darker (further out) than those at yi = -2; the opposite offset sign predicts the reverse."""
+    capture, _ = load_foreign(DATA / "bloodsmear_blue.mat", DESCRIPTION)
+    mean = capture.frames.mean(axis=(1, 2))
+    order = square_spiral(15)
+    plus = np.mean([mean[order.index((x, 2))] for x in (-1, 1)])
+    minus = np.mean([mean[order.index((x, -2))] for x in (-1, 1)])
+    assert plus < 0.5 * minus
+
+
+@needs_data
+def test_defocus_shift_matrix_has_no_axis_swap():
+    capture, station = load_foreign(DATA / "bloodsmear_red.mat", DESCRIPTION)
+    a, rms = defocus_shift_matrix(capture.frames, square_spiral(15), bright_field_mismatch(capture, station)["measured"])
+    # their x moves the image along columns, their y along rows, with the same sign
+    assert a[0, 0] > 3 * abs(a[0, 1]) and a[1, 1] > 3 * abs(a[1, 0])
+    assert a[0, 0] > 0 and a[1, 1] > 0
+    # geometric defocus: shift = -defocus * tan(angle); 1.845 um pixels, 4 mm / 91.88 mm per step
+    defocus = -np.mean(np.diag(a)) * 1.845 / (4.0 / 91.88)
+    assert -45 < defocus < -30
+
+
+@needs_data
+@pytest.mark.slow
+def test_quick_blind_red_defocus_sign_and_size():
+    """Blind fit of the red capture on a 32-px patch (all 225 LEDs, 5 iterations; ~25 s on an idle 2-core machine)."""
+    spec = importlib.util.spec_from_file_location("bench_real_data", ROOT / "benchmarks" / "bench_real_data.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.reconstruct_colour("red", crop_px=32, iterations=5)
+    # the data put the red sample 35 +/- 4 um above focus (ours: negative), the dataset says 55 um
+    # (see docs/real-data.md): check the sign and the size the data support
+    assert r["defocus_um"] < 0
+    assert -42 < r["defocus_um"] < -28
+    res = bench.resolution(r)
+    assert res["support_after"] > res["support_before"]
