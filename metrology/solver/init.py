@@ -42,6 +42,23 @@ def _features(frames: torch.Tensor) -> torch.Tensor:
     return f / (f.norm(dim=(-2, -1), keepdim=True) + 1e-12)
 
 
+def _pupil_phase(model: StationModel, u: torch.Tensor, df: float, radius: float) -> torch.Tensor:
+    """``exp(i 2 pi (W + defocus))`` of the model's current pupil on a box grid ``u`` (pixels of ``df``)."""
+    from metrology.physics.zernike import zernike_grid
+
+    c = model.pupil.zernike_waves.detach().double()
+    z = model.sample.defocus_um.detach().double()
+    if not bool(c.abs().max() > 0) and float(z) == 0.0:
+        return torch.ones((u.numel(), u.numel()), dtype=torch.complex64)
+    x = (u.double()[None, :] / radius).expand(u.numel(), -1)
+    y = (u.double()[:, None] / radius).expand(-1, u.numel())
+    w = torch.einsum("k,kyx->yx", c, zernike_grid(c.numel(), x, y))
+    f2 = (x**2 + y**2) * (radius * df) ** 2
+    inv = 1.0 / model.geometry.wavelength_um
+    w = w + z * (-f2 / (torch.sqrt((inv**2 - f2).clamp(min=1e-12)) + inv))
+    return torch.polar(torch.ones_like(w), 2 * math.pi * w).to(torch.complex64)
+
+
 def search_radius_px(model: StationModel, ranges=DEFAULT_RANGES, df=None) -> torch.Tensor:
     """Per-LED search radius (grid pixels of ``df``) covering the misalignment ranges."""
     g = model.geometry
@@ -64,6 +81,9 @@ def search_radius_px(model: StationModel, ranges=DEFAULT_RANGES, df=None) -> tor
 
 def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int = 64, ranges=DEFAULT_RANGES, chunk: int = 8):
     """Estimate each LED's illumination frequency from its frame (known reference sample).
+
+    Candidate frames are modelled through the model's current pupil (its Zernike phase and the
+    sample defocus; a clear pupil at the start), around the model's current ``k_j``.
 
     Parameters
     ----------
@@ -96,6 +116,7 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
         u = torch.arange(-half, half + 1)
         rr = torch.sqrt((u[None, :] ** 2 + u[:, None] ** 2).to(rdtype))
         pupil = soft_disk(torch.tensor(radius, dtype=rdtype), rr).to(torch.complex64) * (nc / nobj) ** 2
+        pupil = pupil * _pupil_phase(model, u, df, radius)
         feats = _features(data[:, c0 : c0 + nc, c0 : c0 + nc].to(rdtype))
         k_nom = model.illumination.spatial_frequencies().detach().double()
         s_nom = k_nom / df

@@ -207,6 +207,27 @@ def prepare(model: StationModel, frames, noise: NoiseModel):
     return data, mask, quality, background
 
 
+def search_geometry_known(model: StationModel, data, background, ranges=None) -> dict:
+    """LED geometry from a known reference: dark-field frames matched against modelled frames, and
+    the bright-field frames' two-disk pattern (independent of the pupil phase, so robust to strong
+    aberrations), fitted together (robustly) to the global geometry."""
+    from metrology.solver.blind import search_bright_field
+
+    ranges = ranges or init_mod.DEFAULT_RANGES
+    k, score = init_mod.search_led_frequencies(model, data - background, ranges=ranges)
+    with torch.no_grad():
+        k_nom = model.illumination.spatial_frequencies().detach()
+        near_bf = torch.linalg.vector_norm(k_nom, dim=-1) < model.geometry.cutoff + 3 * model.geometry.df
+    weight = score.clamp(min=0) * (~near_bf).double()
+    k_bf, w_bf = search_bright_field(model, data - background)
+    use_bf = w_bf > 0
+    k = torch.where(use_bf[:, None], k_bf.to(k.dtype), k)
+    weight = torch.where(use_bf, 2.0 * w_bf.to(weight.dtype), weight)
+    if (weight > 0).sum() < 6:
+        weight = score.clamp(min=0)
+    return init_mod.fit_geometry(model, k, weight)
+
+
 def initialise(model: StationModel, data, mask, background, mode: str, ranges=None, search_geometry=True) -> dict:
     """Coarse initialisation (see :mod:`metrology.solver.init`)."""
     summary = {}
@@ -216,14 +237,7 @@ def initialise(model: StationModel, data, mask, background, mode: str, ranges=No
 
         summary["geometry_search"] = initialise_blind_geometry(model, data, background)
     if mode in ("known", "prior") and search_geometry:
-        k, score = init_mod.search_led_frequencies(model, data - background, ranges=ranges)
-        with torch.no_grad():
-            k_nom = model.illumination.spatial_frequencies().detach()
-            near_bf = torch.linalg.vector_norm(k_nom, dim=-1) < model.geometry.cutoff + 3 * model.geometry.df
-        weight = score.clamp(min=0) * (~near_bf).double()
-        if (weight > 0).sum() < 6:
-            weight = score.clamp(min=0)
-        summary["geometry_search"] = init_mod.fit_geometry(model, k, weight)
+        summary["geometry_search"] = search_geometry_known(model, data, background, ranges)
     init_mod.initialise_intensity(model, data, background, mask)
     if mode in ("known", "prior"):
         with torch.no_grad():
@@ -278,6 +292,14 @@ def reconstruct(
     summary = initialise(model, data, mask, background, schedule.mode, ranges, initialise_geometry)
     if schedule.bootstrap_na_factor:
         summary["bootstrap"] = _bootstrap(model, frames, noise, schedule)
+        if initialise_geometry:
+            # search again through the pupil the bootstrap found (strong aberrations mislead the
+            # first, clear-pupil search); keep the more self-consistent geometry, and bootstrap
+            # again from it
+            first = summary.get("geometry_search", {}).get("residual_px", float("inf"))
+            summary["geometry_search_2"] = _research(model, data, background, ranges, first)
+            if summary["geometry_search_2"]["kept"]:
+                summary["bootstrap_2"] = _bootstrap(model, frames, noise, schedule)
     with torch.no_grad():
         pred = model()
     blank = blank_frames(data, pred, background, noise)
@@ -394,6 +416,24 @@ def _bootstrap(model: StationModel, frames, noise: NoiseModel, schedule: Schedul
             model.parameter(path).copy_(sub.parameter(path))
         model.illumination.brightness[sel] = sub.illumination.brightness
     return {"leds": int(sel.numel()), "used": True, "loss": fit.history[-1] if fit.history else None}
+
+
+def _research(model, data, background, ranges, first_residual_px: float) -> dict:
+    """Second geometry search; kept when its per-LED estimates agree better with one geometry."""
+    from metrology.solver.init import DEFAULT_RANGES
+
+    geometry_paths = ("illumination.shift_mm", "illumination.rotation_deg", "illumination.distance_error_mm",
+                      "illumination.tilt_deg")
+    with torch.no_grad():
+        saved = {p: model.parameter(p).detach().clone() for p in geometry_paths}
+    small = {k: v / 3 for k, v in (ranges or DEFAULT_RANGES).items()}  # around the current estimate
+    out = search_geometry_known(model, data, background, small)
+    out["kept"] = out["residual_px"] < first_residual_px
+    if not out["kept"]:
+        with torch.no_grad():
+            for p, v in saved.items():
+                model.parameter(p).copy_(v)
+    return out
 
 
 POLISH_STEPS = 8
