@@ -90,6 +90,8 @@ def initialise_blind_geometry(model: StationModel, data: torch.Tensor, backgroun
     k, w = search_bright_field(model, data - background)
     if int((w > 0).sum()) < 4:
         return {"bright_field_leds": int((w > 0).sum()), "note": "too few bright-field LEDs; nominal geometry kept"}
-    out = fit_geometry(model, k, w)
+    # bright-field LEDs sit close to the axis: they fix the shift and the rotation, while the
+    # distance and the tilt (radial scalings) are left at their nominal values
+    out = fit_geometry(model, k, w, names=("shift_mm", "rotation_deg"))
     out["bright_field_leds"] = int((w > 0).sum())
     return out

@@ -164,17 +164,21 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
         return est * df, score
 
 
-def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor, iterations: int = 3) -> dict:
+def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor, iterations: int = 3,
+                 names=("shift_mm", "rotation_deg", "distance_error_mm", "tilt_deg")) -> dict:
     """Robust least-squares fit of the global LED geometry to per-LED frequency estimates.
 
-    Sets ``illumination.{shift_mm, rotation_deg, distance_error_mm, tilt_deg}`` on ``model`` and
-    returns the fit summary (residual RMS in grid pixels, LEDs used).
+    Sets ``illumination.<names>`` on ``model`` (the others stay at the model's values) and returns
+    the fit summary (residual RMS in grid pixels, LEDs used).
     """
     g = model.geometry
     ill = Illumination(g, torch.float64)
     k_est = k_est.double()
     w = weight.double().clamp(min=0)
-    params = [ill.shift_mm, ill.rotation_deg, ill.distance_error_mm, ill.tilt_deg]
+    with torch.no_grad():
+        for name in ("shift_mm", "rotation_deg", "distance_error_mm", "tilt_deg"):
+            getattr(ill, name).copy_(getattr(model.illumination, name).double())
+    params = [getattr(ill, name) for name in names]
     used = w > 0
     for _ in range(iterations):
         opt = torch.optim.LBFGS(params, lr=1, max_iter=100, line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-14)
@@ -193,7 +197,7 @@ def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor,
             cut = max(1.5, 3 * float(torch.median(res[used])))
             used = (w > 0) & (res < cut)
     with torch.no_grad():
-        for name in ("shift_mm", "rotation_deg", "distance_error_mm", "tilt_deg"):
+        for name in names:
             getattr(model.illumination, name).copy_(getattr(ill, name).to(getattr(model.illumination, name).dtype))
     return {"residual_px": float(torch.sqrt((res[used] ** 2).mean())), "leds_used": int(used.sum())}
 

@@ -91,6 +91,11 @@ class _Block:
             # W = H^-1/2 through the eigen-decomposition: robust to directions the data do not
             # constrain (their eigenvalues are floored, so the step there stays bounded)
             h = hessian.double()
+            # a floor on each parameter's curvature, in units of its step: directions the data do
+            # not see (a dark frame's brightness under a smooth start) must not get unbounded steps
+            st = steps.double()
+            typical = torch.median(h.diagonal() * st**2).clamp(min=1e-30)
+            h = h + torch.diag(1e-4 * typical / st**2)
             d = torch.sqrt(h.diagonal().clamp(min=1e-30))
             evals, evecs = torch.linalg.eigh(h / d[:, None] / d[None, :])
             evals = evals.clamp(min=1e-4 * float(evals.max().clamp(min=1e-30)))

@@ -170,9 +170,11 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         params.append(ParameterSpec("sample.field_real", 0.01, 0, (-3.0, 3.0)))
         params.append(ParameterSpec("sample.field_imag", 0.01, 0, (-3.0, 3.0)))
     if mode == "blind":
-        # with an unknown object a common LED shift is a phase ramp on the object and the sample
-        # position is meaningless: only the non-uniform part of the geometry is identifiable
-        params = [p for p in params if p.path not in ("sample.position_um",)]
+        # with an unknown object the sample position is meaningless, and the LED distance and tilt
+        # (radial scalings of the illumination) trade against the unknown object's scale: keep
+        # them at nominal; shift and rotation stay free (the pupil edge anchors them)
+        params = [p for p in params if p.path not in ("sample.position_um", "illumination.distance_error_mm",
+                                                      "illumination.tilt_deg")]
     rounds = {"known": 6, "prior": 30, "blind": 60}[mode]
     iters = max_iterations or rounds + 8
     return Schedule(
