@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from metrology.io import atomic_write_bytes
 from metrology.audit.drift import DEFAULT_RULES, station_charts
 from metrology.audit.store import AuditStore, format_utc, parse_utc, utc_now
 from metrology.conventions import CONVENTIONS_TEXT
@@ -74,22 +74,6 @@ def _chart_png(name, unit, series, chart, since_text, rules, n_baseline) -> tupl
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue(), alarms
-
-
-def _atomic_write(path: Path, data: bytes):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + path.name, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_audit_report(store: AuditStore, station_id: str, since=None, out_dir=".", now=None,
@@ -249,7 +233,7 @@ def write_audit_report(store: AuditStore, station_id: str, since=None, out_dir="
                             title=f"Calibration audit {station_id}", author=f"metrology {__version__}")
     doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
     try:
-        _atomic_write(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         raise InputError(path, f"cannot write the report: {exc.strerror or exc}") from exc
     return path
