@@ -97,6 +97,7 @@ def errors(meas, truth) -> dict:
         out["shift_um"] = 1e3 * float(np.hypot(values["illumination.shift_mm[0]"] - t_shift[0],
                                                values["illumination.shift_mm[1]"] - t_shift[1]))
         out["rotation_deg"] = abs(values["illumination.rotation_deg"] - truth["illumination.rotation_deg"])
+    if "illumination.distance_error_mm" in values:  # held at nominal in blind mode
         out["distance_mm"] = abs(values["illumination.distance_error_mm"] - truth["illumination.distance_error_mm"])
     if "sample.defocus_um" in values:
         out["defocus_um"] = abs(values["sample.defocus_um"] - truth["sample.defocus_um"])

@@ -54,32 +54,40 @@ def search_bright_field(model: StationModel, data: torch.Tensor, radius_px: int 
         chosen = torch.nonzero(torch.linalg.vector_norm(s_nom, dim=-1) < radius - 2).flatten()
         u = torch.fft.fftfreq(n, d=1.0 / n).double()
         fy, fx = u[:, None], u[None, :]
-        d = torch.arange(-radius_px, radius_px + step / 2, step, dtype=torch.float64)
-        oy, ox = torch.meshgrid(d, d, indexing="ij")
-        offsets = torch.stack([ox.flatten(), oy.flatten()], dim=-1)
         k_est = k_nom.clone()
         weight = torch.zeros(g.n_leds, dtype=torch.float64)
         win = _hann(n, torch.float64)
-        for j in chosen.tolist():
-            frame = data[j].double()
-            spec = torch.log(torch.fft.fft2((frame - frame.mean()) * win).abs() + 1e-9)
-            spec[0, 0] = spec.mean()
-            spec = spec - spec.mean()
-            spec = spec / spec.norm()
-            cand = s_nom[j][None, :] + offsets  # (C, 2)
-            best, best_c = -2.0, None
-            for s in range(0, cand.shape[0], 256):
-                c = cand[s : s + 256]
+        r0 = torch.tensor(radius, dtype=torch.float64)
+
+        def grid(half, spacing):
+            d = torch.arange(-half, half + spacing / 2, spacing, dtype=torch.float64)
+            oy, ox = torch.meshgrid(d, d, indexing="ij")
+            return torch.stack([ox.flatten(), oy.flatten()], dim=-1)
+
+        def best_of(spec, cand):
+            best, best_c = -2.0, cand[0]
+            for s in range(0, cand.shape[0], 128):
+                c = cand[s : s + 128]
                 r1 = torch.sqrt((fx[None] - c[:, 0, None, None]) ** 2 + (fy[None] - c[:, 1, None, None]) ** 2)
                 r2 = torch.sqrt((fx[None] + c[:, 0, None, None]) ** 2 + (fy[None] + c[:, 1, None, None]) ** 2)
-                t = torch.maximum(soft_disk(torch.tensor(radius, dtype=torch.float64), r1),
-                                  soft_disk(torch.tensor(radius, dtype=torch.float64), r2))
+                t = torch.maximum(soft_disk(r0, r1), soft_disk(r0, r2))
                 t = t - t.mean(dim=(-2, -1), keepdim=True)
                 t = t / t.norm(dim=(-2, -1), keepdim=True)
                 score = (t * spec).sum(dim=(-2, -1))
                 i = int(torch.argmax(score))
                 if score[i] > best:
                     best, best_c = float(score[i]), c[i]
+            return best, best_c
+
+        coarse, fine = grid(radius_px, 1.0), grid(1.0, step)  # coarse to fine: whole pixels, then sub-pixel
+        for j in chosen.tolist():
+            frame = data[j].double()
+            spec = torch.log(torch.fft.fft2((frame - frame.mean()) * win).abs() + 1e-9)
+            spec[0, 0] = spec.mean()
+            spec = spec - spec.mean()
+            spec = spec / spec.norm()
+            _, c0 = best_of(spec, s_nom[j][None, :] + coarse)
+            best, best_c = best_of(spec, c0[None, :] + fine)
             k_est[j] = best_c * g.df
             weight[j] = max(best, 0.0)
         return k_est, weight
