@@ -1,6 +1,6 @@
 """Jacobian of the whitened residuals with respect to the free system parameters.
 
-Forward-mode automatic differentiation (``torch.func.jvp`` batched with ``vmap``) gives one
+Forward-mode automatic differentiation (``torch.func.jvp``, one pass per tangent) gives one
 Jacobian column per tangent. Per-LED brightness affects only its own frame, so a single tangent
 (all brightnesses at once) yields all of their columns ("column compression"). The products
 ``J^T J`` and ``J^T r`` are accumulated directly; the full Jacobian is never stored.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call, jvp, vmap
+from torch.func import functional_call, jvp
 
 from metrology.solver.losses import _offset, _roots
 
@@ -75,7 +75,7 @@ def normal_equations(model, data, mask, noise, specs, chunk: int = 6, groups=Non
     specs : list of ParameterSpec
         Free parameters (sample fields excluded).
     chunk : int
-        Tangents evaluated together (memory / speed trade-off).
+        Unused (kept for compatibility).
     groups : list of index arrays, optional
         Frame groups; when given, the per-group ``(J_g^T J_g, J_g^T r_g)`` are returned too
         (for the linearised jackknife).
@@ -103,28 +103,29 @@ def normal_equations(model, data, mask, noise, specs, chunk: int = 6, groups=Non
     tangent_defs = [[i] for i in plain] + ([bright] if bright else [])
     with torch.no_grad():
         r = f(*primals)
-    outs = []
-    for s in range(0, len(tangent_defs), chunk):
-        group = tangent_defs[s : s + chunk]
+    # one forward-mode pass per tangent (a plain loop measured faster than vmap here), outputs
+    # kept in the model's precision and accumulated in float64 frame group by frame group
+    t_all = torch.empty((len(tangent_defs),) + tuple(r.shape), dtype=r.dtype)
+    for ti, members in enumerate(tangent_defs):
         tans = []
         for pi, path in enumerate(paths):
-            t = torch.zeros((len(group),) + primals[pi].shape, dtype=primals[pi].dtype)
-            for gi, members in enumerate(group):
-                for ci in members:
-                    if cols.paths[ci] == path:
-                        t[gi].view(-1)[cols.flat_index[ci]] = 1.0
+            t = torch.zeros_like(primals[pi])
+            for ci in members:
+                if cols.paths[ci] == path:
+                    t.view(-1)[cols.flat_index[ci]] = 1.0
             tans.append(t)
-        tan_out = vmap(lambda *tt: jvp(f, primals, tuple(tt))[1])(*tans)
-        outs.append(tan_out.detach())
-    t_all = torch.cat(outs).double()  # (T, J, n, n)
-    r = r.double()
-    jtj, jtr = _assemble(t_all, r, cols, plain, bright, None)
-    groups_out = []
-    for sel in groups or ():
-        groups_out.append(_assemble(t_all, r, cols, plain, bright, torch.as_tensor(sel, dtype=torch.long)))
-    rtr = float((r**2).sum())
+        t_all[ti] = jvp(f, primals, tuple(tans))[1].detach()
+    n = r.shape[0]
+    parts = [list(sel) for sel in groups] if groups else [list(range(g, n, 10)) for g in range(min(10, n))]
+    per_group = [_assemble(t_all, r, cols, plain, bright, torch.as_tensor(sel, dtype=torch.long)) for sel in parts]
+    jtj = sum(a for a, _ in per_group)
+    jtr = sum(b for _, b in per_group)
+    covered = sorted(i for sel in parts for i in sel)
+    if covered != list(range(n)):
+        raise ValueError("frame groups must partition the frames")
+    rtr = float((r.double() ** 2).sum())
     if groups is not None:
-        return jtj, jtr, rtr, cols, groups_out
+        return jtj, jtr, rtr, cols, per_group
     return jtj, jtr, rtr, cols
 
 
@@ -134,8 +135,8 @@ def _assemble(t_all, r, cols, plain, bright, frames):
     p_total = len(cols.names)
     jtj = torch.zeros((p_total, p_total), dtype=torch.float64)
     jtr = torch.zeros(p_total, dtype=torch.float64)
-    tsel = t_all if frames is None else t_all[:, frames]
-    rsel = r if frames is None else r[frames]
+    tsel = (t_all if frames is None else t_all[:, frames]).double()
+    rsel = (r if frames is None else r[frames]).double()
     tp = tsel[:n_plain].reshape(n_plain, -1)
     pi = torch.as_tensor(plain, dtype=torch.long)
     jtj[pi[:, None], pi[None, :]] = tp @ tp.T
@@ -147,10 +148,10 @@ def _assemble(t_all, r, cols, plain, bright, frames):
         if frames is not None:
             keep = torch.isin(leds, frames)
             bi, leds = bi[keep], leds[keep]
-        bcol = bt[leds]  # (Jb, n, n)
+        bcol = bt[leds].double()  # (Jb, n, n)
         jtj[bi, bi] = (bcol**2).sum(dim=(-2, -1))
-        cross = torch.einsum("pjxy,jxy->pj", t_all[:n_plain][:, leds], bcol)
+        cross = torch.einsum("pjxy,jxy->pj", t_all[:n_plain][:, leds].double(), bcol)
         jtj[pi[:, None], bi[None, :]] = cross
         jtj[bi[:, None], pi[None, :]] = cross.T
-        jtr[bi] = (bcol * r[leds]).sum(dim=(-2, -1))
+        jtr[bi] = (bcol * r[leds].double()).sum(dim=(-2, -1))
     return jtj, jtr
