@@ -7,7 +7,6 @@ fast with an :class:`~metrology.errors.InputError` naming the file and the probl
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,11 +34,10 @@ class LoadedInputs:
 
 
 def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 hex digest of an input file (see :func:`metrology.io.file_sha256`)."""
+    from metrology.io import file_sha256
+
+    return file_sha256(path)
 
 
 def _require_file(path, role: str) -> Path:

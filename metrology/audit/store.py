@@ -104,14 +104,9 @@ def chain_hash(prev_sha256: str, content_sha256: str) -> str:
 
 def file_sha256(path) -> str:
     """SHA-256 of a file's bytes (hex). Raises InputError if it cannot be read."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise InputError(path, f"cannot read input file: {exc.strerror or exc}") from exc
-    return h.hexdigest()
+    from metrology.io import file_sha256 as sha
+
+    return sha(path)
 
 
 # --------------------------------------------------------------------------- time

@@ -49,6 +49,27 @@ def atomic_write_text(path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def file_sha256(path, role: str = "input") -> str:
+    """SHA-256 hex digest of a file's bytes (audit trails, report inputs).
+
+    Raises :class:`~metrology.errors.InputError` naming the file if it cannot be read.
+    """
+    import hashlib
+
+    from metrology.errors import InputError
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise InputError(path, f"{role} file not found") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read {role} file: {exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
 from metrology.io.capture import Capture, capture_sha256, read_capture, relative_exposure, write_capture  # noqa: E402
 from metrology.io.lens_file import LensDescription, load_lens  # noqa: E402
 from metrology.io.station_file import StationDescription, load_station  # noqa: E402

@@ -13,7 +13,6 @@ page's ``ImageDescription`` tag holds ASCII JSON::
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -301,12 +300,6 @@ def read_capture(path) -> Capture:
 
 def capture_sha256(path) -> str:
     """SHA-256 hex digest of the capture file's bytes (for audit trails)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    except FileNotFoundError:
-        raise InputError(path, "capture file not found") from None
-    return h.hexdigest()
+    from metrology.io import file_sha256
+
+    return file_sha256(path, "capture")
