@@ -79,7 +79,7 @@ def search_radius_px(model: StationModel, ranges=DEFAULT_RANGES, df=None) -> tor
     return torch.ceil(dev / df) + 1
 
 
-def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int = 64, ranges=DEFAULT_RANGES, chunk: int = 8):
+def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int = 64, ranges=DEFAULT_RANGES):
     """Estimate each LED's illumination frequency from its frame (known reference sample).
 
     Candidate frames are modelled through the model's current pupil (its Zernike phase and the

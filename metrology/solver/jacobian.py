@@ -64,7 +64,7 @@ def whitened_residual(model_out, data, noise, background):
     return 2 * noise.gain_e_per_count**0.5 * (sm - sd)
 
 
-def normal_equations(model, data, mask, noise, specs, chunk: int = 6, groups=None):
+def normal_equations(model, data, mask, noise, specs, groups=None):
     """``J^T J``, ``J^T r`` and ``r^T r`` over the valid pixels, for the free elements of ``specs``.
 
     Parameters
@@ -74,8 +74,6 @@ def normal_equations(model, data, mask, noise, specs, chunk: int = 6, groups=Non
     noise : NoiseModel
     specs : list of ParameterSpec
         Free parameters (sample fields excluded).
-    chunk : int
-        Unused (kept for compatibility).
     groups : list of index arrays, optional
         Frame groups; when given, the per-group ``(J_g^T J_g, J_g^T r_g)`` are returned too
         (for the linearised jackknife).
