@@ -115,22 +115,8 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
         model.sample.defocus_um.fill_(defocus_start_um)
     schedule = default_schedule("blind", zernike_terms, max_iterations=iterations)
     noise = foreign_noise(capture)
-    start = None
-    try:
-        from metrology.solver.blind import initial_sample  # noqa: F401  (the solver calls it itself)
-        init_source = "metrology.solver.blind.initial_sample"
-    except ImportError:
-        # blind initialisation not in the solver yet: start from the on-axis bright-field amplitude
-        ups = geometry.upsampling
-        amp = np.sqrt(np.clip(frames[0] - frames.min(), 0, None))
-        amp = np.kron(amp / np.median(amp), np.ones((ups, ups)))
-        with torch.no_grad():
-            model.sample.field_real.copy_(torch.as_tensor(amp))
-            model.sample.field_imag.zero_()
-        start = torch.as_tensor(amp)
-        init_source = "bench: upsampled sqrt(on-axis frame), zero phase"
     t0 = time.perf_counter()
-    res = reconstruct(model, frames, noise, schedule, reference_transmission=start)
+    res = reconstruct(model, frames, noise, schedule)
     wall = time.perf_counter() - t0
     t = model.sample.transmission().detach().cpu().numpy()
     bf_amp = np.sqrt(np.clip(frames[0] - capture.extra["hdr_offset_units"] / capture.extra["hdr_units_per_count"], 0, None))
@@ -149,7 +135,7 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
         "pixel_um": geometry.pixel_um,
         "upsampling": geometry.upsampling,
         "bright_field_amplitude": bf_amp,
-        "init": init_source,
+        "init": "sqrt of the mean bright-field frame, then alternating projections",
         "station_state": model.station_state(),
         "n_leds": len(leds),
     }

@@ -102,9 +102,6 @@ def test_defocus_shift_matrix_has_no_axis_swap():
 
 @needs_data
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue 7): the blind fit of the real HDR capture does not move the system parameters "
-    "yet (defocus stays near 0 um within the test's budget); remove this marker when it passes"))
 def test_quick_blind_red_defocus_sign_and_size():
     """Blind fit of the red capture on a 32-px patch (all 225 LEDs, 5 iterations; ~25 s on an idle 2-core machine)."""
     spec = importlib.util.spec_from_file_location("bench_real_data", ROOT / "benchmarks" / "bench_real_data.py")

@@ -53,6 +53,24 @@ STATION_PARAMETERS = (
 """The station misalignment tracked by calibration audits."""
 
 
+def box_to_field(box: torch.Tensor, n: int) -> torch.Tensor:
+    """Camera fields from pupil-box spectra: zero-pad the centred box (J, B, B) to (J, n, n) and
+    inverse FFT (DC at index ``n // 2`` of the centred spectrum)."""
+    half = box.shape[-1] // 2
+    c = n // 2
+    full = box.new_zeros((box.shape[0], n, n))
+    full[:, c - half : c + half + 1, c - half : c + half + 1] = box
+    return torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1)))
+
+
+def field_to_box(field: torch.Tensor, half: int) -> torch.Tensor:
+    """Centred spectra of camera fields (J, n, n), cropped to the pupil box (J, 2 half + 1,
+    2 half + 1): the inverse of :func:`box_to_field` for fields band-limited to the box."""
+    c = field.shape[-1] // 2
+    full = torch.fft.fftshift(torch.fft.fft2(field), dim=(-2, -1))
+    return full[:, c - half : c + half + 1, c - half : c + half + 1]
+
+
 class StationModel(nn.Module):
     """Differentiable model of an LED-array QA station imaging a sample through the lens under test.
 
@@ -90,64 +108,77 @@ class StationModel(nn.Module):
             k = torch.linalg.vector_norm(self.illumination.spatial_frequencies(), dim=-1)
             return k < self.pupil.na / self.geometry.wavelength_um
 
-    def field_spectrum(self, indices=None) -> torch.Tensor:
-        """Exit-pupil field spectrum on the pupil box, shape (J', B, B) complex."""
+    def spectrum_window(self, indices=None):
+        """Where each LED's pupil box sits on the centred object spectrum.
+
+        Returns
+        -------
+        rows, cols : Tensor of int64, shape (J', B)
+            Object-spectrum rows/columns of the box (clamped to the grid).
+        inside : Tensor of bool, shape (J', B, B) or None
+            Box cells on the grid (None when all are; cells outside carry no object content).
+        remainder : Tensor, shape (J', 2)
+            Sub-pixel part ``(x, y)`` of ``k_j / df`` (the pupil's shift on the box).
+        """
         g = self.geometry
         offsets = self.frequency_offsets_px()
         if indices is not None:
             offsets = offsets[indices]
         whole = torch.round(offsets).detach()
         remainder = offsets - whole
-        spectrum = self.sample.spectrum()
         n_obj = g.object_px
         half = g.pupil_box_half
-        u = torch.arange(-half, half + 1, device=spectrum.device)
+        u = torch.arange(-half, half + 1, device=offsets.device)
         w = whole.to(torch.long)
         rows = n_obj // 2 + w[:, 1, None] + u[None, :]
         cols = n_obj // 2 + w[:, 0, None] + u[None, :]
-        crop = spectrum[rows.clamp(0, n_obj - 1)[:, :, None], cols.clamp(0, n_obj - 1)[:, None, :]]
+        inside = None
         if rows.min() < 0 or cols.min() < 0 or rows.max() >= n_obj or cols.max() >= n_obj:
             # frequencies beyond the reconstruction grid carry no object content (band limit);
             # StationGeometry.check_sampling keeps nominal LEDs inside, this guards optimiser excursions
             inside = ((rows >= 0) & (rows < n_obj))[:, :, None] & ((cols >= 0) & (cols < n_obj))[:, None, :]
-            crop = crop * inside
-        pupil = self.pupil(remainder, self.sample.defocus_um)
+        return rows.clamp(0, n_obj - 1), cols.clamp(0, n_obj - 1), inside, remainder
+
+    def box_factor(self) -> torch.Tensor:
+        """Sample-position phase ramp times the FFT scale on the box, shape (B, B) complex."""
+        g = self.geometry
+        half = g.pupil_box_half
+        u = torch.arange(-half, half + 1, device=self.pupil.na.device)
         uf = u.to(self.pupil.na.dtype) * g.df
         pos = self.sample.position_um
         ramp_phase = -2 * math.pi * (uf[None, :] * pos[0] + uf[:, None] * pos[1])
-        ramp = torch.polar(torch.ones_like(ramp_phase), ramp_phase)
-        scale = (g.frame_px / n_obj) ** 2
-        return pupil * crop * ramp * scale
+        scale = (g.frame_px / g.object_px) ** 2
+        return torch.polar(torch.full_like(ramp_phase, scale), ramp_phase)
+
+    def field_spectrum(self, indices=None) -> torch.Tensor:
+        """Exit-pupil field spectrum on the pupil box, shape (J', B, B) complex."""
+        rows, cols, inside, remainder = self.spectrum_window(indices)
+        crop = self.sample.spectrum()[rows[:, :, None], cols[:, None, :]]
+        if inside is not None:
+            crop = crop * inside
+        pupil = self.pupil(remainder, self.sample.defocus_um)
+        return pupil * crop * self.box_factor()
 
     def spectrum_coverage(self) -> torch.Tensor:
         """How often each object frequency is seen: ``sum_j |P(f - k_j)|^2`` on the centred object
         spectrum grid, shape (N, N) (a preconditioner for sample updates)."""
         g = self.geometry
         with torch.no_grad():
-            offsets = self.frequency_offsets_px()
-            whole = torch.round(offsets)
-            pupil = self.pupil(offsets - whole, self.sample.defocus_um)
-            n_obj, half = g.object_px, g.pupil_box_half
-            u = torch.arange(-half, half + 1, device=pupil.device)
-            w = whole.to(torch.long)
-            rows = (n_obj // 2 + w[:, 1, None] + u[None, :]).clamp(0, n_obj - 1)
-            cols = (n_obj // 2 + w[:, 0, None] + u[None, :]).clamp(0, n_obj - 1)
-            cover = torch.zeros((n_obj, n_obj), dtype=pupil.real.dtype, device=pupil.device)
-            idx_r = rows[:, :, None].expand(-1, -1, u.numel())
-            idx_c = cols[:, None, :].expand(-1, u.numel(), -1)
-            cover.index_put_((idx_r.reshape(-1), idx_c.reshape(-1)), (pupil.abs() ** 2).reshape(-1), accumulate=True)
+            rows, cols, inside, remainder = self.spectrum_window()
+            pupil = self.pupil(remainder, self.sample.defocus_um)
+            weight = pupil.abs() ** 2
+            if inside is not None:
+                weight = weight * inside
+            b = rows.shape[1]
+            cover = torch.zeros((g.object_px, g.object_px), dtype=weight.dtype, device=weight.device)
+            idx_r = rows[:, :, None].expand(-1, -1, b)
+            idx_c = cols[:, None, :].expand(-1, b, -1)
+            cover.index_put_((idx_r.reshape(-1), idx_c.reshape(-1)), weight.reshape(-1), accumulate=True)
             return cover
 
     def intensity(self, indices=None) -> torch.Tensor:
         """Noise-free intensity ``|psi_j|^2`` on the camera grid, shape (J', n, n)."""
-        g = self.geometry
-        box = self.field_spectrum(indices)
-        n = g.frame_px
-        half = g.pupil_box_half
-        c = n // 2
-        full = box.new_zeros((box.shape[0], n, n))
-        full[:, c - half : c + half + 1, c - half : c + half + 1] = box
-        field = torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1)))
+        field = box_to_field(self.field_spectrum(indices), self.geometry.frame_px)
         return field.real**2 + field.imag**2
 
     def forward(self, indices=None) -> torch.Tensor:

@@ -103,3 +103,4 @@ def initialise_blind_geometry(model: StationModel, data: torch.Tensor, backgroun
     out = fit_geometry(model, k, w, names=("shift_mm", "rotation_deg"))
     out["bright_field_leds"] = int((w > 0).sum())
     return out
+

@@ -88,9 +88,14 @@ class Schedule:
         lens NA (bright field and the first dark-field ring) and starts the full fit from that
         result: strong aberrations (a wave or more peak to valley) otherwise trap the full fit in
         local minima.
+    projection_iterations : int
+        Alternating projections (free pupil phase map; the sample too in blind mode) before the
+        gradient fit, projected onto the model's Zernike basis (:mod:`metrology.solver.projection`);
+        0 skips them.
     """
 
     mode: str = "known"
+    projection_iterations: int = 0
     parameters: tuple = field(default_factory=tuple)
     max_iterations: int = 12
     staging_rounds: int = 4
@@ -141,6 +146,10 @@ GEOMETRY_PATHS = (
 )
 
 
+PROJECTION_ITERATIONS = {"known": 30, "prior": 30, "blind": 60}
+"""Alternating-projection iterations before the gradient fit (see :mod:`metrology.solver.projection`)."""
+
+
 def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iterations: int | None = None) -> Schedule:
     """Staged default: LED geometry, brightness and sample pose first; then the lens aberrations;
     the apodisation last (then everything together).
@@ -185,4 +194,5 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         tv_weight=0.0 if mode == "known" else 1e-3,
         prior_weight=0.1 if mode == "prior" else 0.0,
         bootstrap_na_factor=1.25 if mode in ("known", "prior") else None,
+        projection_iterations=PROJECTION_ITERATIONS[mode],
     )
