@@ -21,7 +21,7 @@ from metrology.physics import CALIBRATABLE, StationModel
 from metrology.solver import init as init_mod
 from metrology.solver.jacobian import columns_for, normal_equations, psd_inverse
 from metrology.solver.losses import LOSSES, chi_square, total_variation
-from metrology.solver.projection import project
+from metrology.solver.projection import initialise_pupil
 from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
 from metrology.solver.schedule import Schedule
 
@@ -297,8 +297,8 @@ def reconstruct(
         initial_sample(model, data, background)
     summary = initialise(model, data, mask, background, schedule.mode, ranges, initialise_geometry)
     if schedule.projection_iterations:
-        summary["projection"] = project(model, data, mask, background, schedule.projection_iterations,
-                                        update_sample=schedule.mode == "blind")
+        summary["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations,
+                                                 blind=schedule.mode == "blind")
     if schedule.bootstrap_na_factor:
         summary["bootstrap"] = _bootstrap(model, frames, noise, schedule)
         if initialise_geometry:
@@ -319,6 +319,9 @@ def reconstruct(
     if schedule.mode == "prior":
         reference = model.sample.transmission().detach().clone()
     evaluate = _objective(model, data, mask, noise, schedule, reference)
+    if progress is not None:  # the initialisation's result, as iteration 0
+        with torch.no_grad():
+            progress(0, schedule.max_iterations, float(evaluate({})))
 
     history: list = []
     converged = False

@@ -193,6 +193,6 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         staging_rounds=min(rounds, iters),
         tv_weight=0.0 if mode == "known" else 1e-3,
         prior_weight=0.1 if mode == "prior" else 0.0,
-        bootstrap_na_factor=1.25 if mode in ("known", "prior") else None,
+        bootstrap_na_factor=None,  # the projections now start the fit inside the basin (faster, as accurate)
         projection_iterations=PROJECTION_ITERATIONS[mode],
     )
