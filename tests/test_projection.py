@@ -77,3 +77,25 @@ def test_projection_with_unknown_object_recovers_the_pupil():
     initialise_intensity(model, data, 0.0, mask)
     project(model, data, mask, 0.0, iterations=60, update_sample=True)
     assert _rms_5_up(model.pupil.zernike_waves.detach().numpy(), z) < 0.03
+
+
+def test_projection_leaves_frozen_quantities_alone():
+    """A schedule that freezes the sample defocus (or some Zernike terms) is obeyed by the projections."""
+    from metrology.solver import default_schedule
+    from metrology.solver.projection import basis_mask
+
+    g, obj, z, data = _strong_case(seed=2)
+    schedule = default_schedule("known", 10).without("sample.defocus_um")
+    model = _model(g, obj)
+    free = basis_mask(model, schedule.parameters, blind=False)
+    assert free[:6].all() and not free[6] and free[7:].all()
+    mask = torch.ones_like(data)
+    initialise_intensity(model, data, 0.0, mask)
+    with torch.no_grad():
+        model.sample.defocus_um.fill_(1.5)
+    out = project(model, data, mask, 0.0, iterations=20, free=free)
+    assert float(model.sample.defocus_um) == 1.5 and out["defocus_um"] == 0.0
+    free[:3] = False  # Noll 5-7 frozen too
+    before = model.pupil.zernike_waves.detach().clone()
+    project(model, data, mask, 0.0, iterations=5, free=free)
+    assert torch.equal(model.pupil.zernike_waves.detach()[4:7], before[4:7])

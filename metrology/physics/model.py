@@ -71,6 +71,11 @@ def field_to_box(field: torch.Tensor, half: int) -> torch.Tensor:
     return full[:, c - half : c + half + 1, c - half : c + half + 1]
 
 
+SOURCE_EDGE_BAND_PX = 2.0
+"""Frames whose LED lies within this many frequency pixels (plus the stencil step) of the pupil
+cut-off get the finite-emitter correction (see :meth:`StationModel.finite_source_stencil`)."""
+
+
 class StationModel(nn.Module):
     """Differentiable model of an LED-array QA station imaging a sample through the lens under test.
 
@@ -108,8 +113,10 @@ class StationModel(nn.Module):
             k = torch.linalg.vector_norm(self.illumination.spatial_frequencies(), dim=-1)
             return k < self.pupil.na / self.geometry.wavelength_um
 
-    def spectrum_window(self, indices=None):
+    def spectrum_window(self, indices=None, extra_px=None):
         """Where each LED's pupil box sits on the centred object spectrum.
+
+        ``extra_px`` (J', 2), optional: added to the LEDs' offsets (emitter sub-sources).
 
         Returns
         -------
@@ -124,6 +131,8 @@ class StationModel(nn.Module):
         offsets = self.frequency_offsets_px()
         if indices is not None:
             offsets = offsets[indices]
+        if extra_px is not None:
+            offsets = offsets + extra_px
         whole = torch.round(offsets).detach()
         remainder = offsets - whole
         n_obj = g.object_px
@@ -150,9 +159,10 @@ class StationModel(nn.Module):
         scale = (g.frame_px / g.object_px) ** 2
         return torch.polar(torch.full_like(ramp_phase, scale), ramp_phase)
 
-    def field_spectrum(self, indices=None) -> torch.Tensor:
-        """Exit-pupil field spectrum on the pupil box, shape (J', B, B) complex."""
-        rows, cols, inside, remainder = self.spectrum_window(indices)
+    def field_spectrum(self, indices=None, extra_px=None) -> torch.Tensor:
+        """Exit-pupil field spectrum on the pupil box, shape (J', B, B) complex (``extra_px``: see
+        :meth:`spectrum_window`)."""
+        rows, cols, inside, remainder = self.spectrum_window(indices, extra_px)
         crop = self.sample.spectrum()[rows[:, :, None], cols[:, None, :]]
         if inside is not None:
             crop = crop * inside
@@ -178,8 +188,53 @@ class StationModel(nn.Module):
 
     def intensity(self, indices=None) -> torch.Tensor:
         """Noise-free intensity ``|psi_j|^2`` on the camera grid, shape (J', n, n)."""
-        field = box_to_field(self.field_spectrum(indices), self.geometry.frame_px)
-        return field.real**2 + field.imag**2
+        n = self.geometry.frame_px
+        field = box_to_field(self.field_spectrum(indices), n)
+        out = field.real**2 + field.imag**2
+        stencil = self.finite_source_stencil(indices)
+        if stencil is None:
+            return out
+        rows, steps = stencil
+        sel = rows if indices is None else torch.as_tensor(indices, device=rows.device)[rows]
+        mean = 0.0
+        for d in ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)):
+            direction = torch.tensor(d, dtype=steps.dtype, device=steps.device)
+            f = box_to_field(self.field_spectrum(sel, steps[:, None] * direction), n)
+            mean = mean + 0.25 * (f.real**2 + f.imag**2)
+        return out.index_copy(0, rows, mean)
+
+    def finite_source_stencil(self, indices=None):
+        """Which frames get the finite-emitter correction, and its step.
+
+        A square emitter of side ``a`` (``geometry.led_size_mm``) is an incoherent source whose
+        points spread the illumination frequency with a per-axis variance ``sigma^2`` (``a^2 / 12``
+        at the board, mapped by ``d k / d x = cos^3(theta) / (lambda h)``). To second order the
+        frame is the mean of four coherent frames at ``k_j +/- sqrt(2) sigma`` along x and y. It
+        matters where the frame changes fast with ``k``: where the unscattered light crosses the
+        pupil edge, so only LEDs within :data:`SOURCE_EDGE_BAND_PX` (plus the stencil) of the
+        cut-off are treated (bright-field/dark-field transition).
+
+        Returns
+        -------
+        None (point LEDs or no LED near the edge), or ``(rows, steps)``: positions (int64) within
+        the selected frames and the stencil step per frame (frequency pixels).
+        """
+        g = self.geometry
+        if g.led_size_mm <= 0:
+            return None
+        k = self.illumination.spatial_frequencies()
+        if indices is not None:
+            k = k[indices]
+        s2 = (k * g.wavelength_um).pow(2).sum(dim=-1).clamp(max=0.99)
+        sigma = g.led_size_mm / math.sqrt(12.0) / g.led_distance_mm / g.wavelength_um
+        steps = math.sqrt(2.0) * sigma * (1.0 - s2) ** 1.5 / g.df
+        with torch.no_grad():
+            radius = self.pupil.na / g.wavelength_um / g.df
+            r = torch.linalg.vector_norm(k, dim=-1) / g.df
+            rows = torch.nonzero((r - radius).abs() < SOURCE_EDGE_BAND_PX + steps).flatten()
+        if rows.numel() == 0:
+            return None
+        return rows, steps[rows]
 
     def forward(self, indices=None) -> torch.Tensor:
         """Modelled frames in counts, shape (J', n, n) (``indices`` selects LEDs, default all)."""

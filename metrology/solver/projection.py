@@ -39,7 +39,7 @@ def _measured_amplitude(model: StationModel, data, background: float):
 
 
 def project(model: StationModel, data, mask, background: float, iterations: int = 30,
-            update_sample: bool = False, indices=None) -> dict:
+            update_sample: bool = False, indices=None, free=None) -> dict:
     """Run the projections and write the result into ``model`` (pupil, defocus, position, sample).
 
     Parameters
@@ -56,6 +56,8 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
         Update the object spectrum too (blind mode).
     indices : Tensor of int64, optional
         Use only these LEDs (default all).
+    free : Tensor of bool, optional
+        Which basis quantities (see :func:`basis_mask`) the phase map may change (default all).
 
     Returns
     -------
@@ -104,7 +106,7 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
                 den_o = torch.zeros(spectrum.shape, dtype=weight.dtype, device=weight.device)
                 den_o = den_o.index_put_((idx_r, idx_c), weight, accumulate=True)
                 spectrum = spectrum + num_o / (den_o + 1e-3 * den_o.max())
-        coeffs, defocus, position = fit_phase_map(model, phase * start.conj(), support)
+        coeffs, defocus, position = fit_phase_map(model, phase * start.conj(), support, free)
         model.pupil.zernike_waves[FIRST_FITTED_NOLL - 1 :] += coeffs.to(model.pupil.zernike_waves.dtype)
         model.sample.defocus_um += defocus
         model.sample.position_um += position.to(model.sample.position_um.dtype)
@@ -141,7 +143,7 @@ def _basis(model: StationModel) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_phase_map(model: StationModel, unit: torch.Tensor, support: torch.Tensor):
+def fit_phase_map(model: StationModel, unit: torch.Tensor, support: torch.Tensor, free=None):
     """Project a unit-modulus phase map onto the model's basis (see :func:`_basis`).
 
     Parameters
@@ -150,6 +152,8 @@ def fit_phase_map(model: StationModel, unit: torch.Tensor, support: torch.Tensor
         ``exp(i phi)`` on the pupil box (``phi`` may wrap).
     support : Tensor of bool, shape (B, B)
         Cells used (inside the pupil).
+    free : Tensor of bool, shape (K - 1,), optional
+        Basis quantities fitted (default all); the others are returned as 0.
 
     Returns
     -------
@@ -158,7 +162,10 @@ def fit_phase_map(model: StationModel, unit: torch.Tensor, support: torch.Tensor
     defocus_um : Tensor ()
     position_um : Tensor (2,)
     """
-    basis = _basis(model).to(torch.float64)
+    full = _basis(model).to(torch.float64)
+    if free is None:
+        free = torch.ones(full.shape[0], dtype=torch.bool)
+    basis = full[free]
     unit = unit.to(torch.complex128)
     rows, targets = [], []
     for dim in (-1, -2):  # neighbour differences along x, then y
@@ -176,8 +183,42 @@ def fit_phase_map(model: StationModel, unit: torch.Tensor, support: torch.Tensor
     rest = rest * (mean.conj() / mean.abs().clamp(min=1e-30))
     a = torch.cat([basis[:, support].T, torch.ones((int(support.sum()), 1), dtype=basis.dtype)], dim=1)
     x = x + torch.linalg.lstsq(a, torch.angle(rest[support])[:, None]).solution[:-1, 0]
-    k = basis.shape[0] - 3
-    return x[:k], x[k], x[k + 1 :]
+    out = torch.zeros(full.shape[0], dtype=x.dtype)
+    out[free] = x
+    k = full.shape[0] - 3
+    return out[:k], out[k], out[k + 1 :]
+
+
+def basis_mask(model: StationModel, parameters, blind: bool) -> torch.Tensor:
+    """Which basis quantities of :func:`_basis` a schedule lets the projections set.
+
+    Parameters
+    ----------
+    parameters : sequence of ParameterSpec
+        The schedule's free parameters (Zernike terms by their indices, defocus, position).
+    blind : bool
+        In blind mode the sample position is a gauge of the unknown object (a pupil tilt and an
+        object shift are the same data): it is always set.
+
+    Returns
+    -------
+    Tensor of bool, shape (K - 1,)
+    """
+    k = model.pupil.zernike_waves.numel()
+    mask = torch.zeros(k - FIRST_FITTED_NOLL + 1 + 3, dtype=torch.bool)
+    for spec in parameters:
+        if spec.path == "pupil.zernike_waves":
+            idx = range(k) if spec.indices is None else spec.indices
+            for i in idx:
+                if i >= FIRST_FITTED_NOLL - 1:
+                    mask[i - FIRST_FITTED_NOLL + 1] = True
+        elif spec.path == "sample.defocus_um":
+            mask[-3] = True
+        elif spec.path == "sample.position_um":
+            mask[-2:] = True
+    if blind:
+        mask[-2:] = True
+    return mask
 
 
 BLIND_FIRST_NA_FACTOR = 2.0
@@ -189,26 +230,27 @@ case the single pass fits better. The pass with the lower final misfit is kept."
 _STATE = ("pupil.zernike_waves", "sample.defocus_um", "sample.position_um", "sample.field_real", "sample.field_imag")
 
 
-def initialise_pupil(model: StationModel, data, mask, background: float, iterations: int, blind: bool) -> dict:
+def initialise_pupil(model: StationModel, data, mask, background: float, iterations: int, blind: bool,
+                     free=None) -> dict:
     """The projections as the solver runs them: one pass over all LEDs with a known sample; in
     blind mode also a staged run (``iterations // 2`` on the low-angle LEDs, see
     :data:`BLIND_FIRST_NA_FACTOR`, then ``iterations`` over all), keeping whichever ends with the
-    lower amplitude misfit."""
+    lower amplitude misfit. ``free``: see :func:`basis_mask`."""
     if not blind:
-        return project(model, data, mask, background, iterations, False)
+        return project(model, data, mask, background, iterations, False, free=free)
     with torch.no_grad():
         k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1)
         sel = torch.nonzero(k < BLIND_FIRST_NA_FACTOR * model.pupil.na / model.geometry.wavelength_um).flatten()
         start = {p: model.parameter(p).detach().clone() for p in _STATE}
-    single = project(model, data, mask, background, iterations, True)
+    single = project(model, data, mask, background, iterations, True, free=free)
     if not 9 <= sel.numel() < k.numel():
         return single
     with torch.no_grad():
         after_single = {p: model.parameter(p).detach().clone() for p in _STATE}
         for p, v in start.items():
             model.parameter(p).copy_(v)
-    first = project(model, data, mask, background, max(iterations // 2, 1), True, sel)
-    staged = project(model, data, mask, background, iterations, True)
+    first = project(model, data, mask, background, max(iterations // 2, 1), True, sel, free)
+    staged = project(model, data, mask, background, iterations, True, free=free)
     staged["low_angle_leds"] = int(sel.numel())
     staged["low_angle_error_end"] = first["error_end"]
     if staged["error_end"] <= single["error_end"]:

@@ -21,7 +21,7 @@ from metrology.physics import CALIBRATABLE, StationModel
 from metrology.solver import init as init_mod
 from metrology.solver.jacobian import columns_for, normal_equations, psd_inverse
 from metrology.solver.losses import LOSSES, chi_square, total_variation
-from metrology.solver.projection import initialise_pupil
+from metrology.solver.projection import basis_mask, initialise_pupil
 from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
 from metrology.solver.schedule import Schedule
 
@@ -297,8 +297,9 @@ def reconstruct(
         initial_sample(model, data, background)
     summary = initialise(model, data, mask, background, schedule.mode, ranges, initialise_geometry)
     if schedule.projection_iterations:
+        blind = schedule.mode == "blind"
         summary["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations,
-                                                 blind=schedule.mode == "blind")
+                                                 blind, basis_mask(model, schedule.parameters, blind))
     if schedule.bootstrap_na_factor:
         summary["bootstrap"] = _bootstrap(model, frames, noise, schedule)
         if initialise_geometry:

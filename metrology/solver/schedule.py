@@ -86,8 +86,8 @@ class Schedule:
     bootstrap_na_factor : float or None
         When set, the fit first runs on the LEDs with illumination NA below this factor times the
         lens NA (bright field and the first dark-field ring) and starts the full fit from that
-        result: strong aberrations (a wave or more peak to valley) otherwise trap the full fit in
-        local minima.
+        result, then searches the geometry again through the pupil found (off by default: the
+        projections below now give the fit its start inside the basin of the minimum).
     projection_iterations : int
         Alternating projections (free pupil phase map; the sample too in blind mode) before the
         gradient fit, projected onto the model's Zernike basis (:mod:`metrology.solver.projection`);
