@@ -100,17 +100,59 @@ def test_defocus_shift_matrix_has_no_axis_swap():
     assert -45 < defocus < -30
 
 
-@needs_data
-@pytest.mark.slow
-def test_quick_blind_red_defocus_sign_and_size():
-    """Blind fit of the red capture on a 32-px patch (all 225 LEDs, 5 iterations; ~25 s on an idle 2-core machine)."""
+def _bench():
     spec = importlib.util.spec_from_file_location("bench_real_data", ROOT / "benchmarks" / "bench_real_data.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    r = bench.reconstruct_colour("red", crop_px=32, iterations=5)
+    return bench
+
+
+@pytest.fixture(scope="module")
+def quick_fits():
+    """Blind fits of the three colours on a 32-px patch (all 225 LEDs, 5 iterations; ~7 s each on
+    an idle 2-core machine), computed once for the tests below."""
+    if not DATA.is_dir():
+        pytest.skip(f"real data folder {DATA} absent")
+    bench = _bench()
+    return bench, {c: bench.reconstruct_colour(c, crop_px=32, iterations=5) for c in ("red", "green", "blue")}
+
+
+@needs_data
+@pytest.mark.slow
+def test_quick_blind_red_defocus_sign_and_size(quick_fits):
+    bench, fits = quick_fits
+    r = fits["red"]
     # the data put the red sample 35 +/- 4 um above focus (ours: negative), the dataset says 55 um
     # (see docs/real-data.md): check the sign and the size the data support
     assert r["defocus_um"] < 0
     assert -42 < r["defocus_um"] < -28
     res = bench.resolution(r)
     assert res["support_after"] > res["support_before"]
+
+
+@needs_data
+@pytest.mark.slow
+def test_quick_blind_green_defocus_sign_and_size(quick_fits):
+    """Green: stated +10 um; tolerance a fifth of the depth of field (lambda / NA^2 = 53 um)."""
+    _, fits = quick_fits
+    assert 0 < fits["green"]["defocus_um"] < 10 + 53 / 5
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (issue 7): blue's stated defocus is -15 um; our blind fit gives about +3 um and the "
+    "data prefer it within our model (docs/real-data.md); remove this marker when the sign agrees"))
+def test_quick_blind_blue_defocus_sign(quick_fits):
+    _, fits = quick_fits
+    assert fits["blue"]["defocus_um"] < 0
+
+
+@needs_data
+@pytest.mark.slow
+def test_three_colours_see_one_lens(quick_fits):
+    """One lens: Noll 5-15 in nm of OPD agree between colours within 5 nm RMS (lambda/100 of red)."""
+    _, fits = quick_fits
+    nm = {c: r["zernike_waves"][4:15] * r["wavelength_nm"] for c, r in fits.items()}
+    for a, b in (("red", "green"), ("red", "blue"), ("green", "blue")):
+        assert np.sqrt(np.mean((nm[a] - nm[b]) ** 2)) < 5.0, (a, b)
