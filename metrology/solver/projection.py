@@ -108,7 +108,7 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
                 spectrum = spectrum + num_o / (den_o + 1e-3 * den_o.max())
         coeffs, defocus, position = fit_phase_map(model, phase * start.conj(), support, free)
         model.pupil.zernike_waves[FIRST_FITTED_NOLL - 1 :] += coeffs.to(model.pupil.zernike_waves.dtype)
-        model.sample.defocus_um += defocus
+        model.sample.defocus_um += defocus.to(model.sample.defocus_um.dtype)
         model.sample.position_um += position.to(model.sample.position_um.dtype)
         if update_sample:
             t = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1)))
@@ -163,8 +163,8 @@ def fit_phase_map(model: StationModel, unit: torch.Tensor, support: torch.Tensor
     position_um : Tensor (2,)
     """
     full = _basis(model).to(torch.float64)
-    if free is None:
-        free = torch.ones(full.shape[0], dtype=torch.bool)
+    free = torch.ones(full.shape[0], dtype=torch.bool) if free is None else free
+    free = free.to(full.device)
     basis = full[free]
     unit = unit.to(torch.complex128)
     rows, targets = [], []
@@ -181,9 +181,9 @@ def fit_phase_map(model: StationModel, unit: torch.Tensor, support: torch.Tensor
     rest = unit * torch.polar(torch.ones_like(basis[0]), -torch.tensordot(x, basis, dims=1))
     mean = rest[support].sum()
     rest = rest * (mean.conj() / mean.abs().clamp(min=1e-30))
-    a = torch.cat([basis[:, support].T, torch.ones((int(support.sum()), 1), dtype=basis.dtype)], dim=1)
+    a = torch.cat([basis[:, support].T, torch.ones((int(support.sum()), 1), dtype=basis.dtype, device=basis.device)], dim=1)
     x = x + torch.linalg.lstsq(a, torch.angle(rest[support])[:, None]).solution[:-1, 0]
-    out = torch.zeros(full.shape[0], dtype=x.dtype)
+    out = torch.zeros(full.shape[0], dtype=x.dtype, device=x.device)
     out[free] = x
     k = full.shape[0] - 3
     return out[:k], out[k], out[k + 1 :]
