@@ -6,12 +6,12 @@ Every problem is raised as :class:`metrology.errors.InputError` naming the file 
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from metrology.conventions import ALIGNMENT_NOLL
 from metrology.errors import InputError
+from metrology.toml_input import read_toml
 from metrology.analysis.figures import cutoff_cyc_per_mm
 from metrology.analysis.orderings import lens_families
 
@@ -228,12 +228,4 @@ def load_spec(path) -> LensSpec:
         Missing/unreadable file, TOML syntax error, unknown key, impossible limit (naming the key).
     """
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise InputError(p, f"cannot read specification: {e.strerror or e}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(p, f"not valid TOML: {e}") from None
-    return parse_spec(data, p)
+    return parse_spec(read_toml(p, "specification"), p)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -42,6 +41,7 @@ import numpy as np
 
 from metrology.conventions import ALIGNMENT_NOLL, COVERAGE_FACTOR
 from metrology.errors import InputError
+from metrology.toml_input import read_toml
 
 _REQUIRED = ("id", "serial", "wavelength_nm", "na", "issuer", "date", "zernike")
 _OPTIONAL = ("station", "coverage_factor", "note")
@@ -212,14 +212,7 @@ def load_certificate(path) -> GoldenCertificate:
         Naming the file and the key: unreadable file, TOML syntax error, unknown key, bad value.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise InputError(path, f"cannot read certificate: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(path, f"not valid TOML: {exc}") from exc
-    return certificate_from_dict(data, source=path)
+    return certificate_from_dict(read_toml(path, "certificate"), source=path)
 
 
 def _pair(source, noll, v):

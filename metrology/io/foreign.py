@@ -20,13 +20,13 @@ Helpers that establish a lab's conventions from its data: :func:`measured_bright
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from metrology.errors import InputError
+from metrology.toml_input import read_toml
 
 FORMAT_NAME = "metrology-foreign"
 AXES = {"+col": (0, 1.0), "-col": (0, -1.0), "+row": (1, 1.0), "-row": (1, -1.0)}
@@ -138,12 +138,7 @@ def load_description(path) -> ForeignDescription:
         Missing file, TOML syntax error, wrong format, missing key or bad value (naming the key).
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "foreign station description not found") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(path, f"not a valid TOML file: {exc}") from None
+    data = read_toml(path, "foreign station description")
     if data.get("format") != FORMAT_NAME:
         raise InputError(path, f"'format' must be {FORMAT_NAME!r}, got {data.get('format')!r}")
     if data.get("format_version") != 1:

@@ -16,13 +16,13 @@ Format (``docs/formats.md``, section "Lens description")::
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from metrology.errors import InputError
+from metrology.toml_input import read_toml
 
 FORMAT_VERSION = 1
 MAX_NOLL = 231
@@ -133,14 +133,7 @@ def load_lens(path) -> LensDescription:
         Missing file, TOML syntax error, unknown key, wrong type or bad value (names the key).
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "lens file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read lens file: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(path, f"TOML syntax error: {exc}") from None
+    data = read_toml(path, "lens file")
     for key in data:
         if key not in _TOP_KEYS:
             raise InputError(path, f"unknown key '{key}'")

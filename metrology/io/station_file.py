@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from dataclasses import replace as dc_replace
 from pathlib import Path
 
 from metrology.errors import InputError
+from metrology.toml_input import parse_toml, read_toml
 
 FORMAT_VERSION = 1
 REQUIRED = object()
@@ -398,25 +398,9 @@ def load_station(path) -> StationDescription:
         message names the file and the key.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(path, "station file not found") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot read station file: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(path, "not a text (UTF-8) file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(path, f"TOML syntax error: {exc}") from None
-    return _finish(_parse(data, path), path)
+    return _finish(_parse(read_toml(path, "station file"), path), path)
 
 
 def parse_station(text: str, source="<station>") -> StationDescription:
     """Like :func:`load_station` for TOML ``text`` (``source`` names it in errors)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(source, f"TOML syntax error: {exc}") from None
-    return _finish(_parse(data, source), source)
+    return _finish(_parse(parse_toml(text, source), source), source)
