@@ -43,13 +43,10 @@ def run(args) -> int:
     from metrology.calibration import one_line, run_calibration
     from metrology.progress import ProgressBar
 
-    bar = ProgressBar(0, "calibrating")
-    try:
+    with ProgressBar(0, "calibrating") as bar:
         outcome = run_calibration(
             args.capture, args.station, args.golden, operator=args.operator, audit_db=args.audit_db,
             out_dir=args.out, reference=args.reference, progress=lambda i, n, loss: bar(i, n),
         )
-    finally:
-        bar.close()
     print(one_line(outcome))
     return outcome.exit_code

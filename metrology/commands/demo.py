@@ -49,12 +49,9 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cap_path = Path(tmp) / "demo-capture.tif"
         write_capture(cap_path, capture)
-        bar = ProgressBar(0, "reconstructing")
-        try:
+        with ProgressBar(0, "reconstructing") as bar:
             outcome = run_inspection(cap_path, station_path, DATA / DEMO_FILES["spec"], out_dir=args.out,
                                      operator="demo", progress=lambda i, n, loss: bar(i, n))
-        finally:
-            bar.close()
     print(one_line(outcome))
     print(f"report: {outcome.pdf_path}\nresult: {outcome.json_path}")
     return outcome.exit_code

@@ -40,15 +40,12 @@ def run(args) -> int:
     from metrology.inspection import run_inspection
     from metrology.progress import ProgressBar
 
-    bar = ProgressBar(0, "reconstructing")
-    try:
+    with ProgressBar(0, "reconstructing") as bar:
         outcome = run_inspection(
             args.capture, args.station, args.spec, reference=args.reference, serial=args.serial,
             operator=args.operator, out_dir=args.out, audit_db=args.audit_db, mode=args.mode,
             max_iterations=args.max_iterations, progress=lambda i, n, loss: bar(i, n),
         )
-    finally:
-        bar.close()
     print(one_line(outcome))
     return outcome.exit_code
 
