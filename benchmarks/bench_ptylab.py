@@ -166,7 +166,8 @@ def true_led_xy_mm(station, leds, truth) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- ours
-def run_ours(station, leds, capture, truth, metric: PupilMetric, mode: str, max_iterations=None) -> dict:
+def run_ours(station, leds, capture, truth, metric: PupilMetric, mode: str, max_iterations=None,
+             device: str = "cpu") -> dict:
     """Our solver from the nominal station (never the truth model).
 
     ``mode``: "known" (reference map known, its pose fitted) or "blind" (sample unknown).
@@ -185,7 +186,7 @@ def run_ours(station, leds, capture, truth, metric: PupilMetric, mode: str, max_
                                               seed=truth["reference_seed"])
     # as metrology.pipeline does: float32 model, the camera's noise (read noise + quantisation)
     model = StationModel(geometry, transmission=transmission, exposure=truth["relative_exposure"],
-                         dtype=torch.float32)
+                         dtype=torch.float32).to(device)
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)
     trace = []
@@ -207,7 +208,7 @@ def run_ours(station, leds, capture, truth, metric: PupilMetric, mode: str, max_
         xy = model.illumination.led_positions_mm()[:, :2].double().cpu().numpy()
     xy = xy - np.asarray(station.tile_center_mm)[None, :]
     out.update(
-        wall_s=wall, pupil_err=metric.of_coefficients(model.pupil.zernike_waves.detach().double().numpy()),
+        wall_s=wall, pupil_err=metric.of_coefficients(model.pupil.zernike_waves.detach().double().cpu().numpy()),
         led_xy_mm=xy, trace=trace, message=res.message, iterations=res.iterations,
         reduced_chi2=res.reduced_chi2, state=model.station_state(),
     )
@@ -259,7 +260,8 @@ def check_metric(iterations: int = 200, log=print) -> float:
 def machine_line() -> str:
     import torch
 
-    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{gpu}, "
             f"torch {torch.__version__} threads {torch.get_num_threads()}, python {platform.python_version()}")
 
 
@@ -274,10 +276,11 @@ def ratio(a, b):
 
 
 def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, modes, seed=0, log=print,
-             max_iterations=None):
+             max_iterations=None, device: str = "cpu", ptylab_runs: str = "all"):
     from metrology.solver.quality import estimate_background
 
     pa = _adapter()
+    runs = ptylab_runs  # "all" or "reference"; the name is reused for the list below
     t = time.perf_counter()
     station, leds, capture, truth = make_case(STATION_FILE, leds_per_side, frame_px, seed)
     log(f"[{name}] simulated {len(leds)} frames of {frame_px} px in {time.perf_counter() - t:.1f} s")
@@ -302,9 +305,11 @@ def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, mo
                                                          calibration_mode="EuclideanTransform",
                                                          position_correction=True)),
     ]
+    if runs == "reference":
+        ptylab_runs = [r for r in ptylab_runs if r[0] == "PtyLab qNewton, best found"]
     for label, kw in ptylab_runs:
         try:
-            r = pa.run_ptylab(h5, seed=seed, **kw)
+            r = pa.run_ptylab(h5, seed=seed, gpu=device == "cuda", **kw)
         except Exception as exc:  # a failed calibration fit is a result too
             rows.append(dict(label=label, error=f"{type(exc).__name__}: {exc}"))
             log(f"[{name}] {label}: failed: {exc}")
@@ -320,7 +325,7 @@ def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, mo
     reference = next((r for r in valid if r["label"] == "PtyLab qNewton, best found"), best)
     ours = []
     for mode in modes:
-        o = run_ours(station, leds, capture, truth, metric, mode, max_iterations)
+        o = run_ours(station, leds, capture, truth, metric, mode, max_iterations, device)
         if "error" in o:
             log(f"[{name}] ours ({mode}): FAILED after {o['wall_s']:.1f} s: {o['error']}")
         else:
@@ -373,6 +378,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-iterations", type=int, default=None,
                     help="cap on our solver's outer iterations (default: the schedule's)")
     ap.add_argument("--no-metric-check", action="store_true", help="skip the noise-free metric check")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="both solvers on the CPU (default) or both on the GPU (ours on torch CUDA, PtyLab on CuPy)")
+    ap.add_argument("--ptylab-runs", choices=("all", "reference"), default="all",
+                    help="every PtyLab configuration (default) or only the reference one")
     args = ap.parse_args(argv)
     try:
         import h5py  # noqa: F401
@@ -391,9 +400,15 @@ def main(argv=None) -> int:
     if not args.no_metric_check:
         check_metric()
     with tempfile.TemporaryDirectory(prefix="bench_ptylab_") as tmp:
+        if args.device == "cuda":  # CUDA/cuFFT/CuPy start-up and kernel compilation stay out of the timings
+            t = time.perf_counter()
+            run_case("warm-up", 5, 32, 2, Path(tmp), modes, seed=args.seed, log=lambda s: None, max_iterations=2,
+                     device=args.device, ptylab_runs="reference")
+            print(f"GPU warm-up (not timed below): {time.perf_counter() - t:.1f} s", flush=True)
         for name, (side, px, iters) in cases:
             results.append(run_case(name, side, px, iters, Path(tmp), modes, seed=args.seed,
-                                    log=lambda s: print(s, flush=True), max_iterations=args.max_iterations))
+                                    log=lambda s: print(s, flush=True), max_iterations=args.max_iterations,
+                                    device=args.device, ptylab_runs=args.ptylab_runs))
             print("\n" + table(results[-1:]) + "\n", flush=True)  # partial results survive an interrupt
     print("all cases:")
     print(table(results))

@@ -20,6 +20,8 @@ import argparse
 import time
 
 import numpy as np
+
+import common
 from common import errors, fit, machine, simulate, standard_lens, standard_misalignment, standard_station
 
 GEOMETRY = ("illumination.shift_mm", "illumination.rotation_deg", "illumination.distance_error_mm",
@@ -104,7 +106,9 @@ def robust(seed=4):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", default="all", choices=("all", "standard", "modes", "separation", "robust"))
+    ap.add_argument("--device", default="cpu", help="where the fits run: cpu (default) or cuda")
     args = ap.parse_args()
+    common.DEVICE = args.device
     print(f"machine: {machine()}")
     parts = {"standard": standard, "modes": modes, "separation": separation, "robust": robust}
     for name, func in parts.items():

@@ -12,6 +12,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+DEVICE = "cpu"
+"""Where :func:`fit` runs (``--device`` of the benchmarks that take it)."""
+
 
 def machine() -> str:
     """One line naming the machine the figures were measured on."""
@@ -26,8 +29,9 @@ def machine() -> str:
                     break
     except OSError:
         pass
+    gpu = f"; fits on GPU {torch.cuda.get_device_name(0)}" if DEVICE.startswith("cuda") else ""
     return (f"{cpu}; {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads; "
-            f"python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}")
+            f"python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}{gpu}")
 
 
 def standard_station(frame_px: int = 64):
@@ -75,7 +79,7 @@ def fit(station, capture, truth, mode="known", frozen=(), max_iterations=None):
     ref = None
     if mode != "blind":
         ref = reference_transmission(truth["reference_sample"], station.fov_um, g.object_px, seed=truth["reference_seed"])
-    model = StationModel(g, ref, relative_exposure(capture), dtype=torch.float32)
+    model = StationModel(g, ref, relative_exposure(capture), dtype=torch.float32).to(DEVICE)
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale)
     schedule = default_schedule(mode, g.zernike_terms, max_iterations)

@@ -95,7 +95,7 @@ def encoder_to_xy_mm(encoder: np.ndarray) -> np.ndarray:
 def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate: bool = True,
                calibration_mode: str = "SimilarityTransform", calibrate_radius: bool = False,
                position_correction: bool = False, adaptive_denoising: bool = True, seed: int = 0,
-               quiet: bool = True) -> dict:
+               quiet: bool = True, gpu: bool = False) -> dict:
     """Calibrate the LED positions (optional) and reconstruct with one PtyLab engine.
 
     Parameters
@@ -121,6 +121,8 @@ def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate
         Seed of numpy's global RNG (PtyLab's initial guesses add random noise).
     quiet : bool
         Swallow PtyLab's prints and progress bars.
+    gpu : bool
+        ``params.gpuSwitch`` (PtyLab on CuPy; needs a CUDA GPU and cupy).
 
     Returns
     -------
@@ -144,6 +146,7 @@ def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate
         "calibration_mode": calibration_mode if calibrate else None, "calibrate_radius": calibrate_radius,
         "position_correction": position_correction, "adaptive_denoising": adaptive_denoising,
         "positionOrder": "NA", "probeBoundary": True, "initialProbe": "circ", "initialObject": "upsampled",
+        "gpu": bool(gpu),
     }
     with ctx:
         t0 = time.perf_counter()
@@ -162,7 +165,9 @@ def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate
         recon.initialProbe = "circ"
         recon.initialObject = "upsampled"
         recon.initializeObjectProbe()
-        params.gpuSwitch = False
+        params.gpuSwitch = bool(gpu)
+        if bool(gpu) and not params.gpuSwitch:
+            raise RuntimeError("PtyLab refused the GPU (no cupy or no CUDA device)")
         params.positionOrder = "NA"
         params.probePowerCorrectionSwitch = False
         params.comStabilizationSwitch = False

@@ -118,12 +118,13 @@ def _solver_summary(measurement) -> dict:
             "reduced_chi2": _fin(s.reduced_chi2), "message": s.message}
 
 
-def build_summary(loaded, cert, certificate_path, closure, record, measurement, operator, frozen) -> dict:
+def build_summary(loaded, cert, certificate_path, closure, record, measurement, operator, frozen,
+                  compute_device: str = "cpu") -> dict:
     """The small JSON summary of one calibration (plain, JSON-ready)."""
     c = record.content
     return {
         "kind": "calibration",
-        "software": {"name": "lens-metrology", "version": __version__},
+        "software": {"name": "lens-metrology", "version": __version__, "compute_device": compute_device},
         "created_utc": record.utc,
         "station": {"id": loaded.station.station_id, "validity_days": float(loaded.station.validity_days)},
         "operator": operator,
@@ -147,7 +148,7 @@ def build_summary(loaded, cert, certificate_path, closure, record, measurement, 
 
 def run_calibration(capture, station, golden, *, operator: str = "", audit_db=None, out_dir=None,
                     reference=None, mode: str = "known", max_iterations=None, frozen=(), progress=None,
-                    now=None) -> CalibrationOutcome:
+                    now=None, device="cpu") -> CalibrationOutcome:
     """Calibrate a station with a golden lens: validate, measure, check closure, record.
 
     Parameters
@@ -167,7 +168,7 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
         Folder for the JSON summary ``calibration_<station>_<UTC>.json`` (written atomically).
     reference : str, optional
         Reference sample (as ``inspect --reference``; default from the capture).
-    mode, max_iterations, progress
+    mode, max_iterations, progress, device
         Passed to :func:`metrology.pipeline.measure`.
     frozen : sequence of str
         Parameter paths held at nominal (diagnostics and tests: e.g.
@@ -203,7 +204,7 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     check_certificate(cert, loaded.station, golden_path)
     AuditStore(store_path).close()  # a foreign or corrupt store fails now, before the fit
 
-    fit, measurement = measure(loaded, mode, max_iterations, progress, frozen=tuple(frozen))
+    fit, measurement = measure(loaded, mode, max_iterations, progress, frozen=tuple(frozen), device=device)
     closure = closure_check(measured_from_measurement(measurement), cert,
                             wavelength_nm=measurement.wavelength_nm, source=loaded.capture_path)
     inputs = {i["role"]: i["sha256"] for i in loaded.inputs}
@@ -227,7 +228,7 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
         "max_En": float(closure.max_En),
         "failed_terms": list(closure.failed_terms),
     }
-    summary = build_summary(loaded, cert, golden_path, closure, record, measurement, operator, frozen)
+    summary = build_summary(loaded, cert, golden_path, closure, record, measurement, operator, frozen, fit.device)
     summary_path = None
     if out is not None:
         from metrology.report.document import write_json_atomic

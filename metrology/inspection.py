@@ -101,7 +101,7 @@ def build_document(loaded, fit, measurement, verdict, status, figures, timings, 
     q = measurement.quality
     return {
         "schema_version": "1.0",
-        "software": {"name": "lens-metrology", "version": __version__},
+        "software": {"name": "lens-metrology", "version": __version__, "compute_device": fit.device},
         "created_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "lens": {"model": cap.lens_model or (loaded.spec.model if loaded.spec is not None else ""),
                  "serial": serial},
@@ -207,11 +207,13 @@ def safe_name(text: str) -> str:
 
 
 def run_inspection(capture, station, spec, *, reference=None, serial=None, operator="", out_dir="reports",
-                   audit_db=None, mode="known", max_iterations=None, progress=None, now=None) -> InspectionOutcome:
+                   audit_db=None, mode="known", max_iterations=None, progress=None, now=None,
+                   device="cpu") -> InspectionOutcome:
     """Inspect one capture: validate, reconstruct, analyse, decide, write the PDF and JSON.
 
     Everything is validated first; the files are written atomically at the end (JSON last), and
-    an inspection record is appended to the audit store when one is configured.
+    an inspection record is appended to the audit store when one is configured. ``device`` chooses
+    where the fit runs (``cpu``, ``cuda``, ``auto``; recorded as ``software.compute_device``).
     """
     from metrology.analysis.verdict import judge
     from metrology.report.document import write_json_atomic
@@ -228,7 +230,7 @@ def run_inspection(capture, station, spec, *, reference=None, serial=None, opera
         AuditStore(store_path).close()  # a foreign or corrupt store fails now, before the fit
     serial = serial or loaded.capture.lens_serial or "unknown-serial"
     timer.lap("load")
-    fit, measurement = measure(loaded, mode, max_iterations, progress)
+    fit, measurement = measure(loaded, mode, max_iterations, progress, device=device)
     timer.lap("reconstruct")
     status = station_status(store_path, loaded, measurement, now)
     verdict = judge(measurement, loaded.spec, status)

@@ -153,7 +153,7 @@ def build_model(loaded: LoadedInputs, mode: str = "known", dtype=None):
 
 
 def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | None = None, progress=None,
-            frozen=(), frames=None):
+            frozen=(), frames=None, device: str = "cpu"):
     """Reconstruct and evaluate the uncertainty.
 
     Parameters
@@ -162,6 +162,8 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
         Parameter paths held at nominal (e.g. every misalignment path, to show the leak).
     frames : ndarray, optional
         Frames to fit instead of the capture's (tests).
+    device : str
+        Where the fit runs: ``cpu``, ``cuda`` or ``auto`` (:func:`metrology.solver.device.compute_device`).
 
     Returns
     -------
@@ -169,12 +171,13 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     measurement : metrology.measurement.Measurement
     """
     from metrology.solver import default_schedule, reconstruct
+    from metrology.solver.device import compute_device
     from metrology.solver.uncertainty import measurement_from_fit
 
     schedule = default_schedule(mode, loaded.geometry.zernike_terms, max_iterations)
     if frozen:
         schedule = schedule.without(*frozen)
-    model = build_model(loaded, mode)
+    model = build_model(loaded, mode).to(compute_device(device))
     fit = reconstruct(
         model,
         loaded.capture.frames if frames is None else frames,

@@ -94,14 +94,14 @@ def write_case(folder: Path) -> dict:
 _CACHE: dict = {}
 
 
-def cached_measure(loaded, mode="known", max_iterations=None, progress=None, frozen=(), frames=None):
+def cached_measure(loaded, mode="known", max_iterations=None, progress=None, frozen=(), frames=None, device="cpu"):
     """:func:`metrology.pipeline.measure`, memoised on (frames, station, options) in this process."""
     h = hashlib.sha256(np.ascontiguousarray(loaded.capture.frames).tobytes())
     h.update(loaded.station.to_toml().encode())
     h.update(repr((list(loaded.capture.leds), loaded.reference_label)).encode())
-    key = (h.hexdigest(), mode, max_iterations, tuple(frozen))
+    key = (h.hexdigest(), mode, max_iterations, tuple(frozen), device)
     if frames is not None or key not in _CACHE:
-        result = pipeline.measure(loaded, mode, max_iterations, progress, frozen=frozen, frames=frames)
+        result = pipeline.measure(loaded, mode, max_iterations, progress, frozen=frozen, frames=frames, device=device)
         if frames is not None:
             return result
         _CACHE[key] = result

@@ -12,6 +12,7 @@ import tifffile
 from metrology.cli import main
 from metrology.io.capture import read_capture
 from metrology.report.document import validate_document
+from metrology.solver.device import compute_device, device_label
 from tests.sim_cases import FIXTURES, bench_station, centre_leds, lens_coefficients, simulate_to
 
 SPEC = FIXTURES / "specs" / "plan-4x-010.toml"
@@ -145,6 +146,8 @@ def test_good_lens_passes_and_report_is_complete(tmp_path, good_capture, capsys)
     assert doc["verdict"]["overall"] == "PASS"
     assert doc["solver"]["converged"]
     assert doc["lens"]["serial"] in line
+    # the default --device auto: the CPU here unless torch sees a GPU; recorded in the result
+    assert doc["software"]["compute_device"] == device_label(compute_device("auto"))
     pdf = next(out.glob("*.pdf"))
     assert pdf.name.startswith(doc["lens"]["serial"])
     if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:

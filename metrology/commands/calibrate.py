@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from metrology.commands.options import add_device_option, check_device
+
 EXIT_CODES_CALIBRATE = """exit codes:
   0  closure passed (calibration recorded, valid for the station's validity_days)
   1  closure failed (recorded as a failed calibration: inspect is INCONCLUSIVE until recalibrated)
@@ -36,6 +38,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--reference", default=None, metavar="SAMPLE",
                    help="reference sample: catalogue ID[:seed=N] or a .npy map (default: from the capture)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the JSON summary (optional)")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -43,10 +46,12 @@ def run(args) -> int:
     from metrology.calibration import one_line, run_calibration
     from metrology.progress import ProgressBar
 
+    check_device(args)  # an unusable device fails now, before anything is read or fitted
+
     with ProgressBar(0, "calibrating") as bar:
         outcome = run_calibration(
             args.capture, args.station, args.golden, operator=args.operator, audit_db=args.audit_db,
-            out_dir=args.out, reference=args.reference, progress=lambda i, n, loss: bar(i, n),
+            out_dir=args.out, reference=args.reference, progress=lambda i, n, loss: bar(i, n), device=args.device,
         )
     print(one_line(outcome))
     return outcome.exit_code

@@ -10,6 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from metrology.commands.options import add_device_option, check_device
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 DEMO_FILES = {
     "station": "bench-4x-15x15.toml",
@@ -24,6 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="reports", metavar="DIR", help="output folder (default reports/)")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated capture (default 1)")
     p.add_argument("--lens", default=None, metavar="L.toml", help="another lens description")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -39,6 +42,7 @@ def run(args) -> int:
     from metrology.progress import ProgressBar
     from metrology.simulate import draw_misalignment, simulate_capture
 
+    check_device(args)
     check_output_dir(args.out)
     station_path = DATA / DEMO_FILES["station"]
     lens = load_lens(args.lens or DATA / DEMO_FILES["lens"])
@@ -51,7 +55,8 @@ def run(args) -> int:
         write_capture(cap_path, capture)
         with ProgressBar(0, "reconstructing") as bar:
             outcome = run_inspection(cap_path, station_path, DATA / DEMO_FILES["spec"], out_dir=args.out,
-                                     operator="demo", progress=lambda i, n, loss: bar(i, n))
+                                     operator="demo", progress=lambda i, n, loss: bar(i, n),
+                                     device=args.device)
     print(one_line(outcome))
     print(f"report: {outcome.pdf_path}\nresult: {outcome.json_path}")
     return outcome.exit_code

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from metrology.cli import EXIT_CODES
+from metrology.commands.options import add_device_option, check_device
 
 
 def add_parser(subparsers) -> None:
@@ -33,6 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mode", choices=("known", "prior", "blind"), default="known",
                    help="reference sample known (default), used as a prior, or unknown")
     p.add_argument("--max-iterations", type=int, default=None, metavar="N", help="solver iterations (default per mode)")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -40,11 +42,13 @@ def run(args) -> int:
     from metrology.inspection import run_inspection
     from metrology.progress import ProgressBar
 
+    check_device(args)  # an unusable device fails now, before anything is read or fitted
+
     with ProgressBar(0, "reconstructing") as bar:
         outcome = run_inspection(
             args.capture, args.station, args.spec, reference=args.reference, serial=args.serial,
             operator=args.operator, out_dir=args.out, audit_db=args.audit_db, mode=args.mode,
-            max_iterations=args.max_iterations, progress=lambda i, n, loss: bar(i, n),
+            max_iterations=args.max_iterations, progress=lambda i, n, loss: bar(i, n), device=args.device,
         )
     print(one_line(outcome))
     return outcome.exit_code

@@ -117,6 +117,6 @@ class Illumination(nn.Module):
 def max_nominal_illumination_na(geometry: StationGeometry, margin_mm: float = 3.0) -> float:
     """Largest illumination NA over the LED list, allowing ``margin_mm`` of misalignment."""
     p = board_offsets_mm(geometry)
-    r = torch.linalg.vector_norm(p - torch.tensor(geometry.tile_center_mm, dtype=p.dtype), dim=-1)
+    r = torch.linalg.vector_norm(p - torch.tensor(geometry.tile_center_mm, dtype=p.dtype, device=p.device), dim=-1)
     r = r.max().item() + margin_mm
     return r / math.hypot(r, geometry.led_distance_mm - margin_mm)

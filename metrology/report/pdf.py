@@ -148,7 +148,8 @@ def _banner(doc, st, width_mm):
         ["Lens model", doc["lens"]["model"], "Serial", lens["serial"]],
         ["Operator", doc["operator"] or "-", "Date (UTC)", doc["created_utc"]],
         ["Station", doc["station"]["id"], "Calibration", f"{cal['status']} - {cal['reason']}"],
-        ["Software", f"{doc['software']['name']} {doc['software']['version']}",
+        ["Software", f"{doc['software']['name']} {doc['software']['version']}"
+                     f"{' on ' + doc['software']['compute_device'] if doc['software'].get('compute_device') else ''}",
          "Wavelength / NA / tile",
          f"{doc['wavelength_nm']:g} nm / {doc['na']:g} / ({doc['tile_center_mm'][0]:g}, "
          f"{doc['tile_center_mm'][1]:g}) mm"],

@@ -52,15 +52,16 @@ def search_bright_field(model: StationModel, data: torch.Tensor, radius_px: int 
         s_nom = k_nom / g.df
         radius = g.pupil_radius_px
         chosen = torch.nonzero(torch.linalg.vector_norm(s_nom, dim=-1) < radius - 2).flatten()
-        u = torch.fft.fftfreq(n, d=1.0 / n).double()
+        dev = data.device
+        u = torch.fft.fftfreq(n, d=1.0 / n, device=dev).double()
         fy, fx = u[:, None], u[None, :]
         k_est = k_nom.clone()
-        weight = torch.zeros(g.n_leds, dtype=torch.float64)
-        win = _hann(n, torch.float64)
-        r0 = torch.tensor(radius, dtype=torch.float64)
+        weight = torch.zeros(g.n_leds, dtype=torch.float64, device=dev)
+        win = _hann(n, torch.float64, dev)
+        r0 = torch.tensor(radius, dtype=torch.float64, device=dev)
 
         def grid(half, spacing):
-            d = torch.arange(-half, half + spacing / 2, spacing, dtype=torch.float64)
+            d = torch.arange(-half, half + spacing / 2, spacing, dtype=torch.float64, device=dev)
             oy, ox = torch.meshgrid(d, d, indexing="ij")
             return torch.stack([ox.flatten(), oy.flatten()], dim=-1)
 

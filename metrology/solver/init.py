@@ -26,8 +26,8 @@ from metrology.physics.pupil import soft_disk
 DEFAULT_RANGES = {"shift_mm": 1.0, "rotation_deg": 3.0, "distance_error_mm": 3.0}
 
 
-def _hann(n, dtype):
-    w = torch.hann_window(n, periodic=False, dtype=dtype)
+def _hann(n, dtype, device=None):
+    w = torch.hann_window(n, periodic=False, dtype=dtype, device=device)
     return w[:, None] * w[None, :]
 
 
@@ -35,7 +35,7 @@ def _features(frames: torch.Tensor) -> torch.Tensor:
     """Normalised Fourier magnitude (DC removed) of windowed frames, shape (..., n, n)."""
     n = frames.shape[-1]
     x = frames - frames.mean(dim=(-2, -1), keepdim=True)
-    f = torch.fft.fft2(x * _hann(n, frames.dtype)).abs()
+    f = torch.fft.fft2(x * _hann(n, frames.dtype, frames.device)).abs()
     f[..., 0, 0] = 0
     f = torch.log1p(f / (f.mean(dim=(-2, -1), keepdim=True) + 1e-12))
     f = f - f.mean(dim=(-2, -1), keepdim=True)
@@ -46,10 +46,10 @@ def _pupil_phase(model: StationModel, u: torch.Tensor, df: float, radius: float)
     """``exp(i 2 pi (W + defocus))`` of the model's current pupil on a box grid ``u`` (pixels of ``df``)."""
     from metrology.physics.zernike import zernike_grid
 
-    c = model.pupil.zernike_waves.detach().double()
-    z = model.sample.defocus_um.detach().double()
+    c = model.pupil.zernike_waves.detach().double().to(u.device)
+    z = model.sample.defocus_um.detach().double().to(u.device)
     if not bool(c.abs().max() > 0) and float(z) == 0.0:
-        return torch.ones((u.numel(), u.numel()), dtype=torch.complex64)
+        return torch.ones((u.numel(), u.numel()), dtype=torch.complex64, device=u.device)
     x = (u.double()[None, :] / radius).expand(u.numel(), -1)
     y = (u.double()[:, None] / radius).expand(-1, u.numel())
     w = torch.einsum("k,kyx->yx", c, zernike_grid(c.numel(), x, y))
@@ -102,6 +102,7 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
     g = model.geometry
     n = g.frame_px
     nc = min(n, crop_px)
+    dev = data.device
     c0 = (n - nc) // 2
     up = g.upsampling
     rdtype = torch.float32
@@ -113,12 +114,12 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
         df = 1.0 / (nc * g.pixel_um)
         radius = g.cutoff / df
         half = int(math.ceil(radius + 1))
-        u = torch.arange(-half, half + 1)
+        u = torch.arange(-half, half + 1, device=dev)
         rr = torch.sqrt((u[None, :] ** 2 + u[:, None] ** 2).to(rdtype))
-        pupil = soft_disk(torch.tensor(radius, dtype=rdtype), rr).to(torch.complex64) * (nc / nobj) ** 2
+        pupil = soft_disk(torch.tensor(radius, dtype=rdtype, device=dev), rr).to(torch.complex64) * (nc / nobj) ** 2
         pupil = pupil * _pupil_phase(model, u, df, radius)
         feats = _features(data[:, c0 : c0 + nc, c0 : c0 + nc].to(rdtype))
-        k_nom = model.illumination.spatial_frequencies().detach().double()
+        k_nom = model.illumination.spatial_frequencies().detach().double().cpu()
         s_nom = k_nom / df
         radii = search_radius_px(model, ranges, df).long()
         est = torch.zeros_like(s_nom)
@@ -130,16 +131,17 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
         for j in range(g.n_leds):
             rj = int(radii[j])
             d = torch.arange(-rj, rj + 1)
+            d_dev = d.to(dev)
             base = torch.round(s_nom[j]).long()
-            oy = base[1] + d[:, None].expand(-1, d.numel()).flatten()
-            ox = base[0] + d[None, :].expand(d.numel(), -1).flatten()
+            oy = int(base[1]) + d_dev[:, None].expand(-1, d.numel()).flatten()
+            ox = int(base[0]) + d_dev[None, :].expand(d.numel(), -1).flatten()
             rows = centre + oy[:, None] + u[None, :]
             cols = centre + ox[:, None] + u[None, :]
-            scores_all = torch.empty(oy.numel())
+            scores_all = torch.empty(oy.numel(), device=dev)
             for s in range(0, oy.numel(), 512):
                 sl = slice(s, s + 512)
                 crop = spec_p[rows[sl][:, :, None], cols[sl][:, None, :]]
-                full = torch.zeros((crop.shape[0], nc, nc), dtype=torch.complex64)
+                full = torch.zeros((crop.shape[0], nc, nc), dtype=torch.complex64, device=dev)
                 full[:, cc - half : cc + half + 1, cc - half : cc + half + 1] = crop * pupil
                 img = torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1))).abs() ** 2
                 scores_all[sl] = (_features(img) * feats[j]).sum(dim=(-2, -1))
@@ -147,7 +149,7 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
             best = (scores_all[i].item(), i)
             side = d.numel()
             iy, ix = divmod(best[1], side)
-            grid = scores_all.reshape(side, side)
+            grid = scores_all.reshape(side, side).cpu()
             sub = [0.0, 0.0]
             # parabolic sub-pixel refinement along each axis
             if 0 < ix < side - 1:
@@ -161,7 +163,7 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
             est[j, 0] = base[0] + d[ix] + max(-0.5, min(0.5, sub[0]))
             est[j, 1] = base[1] + d[iy] + max(-0.5, min(0.5, sub[1]))
             score[j] = best[0]
-        return est * df, score
+        return (est * df).to(dev), score.to(dev)
 
 
 def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor, iterations: int = 3,
@@ -173,11 +175,11 @@ def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor,
     """
     g = model.geometry
     ill = Illumination(g, torch.float64)
-    k_est = k_est.double()
-    w = weight.double().clamp(min=0)
+    k_est = k_est.double().cpu()
+    w = weight.double().cpu().clamp(min=0)
     with torch.no_grad():
         for name in ("shift_mm", "rotation_deg", "distance_error_mm", "tilt_deg"):
-            getattr(ill, name).copy_(getattr(model.illumination, name).double())
+            getattr(ill, name).copy_(getattr(model.illumination, name).double().cpu())
     params = [getattr(ill, name) for name in names]
     used = w > 0
     for _ in range(iterations):
@@ -198,7 +200,7 @@ def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor,
             used = (w > 0) & (res < cut)
     with torch.no_grad():
         for name in names:
-            getattr(model.illumination, name).copy_(getattr(ill, name).to(getattr(model.illumination, name).dtype))
+            getattr(model.illumination, name).copy_(getattr(ill, name).to(getattr(model.illumination, name)))
     return {"residual_px": float(torch.sqrt((res[used] ** 2).mean())), "leds_used": int(used.sum())}
 
 

@@ -103,7 +103,7 @@ def normal_equations(model, data, mask, noise, specs, groups=None):
         r = f(*primals)
     # one forward-mode pass per tangent (a plain loop measured faster than vmap here), outputs
     # kept in the model's precision and accumulated in float64 frame group by frame group
-    t_all = torch.empty((len(tangent_defs),) + tuple(r.shape), dtype=r.dtype)
+    t_all = torch.empty((len(tangent_defs),) + tuple(r.shape), dtype=r.dtype, device=r.device)
     for ti, members in enumerate(tangent_defs):
         tans = []
         for pi, path in enumerate(paths):
@@ -115,7 +115,7 @@ def normal_equations(model, data, mask, noise, specs, groups=None):
         t_all[ti] = jvp(f, primals, tuple(tans))[1].detach()
     n = r.shape[0]
     parts = [list(sel) for sel in groups] if groups else [list(range(g, n, 10)) for g in range(min(10, n))]
-    per_group = [_assemble(t_all, r, cols, plain, bright, torch.as_tensor(sel, dtype=torch.long)) for sel in parts]
+    per_group = [_assemble(t_all, r, cols, plain, bright, torch.as_tensor(sel, dtype=torch.long, device=r.device)) for sel in parts]
     jtj = sum(a for a, _ in per_group)
     jtr = sum(b for _, b in per_group)
     covered = sorted(i for sel in parts for i in sel)
@@ -131,18 +131,19 @@ def _assemble(t_all, r, cols, plain, bright, frames):
     """``J^T J`` and ``J^T r`` restricted to ``frames`` (None: all frames)."""
     n_plain = len(plain)
     p_total = len(cols.names)
-    jtj = torch.zeros((p_total, p_total), dtype=torch.float64)
-    jtr = torch.zeros(p_total, dtype=torch.float64)
+    dev = t_all.device
+    jtj = torch.zeros((p_total, p_total), dtype=torch.float64, device=dev)
+    jtr = torch.zeros(p_total, dtype=torch.float64, device=dev)
     tsel = (t_all if frames is None else t_all[:, frames]).double()
     rsel = (r if frames is None else r[frames]).double()
     tp = tsel[:n_plain].reshape(n_plain, -1)
-    pi = torch.as_tensor(plain, dtype=torch.long)
+    pi = torch.as_tensor(plain, dtype=torch.long, device=dev)
     jtj[pi[:, None], pi[None, :]] = tp @ tp.T
     jtr[pi] = tp @ rsel.reshape(-1)
     if bright:
         bt = t_all[n_plain]  # (J, n, n): column j lives in frame j
-        bi = torch.as_tensor(bright, dtype=torch.long)
-        leds = torch.as_tensor([cols.flat_index[i] for i in bright], dtype=torch.long)
+        bi = torch.as_tensor(bright, dtype=torch.long, device=dev)
+        leds = torch.as_tensor([cols.flat_index[i] for i in bright], dtype=torch.long, device=dev)
         if frames is not None:
             keep = torch.isin(leds, frames)
             bi, leds = bi[keep], leds[keep]

@@ -76,7 +76,7 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
         factor = model.box_factor()
         model_pupil = model.pupil(remainder, model.sample.defocus_um)
         edge = model_pupil.abs()
-        centre = model.pupil(torch.zeros((1, 2), dtype=remainder.dtype), model.sample.defocus_um)[0]
+        centre = model.pupil(torch.zeros((1, 2), dtype=remainder.dtype, device=remainder.device), model.sample.defocus_um)[0]
         start = torch.polar(torch.ones_like(edge[0]), torch.angle(centre))
         phase = start.clone()
         spectrum = model.sample.spectrum().clone()
@@ -163,7 +163,7 @@ def fit_phase_map(model: StationModel, unit: torch.Tensor, support: torch.Tensor
     position_um : Tensor (2,)
     """
     full = _basis(model).to(torch.float64)
-    free = torch.ones(full.shape[0], dtype=torch.bool) if free is None else free
+    free = torch.ones(full.shape[0], dtype=torch.bool, device=full.device) if free is None else free
     free = free.to(full.device)
     basis = full[free]
     unit = unit.to(torch.complex128)

@@ -19,6 +19,7 @@ from torch.func import functional_call
 from metrology.measurement import DataQuality
 from metrology.physics import CALIBRATABLE, StationModel
 from metrology.solver import init as init_mod
+from metrology.solver.device import device_label
 from metrology.solver.jacobian import columns_for, normal_equations, psd_inverse
 from metrology.solver.losses import LOSSES, chi_square, total_variation
 from metrology.solver.projection import basis_mask, initialise_pupil
@@ -48,6 +49,7 @@ class FitResult:
     jtj: torch.Tensor | None = None  # Fisher information of the system parameters at the solution
     columns: object = None  # metrology.solver.jacobian.Columns naming the rows of jtj
     jackknife: list | None = None  # per LED group (J_g^T J_g, J_g^T r_g) at the solution
+    device: str = "cpu"  # where the fit ran (metrology.solver.device.device_label)
 
     @property
     def reduced_chi2(self) -> float:
@@ -68,13 +70,14 @@ class _Block:
         self.cols = columns_for(model, self.specs)
         self.paths = list(dict.fromkeys(s.path for s in self.specs))
         dtype = model.pupil.na.dtype
+        dev = model.pupil.na.device
         cols = self.cols
         self.slices = {  # positions (in column order) of each path's columns
-            path: torch.as_tensor([i for i, p in enumerate(cols.paths) if p == path], dtype=torch.long)
+            path: torch.as_tensor([i for i, p in enumerate(cols.paths) if p == path], dtype=torch.long, device=dev)
             for path in self.paths
         }
         self.index = {
-            path: torch.as_tensor([cols.flat_index[i] for i in self.slices[path].tolist()], dtype=torch.long)
+            path: torch.as_tensor([cols.flat_index[i] for i in self.slices[path].tolist()], dtype=torch.long, device=dev)
             for path in self.paths
         }
         spec_of = [self.specs[i] for i in cols.spec]
@@ -82,9 +85,9 @@ class _Block:
             self.theta0 = torch.stack(
                 [model.parameter(p).detach().flatten()[k] for p, k in zip(cols.paths, cols.flat_index)]
             ).to(dtype)
-        steps = torch.tensor([sp.step for sp in spec_of], dtype=dtype)
-        self.lower = torch.tensor([(sp.bounds or (-float("inf"), 0))[0] for sp in spec_of], dtype=dtype)
-        self.upper = torch.tensor([(sp.bounds or (0, float("inf")))[1] for sp in spec_of], dtype=dtype)
+        steps = torch.tensor([sp.step for sp in spec_of], dtype=dtype, device=dev)
+        self.lower = torch.tensor([(sp.bounds or (-float("inf"), 0))[0] for sp in spec_of], dtype=dtype, device=dev)
+        self.upper = torch.tensor([(sp.bounds or (0, float("inf")))[1] for sp in spec_of], dtype=dtype, device=dev)
         if hessian is None:
             self.w = None
             self.steps = steps
@@ -101,7 +104,7 @@ class _Block:
             evals, evecs = torch.linalg.eigh(h / d[:, None] / d[None, :])
             evals = evals.clamp(min=1e-4 * float(evals.max().clamp(min=1e-30)))
             self.w = ((evecs / torch.sqrt(evals)) @ evecs.T / d[:, None]).to(dtype)
-        self.z = [torch.zeros(len(self.theta0), dtype=dtype, requires_grad=True)]
+        self.z = [torch.zeros(len(self.theta0), dtype=dtype, device=dev, requires_grad=True)]
 
     def theta(self) -> torch.Tensor:
         z = self.z[0]
@@ -144,7 +147,7 @@ class _SampleBlock:
             cover = model.spectrum_coverage()
             n = t.shape[-1]
             self.w = (step * n / torch.sqrt(cover + 0.05 * cover.max())).to(t.real.dtype)
-        self.z = [torch.zeros((2,) + t.shape, dtype=t.real.dtype, requires_grad=True)]
+        self.z = [torch.zeros((2,) + t.shape, dtype=t.real.dtype, device=t.device, requires_grad=True)]
 
     def transmission(self) -> torch.Tensor:
         z = self.z[0]
@@ -207,9 +210,9 @@ def prepare(model: StationModel, frames, noise: NoiseModel):
     data_np = np.asarray(frames, dtype=np.float64)
     background = estimate_background(data_np)
     mask_np, quality = assess(data_np, noise, background)
-    dtype = model.pupil.na.dtype
-    data = torch.as_tensor(data_np, dtype=dtype)
-    mask = torch.as_tensor(mask_np, dtype=dtype)
+    dtype, dev = model.pupil.na.dtype, model.pupil.na.device
+    data = torch.as_tensor(data_np, dtype=dtype, device=dev)
+    mask = torch.as_tensor(mask_np, dtype=dtype, device=dev)
     return data, mask, quality, background
 
 
@@ -249,10 +252,10 @@ def initialise(model: StationModel, data, mask, background, mode: str, ranges=No
         with torch.no_grad():
             k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1)
             j = int(torch.argmin(k))
-            pred = model(indices=torch.tensor([j]))[0]
+            pred = model(indices=torch.tensor([j], device=data.device))[0]
             sx, sy = init_mod.phase_correlation_shift(data[j], pred)
             g = model.geometry
-            model.sample.position_um.add_(torch.tensor([sx, sy], dtype=pred.dtype) * g.pixel_um)
+            model.sample.position_um.add_(torch.tensor([sx, sy], dtype=pred.dtype, device=pred.device) * g.pixel_um)
         summary["position_um"] = model.sample.position_um.detach().tolist()
     return summary
 
@@ -274,6 +277,8 @@ def reconstruct(
     ----------
     model : StationModel
         Nominal model; its sample holds the reference map (known/prior) or the start (blind).
+        The fit runs on the model's device (``model.to("cuda")`` for a GPU, see
+        :mod:`metrology.solver.device`).
     frames : array-like, shape (J, n, n)
         Measured frames (counts), in the model's LED order.
     noise : NoiseModel
@@ -351,7 +356,7 @@ def reconstruct(
             if free:
                 names = columns_for(model, free).names
                 pos = {n: i for i, n in enumerate(cols_all.names)}
-                sel = torch.as_tensor([pos[n] for n in names], dtype=torch.long)
+                sel = torch.as_tensor([pos[n] for n in names], dtype=torch.long, device=hessian_all.device)
                 system = _Block(model, free, hessian_all[sel[:, None], sel[None, :]])
                 opt, closure = _lbfgs(system, evaluate, INNER_ITERATIONS)
             active_paths = paths
@@ -400,7 +405,9 @@ def reconstruct(
         model=model, schedule=schedule, data=data, mask=mask, noise=noise, quality=quality, history=history,
         iterations=it, converged=converged, message=message, chi2=chi2, dof=dof,
         frame_residuals=per_frame.cpu().numpy(), wall_time_s=time.perf_counter() - t0, init_summary=summary,
-        jtj=jtj, columns=cols_all, jackknife=per_group,
+        # the uncertainty analysis runs on the CPU in float64, whatever device fitted
+        jtj=None if jtj is None else jtj.cpu(), columns=cols_all, device=device_label(data.device),
+        jackknife=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group],
     )
 
 

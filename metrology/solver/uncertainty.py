@@ -99,14 +99,14 @@ def identifiability(names, cf: torch.Tensor, jtj: torch.Tensor) -> Identifiabili
         cond = 1e300
     kept = [names[i] for i in keep]
     pairs, bad = [], set()
-    c = corr.numpy()
+    c = corr.cpu().numpy()
     for i in range(len(kept)):
         for j in range(i + 1, len(kept)):
             if abs(c[i, j]) >= STRONG_CORRELATION:
                 pairs.append((kept[i], kept[j], float(c[i, j])))
                 if abs(c[i, j]) > 0.999:
                     bad.update((kept[i], kept[j]))
-    vif = (sub.diagonal() * jtj[keep][:, keep].diagonal()).numpy()
+    vif = (sub.diagonal() * jtj[keep][:, keep].diagonal()).cpu().numpy()
     bad.update(n for n, v in zip(kept, vif) if v > VIF_LIMIT)
     pairs.sort(key=lambda p: -abs(p[2]))
     return Identifiability(

@@ -1,0 +1,16 @@
+"""Options shared by several sub-commands."""
+
+from __future__ import annotations
+
+
+def add_device_option(parser) -> None:
+    """``--device``: where the fit runs (:func:`metrology.solver.device.compute_device`)."""
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="where the fit runs: auto (a CUDA GPU when torch sees one, default), cpu, cuda[:N]")
+
+
+def check_device(args) -> None:
+    """Fail now (input error, exit 2) on an unusable ``--device``, before anything is read or fitted."""
+    from metrology.solver.device import compute_device
+
+    compute_device(args.device)
