@@ -99,3 +99,27 @@ def test_projection_leaves_frozen_quantities_alone():
     before = model.pupil.zernike_waves.detach().clone()
     project(model, data, mask, 0.0, iterations=5, free=free)
     assert torch.equal(model.pupil.zernike_waves.detach()[4:7], before[4:7])
+
+
+def test_observed_estimates_converge_and_do_not_change_the_result():
+    """``observe`` sees the lens estimate every OBSERVE_EVERY iterations (what a time-to-accuracy
+    benchmark traces): it improves towards the truth, and observing leaves the outcome unchanged."""
+    from metrology.solver.projection import OBSERVE_EVERY, initialise_pupil
+
+    g, obj, z, data = _strong_case(seed=1)
+    mask = torch.ones_like(data)
+    results, seen = [], []
+    for observe in (None, seen.append):
+        model = _model(g)
+        initialise_intensity(model, data, 0.0, mask)
+        out = initialise_pupil(model, data, mask, 0.0, 30, blind=True, observe=observe)
+        results.append(model.pupil.zernike_waves.detach().clone())
+    # the same to rounding (multi-threaded sums differ by ~1e-17 from run to run anyway)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-12)
+    # one pass over all LEDs (30 it); with a staged run also the low-angle pass (15 it) and a second
+    # pass over all LEDs
+    one = 30 // OBSERVE_EVERY - 1
+    assert len(seen) == (one if "kept" not in out else 15 // OBSERVE_EVERY - 1 + 2 * one)
+    assert all(s.shape == (10,) and torch.isfinite(s).all() for s in seen)
+    errors = [_rms_5_up(s.numpy(), z) for s in seen]
+    assert min(errors) < 0.03 < errors[0]  # from the first estimate to a good one

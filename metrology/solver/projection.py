@@ -31,6 +31,9 @@ from metrology.physics.model import box_to_field, field_to_box
 FIRST_FITTED_NOLL = 5
 """Noll 1-4 are not lens parameters (piston; tilt = sample position; defocus = sample defocus)."""
 
+OBSERVE_EVERY = 5
+"""Projection iterations between two ``observe`` calls (:func:`project`)."""
+
 
 def _measured_amplitude(model: StationModel, data, background: float):
     """``sqrt((data - background) / gain)`` per frame, shape (J, n, n)."""
@@ -39,7 +42,7 @@ def _measured_amplitude(model: StationModel, data, background: float):
 
 
 def project(model: StationModel, data, mask, background: float, iterations: int = 30,
-            update_sample: bool = False, indices=None, free=None) -> dict:
+            update_sample: bool = False, indices=None, free=None, observe=None) -> dict:
     """Run the projections and write the result into ``model`` (pupil, defocus, position, sample).
 
     Parameters
@@ -58,6 +61,10 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
         Use only these LEDs (default all).
     free : Tensor of bool, optional
         Which basis quantities (see :func:`basis_mask`) the phase map may change (default all).
+    observe : callable, optional
+        ``observe(zernike_waves)`` every :data:`OBSERVE_EVERY` iterations with the lens estimate the
+        projections hold at that moment (the phase map fitted as at the end; Tensor (K,), waves).
+        For time-to-accuracy benchmarks; each call costs one phase-map fit.
 
     Returns
     -------
@@ -106,6 +113,11 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
                 den_o = torch.zeros(spectrum.shape, dtype=weight.dtype, device=weight.device)
                 den_o = den_o.index_put_((idx_r, idx_c), weight, accumulate=True)
                 spectrum = spectrum + num_o / (den_o + 1e-3 * den_o.max())
+            if observe is not None and (it + 1) % OBSERVE_EVERY == 0 and it + 1 < iterations:
+                c, _, _ = fit_phase_map(model, phase * start.conj(), support, free)
+                now = model.pupil.zernike_waves.detach().clone()
+                now[FIRST_FITTED_NOLL - 1 :] += c.to(now.dtype)
+                observe(now)
         coeffs, defocus, position = fit_phase_map(model, phase * start.conj(), support, free)
         model.pupil.zernike_waves[FIRST_FITTED_NOLL - 1 :] += coeffs.to(model.pupil.zernike_waves.dtype)
         model.sample.defocus_um += defocus.to(model.sample.defocus_um.dtype)
@@ -231,34 +243,36 @@ _STATE = ("pupil.zernike_waves", "sample.defocus_um", "sample.position_um", "sam
 
 
 def initialise_pupil(model: StationModel, data, mask, background: float, iterations: int, blind: bool,
-                     free=None) -> dict:
+                     free=None, observe=None) -> dict:
     """The projections as the solver runs them: one pass over all LEDs with a known sample; in
     blind mode also a staged run (``iterations // 2`` on the low-angle LEDs, see
     :data:`BLIND_FIRST_NA_FACTOR`, then ``iterations`` over all), keeping whichever ends with the
-    lower amplitude misfit. ``free``: see :func:`basis_mask`."""
+    lower amplitude misfit. ``free``, ``observe``: see :func:`project`."""
     if not blind:
-        return project(model, data, mask, background, iterations, False, free=free)
+        return project(model, data, mask, background, iterations, False, free=free, observe=observe)
     with torch.no_grad():
         k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1)
         sel = torch.nonzero(k < BLIND_FIRST_NA_FACTOR * model.pupil.na / model.geometry.wavelength_um).flatten()
         start = {p: model.parameter(p).detach().clone() for p in _STATE}
-    single = project(model, data, mask, background, iterations, True, free=free)
     if not 9 <= sel.numel() < k.numel():
-        return single
-    with torch.no_grad():
-        after_single = {p: model.parameter(p).detach().clone() for p in _STATE}
-        for p, v in start.items():
-            model.parameter(p).copy_(v)
-    first = project(model, data, mask, background, max(iterations // 2, 1), True, sel, free)
-    staged = project(model, data, mask, background, iterations, True, free=free)
+        return project(model, data, mask, background, iterations, True, free=free, observe=observe)
+    # the staged run first: where it is the better one (large fields, strong aberrations) the
+    # solver holds a good lens estimate early; the result does not depend on the order
+    first = project(model, data, mask, background, max(iterations // 2, 1), True, sel, free, observe)
+    staged = project(model, data, mask, background, iterations, True, free=free, observe=observe)
     staged["low_angle_leds"] = int(sel.numel())
     staged["low_angle_error_end"] = first["error_end"]
-    if staged["error_end"] <= single["error_end"]:
-        staged["kept"] = "staged"
-        return staged
     with torch.no_grad():
-        for p, v in after_single.items():
+        after_staged = {p: model.parameter(p).detach().clone() for p in _STATE}
+        for p, v in start.items():
             model.parameter(p).copy_(v)
-    single["kept"] = "single"
-    single["staged_error_end"] = staged["error_end"]
-    return single
+    single = project(model, data, mask, background, iterations, True, free=free, observe=observe)
+    if single["error_end"] < staged["error_end"]:
+        single["kept"] = "single"
+        single["staged_error_end"] = staged["error_end"]
+        return single
+    with torch.no_grad():
+        for p, v in after_staged.items():
+            model.parameter(p).copy_(v)
+    staged["kept"] = "staged"
+    return staged

@@ -270,6 +270,7 @@ def reconstruct(
     ranges=None,
     progress=None,
     reference_transmission=None,
+    observe=None,
 ) -> FitResult:
     """Fit the station model to a capture.
 
@@ -289,6 +290,9 @@ def reconstruct(
         Run the coarse geometry search (known/prior) before the gradient fit.
     progress : callable, optional
         ``progress(iteration, max_iterations, loss)`` after each iteration.
+    observe : callable, optional
+        ``observe(zernike_waves)`` with the lens estimate during the projections (see
+        :func:`metrology.solver.projection.project`); benchmarks trace accuracy against time with it.
 
     Returns
     -------
@@ -304,7 +308,7 @@ def reconstruct(
     if schedule.projection_iterations:
         blind = schedule.mode == "blind"
         summary["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations,
-                                                 blind, basis_mask(model, schedule.parameters, blind))
+                                                 blind, basis_mask(model, schedule.parameters, blind), observe)
     if schedule.bootstrap_na_factor:
         summary["bootstrap"] = _bootstrap(model, frames, noise, schedule)
         if initialise_geometry:
