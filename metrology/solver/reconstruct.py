@@ -17,7 +17,7 @@ import torch
 from torch.func import functional_call
 
 from metrology.measurement import DataQuality
-from metrology.physics import CALIBRATABLE, StationModel
+from metrology.physics import StationModel
 from metrology.solver import init as init_mod
 from metrology.solver.device import device_label
 from metrology.solver.jacobian import columns_for, normal_equations, psd_inverse
@@ -313,15 +313,17 @@ def reconstruct(
             summary["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations,
                                                      blind, basis_mask(model, schedule.parameters, blind), observe)
     if schedule.bootstrap_na_factor:
-        summary["bootstrap"] = _bootstrap(model, frames, noise, schedule)
+        from metrology.solver.bootstrap import bootstrap, research
+
+        summary["bootstrap"] = bootstrap(model, frames, noise, schedule)
         if initialise_geometry:
             # search again through the pupil the bootstrap found (strong aberrations mislead the
             # first, clear-pupil search); keep the more self-consistent geometry, and bootstrap
             # again from it
             first = summary.get("geometry_search", {}).get("residual_px", float("inf"))
-            summary["geometry_search_2"] = _research(model, data, background, ranges, first)
+            summary["geometry_search_2"] = research(model, data, background, ranges, first)
             if summary["geometry_search_2"]["kept"]:
-                summary["bootstrap_2"] = _bootstrap(model, frames, noise, schedule)
+                summary["bootstrap_2"] = bootstrap(model, frames, noise, schedule)
     with torch.no_grad():
         pred = model()
     blank = blank_frames(data, pred, background, noise)
@@ -448,51 +450,6 @@ def _start_two_geometries(model, data, mask, background, schedule, ranges, obser
         return first
     second.update(kept="full geometry search", other=first)
     return second
-
-
-def _bootstrap(model: StationModel, frames, noise: NoiseModel, schedule: Schedule) -> dict:
-    """Fit the low-angle LEDs first and carry the result over (see ``Schedule.bootstrap_na_factor``)."""
-    from dataclasses import replace
-
-    with torch.no_grad():
-        k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1)
-        sel = torch.nonzero(k < schedule.bootstrap_na_factor * model.pupil.na / model.geometry.wavelength_um)
-        sel = sel.flatten()
-    if sel.numel() < 9 or sel.numel() == k.numel():
-        return {"leds": int(sel.numel()), "used": False}
-    g = model.geometry
-    sub = StationModel(g.with_leds([g.leds[i] for i in sel.tolist()]), model.sample.transmission().detach(),
-                       model.exposure[sel], dtype=model.pupil.na.dtype)
-    shared = [p for p in CALIBRATABLE if not p.startswith("sample.field") and p != "illumination.brightness"]
-    with torch.no_grad():
-        for path in shared:
-            sub.parameter(path).copy_(model.parameter(path))
-        sub.illumination.brightness.copy_(model.illumination.brightness[sel])
-    frames = torch.as_tensor(np.asarray(frames))[sel.cpu()].numpy()
-    fit = reconstruct(sub, frames, noise, replace(schedule, bootstrap_na_factor=None), initialise_geometry=False)
-    with torch.no_grad():
-        for path in shared:
-            model.parameter(path).copy_(sub.parameter(path))
-        model.illumination.brightness[sel] = sub.illumination.brightness
-    return {"leds": int(sel.numel()), "used": True, "loss": fit.history[-1] if fit.history else None}
-
-
-def _research(model, data, background, ranges, first_residual_px: float) -> dict:
-    """Second geometry search; kept when its per-LED estimates agree better with one geometry."""
-    from metrology.solver.init import DEFAULT_RANGES
-
-    geometry_paths = ("illumination.shift_mm", "illumination.rotation_deg", "illumination.distance_error_mm",
-                      "illumination.tilt_deg")
-    with torch.no_grad():
-        saved = {p: model.parameter(p).detach().clone() for p in geometry_paths}
-    small = {k: v / 3 for k, v in (ranges or DEFAULT_RANGES).items()}  # around the current estimate
-    out = search_geometry_known(model, data, background, small)
-    out["kept"] = out["residual_px"] < first_residual_px
-    if not out["kept"]:
-        with torch.no_grad():
-            for p, v in saved.items():
-                model.parameter(p).copy_(v)
-    return out
 
 
 POLISH_STEPS = 8
