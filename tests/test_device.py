@@ -144,7 +144,7 @@ def test_known_fit_on_cuda_recovers_what_the_cpu_does(small_case):
 def test_blind_fit_runs_on_cuda(small_case):
     g, _, truth, capture, noise, coeffs = small_case
     model = StationModel(g, exposure=truth["relative_exposure"]).to("cuda")
-    fit = reconstruct(model, capture.frames, noise, default_schedule("blind", g.zernike_terms, 20))
+    fit = reconstruct(model, capture.frames, noise, default_schedule("blind", g.zernike_terms, 10))
     got = model.pupil.zernike_waves.detach().double().cpu().numpy()
     assert np.isfinite(fit.chi2)
     assert float(np.sqrt(np.sum((got[4:15] - coeffs[4:15]) ** 2))) < 0.02
