@@ -240,7 +240,6 @@ def check_metric(iterations: int = 200, log=print) -> float:
 
     Guards the metric (point reflection, centring, unwrapping) against unfairness to PtyLab.
     """
-    from metrology.io.station_file import load_station
     from metrology.simulate import simulate_capture
 
     pa = _adapter()
@@ -282,7 +281,6 @@ def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, mo
     from metrology.solver.quality import estimate_background
 
     pa = _adapter()
-    runs = ptylab_runs  # "all" or "reference"; the name is reused for the list below
     t = time.perf_counter()
     station, leds, capture, truth = make_case(STATION_FILE, leds_per_side, frame_px, seed)
     log(f"[{name}] simulated {len(leds)} frames of {frame_px} px in {time.perf_counter() - t:.1f} s")
@@ -293,7 +291,7 @@ def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, mo
     h5 = workdir / f"case_{leds_per_side}_{frame_px}.hdf5"
     pa.write_ptylab_input(h5, station, leds, capture.frames, estimate_background(np.asarray(capture.frames, float)),
                           truth["relative_exposure"])
-    ptylab_runs = [
+    configs = [
         ("PtyLab qNewton, tutorial settings", dict(engine="qNewton", iterations=ptylab_iterations,
                                                   calibration_mode="SimilarityTransform", calibrate_radius=True)),
         ("PtyLab qNewton, best found", dict(engine="qNewton", iterations=ptylab_iterations,
@@ -307,9 +305,9 @@ def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, mo
                                                          calibration_mode="EuclideanTransform",
                                                          position_correction=True)),
     ]
-    if runs == "reference":
-        ptylab_runs = [r for r in ptylab_runs if r[0] == "PtyLab qNewton, best found"]
-    for label, kw in ptylab_runs:
+    if ptylab_runs == "reference":
+        configs = [r for r in configs if r[0] == "PtyLab qNewton, best found"]
+    for label, kw in configs:
         try:
             r = pa.run_ptylab(h5, seed=seed, gpu=device == "cuda", **kw)
         except Exception as exc:  # a failed calibration fit is a result too

@@ -94,9 +94,10 @@ def search_bright_field(model: StationModel, data: torch.Tensor, radius_px: int 
         return k_est, weight
 
 
-def initialise_blind_geometry(model: StationModel, data: torch.Tensor, background: float) -> dict:
-    """Fit the LED geometry to the bright-field disk centres (blind mode)."""
-    k, w = search_bright_field(model, data - background)
+def initialise_blind_geometry(model: StationModel, data: torch.Tensor, background: float, bright_field=None) -> dict:
+    """Fit the LED geometry to the bright-field disk centres (blind mode). ``bright_field``: the
+    result of :func:`search_bright_field` for this model and data, when already computed."""
+    k, w = search_bright_field(model, data - background) if bright_field is None else bright_field
     if int((w > 0).sum()) < 4:
         return {"bright_field_leds": int((w > 0).sum()), "note": "too few bright-field LEDs; nominal geometry kept"}
     # bright-field LEDs sit close to the axis: they fix the shift and the rotation, while the
@@ -104,4 +105,3 @@ def initialise_blind_geometry(model: StationModel, data: torch.Tensor, backgroun
     out = fit_geometry(model, k, w, names=("shift_mm", "rotation_deg"))
     out["bright_field_leds"] = int((w > 0).sum())
     return out
-

@@ -90,6 +90,13 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
         idx_r = rows[:, :, None].expand(-1, -1, rows.shape[1]).reshape(-1)
         idx_c = cols[:, None, :].expand(-1, cols.shape[1], -1).reshape(-1)
         support = centre.abs() > 0.5
+        if update_sample:
+            # denominator of the object step: sum over LEDs of |factor E_j phase|^2, the same every
+            # iteration since |phase| = 1
+            weight = ((factor * edge).abs() ** 2).reshape(-1)
+            den_o = torch.zeros(spectrum.shape, dtype=weight.dtype, device=weight.device)
+            den_o = den_o.index_put_((idx_r, idx_c), weight, accumulate=True)
+            den_o = den_o + 1e-3 * den_o.max()
         errors = []
         for it in range(iterations):
             crop = spectrum[rows[:, :, None], cols[:, None, :]]
@@ -108,11 +115,8 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
                 # batched quasi-Newton object step (all LEDs at once), weighted by the pupil
                 pj = factor * edge * phase  # (J, B, B)
                 delta = (pj.conj() * (new_box - box)).reshape(-1)
-                weight = (pj.abs() ** 2).reshape(-1)
                 num_o = torch.zeros_like(spectrum).index_put_((idx_r, idx_c), delta, accumulate=True)
-                den_o = torch.zeros(spectrum.shape, dtype=weight.dtype, device=weight.device)
-                den_o = den_o.index_put_((idx_r, idx_c), weight, accumulate=True)
-                spectrum = spectrum + num_o / (den_o + 1e-3 * den_o.max())
+                spectrum = spectrum + num_o / den_o
             if observe is not None and (it + 1) % OBSERVE_EVERY == 0 and it + 1 < iterations:
                 c, _, _ = fit_phase_map(model, phase * start.conj(), support, free)
                 now = model.pupil.zernike_waves.detach().clone()

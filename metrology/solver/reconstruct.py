@@ -216,10 +216,12 @@ def prepare(model: StationModel, frames, noise: NoiseModel):
     return data, mask, quality, background
 
 
-def search_geometry_known(model: StationModel, data, background, ranges=None) -> dict:
+def search_geometry_known(model: StationModel, data, background, ranges=None, bright_field=None) -> dict:
     """LED geometry from a known reference: dark-field frames matched against modelled frames, and
     the bright-field frames' two-disk pattern (independent of the pupil phase, so robust to strong
-    aberrations), fitted together (robustly) to the global geometry."""
+    aberrations), fitted together (robustly) to the global geometry. ``bright_field``: the result
+    of :func:`metrology.solver.blind.search_bright_field` for this model and data, when already
+    computed."""
     from metrology.solver.blind import search_bright_field
 
     ranges = ranges or init_mod.DEFAULT_RANGES
@@ -228,7 +230,7 @@ def search_geometry_known(model: StationModel, data, background, ranges=None) ->
         k_nom = model.illumination.spatial_frequencies().detach()
         near_bf = torch.linalg.vector_norm(k_nom, dim=-1) < model.geometry.cutoff + 3 * model.geometry.df
     weight = score.clamp(min=0) * (~near_bf).double()
-    k_bf, w_bf = search_bright_field(model, data - background)
+    k_bf, w_bf = search_bright_field(model, data - background) if bright_field is None else bright_field
     use_bf = w_bf > 0
     k = torch.where(use_bf[:, None], k_bf.to(k.dtype), k)
     weight = torch.where(use_bf, 2.0 * w_bf.to(weight.dtype), weight)
@@ -430,18 +432,21 @@ def _start_two_geometries(model, data, mask, background, schedule, ranges, obser
        finds distance and tilt, but a wave of aberration biases it (PtyLab case 2: 0.2 mm and
        0.2 deg off, projections end at 0.033 waves against 0.0035 from the disks alone).
     """
-    from metrology.solver.blind import initialise_blind_geometry
+    from metrology.solver.blind import initialise_blind_geometry, search_bright_field
 
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     free = basis_mask(model, schedule.parameters, False)
-    disks = initialise_blind_geometry(model, data, background)
+    bright_field = search_bright_field(model, data - background)  # both geometries start from it
+    disks = initialise_blind_geometry(model, data, background, bright_field)
     first = initialise(model, data, mask, background, schedule.mode, ranges, search_geometry=False)
     first["geometry_search"] = disks
     first["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations, False,
                                            free, observe)
     after_first = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(start)
-    second = initialise(model, data, mask, background, schedule.mode, ranges, search_geometry=True)
+    full = search_geometry_known(model, data, background, ranges, bright_field)
+    second = initialise(model, data, mask, background, schedule.mode, ranges, search_geometry=False)
+    second["geometry_search"] = full
     second["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations, False,
                                             free, observe)
     if first["projection"]["error_end"] < second["projection"]["error_end"]:
