@@ -33,6 +33,17 @@ def lens_coefficients(rms_waves: float, seed: int, first: int = 5, last: int = 1
     return z * rms_waves / np.sqrt((z**2).sum())
 
 
+def misaligned_capture(frame_px: int, leds_per_side: int, seed: int, rms_waves: float = 0.1):
+    """A capture of the fixture bench (central LEDs, smaller frames) with a random misalignment and
+    ``rms_waves`` RMS over Noll 5-15; returns (station, leds, capture, truth, coefficients)."""
+    station = bench_station(frame_px)
+    leds = centre_leds(leds_per_side)
+    truth = draw_misalignment(np.random.default_rng([seed, 1]), n_leds=len(leds))
+    coeffs = lens_coefficients(rms_waves, seed=seed)
+    capture, truth = simulate_capture(station, coeffs, truth, seed=seed, leds=leds)
+    return station, leds, capture, truth, coeffs
+
+
 def simulate_to(folder, station, coeffs, *, seed=0, leds=None, misalignment="random", **kw):
     """Simulate a capture into ``folder``; returns (capture_path, station_path, truth)."""
     folder = Path(folder)

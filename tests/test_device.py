@@ -15,11 +15,10 @@ from metrology.cli import main
 from metrology.errors import InputError
 from metrology.physics import CALIBRATABLE, StationModel
 from metrology.references import reference_transmission
-from metrology.simulate import draw_misalignment, simulate_capture
 from metrology.solver import NoiseModel, default_schedule, reconstruct
 from metrology.solver.device import compute_device, device_label
 from metrology.solver.jacobian import normal_equations
-from tests.sim_cases import bench_station, centre_leds, lens_coefficients
+from tests.sim_cases import misaligned_capture
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="torch sees no CUDA device")
@@ -56,11 +55,7 @@ def test_inspect_with_cuda_but_no_gpu_exits_2_and_writes_nothing(tmp_path, capsy
 
 @pytest.fixture(scope="module")
 def small_case():
-    station = bench_station(32)
-    leds = centre_leds(7)
-    truth = draw_misalignment(np.random.default_rng([5, 1]), n_leds=len(leds))
-    coeffs = lens_coefficients(0.1, seed=5)
-    capture, truth = simulate_capture(station, coeffs, truth, seed=5, leds=leds)
+    station, leds, capture, truth, coeffs = misaligned_capture(32, 7, seed=5)
     g = station.geometry(leds)
     ref = reference_transmission(truth["reference_sample"], station.fov_um, g.object_px, seed=truth["reference_seed"])
     cam = station.camera

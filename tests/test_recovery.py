@@ -15,19 +15,13 @@ import pytest
 
 from metrology.physics import StationModel
 from metrology.references import reference_transmission
-from metrology.simulate import draw_misalignment, simulate_capture
 from metrology.solver import NoiseModel, default_schedule, reconstruct
-from tests.sim_cases import bench_station, centre_leds, lens_coefficients
+from tests.sim_cases import misaligned_capture
 
 
 @pytest.fixture(scope="module")
 def case():
-    station = bench_station(32)
-    leds = centre_leds(11)
-    truth = draw_misalignment(np.random.default_rng([21, 1]), n_leds=len(leds))
-    coeffs = lens_coefficients(0.1, seed=21)
-    capture, truth = simulate_capture(station, coeffs, truth, seed=21, leds=leds)
-    return station, leds, capture, truth, coeffs
+    return misaligned_capture(32, 11, seed=21)
 
 
 def _fit(case, mode):
