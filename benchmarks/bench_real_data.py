@@ -3,11 +3,16 @@
 Run from the repository root (the data live outside the project, ../shared/data/uconn-bloodsmear)::
 
     python benchmarks/bench_real_data.py [--crop 64] [--iterations 25] [--colours red green blue]
+    python benchmarks/bench_real_data.py --cross-check   # + PtyLab and a simulated control (bench extra)
 
 Prints, per colour: the axis-mapping evidence (bright-field set, defocus-shift matrix), the blind
 reconstruction's sample defocus against the dataset's known defocus, the lens Zernikes (Noll 5..K,
 waves and nm) and their differences between colours, the resolution before (bright-field frame)
-and after (reconstruction), and the machine. See docs/real-data.md for what the numbers mean.
+and after (reconstruction), and the machine. ``--cross-check`` adds, per colour, the defocus an
+independent solver (PtyLab 0.3.7, free pixel pupil, several starting defocus values) settles at on
+the same patch, and a control: a simulated capture of this very station with the sample at the
+dataset's known defocus, reconstructed by both solvers. See docs/real-data.md for what the numbers
+mean.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ DATA = ROOT.parent / "shared" / "data" / "uconn-bloodsmear"
 DESCRIPTION = ROOT / "fixtures" / "foreign" / "uconn-bloodsmear.toml"
 COLOURS = ("red", "green", "blue")
 ZERNIKE_TERMS = 15
+CROSS_CHECK_STARTS = (-55.0, -15.0, 10.0, 0.0)  # um; PtyLab's starting pupil defocus (the last is reported)
 
 
 # ------------------------------------------------------------------------------ resolution
@@ -100,8 +106,12 @@ def minimal_upsampling(geometry):
 
 
 def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_leds: int | None = None,
-                       zernike_terms: int = ZERNIKE_TERMS, defocus_start_um: float = 0.0) -> dict:
-    """Blind reconstruction of one colour on the centre ``crop_px`` patch; plain results dict."""
+                       zernike_terms: int = ZERNIKE_TERMS, defocus_start_um: float = 0.0,
+                       hold_defocus_um: float | None = None) -> dict:
+    """Blind reconstruction of one colour on the centre ``crop_px`` patch; plain results dict.
+
+    ``hold_defocus_um``: hold the sample defocus at this value (not fitted) for a misfit profile.
+    """
     from metrology.io.foreign import foreign_noise, load_foreign
     from metrology.physics import StationModel
     from metrology.solver import default_schedule, reconstruct
@@ -114,6 +124,11 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
     with torch.no_grad():
         model.sample.defocus_um.fill_(defocus_start_um)
     schedule = default_schedule("blind", zernike_terms, max_iterations=iterations)
+    if hold_defocus_um is not None:
+        with torch.no_grad():
+            model.sample.defocus_um.fill_(hold_defocus_um)
+        schedule = dataclasses.replace(
+            schedule, parameters=tuple(p for p in schedule.parameters if p.path != "sample.defocus_um"))
     noise = foreign_noise(capture)
     t0 = time.perf_counter()
     res = reconstruct(model, frames, noise, schedule)
@@ -157,6 +172,91 @@ def resolution(result: dict) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ cross-check
+def _adapter():
+    """:mod:`ptylab_adapter` from this folder (needs the ``bench`` extra: ptylab, h5py)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import ptylab_adapter
+
+    return ptylab_adapter
+
+
+def illumination_frequencies(station, leds) -> np.ndarray:
+    """Nominal illumination frequencies ``k_j`` (cycles/um, (J, 2)), refracted through the slide."""
+    from metrology.physics.illumination import Illumination
+
+    with torch.no_grad():
+        return Illumination(station.geometry(leds), dtype=torch.float64).spatial_frequencies().numpy()
+
+
+def ptylab_defocus(station, leds, frames, background_counts: float, exposure=None, start_um: float = 0.0,
+                   iterations: int = 100) -> dict:
+    """PtyLab (qNewton, free pupil, nominal refracted LED positions) from a pupil defocused by
+    ``start_um``; the sample defocus and Noll 5..15 of its final pupil (:func:`fit_defocus_um`)."""
+    import tempfile
+
+    pa = _adapter()
+    encoder = pa.encoder_from_frequencies(illumination_frequencies(station, leds), station.wavelength_nm,
+                                          station.led_distance_mm)
+    with tempfile.TemporaryDirectory(prefix="bench_real_ptylab_") as tmp:
+        h5 = Path(tmp) / "capture.hdf5"
+        pa.write_ptylab_input(h5, station, leds, frames, background_counts, exposure, encoder=encoder)
+        r = pa.run_ptylab(h5, engine="qNewton", iterations=iterations, calibrate=False, initial_defocus_um=start_um)
+    defocus, zernike = pa.fit_defocus_um(r["pupil"], r["df"], station.wavelength_nm * 1e-3, station.na, ZERNIKE_TERMS)
+    return {"start_um": start_um, "defocus_um": defocus, "zernike_waves": zernike, "wall_s": r["wall_s"],
+            "error": r["error"][-1], "settings": r["settings"]}
+
+
+def ptylab_real(colour: str, crop_px: int, starts) -> list[dict]:
+    """PtyLab on the real patch of one colour from each starting defocus."""
+    from metrology.io.foreign import load_foreign
+
+    capture, station = load_foreign(DATA / f"bloodsmear_{colour}.mat", DESCRIPTION, crop_px=crop_px)
+    background = capture.extra["hdr_offset_units"] / capture.extra["hdr_units_per_count"]
+    return [ptylab_defocus(station, capture.leds, capture.frames, background, start_um=z0) for z0 in starts]
+
+
+def control_capture(colour: str, crop_px: int, lens_zernike_waves, seed: int = 1):
+    """A simulated capture of this colour's station (same LEDs, slide, NA, pixel) imaging a
+    phase-and-amplitude reference with the sample at the dataset's known defocus.
+
+    Returns ``(station, leds, capture, truth, known_defocus_um)``.
+    """
+    from metrology.io.foreign import load_foreign
+    from metrology.simulate import simulate_capture
+
+    real, station = load_foreign(DATA / f"bloodsmear_{colour}.mat", DESCRIPTION, crop_px=crop_px)
+    station = station.replace(zernike_terms=ZERNIKE_TERMS)
+    known = real.extra["known_defocus_um_theirs"]
+    capture, truth = simulate_capture(station, lens_zernike_waves, {"sample.defocus_um": known}, seed=seed,
+                                      leds=real.leds, reference="random-broadband")
+    return station, real.leds, capture, truth, known
+
+
+def blind_defocus(station, leds, capture, truth, iterations: int = 25) -> float:
+    """Our blind fit of a simulated capture (the camera's noise model); the sample defocus (um)."""
+    from metrology.physics import StationModel
+    from metrology.solver import NoiseModel, default_schedule, reconstruct
+
+    model = StationModel(minimal_upsampling(station.geometry(leds)), exposure=truth["relative_exposure"],
+                         dtype=torch.float32)
+    cam = station.camera
+    noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)
+    reconstruct(model, capture.frames, noise, default_schedule("blind", ZERNIKE_TERMS, iterations))
+    return float(model.sample.defocus_um.detach())
+
+
+def simulated_control(colour: str, crop_px: int, lens_zernike_waves, iterations: int = 25) -> dict:
+    """:func:`control_capture` reconstructed blind by our solver and by PtyLab: both must return
+    the known defocus if the pipeline can see it on this station."""
+    station, leds, capture, truth, known = control_capture(colour, crop_px, lens_zernike_waves)
+    ours = blind_defocus(station, leds, capture, truth, iterations)
+    theirs = ptylab_defocus(station, leds, capture.frames, station.background_counts, truth["relative_exposure"])
+    return {"known_um": known, "ours_um": ours, "ptylab_um": theirs["defocus_um"]}
+
+
 # ------------------------------------------------------------------------------ evidence
 def mapping_evidence(colour: str) -> dict:
     """Bright-field rank agreement per candidate mapping and the defocus-shift matrix."""
@@ -197,6 +297,8 @@ def main(argv=None) -> int:
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=25)
     ap.add_argument("--colours", nargs="+", default=list(COLOURS))
+    ap.add_argument("--cross-check", action="store_true",
+                    help="also PtyLab on the same patches and a simulated control at the known defocus (bench extra)")
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"data folder {DATA} absent: nothing to benchmark")
@@ -230,7 +332,33 @@ def main(argv=None) -> int:
         for k in range(i + 1, len(cs)):
             d = nm[cs[i]] - nm[cs[k]]
             print(f"  {cs[i]}-{cs[k]}: " + " ".join(f"{x:6.1f}" for x in d) + f"   RMS diff {np.sqrt(np.mean(d**2)):.1f} nm")
+    if args.cross_check:
+        cross_check(results, args.crop, args.iterations)
     return 0
+
+
+def cross_check(results: dict, crop_px: int, iterations: int) -> None:
+    """Print PtyLab's defocus on the real patches and the simulated control, per colour."""
+    print("\nCross-check: PtyLab 0.3.7 (qNewton, 100 iterations, free pupil, nominal refracted LED positions)")
+    print("on the same patches, from several starting defocus values; then a simulated control of each")
+    print("colour's station with the sample at the known defocus (our blind fit and PtyLab).")
+    print("Reduced chi2 of our blind fit with the defocus free / held at the known value / held at PtyLab's.")
+    print("  colour  known   ours   PtyLab from " + " ".join(f"{z:+5.0f}" for z in CROSS_CHECK_STARTS)
+          + "   control: ours  PtyLab   chi2: free  known  PtyLab's")
+    for colour, r in results.items():
+        rows = ptylab_real(colour, crop_px, CROSS_CHECK_STARTS)
+        chi2 = [reconstruct_colour(colour, crop_px, iterations, hold_defocus_um=v)["reduced_chi2"]
+                for v in (r["known_defocus_um"], rows[-1]["defocus_um"])]
+        lens = np.concatenate([[0.0] * 4, r["zernike_waves"][4:]])
+        control = simulated_control(colour, crop_px, lens, iterations)
+        print(f"  {colour:6s} {r['known_defocus_um']:+5.0f} {r['defocus_um']:+6.1f}               "
+              + " ".join(f"{row['defocus_um']:+5.1f}" for row in rows)
+              + f"   {control['ours_um']:+12.1f} {control['ptylab_um']:+7.1f}"
+              + f"   {r['reduced_chi2']:11.2f} {chi2[0]:6.2f} {chi2[1]:6.2f}")
+        z = rows[-1]["zernike_waves"] * r["wavelength_nm"]
+        d = z - r["zernike_waves"][4:ZERNIKE_TERMS] * r["wavelength_nm"]
+        print(f"  {colour:6s} PtyLab Noll 5..{ZERNIKE_TERMS} (nm, from 0 um): " + " ".join(f"{x:5.1f}" for x in z)
+              + f"   RMS diff to ours {np.sqrt(np.mean(d**2)):.1f} nm ({rows[-1]['wall_s']:.0f} s per PtyLab run)")
 
 
 if __name__ == "__main__":

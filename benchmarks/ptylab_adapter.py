@@ -40,7 +40,80 @@ def nominal_led_xy_mm(station, leds) -> np.ndarray:
     return np.stack([x, y], axis=-1)
 
 
-def write_ptylab_input(path, station, leds, frames, background_counts: float, exposure=None) -> None:
+def encoder_from_frequencies(k_cyc_per_um: np.ndarray, wavelength_nm: float, zled_mm: float) -> np.ndarray:
+    """PtyLab ``encoder`` (J, 2; rows first, m) that reproduces given illumination frequencies.
+
+    PtyLab takes the illumination sine from a straight line, ``s = e / sqrt(|e|^2 + zled^2)``;
+    ``e = s zled / sqrt(1 - |s|^2)`` inverts it, so a station with a refracting slide (our
+    :class:`metrology.physics.illumination.Illumination` solves the refracted ray) is passed to
+    PtyLab with the same ``k_j``.
+
+    Parameters
+    ----------
+    k_cyc_per_um : ndarray, shape (J, 2)
+        Illumination spatial frequencies ``(kx, ky)`` (cycles/um).
+    wavelength_nm : float
+    zled_mm : float
+        The LED distance written as ``zled``.
+    """
+    s = np.asarray(k_cyc_per_um, dtype=np.float64) * wavelength_nm * 1e-3
+    e_xy = s * zled_mm * 1e-3 / np.sqrt(1.0 - np.sum(s**2, axis=-1, keepdims=True))
+    return np.stack([e_xy[:, 1], e_xy[:, 0]], axis=-1)
+
+
+def defocus_phase_rad(n: int, df: float, wavelength_um: float, defocus_um: float) -> np.ndarray:
+    """Our sample-defocus phase ``2 pi z (k_z - k)`` on a centred ``(n, n)`` grid (radians).
+
+    Same expression as :meth:`metrology.physics.pupil.Pupil.forward` (sign: see
+    :mod:`metrology.conventions`); ``df`` is the grid step (cycles/um). Point-symmetric, so it is
+    the same array in PtyLab's point-reflected frame up to the one-pixel offset of even ``n``.
+    """
+    u = (np.arange(n) - n // 2) * df
+    f2 = u[None, :] ** 2 + u[:, None] ** 2
+    inv = 1.0 / wavelength_um
+    return 2 * np.pi * defocus_um * (-f2 / (np.sqrt(np.clip(inv**2 - f2, 1e-12, None)) + inv))
+
+
+def fit_defocus_um(pupil: np.ndarray, df: float, wavelength_um: float, na: float, n_terms: int = 15,
+                   inner: float = 0.9):
+    """Sample defocus and Noll 5..``n_terms`` of a free pupil map in our frame.
+
+    Fits ``piston + tilt + defocus_phase_rad(z) + 2 pi sum c_j Z_j`` to the phase of ``pupil``
+    inside ``inner`` x the pupil radius, weighted by ``|P|^2``, iterating on the wrapped residual
+    (no phase unwrapping needed while each step is below pi).
+
+    Returns
+    -------
+    defocus_um : float
+    zernike_waves : ndarray, shape (n_terms - 4,)
+        Noll 5..``n_terms`` (waves).
+    """
+    from metrology.physics.zernike import evaluate_numpy
+
+    p = np.asarray(pupil)
+    n = p.shape[0]
+    u = (np.arange(n) - n // 2) * df / (na / wavelength_um)
+    x, y = np.meshgrid(u, u)
+    inside = x**2 + y**2 < inner**2
+    basis = [np.ones_like(x), x, y, defocus_phase_rad(n, df, wavelength_um, 1.0)]
+    for j in range(5, n_terms + 1):
+        unit = np.zeros(j)
+        unit[j - 1] = 1.0
+        basis.append(2 * np.pi * evaluate_numpy(unit, x, y))
+    a = np.stack([b[inside] for b in basis], axis=-1)
+    w = np.abs(p[inside])
+    coef = np.zeros(a.shape[1])
+    for _ in range(50):
+        r = np.angle(p[inside] * np.exp(-1j * (a @ coef)))
+        step = np.linalg.lstsq(a * w[:, None], r * w, rcond=None)[0]
+        coef += step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return float(coef[3]), coef[4:].copy()  # the basis carries the 2 pi: coefficients in waves
+
+
+def write_ptylab_input(path, station, leds, frames, background_counts: float, exposure=None,
+                       encoder=None) -> None:
     """Write a capture as PtyLab FPM input (HDF5, see the module docstring).
 
     Parameters
@@ -56,6 +129,9 @@ def write_ptylab_input(path, station, leds, frames, background_counts: float, ex
         Camera background subtracted from every frame (counts).
     exposure : ndarray (J,), optional
         Relative exposure of each frame (frames are divided by it).
+    encoder : ndarray (J, 2), optional
+        LED positions to write (rows first, m; e.g. :func:`encoder_from_frequencies`); default
+        the nominal board (:func:`nominal_led_xy_mm`, straight line, no slide).
     """
     import h5py
 
@@ -64,8 +140,9 @@ def write_ptylab_input(path, station, leds, frames, background_counts: float, ex
     if exposure is not None:
         data = data / np.asarray(exposure, dtype=np.float64)[:, None, None]
     data = np.fft.fftshift(data, axes=(-2, -1)).astype(np.float32)
-    xy = nominal_led_xy_mm(station, leds)
-    encoder = np.stack([xy[:, 1], xy[:, 0]], axis=-1) * 1e-3  # rows first (y, x), m
+    if encoder is None:
+        xy = nominal_led_xy_mm(station, leds)
+        encoder = np.stack([xy[:, 1], xy[:, 0]], axis=-1) * 1e-3  # rows first (y, x), m
     with h5py.File(str(path), "w") as f:
         f.create_dataset("ptychogram", data=data)
         f.create_dataset("wavelength", data=station.wavelength_nm * 1e-9)
@@ -95,7 +172,7 @@ def encoder_to_xy_mm(encoder: np.ndarray) -> np.ndarray:
 def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate: bool = True,
                calibration_mode: str = "SimilarityTransform", calibrate_radius: bool = False,
                position_correction: bool = False, adaptive_denoising: bool = True, seed: int = 0,
-               quiet: bool = True, gpu: bool = False) -> dict:
+               quiet: bool = True, gpu: bool = False, initial_defocus_um: float = 0.0) -> dict:
     """Calibrate the LED positions (optional) and reconstruct with one PtyLab engine.
 
     Parameters
@@ -123,6 +200,9 @@ def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate
         Swallow PtyLab's prints and progress bars.
     gpu : bool
         ``params.gpuSwitch`` (PtyLab on CuPy; needs a CUDA GPU and cupy).
+    initial_defocus_um : float
+        Sample defocus put into the initial (circular) pupil, our convention
+        (:func:`defocus_phase_rad`); the engines then update the pupil freely.
 
     Returns
     -------
@@ -131,7 +211,7 @@ def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate
         corrected LED positions used by the engine, ``led_xy_calibrated_mm`` after the
         calibration only, ``wall_s`` (calibration + reconstruction), ``calibration_s``,
         ``error`` (PtyLab's error metric per iteration), ``na`` (NA after calibration),
-        ``settings`` (dict).
+        ``settings`` (dict), ``df`` (the pupil grid step, cycles/um).
     """
     import PtyLab
     from PtyLab import Engines
@@ -146,7 +226,7 @@ def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate
         "calibration_mode": calibration_mode if calibrate else None, "calibrate_radius": calibrate_radius,
         "position_correction": position_correction, "adaptive_denoising": adaptive_denoising,
         "positionOrder": "NA", "probeBoundary": True, "initialProbe": "circ", "initialObject": "upsampled",
-        "gpu": bool(gpu),
+        "gpu": bool(gpu), "initial_defocus_um": float(initial_defocus_um),
     }
     with ctx:
         t0 = time.perf_counter()
@@ -165,6 +245,10 @@ def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate
         recon.initialProbe = "circ"
         recon.initialObject = "upsampled"
         recon.initializeObjectProbe()
+        df = 1.0 / (recon.Np * recon.dxo * 1e6)
+        if initial_defocus_um:
+            phase = defocus_phase_rad(recon.Np, df, float(recon.wavelength) * 1e6, initial_defocus_um)
+            recon.probe = np.asarray(recon.probe) * np.exp(1j * pupil_in_our_frame(phase))
         params.gpuSwitch = bool(gpu)
         if bool(gpu) and not params.gpuSwitch:
             raise RuntimeError("PtyLab refused the GPU (no cupy or no CUDA device)")
@@ -196,4 +280,5 @@ def run_ptylab(path, *, engine: str = "qNewton", iterations: int = 50, calibrate
         "error": [float(e) for e in np.asarray(recon.error).ravel()],
         "na": float(recon.NA),
         "settings": settings,
+        "df": df,
     }

@@ -122,8 +122,9 @@ def quick_fits():
 def test_quick_blind_red_defocus_sign_and_size(quick_fits):
     bench, fits = quick_fits
     r = fits["red"]
-    # the data put the red sample 35 +/- 4 um above focus (ours: negative), the dataset says 55 um
-    # (see docs/real-data.md): check the sign and the size the data support
+    # the data put the red sample 25-35 um above focus (ours -35, PtyLab -25 from any start; both
+    # return -55 on a simulated control at -55), the dataset says 55 um (docs/real-data.md): check
+    # the sign and the size the data support
     assert r["defocus_um"] < 0
     assert -42 < r["defocus_um"] < -28
     res = bench.resolution(r)
@@ -133,19 +134,36 @@ def test_quick_blind_red_defocus_sign_and_size(quick_fits):
 @needs_data
 @pytest.mark.slow
 def test_quick_blind_green_defocus_sign_and_size(quick_fits):
-    """Green: stated +10 um; tolerance a fifth of the depth of field (lambda / NA^2 = 53 um)."""
+    """Green: stated +10 um; tolerance +/-10 um, the largest difference between two independent
+    solvers on these captures (ours and PtyLab, docs/real-data.md), neither biased on a simulated
+    control (0.2 um)."""
     _, fits = quick_fits
-    assert 0 < fits["green"]["defocus_um"] < 10 + 53 / 5
+    assert 0 < fits["green"]["defocus_um"] < 20
 
 
 @needs_data
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue 7): blue's stated defocus is -15 um; our blind fit gives about +3 um and the "
-    "data prefer it within our model (docs/real-data.md); remove this marker when the sign agrees"))
+    "known gap (issue 7): blue's stated defocus is -15 um; our blind fit gives about +3 um, PtyLab "
+    "+6 um from any start, and both return -15 on a simulated control at -15 (docs/real-data.md); "
+    "remove this marker when the sign agrees"))
 def test_quick_blind_blue_defocus_sign(quick_fits):
     _, fits = quick_fits
     assert fits["blue"]["defocus_um"] < 0
+
+
+@needs_data
+@pytest.mark.slow
+def test_pipeline_sees_blues_stated_defocus_on_a_simulated_control():
+    """Control for the gap above: a simulated capture of blue's station (same LEDs, slide, NA,
+    pixel; 32-px patch) with the sample at the stated -15 um is recovered at -15 um by the same
+    blind pipeline, so the +3 um on the real data is what the data hold, not a blind spot of the
+    solver or of the reader's geometry. Tolerance 1.5 um (a tenth of the stated value; the
+    benchmark's 64-px control and PtyLab both land within 0.2 um)."""
+    bench = _bench()
+    station, leds, capture, truth, known = bench.control_capture("blue", 32, np.zeros(15))
+    assert known == pytest.approx(-15.0)
+    assert bench.blind_defocus(station, leds, capture, truth, iterations=5) == pytest.approx(-15.0, abs=1.5)
 
 
 @needs_data
