@@ -218,6 +218,31 @@ def ptylab_real(colour: str, crop_px: int, starts) -> list[dict]:
     return [ptylab_defocus(station, capture.leds, capture.frames, background, start_um=z0) for z0 in starts]
 
 
+def description_variants(station) -> dict:
+    """Other readings of the dataset description (offset sign and axis, the 90.88 mm without the
+    slide, no slide, the NA the bright-field set suggests for blue): does any move the defocus?"""
+    x, y = station.tile_center_mm
+    return {
+        "offset y flipped": station.replace(tile_center_mm=(x, -y)),
+        "offset zero": station.replace(tile_center_mm=(0.0, 0.0)),
+        "offset on the other axis": station.replace(tile_center_mm=(y, x)),
+        "distance 90.88 mm": station.replace(led_distance_mm=90.88),
+        "no slide": station.replace(slide_thickness_mm=0.0),
+        "NA 0.104": station.replace(na=0.104),
+    }
+
+
+def ptylab_variants(colour: str, crop_px: int) -> dict:
+    """PtyLab's defocus (started at the known value) for each :func:`description_variants`."""
+    from metrology.io.foreign import load_foreign
+
+    capture, station = load_foreign(DATA / f"bloodsmear_{colour}.mat", DESCRIPTION, crop_px=crop_px)
+    background = capture.extra["hdr_offset_units"] / capture.extra["hdr_units_per_count"]
+    start = capture.extra["known_defocus_um_theirs"]
+    return {name: ptylab_defocus(v, capture.leds, capture.frames, background, start_um=start)["defocus_um"]
+            for name, v in description_variants(station).items()}
+
+
 def control_capture(colour: str, crop_px: int, lens_zernike_waves, seed: int = 1):
     """A simulated capture of this colour's station (same LEDs, slide, NA, pixel) imaging a
     phase-and-amplitude reference with the sample at the dataset's known defocus.
@@ -359,6 +384,9 @@ def cross_check(results: dict, crop_px: int, iterations: int) -> None:
         d = z - r["zernike_waves"][4:ZERNIKE_TERMS] * r["wavelength_nm"]
         print(f"  {colour:6s} PtyLab Noll 5..{ZERNIKE_TERMS} (nm, from 0 um): " + " ".join(f"{x:5.1f}" for x in z)
               + f"   RMS diff to ours {np.sqrt(np.mean(d**2)):.1f} nm ({rows[-1]['wall_s']:.0f} s per PtyLab run)")
+        variants = ptylab_variants(colour, crop_px)
+        print(f"  {colour:6s} PtyLab under other readings of the description: "
+              + ", ".join(f"{k} {v:+.1f}" for k, v in variants.items()))
 
 
 if __name__ == "__main__":
