@@ -153,6 +153,7 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
         "init": "sqrt of the mean bright-field frame, then alternating projections",
         "station_state": model.station_state(),
         "n_leds": len(leds),
+        "at_bounds": list(res.at_bounds),
     }
 
 
@@ -347,6 +348,7 @@ def main(argv=None) -> int:
               f"(NA/lambda = {0.1 / (r['wavelength_nm'] * 1e-3):.3f})")
         print(f"  edge width (10-90 %): bright field {res['edge_before_um']:.2f} um -> reconstruction {res['edge_after_um']:.2f} um")
         print(f"  station: {r['station_state']}")
+        print(f"  on a search bound: {len(r['at_bounds'])} ({', '.join(r['at_bounds'][:4])}{' ...' if len(r['at_bounds']) > 4 else ''})")
     print("\nLens Zernikes (Noll 5..%d; defocus, tilt, piston removed), nm of OPD:" % ZERNIKE_TERMS)
     nm = {c: r["zernike_waves"][4:] * r["wavelength_nm"] for c, r in results.items()}
     print("  Noll " + " ".join(f"{j:>6d}" for j in range(5, ZERNIKE_TERMS + 1)))

@@ -74,6 +74,7 @@ class SolverReport:
     frame_residuals: np.ndarray  # (J,) RMS residual per frame / noise sigma
     message: str = ""
     wall_time_s: float = 0.0
+    at_bounds: list = field(default_factory=list)  # fitted elements that ended on a search bound
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pytest
 from metrology.physics import StationModel
 from metrology.references import reference_transmission
 from metrology.solver import NoiseModel, default_schedule, reconstruct
+from metrology.solver.schedule import parameters_at_bounds
 from tests.sim_cases import misaligned_capture
 
 
@@ -46,6 +47,7 @@ def test_known_mode_recovers_lens_and_misalignment(case):
     station, leds, capture, truth, coeffs = case
     model, result = _fit(case, "known")
     assert result.converged and result.reduced_chi2 < 1.2
+    assert result.at_bounds == []  # a fit inside its basin leaves every parameter off its bounds
     assert _lens_error(model, coeffs) < 0.003
     state = model.station_state()
     shift = np.asarray(state["illumination.shift_mm"]) - np.asarray(truth["illumination.shift_mm"])
@@ -75,3 +77,23 @@ def test_frozen_misalignment_leaks_into_the_lens(case):
         "illumination.shift_mm", "illumination.rotation_deg", "illumination.distance_error_mm", "illumination.tilt_deg")
     reconstruct(model, capture.frames, noise, schedule, initialise_geometry=False)
     assert _lens_error(model, coeffs) > 0.005
+
+
+def test_parameters_at_bounds_names_the_pinned_elements(case):
+    """Elements on a bound of their spec are named (``path`` or ``path[i]``); interior values and
+    parameters the schedule does not free are not."""
+    import torch
+
+    station, leds, _, _, _ = case
+    model = StationModel(station.geometry(leds))
+    schedule = default_schedule("known", model.geometry.zernike_terms)
+    assert parameters_at_bounds(model, schedule) == []
+    with torch.no_grad():
+        model.illumination.shift_mm[1] = 3.0  # the upper bound
+        model.illumination.rotation_deg.fill_(-10.0)  # the lower bound
+        model.illumination.brightness[4] = 10.0
+        model.pupil.zernike_waves[6] = -2.0
+        model.pupil.zernike_waves[1] = 2.0  # Noll 2: held by the schedule, not reported
+    assert parameters_at_bounds(model, schedule) == [
+        "illumination.shift_mm[1]", "illumination.rotation_deg", "illumination.brightness[4]", "pupil.zernike_waves[6]"]
+

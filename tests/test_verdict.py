@@ -30,7 +30,7 @@ def _measurement(c, u=0.002, **kw):
     cov = np.diag(np.r_[np.zeros(4), np.full(k - 4, u**2)])
     solver = SolverReport(mode="lens", loss_name="amplitude", iterations=100, converged=kw.pop("converged", True),
                           final_loss=1.0, history=[], reduced_chi2=kw.pop("chi2", 1.1),
-                          frame_residuals=np.ones(5))
+                          frame_residuals=np.ones(5), at_bounds=kw.pop("at_bounds", []))
     quality = DataQuality(saturated_fraction=kw.pop("saturated", 0.0), blank_frames=kw.pop("blank", []),
                           flags=kw.pop("flags", []))
     ident = Identifiability(names=[], correlation=np.eye(2), condition_number=kw.pop("cond", 100.0),
@@ -115,6 +115,8 @@ def test_marginal_lens_is_inconclusive(spec):
         (dict(dx=3.0), "shift_mm"),
         (dict(wavelength_nm=530.0), "wavelength"),
         (dict(na=0.12), "NA"),
+        (dict(at_bounds=["illumination.shift_mm[0]"]), "search bounds"),
+        (dict(at_bounds=["pupil.zernike_waves[7]", "illumination.brightness[2]"]), "pupil.zernike_waves[7]"),
     ],
 )
 @pytest.mark.parametrize("lens", ["good", "bad"])
@@ -141,6 +143,15 @@ def test_warnings_do_not_block(spec):
                      unidentifiable=["illumination.brightness[3]", "pupil.zernike_waves[0]"])
     v = judge(m, spec, n_draws=200)
     assert v.overall == "PASS" and v.warnings
+
+
+def test_led_brightness_on_a_bound_is_a_warning(spec):
+    """Per-LED brightness (a nuisance parameter) on its bound is stated but does not block; the
+    list is shortened after eight LEDs."""
+    m = _measurement(_lens_coeffs("good"), at_bounds=[f"illumination.brightness[{i}]" for i in range(10)])
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "PASS" and v.valid
+    assert any("10 LED brightness" in w and "and 2 more" in w for w in v.warnings), v.warnings
 
 
 def test_unmeasured_term_is_inconclusive(spec):

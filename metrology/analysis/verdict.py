@@ -129,6 +129,15 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     sol = measurement.solver
     if not sol.converged:
         blocking.append(f"solver did not converge ({sol.message or 'no message'})")
+    pinned = list(getattr(sol, "at_bounds", None) or [])
+    leds = [n for n in pinned if n.startswith("illumination.brightness")]
+    others = [n for n in pinned if n not in leds]
+    if others:
+        blocking.append("fitted parameters ended on their search bounds (the best fit lies outside the "
+                        "allowed range; their uncertainties do not hold): " + ", ".join(others))
+    if leds:
+        shown = ", ".join(leds[:8]) + (f" and {len(leds) - 8} more" if len(leds) > 8 else "")
+        warnings.append(f"{len(leds)} LED brightness value(s) ended on a search bound: {shown}")
     chi2 = float(sol.reduced_chi2)
     if not math.isfinite(chi2) or chi2 > v.max_reduced_chi2:
         blocking.append(f"fit residual too large: reduced chi2 {chi2:.3g} > {v.max_reduced_chi2:g}")

@@ -24,7 +24,7 @@ from metrology.solver.jacobian import columns_for, normal_equations, psd_inverse
 from metrology.solver.losses import LOSSES, chi_square, total_variation
 from metrology.solver.projection import basis_mask, initialise_pupil
 from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
-from metrology.solver.schedule import Schedule
+from metrology.solver.schedule import Schedule, parameters_at_bounds
 
 
 @dataclass
@@ -50,6 +50,7 @@ class FitResult:
     columns: object = None  # metrology.solver.jacobian.Columns naming the rows of jtj
     jackknife: list | None = None  # per LED group (J_g^T J_g, J_g^T r_g) at the solution
     device: str = "cpu"  # where the fit ran (metrology.solver.device.device_label)
+    at_bounds: list = field(default_factory=list)  # free elements that ended on a bound (schedule.parameters_at_bounds)
 
     @property
     def reduced_chi2(self) -> float:
@@ -419,6 +420,7 @@ def reconstruct(
         # the uncertainty analysis runs on the CPU in float64, whatever device fitted
         jtj=None if jtj is None else jtj.cpu(), columns=cols_all, device=device_label(data.device),
         jackknife=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group],
+        at_bounds=parameters_at_bounds(model, schedule),
     )
 
 

@@ -202,3 +202,37 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         bootstrap_na_factor=None,  # the projections now start the fit inside the basin (faster, as accurate)
         projection_iterations=PROJECTION_ITERATIONS[mode],
     )
+
+
+def parameters_at_bounds(model, schedule: Schedule, rtol: float = 1e-6) -> list[str]:
+    """Free parameter elements that ended on a bound of their :class:`ParameterSpec`.
+
+    A value on its bound is where the projection stopped the fit, not an optimum: the best fit
+    lies outside the allowed range and the parameter's uncertainty (and its correlations) do not
+    hold there.
+
+    Parameters
+    ----------
+    model : StationModel
+    schedule : Schedule
+    rtol : float
+        A value within ``rtol * max(1, |bound|)`` of a bound counts as on it.
+
+    Returns
+    -------
+    list of str
+        ``path`` for a scalar, ``path[i]`` for element ``i`` (flat index), in schedule order.
+    """
+    out = []
+    for spec in schedule.parameters:
+        if spec.bounds is None:
+            continue
+        flat = model.parameter(spec.path).detach().flatten().double().cpu()
+        lo, hi = (float(b) for b in spec.bounds)
+        indices = range(flat.numel()) if spec.indices is None else spec.indices
+        for i in indices:
+            v = float(flat[i])
+            if v <= lo + rtol * max(1.0, abs(lo)) or v >= hi - rtol * max(1.0, abs(hi)):
+                out.append(spec.path if flat.numel() == 1 else f"{spec.path}[{i}]")
+    return out
+

@@ -151,6 +151,7 @@ def measurement_from_fit(fit) -> Measurement:
         frame_residuals=fit.frame_residuals,
         message=fit.message,
         wall_time_s=fit.wall_time_s,
+        at_bounds=list(fit.at_bounds),
     )
     ident = identifiability(names, cf, fit.jtj)
     for j in ALIGNMENT_NOLL:
