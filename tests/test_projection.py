@@ -123,3 +123,26 @@ def test_observed_estimates_converge_and_do_not_change_the_result():
     assert all(s.shape == (10,) and torch.isfinite(s).all() for s in seen)
     errors = [_rms_5_up(s.numpy(), z) for s in seen]
     assert min(errors) < 0.03 < errors[0]  # from the first estimate to a good one
+
+
+def test_unknown_object_starts_dark_field_leds_at_nominal_brightness():
+    """With an unknown object the smooth start predicts no dark-field light, so the frame ratio says
+    nothing there: dark-field LEDs start at 1, bright-field LEDs from the ratio (as with a known
+    object, where every LED takes its ratio)."""
+    g, obj, z, data = _strong_case(seed=3)
+    mask = torch.ones_like(data)
+    known, blind = _model(g, obj), _model(g)
+    with torch.no_grad():
+        j = int(torch.argmin(blind.illumination.illumination_na()))
+    data = data.clone()
+    data[j] *= 1.3  # the on-axis LED 30 % brighter
+    initialise_intensity(known, data, 0.0, mask)
+    initialise_intensity(blind, data, 0.0, mask, object_known=False)
+    bf = blind.bright_field()
+    assert bf.any() and (~bf).any()
+    b_blind = blind.illumination.brightness.detach()
+    assert torch.all(b_blind[~bf] == 1.0)
+    assert float(b_blind[j] / torch.median(b_blind[bf])) == pytest.approx(1.3, rel=0.05)
+    b_known = known.illumination.brightness.detach()
+    assert torch.allclose(b_known[~bf], torch.ones_like(b_known[~bf]), rtol=0.05)  # true object: ratio ~1
+

@@ -144,12 +144,14 @@ def test_quick_blind_green_defocus_sign_and_size(quick_fits):
 @needs_data
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue 7): blue's stated defocus is -15 um; our blind fit gives about +3 um, PtyLab "
+    "known gap (issue 7): blue's stated defocus is -15 um; our blind fit gives 0 to +3 um, PtyLab "
     "+6 um from any start, and both return -15 on a simulated control at -15 (docs/real-data.md); "
-    "remove this marker when the sign agrees"))
-def test_quick_blind_blue_defocus_sign(quick_fits):
+    "remove this marker when the fit lands within the tolerance of the stated value"))
+def test_quick_blind_blue_defocus_sign_and_size(quick_fits):
+    """Blue: stated -15 um, tolerance +/-10 um as for green (sign and size together: the quick fit
+    lands near 0, where a test of the sign alone would be a coin toss)."""
     _, fits = quick_fits
-    assert fits["blue"]["defocus_um"] < 0
+    assert -25 < fits["blue"]["defocus_um"] < -5
 
 
 @needs_data

@@ -250,7 +250,7 @@ def initialise(model: StationModel, data, mask, background, mode: str, ranges=No
         summary["geometry_search"] = initialise_blind_geometry(model, data, background)
     if mode in ("known", "prior") and search_geometry:
         summary["geometry_search"] = search_geometry_known(model, data, background, ranges)
-    init_mod.initialise_intensity(model, data, background, mask)
+    init_mod.initialise_intensity(model, data, background, mask, object_known=mode != "blind")
     if mode in ("known", "prior"):
         with torch.no_grad():
             k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1)
