@@ -58,10 +58,12 @@ def test_known_mode_recovers_lens_and_misalignment(case):
 
 
 def test_blind_mode_recovers_the_lens(case):
-    """Unknown sample: the lens within 0.01 waves RMS (Noll 5-15)."""
+    """Unknown sample: the lens within 0.004 waves RMS (Noll 5-15; 0.0012 seen, 0.0030 before the
+    dark-field LEDs started at their nominal brightness), no parameter on a bound."""
     _, _, _, _, coeffs = case
     model, result = _fit(case, "blind")
-    assert _lens_error(model, coeffs) < 0.01
+    assert _lens_error(model, coeffs) < 0.004
+    assert result.at_bounds == []
 
 
 def test_frozen_misalignment_leaks_into_the_lens(case):
