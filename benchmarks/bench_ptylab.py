@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import ptylab_adapter as pa  # noqa: E402  (numpy only; PtyLab and h5py are imported when a run starts)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 STATION_FILE = ROOT / "fixtures" / "stations" / "bench-4x-15x15.toml"
@@ -225,16 +228,6 @@ def time_to_reach(trace, target: float):
     return None
 
 
-def _adapter():
-    """Import :mod:`ptylab_adapter` from this folder (benchmarks/ is not a package)."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import ptylab_adapter
-
-    return ptylab_adapter
-
-
 def check_metric(iterations: int = 200, log=print) -> float:
     """PtyLab on a noise-free, aligned 11x11 / 64 px capture: the pupil error must become small.
 
@@ -242,7 +235,6 @@ def check_metric(iterations: int = 200, log=print) -> float:
     """
     from metrology.simulate import simulate_capture
 
-    pa = _adapter()
     station, leds, _, truth = make_case(STATION_FILE, 11, 64, 0)
     capture, truth = simulate_capture(station, truth["pupil.zernike_waves"], {}, leds=leds, noise=False)
     metric = PupilMetric(station, truth["pupil.zernike_waves"], station.zernike_terms)
@@ -280,7 +272,6 @@ def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, mo
              max_iterations=None, device: str = "cpu", ptylab_runs: str = "all"):
     from metrology.solver.quality import estimate_background
 
-    pa = _adapter()
     t = time.perf_counter()
     station, leds, capture, truth = make_case(STATION_FILE, leds_per_side, frame_px, seed)
     log(f"[{name}] simulated {len(leds)} frames of {frame_px} px in {time.perf_counter() - t:.1f} s")

@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+import ptylab_adapter as pa  # noqa: E402  (numpy only; PtyLab and h5py are imported when a run starts)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "uconn-bloodsmear"
 DESCRIPTION = ROOT / "fixtures" / "foreign" / "uconn-bloodsmear.toml"
@@ -112,29 +115,26 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
 
     ``hold_defocus_um``: hold the sample defocus at this value (not fitted) for a misfit profile.
     """
-    from metrology.io.foreign import foreign_noise, load_foreign
+    from metrology.io.foreign import foreign_noise
     from metrology.physics import StationModel
     from metrology.solver import default_schedule, reconstruct
 
-    capture, station = load_foreign(DATA / f"bloodsmear_{colour}.mat", DESCRIPTION, crop_px=crop_px)
+    capture, station, background = real_patch(colour, crop_px)
     leds = capture.leds if n_leds is None else capture.leds[:n_leds]
     frames = capture.frames[: len(leds)]
     geometry = minimal_upsampling(station.replace(zernike_terms=zernike_terms).geometry(leds))
     model = StationModel(geometry)
     with torch.no_grad():
-        model.sample.defocus_um.fill_(defocus_start_um)
+        model.sample.defocus_um.fill_(defocus_start_um if hold_defocus_um is None else hold_defocus_um)
     schedule = default_schedule("blind", zernike_terms, max_iterations=iterations)
     if hold_defocus_um is not None:
-        with torch.no_grad():
-            model.sample.defocus_um.fill_(hold_defocus_um)
-        schedule = dataclasses.replace(
-            schedule, parameters=tuple(p for p in schedule.parameters if p.path != "sample.defocus_um"))
+        schedule = schedule.without("sample.defocus_um")
     noise = foreign_noise(capture)
     t0 = time.perf_counter()
     res = reconstruct(model, frames, noise, schedule)
     wall = time.perf_counter() - t0
     t = model.sample.transmission().detach().cpu().numpy()
-    bf_amp = np.sqrt(np.clip(frames[0] - capture.extra["hdr_offset_units"] / capture.extra["hdr_units_per_count"], 0, None))
+    bf_amp = np.sqrt(np.clip(frames[0] - background, 0, None))
     return {
         "colour": colour,
         "wavelength_nm": station.wavelength_nm,
@@ -174,16 +174,6 @@ def resolution(result: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------ cross-check
-def _adapter():
-    """:mod:`ptylab_adapter` from this folder (needs the ``bench`` extra: ptylab, h5py)."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import ptylab_adapter
-
-    return ptylab_adapter
-
-
 def illumination_frequencies(station, leds) -> np.ndarray:
     """Nominal illumination frequencies ``k_j`` (cycles/um, (J, 2)), refracted through the slide."""
     from metrology.physics.illumination import Illumination
@@ -198,7 +188,6 @@ def ptylab_defocus(station, leds, frames, background_counts: float, exposure=Non
     ``start_um``; the sample defocus and Noll 5..15 of its final pupil (:func:`fit_defocus_um`)."""
     import tempfile
 
-    pa = _adapter()
     encoder = pa.encoder_from_frequencies(illumination_frequencies(station, leds), station.wavelength_nm,
                                           station.led_distance_mm)
     with tempfile.TemporaryDirectory(prefix="bench_real_ptylab_") as tmp:
@@ -210,12 +199,17 @@ def ptylab_defocus(station, leds, frames, background_counts: float, exposure=Non
             "error": r["error"][-1], "settings": r["settings"]}
 
 
-def ptylab_real(colour: str, crop_px: int, starts) -> list[dict]:
-    """PtyLab on the real patch of one colour from each starting defocus."""
+def real_patch(colour: str, crop_px: int):
+    """The real capture of one colour (centre patch), its station and its HDR background (counts)."""
     from metrology.io.foreign import load_foreign
 
     capture, station = load_foreign(DATA / f"bloodsmear_{colour}.mat", DESCRIPTION, crop_px=crop_px)
-    background = capture.extra["hdr_offset_units"] / capture.extra["hdr_units_per_count"]
+    return capture, station, capture.extra["hdr_offset_units"] / capture.extra["hdr_units_per_count"]
+
+
+def ptylab_real(colour: str, crop_px: int, starts) -> list[dict]:
+    """PtyLab on the real patch of one colour from each starting defocus."""
+    capture, station, background = real_patch(colour, crop_px)
     return [ptylab_defocus(station, capture.leds, capture.frames, background, start_um=z0) for z0 in starts]
 
 
@@ -235,10 +229,7 @@ def description_variants(station) -> dict:
 
 def ptylab_variants(colour: str, crop_px: int) -> dict:
     """PtyLab's defocus (started at the known value) for each :func:`description_variants`."""
-    from metrology.io.foreign import load_foreign
-
-    capture, station = load_foreign(DATA / f"bloodsmear_{colour}.mat", DESCRIPTION, crop_px=crop_px)
-    background = capture.extra["hdr_offset_units"] / capture.extra["hdr_units_per_count"]
+    capture, station, background = real_patch(colour, crop_px)
     start = capture.extra["known_defocus_um_theirs"]
     return {name: ptylab_defocus(v, capture.leds, capture.frames, background, start_um=start)["defocus_um"]
             for name, v in description_variants(station).items()}

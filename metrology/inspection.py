@@ -138,7 +138,7 @@ def build_document(loaded, fit, measurement, verdict, status, figures, timings, 
             "reduced_chi2": _finite(measurement.solver.reduced_chi2, -1.0),
             "history": [_finite(h, -1.0) for h in measurement.solver.history],
             "message": measurement.solver.message,
-            "at_bounds": [str(n) for n in getattr(measurement.solver, "at_bounds", [])],
+            "at_bounds": [str(n) for n in measurement.solver.at_bounds],
         },
         "verdict": {
             "overall": verdict.overall,

@@ -98,4 +98,3 @@ def test_parameters_at_bounds_names_the_pinned_elements(case):
         model.pupil.zernike_waves[1] = 2.0  # Noll 2: held by the schedule, not reported
     assert parameters_at_bounds(model, schedule) == [
         "illumination.shift_mm[1]", "illumination.rotation_deg", "illumination.brightness[4]", "pupil.zernike_waves[6]"]
-

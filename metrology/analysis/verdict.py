@@ -129,7 +129,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     sol = measurement.solver
     if not sol.converged:
         blocking.append(f"solver did not converge ({sol.message or 'no message'})")
-    pinned = list(getattr(sol, "at_bounds", None) or [])
+    pinned = list(sol.at_bounds)
     leds = [n for n in pinned if n.startswith("illumination.brightness")]
     others = [n for n in pinned if n not in leds]
     if others:

@@ -221,18 +221,20 @@ def parameters_at_bounds(model, schedule: Schedule, rtol: float = 1e-6) -> list[
     Returns
     -------
     list of str
-        ``path`` for a scalar, ``path[i]`` for element ``i`` (flat index), in schedule order.
+        The elements' Jacobian column names (``path`` or ``path[i]``,
+        :func:`metrology.solver.jacobian.columns_for`), in schedule order.
     """
-    out = []
-    for spec in schedule.parameters:
-        if spec.bounds is None:
-            continue
-        flat = model.parameter(spec.path).detach().flatten().double().cpu()
-        lo, hi = (float(b) for b in spec.bounds)
-        indices = range(flat.numel()) if spec.indices is None else spec.indices
-        for i in indices:
-            v = float(flat[i])
-            if v <= lo + rtol * max(1.0, abs(lo)) or v >= hi - rtol * max(1.0, abs(hi)):
-                out.append(spec.path if flat.numel() == 1 else f"{spec.path}[{i}]")
-    return out
+    from metrology.solver.jacobian import columns_for
 
+    specs = list(schedule.parameters)
+    cols = columns_for(model, specs)
+    values = {path: model.parameter(path).detach().flatten().double().cpu() for path in set(cols.paths)}
+    out = []
+    for name, path, k, si in zip(cols.names, cols.paths, cols.flat_index, cols.spec):
+        if specs[si].bounds is None:
+            continue
+        lo, hi = (float(b) for b in specs[si].bounds)
+        v = float(values[path][k])
+        if v <= lo + rtol * max(1.0, abs(lo)) or v >= hi - rtol * max(1.0, abs(hi)):
+            out.append(name)
+    return out
