@@ -115,7 +115,7 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
 
     ``hold_defocus_um``: hold the sample defocus at this value (not fitted) for a misfit profile.
     """
-    from metrology.io.foreign import foreign_noise
+    from metrology.pipeline import foreign_noise
     from metrology.physics import StationModel
     from metrology.solver import default_schedule, reconstruct
 

@@ -22,15 +22,19 @@ Exit codes: 0 closure passed, 1 closure failed (recorded as a failed calibration
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from metrology import __version__
+from metrology.audit.golden import closure_check, load_certificate, measured_from_measurement
+from metrology.audit.status import record_calibration
+from metrology.audit.store import AuditStore, parse_utc
 from metrology.conventions import CONVENTIONS_TEXT, COVERAGE_FACTOR
 from metrology.errors import InputError
-from metrology.pipeline import audit_store_path, check_output_dir, load_inputs, measure, sha256_file
+from metrology.io.files import file_sha256, safe_file_name
+from metrology.pipeline import audit_store_path, check_output_dir, load_inputs, measure
+from metrology.report.document import finite_or_none, write_json_atomic
 
 EXIT = {True: 0, False: 1}
 """Exit code by closure outcome (passed -> 0, failed -> 1)."""
@@ -106,16 +110,10 @@ def check_certificate(cert, station, certificate_path) -> None:
                                            f"station's reconstruction.zernike_terms = {station.zernike_terms}")
 
 
-def _fin(x):
-    """A finite float, or None (JSON has no NaN)."""
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _solver_summary(measurement) -> dict:
     s = measurement.solver
     return {"mode": s.mode, "iterations": int(s.iterations), "converged": bool(s.converged),
-            "reduced_chi2": _fin(s.reduced_chi2), "message": s.message}
+            "reduced_chi2": finite_or_none(s.reduced_chi2), "message": s.message}
 
 
 def build_summary(loaded, cert, certificate_path, closure, record, measurement, operator, frozen,
@@ -131,12 +129,12 @@ def build_summary(loaded, cert, certificate_path, closure, record, measurement, 
         "golden": {"id": cert.id, "serial": cert.serial, "issuer": cert.issuer, "date": cert.date,
                    "certificate": str(certificate_path)},
         "inputs": list(loaded.inputs) + [{"role": "golden", "path": str(certificate_path),
-                                          "sha256": sha256_file(certificate_path)}],
+                                          "sha256": file_sha256(certificate_path)}],
         "closure": closure.to_dict(),
         "calibration": {"seq": int(record.seq), "passed": bool(closure.passed),
                         "valid_until": c.get("valid_until"), "chain_sha256": record.chain_sha256},
         "misalignment": [
-            {"name": s.name, "unit": s.unit, "value": _fin(s.value), "U": _fin(COVERAGE_FACTOR * float(s.u))}
+            {"name": s.name, "unit": s.unit, "value": finite_or_none(s.value), "U": finite_or_none(COVERAGE_FACTOR * float(s.u))}
             for s in measurement.station
         ],
         "frozen_at_nominal": list(frozen),
@@ -187,10 +185,6 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
         store, missing or malformed capture / station / certificate, certificate not matching the
         station (wavelength, NA, Zernike terms), unwritable output folder.
     """
-    from metrology.audit.golden import closure_check, load_certificate, measured_from_measurement
-    from metrology.audit.status import record_calibration
-    from metrology.audit.store import AuditStore, parse_utc
-
     store_path = audit_store_path(audit_db)
     if store_path is None:
         raise InputError("--audit-db", NO_STORE)
@@ -208,7 +202,7 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     closure = closure_check(measured_from_measurement(measurement), cert,
                             wavelength_nm=measurement.wavelength_nm, source=loaded.capture_path)
     inputs = {i["role"]: i["sha256"] for i in loaded.inputs}
-    inputs["golden"] = sha256_file(golden_path)
+    inputs["golden"] = file_sha256(golden_path)
     station_id = loaded.station.station_id
     with AuditStore(store_path) as store:
         record = record_calibration(
@@ -231,18 +225,10 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     summary = build_summary(loaded, cert, golden_path, closure, record, measurement, operator, frozen, fit.device)
     summary_path = None
     if out is not None:
-        from metrology.report.document import write_json_atomic
-
         stamp = now_t.strftime("%Y%m%dT%H%M%SZ")
-        summary_path = write_json_atomic(out / f"calibration_{_safe(station_id)}_{stamp}.json", summary)
+        summary_path = write_json_atomic(out / f"calibration_{safe_file_name(station_id, 'station')}_{stamp}.json", summary)
     return CalibrationOutcome(closure, record, status, measurement, summary, summary_path,
                               EXIT[bool(closure.passed)])
-
-
-def _safe(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "station"
 
 
 def one_line(outcome: CalibrationOutcome) -> str:

@@ -15,27 +15,15 @@ and printed here as one line naming the file and the problem.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from metrology import __version__
+from metrology.commands import audit, calibrate, demo, inspect, simulate, zernike_export
+from metrology.commands.options import EXIT_CODES
 from metrology.errors import InputError
 
-EXIT_CODES = """exit codes:
-  0  PASS (inspect) or success
-  1  FAIL
-  2  bad input or usage (the message names the file and the problem)
-  3  INCONCLUSIVE
-"""
-
-COMMAND_MODULES = (
-    "metrology.commands.simulate",
-    "metrology.commands.inspect",
-    "metrology.commands.demo",
-    "metrology.commands.zernike_export",
-    "metrology.commands.calibrate",
-    "metrology.commands.audit",
-)
+COMMANDS = (simulate, inspect, demo, zernike_export, calibrate, audit)
+"""The sub-command modules, in ``--help`` order (each imports its heavy modules only when it runs)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"metrology {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command not built yet
-            if exc.name != name:
-                raise
-            continue
+    for module in COMMANDS:
         module.add_parser(sub)
     return parser
 

@@ -39,10 +39,6 @@ class DataQuality:
     blank_frames: list = field(default_factory=list)
     flags: list = field(default_factory=list)
 
-    @property
-    def has_errors(self) -> bool:
-        return any(sev == "error" for _, _, sev in self.flags)
-
 
 @dataclass
 class Identifiability:
@@ -117,9 +113,3 @@ class Measurement:
     @property
     def zernike_u(self) -> np.ndarray:
         return np.sqrt(np.clip(np.diag(self.zernike_cov), 0, None))
-
-    def station_value(self, name: str) -> StationEstimate:
-        for s in self.station:
-            if s.name == name:
-                return s
-        raise KeyError(name)

@@ -13,8 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from metrology.analysis.spec import load_spec
+from metrology.audit.status import misalignment_dict
+from metrology.audit.status import station_status as status_of
+from metrology.audit.store import AuditStore, default_db_path
 from metrology.errors import InputError
+from metrology.io.capture import read_capture, relative_exposure
+from metrology.io.files import file_sha256
+from metrology.io.station_file import load_station
+from metrology.physics import StationModel
+from metrology.physics.illumination import max_nominal_illumination_na
+from metrology.references import CATALOGUE, load_reference_file, reference_transmission
+from metrology.solver import NoiseModel, default_schedule, reconstruct
+from metrology.solver.device import compute_device
+from metrology.solver.uncertainty import measurement_from_fit
 
 
 @dataclass
@@ -31,13 +45,6 @@ class LoadedInputs:
     inputs: list = field(default_factory=list)  # [{"role", "path", "sha256"}]
     spec_path: Path | None = None
     spec: object = None  # metrology.analysis.spec.LensSpec
-
-
-def sha256_file(path) -> str:
-    """SHA-256 hex digest of an input file (see :func:`metrology.io.file_sha256`)."""
-    from metrology.io import file_sha256
-
-    return file_sha256(path)
 
 
 def _require_file(path, role: str) -> Path:
@@ -63,8 +70,6 @@ def resolve_reference(reference, capture, station, geometry):
     path : Path or None
         The file, when the reference came from one (hashed into the report).
     """
-    from metrology.references import CATALOGUE, load_reference_file, reference_transmission
-
     n = geometry.object_px
     if reference is None:
         sample_id = capture.reference_sample or ""
@@ -99,10 +104,6 @@ def resolve_reference(reference, capture, station, geometry):
 
 def load_inputs(capture, station, spec=None, reference=None) -> LoadedInputs:
     """Load and validate the capture, the station description, the spec and the reference."""
-    from metrology.analysis.spec import load_spec
-    from metrology.io.capture import read_capture
-    from metrology.io.station_file import load_station
-
     station_path = _require_file(station, "station")
     capture_path = _require_file(capture, "capture")
     spec_path = _require_file(spec, "spec") if spec is not None else None
@@ -112,41 +113,39 @@ def load_inputs(capture, station, spec=None, reference=None) -> LoadedInputs:
     st.check_capture(cap, capture_path)
     try:
         geometry = st.geometry(cap.leds)
-        from metrology.physics.illumination import max_nominal_illumination_na
-
         geometry.check_sampling(max_nominal_illumination_na(geometry))
     except ValueError as exc:
         raise InputError(station_path, str(exc)) from None
     label, transmission, ref_path = resolve_reference(reference, cap, st, geometry)
     inputs = [
-        {"role": "capture", "path": str(capture_path), "sha256": sha256_file(capture_path)},
-        {"role": "station", "path": str(station_path), "sha256": sha256_file(station_path)},
+        {"role": "capture", "path": str(capture_path), "sha256": file_sha256(capture_path)},
+        {"role": "station", "path": str(station_path), "sha256": file_sha256(station_path)},
     ]
     if spec_path is not None:
-        inputs.append({"role": "spec", "path": str(spec_path), "sha256": sha256_file(spec_path)})
+        inputs.append({"role": "spec", "path": str(spec_path), "sha256": file_sha256(spec_path)})
     if ref_path is not None:
-        inputs.append({"role": "reference", "path": str(ref_path), "sha256": sha256_file(ref_path)})
+        inputs.append({"role": "reference", "path": str(ref_path), "sha256": file_sha256(ref_path)})
     return LoadedInputs(capture_path, cap, station_path, st, geometry, label, transmission, inputs,
                         spec_path, spec_obj)
 
 
-def noise_for(loaded: LoadedInputs):
+def noise_for(loaded: LoadedInputs) -> NoiseModel:
     """The solver's noise model from the station camera and the capture's data type."""
-    from metrology.solver import NoiseModel
-
     cam = loaded.station.camera
     frames = loaded.capture.frames
     integer = np.issubdtype(frames.dtype, np.integer)
     return NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale if integer else None, integer)
 
 
+def foreign_noise(capture) -> NoiseModel:
+    """The solver's noise model for a capture from :func:`metrology.io.foreign.load_foreign`: unit
+    gain (its frames are pseudo-counts), the read noise it estimated, no saturation (HDR data)."""
+    return NoiseModel(gain_e_per_count=1.0, read_noise_counts=float(capture.extra["read_noise_counts"]),
+                      saturation_counts=None)
+
+
 def build_model(loaded: LoadedInputs, mode: str = "known", dtype=None):
     """Nominal station model for the capture (reference map in known/prior modes)."""
-    import torch
-
-    from metrology.io.capture import relative_exposure
-    from metrology.physics import StationModel
-
     dtype = dtype or torch.float32
     transmission = loaded.reference if mode in ("known", "prior") else None
     return StationModel(loaded.geometry, transmission, relative_exposure(loaded.capture), dtype=dtype)
@@ -170,10 +169,6 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     fit : metrology.solver.FitResult
     measurement : metrology.measurement.Measurement
     """
-    from metrology.solver import default_schedule, reconstruct
-    from metrology.solver.device import compute_device
-    from metrology.solver.uncertainty import measurement_from_fit
-
     schedule = default_schedule(mode, loaded.geometry.zernike_terms, max_iterations)
     if frozen:
         schedule = schedule.without(*frozen)
@@ -195,8 +190,6 @@ def audit_store_path(option) -> Path | None:
     if option:
         return Path(option)
     if os.environ.get("METROLOGY_AUDIT_DB") or os.environ.get("METROLOGY_SITE_DIR"):
-        from metrology.audit.store import default_db_path
-
         return default_db_path()
     return None
 
@@ -206,10 +199,6 @@ def station_status(store_path, loaded: LoadedInputs, measurement, now) -> dict:
     if store_path is None:
         return {"status": "none", "reason": "no audit store configured (--audit-db)", "calibrated_utc": None,
                 "valid_until": None}
-    from metrology.audit.status import misalignment_dict
-    from metrology.audit.status import station_status as status_of
-    from metrology.audit.store import AuditStore
-
     with AuditStore(store_path) as store:
         current = {k: v["value"] if isinstance(v, dict) else v for k, v in misalignment_dict(measurement.station).items()}
         return status_of(store, loaded.station.station_id, now, current, loaded.station.drift_limits)

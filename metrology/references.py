@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from metrology.errors import InputError
 
@@ -232,8 +233,6 @@ def load_reference_file(path, pixel_um: float, fov_um: float, n_px: int) -> np.n
         if path.suffix.lower() == ".npy":
             data = np.load(path, allow_pickle=False)
         elif path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
             data = tifffile.imread(path)
         else:
             raise InputError(path, "reference file must be .npy or .tif")

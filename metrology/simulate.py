@@ -39,7 +39,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from zernike import RZern
 
+from metrology.errors import InputError
+from metrology.io.capture import Capture
 from metrology.misalignment import (  # noqa: F401  (re-exported: the simulator's public names)
     DEFAULT_RANGES,
     MISALIGNMENT_SHAPES,
@@ -149,8 +152,6 @@ class HardPupil:
 
     def __init__(self, na, wavelength_um, zernike_waves, log_amplitude=None, defocus_um=0.0, edge_width_cpum=0.0,
                  cell_cpum=0.0):
-        from zernike import RZern
-
         self.cutoff = na / wavelength_um
         self.wavelength_um = wavelength_um
         self.defocus_um = float(defocus_um)
@@ -363,8 +364,6 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
         Every misalignment parameter by its model path, ``pupil.*``, ``camera.*``, and the
         simulation settings (JSON-ready).
     """
-    from metrology.io.capture import Capture
-
     leds = station.led_list() if leds is None else [tuple(map(int, rc)) for rc in leds]
     n_leds = len(leds)
     mis = check_misalignment(truth or {}, n_leds)
@@ -372,8 +371,6 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
     lens_na = station.na if lens is None else lens.na
     log_amp = None if lens is None or not lens.apodisation else lens.apodisation_coefficients()
     if reference not in CATALOGUE:
-        from metrology.errors import InputError
-
         raise InputError(reference, f"unknown reference sample; known: {', '.join(CATALOGUE)}")
     n_fine = station.frame_px * station.upsampling * int(oversample)
     transmission = reference_transmission(reference, station.fov_um, n_fine, seed=reference_seed)
@@ -458,6 +455,7 @@ def model_from_truth(station, truth: dict, transmission=None, dtype=None, leds=N
     leds, exposure : optional
         LED list and relative exposures (default: from the truth).
     """
+    # lazy: torch loads only when a model is needed (start-up time)
     import torch
 
     from metrology.physics import StationModel

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from metrology.errors import InputError
-from metrology.io import Capture, capture_sha256, read_capture, relative_exposure, write_capture
+from metrology.io import Capture, file_sha256, read_capture, relative_exposure, write_capture
 from metrology.io.lens_file import load_lens
 from metrology.io.station_file import load_station, parse_station
 
@@ -42,7 +42,7 @@ def test_capture_round_trip_is_exact(tmp_path, dtype):
     assert back.metadata() == cap.metadata()
     assert back == cap
     assert back.extra == {"operator": "test", "nested": {"a": [1, 2]}}
-    assert len(capture_sha256(path)) == 64
+    assert len(file_sha256(path, "capture")) == 64
     np.testing.assert_allclose(relative_exposure(back), cap.exposure_s / np.median(cap.exposure_s))
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
 

@@ -8,7 +8,8 @@ import torch
 from scipy.special import j1
 
 from metrology.physics import StationModel
-from metrology.physics.zernike import evaluate_numpy, monomial_matrix, noll_to_nm, zernike_grid
+from metrology.orderings import noll_to_nm
+from metrology.physics.zernike import evaluate_numpy, monomial_matrix, zernike_grid
 from tests.physics_cases import random_object, small_geometry
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metrology.physics import StationModel
-from metrology.solver.init import initialise_intensity
+from metrology.solver.start import initialise_intensity
 from metrology.solver.projection import _basis, fit_phase_map, project
 from tests.physics_cases import random_object, small_geometry
 
@@ -104,7 +104,8 @@ def test_projection_leaves_frozen_quantities_alone():
 def test_observed_estimates_converge_and_do_not_change_the_result():
     """``observe`` sees the lens estimate every OBSERVE_EVERY iterations (what a time-to-accuracy
     benchmark traces): it improves towards the truth, and observing leaves the outcome unchanged."""
-    from metrology.solver.projection import OBSERVE_EVERY, initialise_pupil
+    from metrology.solver.projection import OBSERVE_EVERY
+    from metrology.solver.start import initialise_pupil
 
     g, obj, z, data = _strong_case(seed=1)
     mask = torch.ones_like(data)

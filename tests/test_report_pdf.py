@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import metrology.report.pdf as pdf_module
-from metrology.analysis.orderings import noll_to_nm, zernike_family, zernike_name
+from metrology.orderings import noll_to_nm, zernike_family, zernike_name
 from metrology.errors import InputError
-from metrology.report.example import example_arrays, example_document
+from tests.report_example import example_arrays, example_document
 from metrology.report.pdf import VERDICT_COLOURS, format_value_u, write_inspection_report
 from metrology.report.plots import ReportArrays, pupil_phase_png
 

@@ -18,7 +18,7 @@ from metrology.report.document import (
     validate_document,
     write_json_atomic,
 )
-from metrology.report.example import example_document
+from tests.report_example import example_document
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -150,7 +150,7 @@ def test_read_document_bad_files(tmp_path, content, problem):
 
 def test_report_layer_imports_no_torch_physics_or_solver():
     code = ("import sys, metrology.report, metrology.report.pdf, metrology.report.plots, "
-            "metrology.report.example, metrology.commands.zernike_export\n"
+            "metrology.report.result, metrology.commands.zernike_export\n"
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('metrology.physics', "
             "'metrology.solver'))]\n"
             "heavy = [m for m in ('matplotlib', 'reportlab') if m in sys.modules]\n"

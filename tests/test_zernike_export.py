@@ -10,11 +10,11 @@ import math
 
 import pytest
 
-from metrology.analysis.orderings import noll_to_nm, zernike_family, zernike_name
+from metrology.orderings import noll_to_nm, zernike_family, zernike_name
 from metrology.cli import main
 from metrology.commands.zernike_export import fringe_coefficients
 from metrology.report.document import write_json_atomic
-from metrology.report.example import example_document
+from tests.report_example import example_document
 
 
 @pytest.fixture()
@@ -104,7 +104,7 @@ def test_fringe_preserves_the_wavefront_rms():
     """Same wavefront: the RMS from Fringe coefficients (peak-normalised, RMS c/N) equals the Noll RMS."""
     doc = example_document("PASS")
     values, not_measured, dropped = fringe_coefficients(doc)
-    from metrology.analysis.orderings import fringe_to_nm, noll_norm
+    from metrology.orderings import fringe_to_nm, noll_norm
 
     rms_fringe = math.sqrt(sum((v / noll_norm(*fringe_to_nm(f))) ** 2 for f, v in enumerate(values, 1)))
     rms_noll = math.sqrt(sum(t["value_waves"] ** 2 for t in doc["zernike"]))

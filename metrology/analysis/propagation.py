@@ -25,7 +25,7 @@ import numpy as np
 
 from metrology.conventions import ALIGNMENT_NOLL, COVERAGE_FACTOR
 from metrology.analysis.figures import mtf_diffraction_limited, cutoff_cyc_per_mm, _pupil_geometry
-from metrology.analysis.orderings import family_members, nm_to_noll
+from metrology.orderings import family_members, nm_to_noll
 from metrology.analysis.wavefront import pv_basis, remove_terms, zernike_basis
 
 N_DRAWS = 2000
@@ -207,38 +207,6 @@ def family_indices(family: str, n_terms: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- public helpers
-
-
-def rms_quantity(c, cov, n_draws: int = N_DRAWS, seed: int = SEED) -> Quantity:
-    """RMS wavefront error (waves), alignment removed."""
-    c, cv = lens_only(c, cov)
-    return monte_carlo(rms_batch, c, cv, "waves", n_draws, seed)
-
-
-def pv_quantity(c, cov, n_draws: int = N_DRAWS, seed: int = SEED) -> Quantity:
-    """PV (waves) on a :data:`PV_GRID` map, alignment removed."""
-    c, cv = lens_only(c, cov)
-    return monte_carlo(pv_batch, c, cv, "waves", n_draws, seed)
-
-
-def strehl_quantity(c, cov, n_draws: int = N_DRAWS, seed: int = SEED) -> Quantity:
-    """On-axis Strehl ratio, alignment removed."""
-    c, cv = lens_only(c, cov)
-    return monte_carlo(strehl_batch, c, cv, "", n_draws, seed)
-
-
-def mtf_quantity(c, cov, frequency_cyc_per_mm: float, wavelength_nm: float, na: float,
-                 n_draws: int = N_DRAWS, seed: int = SEED) -> Quantity:
-    """Smallest MTF over :data:`MTF_AZIMUTHS_DEG` at an object-side frequency (cycles/mm)."""
-    c, cv = lens_only(c, cov)
-    nu = frequency_cyc_per_mm / cutoff_cyc_per_mm(wavelength_nm, na)
-    return monte_carlo(lambda s: mtf_batch(s, nu), c, cv, "", n_draws, seed)
-
-
-def family_quantity(c, cov, family: str, n_draws: int = N_DRAWS, seed: int = SEED) -> Quantity:
-    """Magnitude of a family (waves), e.g. astigmatism ``hypot(c5, c6)``."""
-    c, cv = lens_only(c, cov)
-    return monte_carlo(lambda s: family_batch(s, family), c, cv, "waves", n_draws, seed)
 
 
 def term_quantity(c, cov, noll: int) -> Quantity:

@@ -6,14 +6,15 @@ Every problem is raised as :class:`metrology.errors.InputError` naming the file 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 
 from metrology.conventions import ALIGNMENT_NOLL
 from metrology.errors import InputError
 from metrology.toml_input import read_toml
 from metrology.analysis.figures import cutoff_cyc_per_mm
-from metrology.analysis.orderings import lens_families
+from metrology.orderings import lens_families
+from metrology.parameters import BY_PATH, GEOMETRY
 
 FORMAT_VERSION = 1
 KNOWN_FAMILIES = tuple(f for f in lens_families(12) if not f.startswith("Z("))
@@ -28,17 +29,16 @@ class MtfLimit:
     min: float
 
 
-@dataclass
-class MisalignmentLimits:
-    """Largest station misalignment for which a measurement is valid (``inf``: not checked).
+MisalignmentLimits = make_dataclass(
+    "MisalignmentLimits", [(BY_PATH[p].key, float, field(default=math.inf)) for p in GEOMETRY],
+    namespace={"keys": staticmethod(lambda: tuple(BY_PATH[p].key for p in GEOMETRY))})
+MisalignmentLimits.__doc__ = """Largest station misalignment for which a measurement is valid (``inf``: not checked).
 
-    ``shift_mm`` bounds ``hypot(dx, dy)``; ``tilt_deg`` bounds each tilt component.
-    """
-
-    shift_mm: float = math.inf
-    rotation_deg: float = math.inf
-    distance_error_mm: float = math.inf
-    tilt_deg: float = math.inf
+One field per LED board geometry parameter of the registry (:data:`metrology.parameters.GEOMETRY`:
+``shift_mm``, ``rotation_deg``, ``distance_error_mm``, ``tilt_deg``), bounding its magnitude
+(:func:`metrology.parameters.station_magnitudes`: ``shift_mm`` bounds ``hypot(dx, dy)``,
+``tilt_deg`` each tilt component). ``MisalignmentLimits.keys()`` lists them.
+"""
 
 
 @dataclass
@@ -211,7 +211,7 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
             setattr(v, key, x)
     mis = _table(src, val, "max_station_misalignment", "validity.")
     where = "validity.max_station_misalignment."
-    _keys(src, mis, where, {"shift_mm", "rotation_deg", "distance_error_mm", "tilt_deg"})
+    _keys(src, mis, where, set(MisalignmentLimits.keys()))
     for key in mis:
         x = _number(src, mis, key, where)
         _check(src, x > 0, where + key, f"must be > 0, got {x}")

@@ -13,16 +13,16 @@ Rules (``docs/spec.md``, "Verdict"):
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from metrology.conventions import ALIGNMENT_NOLL, COVERAGE_FACTOR, DECISION_RULE
+from metrology.analysis.propagation import MTF_AZIMUTHS_DEG, N_DRAWS, SEED, derived_figures, family_indices
+from metrology.analysis.spec import LensSpec, MisalignmentLimits
 from metrology.measurement import Measurement
-from metrology.analysis.orderings import noll_to_nm, zernike_name
-from metrology.analysis.propagation import N_DRAWS, SEED, MTF_AZIMUTHS_DEG, derived_figures, family_indices
-from metrology.analysis.spec import LensSpec
+from metrology.orderings import noll_to_nm, zernike_name
+from metrology.parameters import noll_of, station_magnitudes
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 
@@ -85,10 +85,6 @@ class Verdict:
 
 # ----------------------------------------------------------------------------- validity
 
-_STATION_RE = re.compile(r"^(?:illumination\.)?(shift_mm|rotation_deg|distance_error_mm|tilt_deg)(?:\[(\d+)\])?$")
-_ZERNIKE_RE = re.compile(r"^pupil\.zernike_waves\[(\d+)\]$")
-
-
 def judged_noll(spec: LensSpec, n_terms: int) -> list[int]:
     """Noll indices (among 1..n_terms) that some limit of ``spec`` depends on."""
     judged = set()
@@ -98,22 +94,6 @@ def judged_noll(spec: LensSpec, n_terms: int) -> list[int]:
         judged.update(i + 1 for i in family_indices(fam, n_terms))
     judged.update(j for j in spec.term_max if j <= n_terms)
     return sorted(judged)
-
-
-def _misalignment(measurement: Measurement) -> dict:
-    """Largest |value| per misalignment kind (shift: hypot of dx, dy)."""
-    comps: dict = {}
-    for s in measurement.station:
-        mt = _STATION_RE.match(str(s.name))
-        if mt:
-            comps.setdefault(mt.group(1), []).append(float(s.value))
-    out = {}
-    if "shift_mm" in comps:
-        out["shift_mm"] = float(np.hypot.reduce(np.abs(comps["shift_mm"]))) if comps["shift_mm"] else 0.0
-    for k in ("rotation_deg", "distance_error_mm", "tilt_deg"):
-        if k in comps:
-            out[k] = float(np.max(np.abs(comps[k])))
-    return out
 
 
 def validity_findings(measurement: Measurement, spec: LensSpec, station_status: dict | None = None):
@@ -154,20 +134,19 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     ident = measurement.identifiability
     bad = []
     for name in ident.unidentifiable:
-        mt = _ZERNIKE_RE.match(str(name))
-        if mt and int(mt.group(1)) + 1 in judged:  # tensor index i is Noll i + 1
-            j = int(mt.group(1)) + 1
-            bad.append(f"Noll {j} ({zernike_name(*noll_to_nm(j))})")
-        elif not mt:
+        j = noll_of(name)
+        if j is None:
             warnings.append(f"not identifiable (not judged): {name}")
+        elif j in judged:
+            bad.append(f"Noll {j} ({zernike_name(*noll_to_nm(j))})")
     if bad:
         blocking.append("judged Zernike terms not identifiable from the data: " + ", ".join(bad))
     cond = float(ident.condition_number)
     if not math.isfinite(cond) or cond > v.max_condition_number:
         blocking.append(f"condition number {cond:.3g} > {v.max_condition_number:g}")
 
-    mis = _misalignment(measurement)
     lim = v.max_station_misalignment
+    mis = station_magnitudes({s.name: s.value for s in measurement.station}, keys=MisalignmentLimits.keys())
     for key, value in mis.items():
         mx = getattr(lim, key)
         if value > mx:

@@ -17,7 +17,7 @@ import numpy as np
 from zernike import RZern
 
 from metrology.conventions import ALIGNMENT_NOLL, COVERAGE_FACTOR
-from metrology.analysis.orderings import noll_to_nm, nm_to_noll, zernike_family, zernike_name
+from metrology.orderings import noll_to_nm, nm_to_noll, zernike_family, zernike_name
 
 # ----------------------------------------------------------------------------- basis
 
@@ -65,11 +65,6 @@ def _grid_basis(n_px: int, n_terms: int) -> tuple[np.ndarray, np.ndarray]:
     basis.setflags(write=False)
     inside.setflags(write=False)
     return inside, basis
-
-
-def disk_basis(n_px: int, n_terms: int) -> np.ndarray:
-    """Noll basis at the ``n_px`` grid's pixel centres inside the unit disk, shape (P, n_terms)."""
-    return _grid_basis(int(n_px), int(n_terms))[1]
 
 
 @lru_cache(maxsize=16)

@@ -26,21 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from metrology.conventions import COVERAGE_FACTOR
+from metrology.parameters import TRACKED, element_names
 
 D2 = 1.128
 """``d2`` for moving ranges of two points."""
 
 DEFAULT_RULES = ("shewhart", "ewma")
-STATION_PARAMETERS = (
-    "illumination.shift_mm[0]",
-    "illumination.shift_mm[1]",
-    "illumination.rotation_deg",
-    "illumination.distance_error_mm",
-    "illumination.tilt_deg[0]",
-    "illumination.tilt_deg[1]",
-    "sample.defocus_um",
-)
-"""Station parameters charted first (any other name found in the records is charted after them)."""
+STATION_PARAMETERS = tuple(name for path in TRACKED for name in element_names(path))
+"""Station parameters charted first, in the registry's order (:data:`metrology.parameters.TRACKED`);
+any other name found in the records is charted after them."""
 
 
 @dataclass(frozen=True)

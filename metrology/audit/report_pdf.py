@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from metrology.io import atomic_write_bytes
+from metrology import __version__
 from metrology.audit.drift import DEFAULT_RULES, station_charts
 from metrology.audit.store import AuditStore, format_utc, parse_utc, utc_now
 from metrology.conventions import CONVENTIONS_TEXT
 from metrology.errors import InputError
+from metrology.io.files import atomic_write_bytes, safe_file_name
 
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "station"
 
 
 def _short(utc) -> str:
@@ -36,6 +32,7 @@ def _short(utc) -> str:
 
 def _chart_png(name, unit, series, chart, since_text, rules, n_baseline) -> tuple:
     """PNG bytes of one trend chart and the alarms shown on it."""
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from matplotlib.figure import Figure
 
     seqs, utcs = series.seqs, series.utcs
@@ -91,9 +88,11 @@ def write_audit_report(store: AuditStore, station_id: str, since=None, out_dir="
     now : datetime, optional
         Report time (default now), used in the file name.
     """
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
@@ -111,7 +110,7 @@ def write_audit_report(store: AuditStore, station_id: str, since=None, out_dir="
         raise InputError(out_dir, f"cannot create the output folder: {exc.strerror or exc}") from exc
     if not os.access(out_dir, os.W_OK):
         raise InputError(out_dir, "output folder is not writable")
-    path = out_dir / f"audit_{_safe(station_id)}_{now_t.strftime('%Y%m%dT%H%M%SZ')}.pdf"
+    path = out_dir / f"audit_{safe_file_name(station_id, 'station')}_{now_t.strftime('%Y%m%dT%H%M%SZ')}.pdf"
 
     all_recs = store.records(station_id=station_id)
     recs = [r for r in all_recs if since_text is None or r.utc >= since_text]
@@ -135,8 +134,6 @@ def write_audit_report(store: AuditStore, station_id: str, since=None, out_dir="
             ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ]))
         return t
-
-    from metrology import __version__
 
     first = recs[0].utc if recs else None
     last = recs[-1].utc if recs else None

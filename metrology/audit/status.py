@@ -3,22 +3,13 @@
 Drift limits
 ------------
 ``station_status`` compares this run's station misalignment with the state measured at the last
-calibration. ``drift_limits`` keys (station config) map to parameter names as follows:
-
-==========================  ==========================================================  =========
-key                         compared quantity                                           unit
-==========================  ==========================================================  =========
-``shift_mm``                length of the change of (``illumination.shift_mm[0]``,      mm
-                            ``illumination.shift_mm[1]``)
-``rotation_deg``            ``illumination.rotation_deg``                                deg
-``distance_error_mm``       ``illumination.distance_error_mm``                           mm
-``tilt_deg``                each of ``illumination.tilt_deg[0]``, ``[1]``                deg
-``defocus_um``              ``sample.defocus_um``                                        um
-any full parameter name     that parameter (e.g. ``"sample.position_um[0]"``)            its unit
-==========================  ==========================================================  =========
-
-The change is ``|current - calibrated|``; a limit is exceeded if the change is larger. Parameters
-missing from either side are skipped.
+calibration. A ``drift_limits`` key names a parameter of the registry (:mod:`metrology.parameters`)
+by its path (``illumination.shift_mm``, as station files give them), its file key (``shift_mm``) or
+one element (``sample.position_um[0]``). The change of a whole parameter is its magnitude
+(:func:`metrology.parameters.station_magnitudes` of the change): the length of the vector change
+for ``shift_mm`` and ``position_um``, the largest element change otherwise (``tilt_deg``: each
+component). A limit is exceeded if the change is larger. Parameters missing from either side are
+skipped.
 """
 
 from __future__ import annotations
@@ -26,24 +17,12 @@ from __future__ import annotations
 import math
 
 from metrology.audit.golden import ClosureResult
-from metrology.audit.store import AuditStore, Record, file_sha256, parse_utc, plus_days, utc_now
+from metrology.audit.store import AuditStore, Record, parse_utc, plus_days, utc_now
 from metrology.conventions import COVERAGE_FACTOR
 from metrology.errors import InputError
+from metrology.io.files import file_sha256
 from metrology.measurement import StationEstimate
-
-DRIFT_LIMIT_KEYS = {
-    "shift_mm": ("illumination.shift_mm[0]", "illumination.shift_mm[1]"),
-    "rotation_deg": ("illumination.rotation_deg",),
-    "distance_error_mm": ("illumination.distance_error_mm",),
-    "tilt_deg": ("illumination.tilt_deg[0]", "illumination.tilt_deg[1]"),
-    "defocus_um": ("sample.defocus_um",),
-    "position_um": ("sample.position_um[0]", "sample.position_um[1]"),
-}
-"""drift-limit key -> station parameter names (``shift_mm`` compares the vector change length)."""
-
-_UNITS = {"shift_mm": "mm", "rotation_deg": "deg", "distance_error_mm": "mm", "tilt_deg": "deg",
-          "defocus_um": "um", "position_um": "um"}
-_VECTOR_KEYS = {"shift_mm": "LED array shift", "position_um": "sample position"}
+from metrology.parameters import element_name, lookup, station_magnitudes
 
 
 def misalignment_dict(estimates) -> dict:
@@ -85,30 +64,42 @@ def _inputs(inputs) -> dict:
 
 
 def drift_exceedances(current: dict, calibrated: dict, drift_limits: dict) -> list:
-    """Drift limits exceeded: list of ``(key, change, limit, unit, detail)`` (see module doc)."""
+    """Drift limits exceeded: list of ``(key, change, limit, unit, detail)`` (see module doc).
+
+    ``key`` is the parameter's file key (``shift_mm``) for a limit on a whole parameter, the key as
+    given for a limit on one element or on a name the registry does not know.
+    """
     out = []
     for key, limit in (drift_limits or {}).items():
         limit = float(limit)
-        short = key.rsplit(".", 1)[-1]  # station files key by model path ("illumination.shift_mm")
-        if short in DRIFT_LIMIT_KEYS and "[" not in key:
-            key = short
-        if key in _VECTOR_KEYS:
-            names = DRIFT_LIMIT_KEYS[key]
-            if all(n in current and n in calibrated for n in names):
-                d = [current[n] - calibrated[n] for n in names]
-                change = math.hypot(*d)
-                if change > limit:
-                    unit = _UNITS[key]
-                    out.append((key, change, limit, unit,
-                                f"{_VECTOR_KEYS[key]} changed by ({d[0]:+.4g}, {d[1]:+.4g}) {unit}"))
+        try:
+            p, index = lookup(key)
+        except KeyError:  # not a registry name: compare the element named so
+            p, index = None, None
+        if p is None:
+            names = [key]
+        elif index is not None or p.scalar:
+            names = [element_name(p.path, index)]
+        else:  # every element the run reports
+            names = [element_name(p.path, i) for i in range(len(p.axes))] if p.axes else \
+                sorted(n for n in current if n.startswith(p.path + "["))
+        change = {n: current[n] - calibrated[n] for n in names if n in current and n in calibrated}
+        if not change or (p is not None and p.magnitude == "norm" and index is None and len(change) < len(names)):
             continue
-        names = DRIFT_LIMIT_KEYS.get(key, (key,))
-        for n in names:
-            if n in current and n in calibrated:
-                change = abs(current[n] - calibrated[n])
-                if change > limit:
-                    out.append((key, change, limit, _UNITS.get(key, ""),
-                                f"{n} changed by {current[n] - calibrated[n]:+.4g}"))
+        if p is None or index is not None:
+            size, worst = abs(change[names[0]]), names[0]
+        else:
+            key = p.key or p.path
+            worst = max(change, key=lambda n: abs(change[n]))
+            size = station_magnitudes(change, keys=[p.path]).get(p.key, abs(change[worst]))
+        if size <= limit:
+            continue
+        unit = "" if p is None else p.unit
+        if p is not None and index is None and p.magnitude == "norm":
+            detail = f"{p.label} changed by (" + ", ".join(f"{d:+.4g}" for d in change.values()) + f") {unit}"
+        else:
+            detail = f"{worst} changed by {change[worst]:+.4g}"
+        out.append((key, size, limit, unit, detail))
     return out
 
 

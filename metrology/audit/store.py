@@ -102,13 +102,6 @@ def chain_hash(prev_sha256: str, content_sha256: str) -> str:
     return hashlib.sha256((prev_sha256 + content_sha256).encode("ascii")).hexdigest()
 
 
-def file_sha256(path) -> str:
-    """SHA-256 of a file's bytes (hex). Raises InputError if it cannot be read."""
-    from metrology.io import file_sha256 as sha
-
-    return sha(path)
-
-
 # --------------------------------------------------------------------------- time
 def format_utc(t: datetime) -> str:
     """Fixed-width ISO 8601 UTC text ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (sorts as time does).
@@ -451,11 +444,6 @@ class AuditStore:
                                 f"{head_seq}); records were appended or rewritten outside the store")
         return VerifyResult(ok=not problems, problems=problems, n_records=len(rows),
                             head_seq=last_seq, head_chain_sha256=running)
-
-
-def open_store(path=None, create: bool = False) -> AuditStore:
-    """Open the store at ``path`` (default :func:`default_db_path`); for read-only commands."""
-    return AuditStore(path, create=create)
 
 
 def plus_days(t, days: float) -> str:

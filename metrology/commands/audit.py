@@ -92,6 +92,7 @@ def run_list(args) -> int:
 
 
 def run_report(args) -> int:
+    # lazy: the command's modules load only when it runs (start-up time of the CLI)
     from metrology.audit.report_pdf import write_audit_report
 
     since = _since(args)

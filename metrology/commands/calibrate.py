@@ -43,6 +43,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    # lazy: the command's modules load only when it runs (start-up time of the CLI)
     from metrology.calibration import one_line, run_calibration
     from metrology.progress import ProgressBar
 

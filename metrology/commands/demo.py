@@ -10,6 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from metrology.commands.options import add_device_option, check_device
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -31,8 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
+    # lazy: the command's modules load only when it runs (start-up time of the CLI)
     from metrology.commands.inspect import one_line
     from metrology.inspection import run_inspection
     from metrology.io import write_capture

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from metrology.cli import EXIT_CODES
-from metrology.commands.options import add_device_option, check_device
+from metrology.commands.options import EXIT_CODES, add_device_option, check_device
 
 
 def add_parser(subparsers) -> None:
@@ -39,6 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    # lazy: the command's modules load only when it runs (start-up time of the CLI)
     from metrology.inspection import run_inspection
     from metrology.progress import ProgressBar
 

@@ -1,6 +1,13 @@
-"""Options shared by several sub-commands."""
+"""Options and texts shared by several sub-commands."""
 
 from __future__ import annotations
+
+EXIT_CODES = """exit codes:
+  0  PASS (inspect) or success
+  1  FAIL
+  2  bad input or usage (the message names the file and the problem)
+  3  INCONCLUSIVE
+"""
 
 
 def add_device_option(parser) -> None:
@@ -11,6 +18,6 @@ def add_device_option(parser) -> None:
 
 def check_device(args) -> None:
     """Fail now (input error, exit 2) on an unusable ``--device``, before anything is read or fitted."""
-    from metrology.solver.device import compute_device
+    from metrology.solver.device import compute_device  # lazy: torch, start-up time of every command
 
     compute_device(args.device)

@@ -37,6 +37,7 @@ def add_parser(subparsers) -> None:
 
 
 def _misalignment(arg: str, n_leds: int, seed: int) -> dict:
+    # lazy: the command's modules load only when it runs (start-up time of the CLI)
     from metrology.simulate import check_misalignment, draw_misalignment
 
     if arg == "none":
@@ -62,6 +63,7 @@ def truth_json(truth: dict) -> str:
 
 
 def run(args) -> int:
+    # lazy: the command's modules load only when it runs (start-up time of the CLI)
     from metrology.io import atomic_write_text, write_capture
     from metrology.io.lens_file import load_lens
     from metrology.io.station_file import load_station

@@ -24,9 +24,15 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 
-from metrology.analysis.orderings import fringe_to_nm, nm_to_ansi, nm_to_fringe, noll_norm
+import numpy as np
+
+from metrology.errors import InputError
+from metrology.io.files import atomic_write_text
+from metrology.orderings import fringe_to_nm, nm_to_ansi, nm_to_fringe, noll_to_fringe_coefficients
+from metrology.report.document import read_document
 
 FORMATS = ("csv", "zemax-fringe", "zemax-standard")
 N_FRINGE = 37
@@ -80,8 +86,8 @@ def format_csv(doc: dict) -> str:
     for t in _terms(doc):
         n, m = t["n"], t["m"]
         w.writerow([t["noll"], nm_to_ansi(n, m), nm_to_fringe(n, m), n, m, t["name"],
-                    repr(float(t["value_waves"])), repr(float(t["U_waves"])),
-                    f"{t['value_waves'] * lam:.6g}"])
+                    repr(_number(t["value_waves"])), repr(_number(t["U_waves"])),
+                    f"{_number(t['value_waves']) * lam:.6g}"])
     return buf.getvalue()
 
 
@@ -96,7 +102,7 @@ def format_zemax_standard(doc: dict) -> str:
         lines.append("# not measured (written as 0): Noll " + ", ".join(map(str, missing)))
     lines.append(f"# {k} terms")
     for j in range(1, k + 1):
-        value = terms[j]["value_waves"] if j in terms else 0.0
+        value = _number(terms[j]["value_waves"]) if j in terms else 0.0
         lines.append(f"Z{j} {value:.9g}")
     return "\n".join(lines) + "\n"
 
@@ -113,17 +119,20 @@ def fringe_coefficients(doc: dict) -> tuple[list, list, list]:
     dropped : list of int
         Noll indices of measured terms outside Fringe 1..37.
     """
-    by_nm = {(t["n"], t["m"]): t for t in doc["zernike"]}
-    values, not_measured = [], []
-    for f in range(1, N_FRINGE + 1):
-        nm = fringe_to_nm(f)
-        if nm in by_nm:
-            values.append(by_nm[nm]["value_waves"] * noll_norm(*nm))
-        else:
-            values.append(0.0)
-            not_measured.append(f)
+    measured = {(t["n"], t["m"]) for t in doc["zernike"]}
     dropped = sorted(t["noll"] for t in doc["zernike"] if nm_to_fringe(t["n"], t["m"]) > N_FRINGE)
+    c_noll = np.zeros(max(t["noll"] for t in doc["zernike"]))
+    for t in doc["zernike"]:
+        if t["noll"] not in dropped:
+            c_noll[t["noll"] - 1] = _number(t["value_waves"])
+    values = noll_to_fringe_coefficients(c_noll, N_FRINGE).tolist()
+    not_measured = [f for f in range(1, N_FRINGE + 1) if fringe_to_nm(f) not in measured]
     return values, not_measured, dropped
+
+
+def _number(x) -> float:
+    """A document number; its ``null`` (no measured value) as NaN."""
+    return math.nan if x is None else float(x)
 
 
 def format_zemax_fringe(doc: dict) -> str:
@@ -152,10 +161,6 @@ def export_zernike(doc: dict, fmt: str) -> str:
 
 def run(args) -> int:
     """Read, validate and export a result; return 0 (``InputError`` on a bad file -> exit 2)."""
-    from metrology.errors import InputError
-    from metrology.io import atomic_write_text
-    from metrology.report.document import read_document
-
     doc = read_document(args.result)
     text = export_zernike(doc, args.format)
     if args.out is None:

@@ -21,8 +21,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from metrology.errors import InputError
+from metrology.io.files import atomic_write_bytes
 
 FORMAT_NAME = "metrology-capture"
 FORMAT_VERSION = 1
@@ -155,10 +157,6 @@ def write_capture(path, capture: Capture) -> Path:
     InputError
         If the capture is malformed (same checks as :func:`read_capture`).
     """
-    import tifffile
-
-    from metrology.io import atomic_write_bytes
-
     path = Path(path)
     frames = np.asarray(capture.frames)
     _validate(path, frames, capture.leds, capture.exposure_s)
@@ -238,8 +236,6 @@ def read_capture(path) -> Capture:
         different from the LED list, non-square or mismatched frames, NaN/inf values, every frame
         zero. (A single all-zero frame is accepted: the solver flags it as a data-quality issue.)
     """
-    import tifffile
-
     path = Path(path)
     if not path.exists():
         raise InputError(path, "capture file not found")
@@ -296,10 +292,3 @@ def read_capture(path) -> Capture:
         created_utc=meta.get("created_utc", "") or "",
         extra=extra,
     )
-
-
-def capture_sha256(path) -> str:
-    """SHA-256 hex digest of the capture file's bytes (for audit trails)."""
-    from metrology.io import file_sha256
-
-    return file_sha256(path, "capture")

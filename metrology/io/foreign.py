@@ -24,8 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.io
+import torch
 
 from metrology.errors import InputError
+from metrology.io.capture import Capture
+from metrology.io.station_file import parse_station
+from metrology.physics.illumination import Illumination
 from metrology.toml_input import read_toml
 
 FORMAT_NAME = "metrology-foreign"
@@ -276,11 +281,6 @@ def load_foreign(mat_path, description_toml, *, crop_px: int | None = None):
     InputError
         Unreadable or malformed ``.mat`` file (naming it), or a bad description.
     """
-    import scipy.io
-
-    from metrology.io.capture import Capture
-    from metrology.io.station_file import parse_station
-
     desc = load_description(description_toml)
     mat_path = Path(mat_path)
     if not mat_path.exists():
@@ -387,13 +387,6 @@ index = {desc.slide_index!r}
     return capture, station
 
 
-def foreign_noise(capture):
-    """The solver's :class:`~metrology.solver.NoiseModel` for a capture from :func:`load_foreign`."""
-    from metrology.solver.quality import NoiseModel
-
-    return NoiseModel(gain_e_per_count=1.0, read_noise_counts=float(capture.extra["read_noise_counts"]), saturation_counts=None)
-
-
 # ---------------------------------------------------------------------------------- evidence
 def measured_bright_field(frames: np.ndarray, fraction: float = 0.2) -> np.ndarray:
     """Bool (J,): frames whose mean exceeds ``fraction`` of the brightest frame means' median.
@@ -408,10 +401,6 @@ def measured_bright_field(frames: np.ndarray, fraction: float = 0.2) -> np.ndarr
 
 def predicted_illumination_na(station, leds) -> np.ndarray:
     """Nominal illumination NA (through the slide) of each LED, shape (J,)."""
-    import torch
-
-    from metrology.physics.illumination import Illumination
-
     with torch.no_grad():
         ill = Illumination(station.geometry(leds), torch.float64)
         return ill.illumination_na().numpy()

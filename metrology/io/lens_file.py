@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from metrology.errors import InputError
+from metrology.orderings import MAX_NOLL
 from metrology.toml_input import read_toml
 
 FORMAT_VERSION = 1
-MAX_NOLL = 231
 _TOP_KEYS = {"format_version", "model", "serial", "na", "wavelength_nm", "zernike_waves", "apodisation"}
 
 

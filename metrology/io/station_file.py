@@ -14,30 +14,19 @@ from dataclasses import replace as dc_replace
 from pathlib import Path
 
 from metrology.errors import InputError
+from metrology.orderings import MAX_NOLL
+from metrology.parameters import BY_PATH, TRACKED
 from metrology.toml_input import parse_toml, read_toml
 
 FORMAT_VERSION = 1
 REQUIRED = object()
 """Sentinel default: the key must be present."""
 
-DRIFT_PATHS = {
-    "shift_mm": "illumination.shift_mm",
-    "rotation_deg": "illumination.rotation_deg",
-    "distance_error_mm": "illumination.distance_error_mm",
-    "tilt_deg": "illumination.tilt_deg",
-    "defocus_um": "sample.defocus_um",
-    "position_um": "sample.position_um",
-}
-"""TOML key in ``[calibration.drift_limits]`` -> station parameter path of the model."""
+DRIFT_PATHS = {BY_PATH[path].key: path for path in TRACKED}
+"""TOML key in ``[calibration.drift_limits]`` -> station parameter path of the model (every
+parameter of the registry with a drift rule, :data:`metrology.parameters.TRACKED`)."""
 
-DEFAULT_DRIFT_LIMITS = {
-    "shift_mm": 0.05,
-    "rotation_deg": 0.1,
-    "distance_error_mm": 0.3,
-    "tilt_deg": 0.5,
-    "defocus_um": 20.0,
-    "position_um": 50.0,
-}
+DEFAULT_DRIFT_LIMITS = {BY_PATH[path].key: BY_PATH[path].drift.limit for path in TRACKED}
 """Default drift limits (units in the key names; 2-vectors: limit on the Euclidean norm)."""
 
 
@@ -66,7 +55,7 @@ def _bits(v):
 
 
 def _zterms(v):
-    return None if 4 <= v <= 231 else f"must be in 4..231, got {v}"
+    return None if 4 <= v <= MAX_NOLL else f"must be in 4..{MAX_NOLL}, got {v}"
 
 
 def _order(v):
@@ -199,6 +188,7 @@ class StationDescription:
 
     def geometry(self, leds=None):
         """The :class:`metrology.physics.StationGeometry` for ``leds`` (default :meth:`led_list`)."""
+        # lazy: torch loads only when a model is needed (start-up time)
         from metrology.physics.geometry import StationGeometry
 
         return StationGeometry(
@@ -358,6 +348,7 @@ def _finish(values: dict, source) -> StationDescription:
         values["upsampling"] = 1
     desc = StationDescription(**values)
     # sampling: the pupil must fit in a frame, the widest illumination in the reconstruction grid
+    # lazy: torch loads only when a model is needed (start-up time)
     from metrology.physics.illumination import max_nominal_illumination_na
 
     try:

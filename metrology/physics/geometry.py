@@ -8,7 +8,7 @@ from it inside ``forward()``; nothing is cached.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -127,9 +127,6 @@ class StationGeometry:
     @property
     def n_leds(self) -> int:
         return len(self.leds)
-
-    def with_leds(self, leds) -> "StationGeometry":
-        return replace(self, leds=tuple(leds))
 
     def check_sampling(self, max_illumination_na: float) -> None:
         """Raise ``ValueError`` if the grids cannot hold the pupil or the widest illumination."""

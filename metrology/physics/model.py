@@ -3,7 +3,8 @@
 ``StationModel`` is a named, ordered composition ``illumination``, ``pupil``, ``sample``,
 ``camera``; every calibratable quantity is an ``nn.Parameter`` with a stable path
 (``illumination.shift_mm``, ``pupil.zernike_waves``, ``sample.defocus_um`` ...), listed by
-:data:`CALIBRATABLE`. Everything derived (grids, frequencies, crops) is computed in ``forward()``.
+:data:`CALIBRATABLE` (from the registry, :mod:`metrology.parameters`). Everything derived (grids,
+frequencies, crops) is computed in ``forward()``.
 
 Fast path (exact for a periodic object): the object spectrum is cropped at the integer part
 ``m_j`` of each LED's frequency offset, and the pupil is evaluated at coordinates shifted by the
@@ -18,39 +19,18 @@ import math
 import torch
 from torch import nn
 
+from metrology.parameters import PARAMETERS, TRACKED, parameter
 from metrology.physics.camera import Camera
 from metrology.physics.geometry import StationGeometry
 from metrology.physics.illumination import Illumination, max_nominal_illumination_na
 from metrology.physics.pupil import Pupil
 from metrology.physics.sample import Sample
 
-CALIBRATABLE = {
-    "illumination.shift_mm": "LED board lateral shift (dx, dy), mm",
-    "illumination.rotation_deg": "LED board rotation about the optical axis, deg",
-    "illumination.distance_error_mm": "LED board distance error, mm",
-    "illumination.tilt_deg": "LED board tilt about x and y, deg",
-    "illumination.brightness": "per-LED relative brightness",
-    "pupil.zernike_waves": "pupil phase, Noll coefficients, waves",
-    "pupil.log_amplitude": "pupil log-amplitude (apodisation), Noll coefficients",
-    "pupil.na": "pupil edge NA",
-    "sample.defocus_um": "sample defocus, um",
-    "sample.position_um": "sample lateral position (sx, sy), um",
-    "sample.field_real": "sample transmission, real part",
-    "sample.field_imag": "sample transmission, imaginary part",
-    "camera.counts_per_unit": "camera counts per unit intensity",
-    "camera.background_counts": "camera background, counts",
-}
-"""Every calibratable parameter path with its meaning and unit."""
+CALIBRATABLE = {p.path: p.description for p in PARAMETERS}
+"""Every calibratable parameter path with its meaning and unit (from :mod:`metrology.parameters`)."""
 
-STATION_PARAMETERS = (
-    "illumination.shift_mm",
-    "illumination.rotation_deg",
-    "illumination.distance_error_mm",
-    "illumination.tilt_deg",
-    "sample.defocus_um",
-    "sample.position_um",
-)
-"""The station misalignment tracked by calibration audits."""
+STATION_PARAMETERS = TRACKED
+"""The station misalignment tracked by calibration audits (:data:`metrology.parameters.TRACKED`)."""
 
 
 def box_to_field(box: torch.Tensor, n: int) -> torch.Tensor:
@@ -246,8 +226,7 @@ class StationModel(nn.Module):
     # ------------------------------------------------------------------ parameters
     def parameter(self, path: str) -> nn.Parameter:
         """The parameter at a dotted ``path`` (see :data:`CALIBRATABLE`)."""
-        if path not in CALIBRATABLE:
-            raise KeyError(f"unknown parameter path {path!r}; known: {', '.join(CALIBRATABLE)}")
+        parameter(path)  # KeyError naming the known paths
         return self.get_parameter(path)
 
     def station_state(self) -> dict:

@@ -19,29 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-
-def noll_to_nm(j: int) -> tuple[int, int]:
-    """Return ``(n, m)`` of Noll index ``j`` (1-based; ``m < 0`` for sine terms)."""
-    if j < 1:
-        raise ValueError(f"Noll index must be >= 1, got {j}")
-    n = 0
-    while (n + 1) * (n + 2) // 2 < j:
-        n += 1
-    k = j - n * (n + 1) // 2 - 1
-    m = n % 2 + 2 * ((k + (n + 1) % 2) // 2)
-    if m != 0 and j % 2 == 1:
-        m = -m
-    return n, m
-
-
-def nm_to_noll(n: int, m: int) -> int:
-    """Return the Noll index of ``(n, m)``."""
-    if abs(m) > n or (n - abs(m)) % 2:
-        raise ValueError(f"invalid Zernike (n, m) = ({n}, {m})")
-    for j in range(n * (n + 1) // 2 + 1, (n + 1) * (n + 2) // 2 + 1):
-        if noll_to_nm(j) == (n, m):
-            return j
-    raise AssertionError("unreachable")
+from metrology.orderings import noll_norm, noll_to_nm
 
 
 def radial_coefficients(n: int, m: int) -> dict[int, int]:
@@ -54,11 +32,6 @@ def radial_coefficients(n: int, m: int) -> dict[int, int]:
         )
         out[n - 2 * s] = c
     return out
-
-
-def noll_norm(n: int, m: int) -> float:
-    """Noll normalisation factor: ``sqrt(n + 1)`` for ``m = 0``, ``sqrt(2 (n + 1))`` otherwise."""
-    return math.sqrt(n + 1) if m == 0 else math.sqrt(2 * (n + 1))
 
 
 def _poly_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:

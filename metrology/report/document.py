@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from metrology.errors import InputError
+from metrology.io.files import atomic_write_text
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "inspection_result.schema.json"
 """Path of the result document's JSON Schema (draft 2020-12)."""
@@ -34,6 +35,13 @@ def load_schema() -> dict:
     """Return the result document's JSON Schema as a dict (read once, cached)."""
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def finite_or_none(x) -> float | None:
+    """``float(x)``, or None (JSON ``null``) when it is NaN or infinite: the one way every result and
+    calibration document writes a non-finite number (strict JSON has no NaN)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def _path_str(parts) -> str:
@@ -149,14 +157,14 @@ def document_errors(doc, use_jsonschema: bool | None = None) -> list[str]:
     schema = load_schema()
     if use_jsonschema is None:
         try:
-            import jsonschema  # noqa: F401
+            import jsonschema  # noqa: F401 # lazy: optional, the test extra
         except ImportError:
             use_jsonschema = False
         else:
             use_jsonschema = True
     errors = []
     if use_jsonschema:
-        import jsonschema
+        import jsonschema  # lazy: optional, the test extra
 
         validator = jsonschema.Draft202012Validator(schema)
         for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
@@ -208,8 +216,6 @@ def write_json_atomic(path, doc) -> Path:
     Path
         The destination path.
     """
-    from metrology.io import atomic_write_text
-
     text = json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     return atomic_write_text(path, text)
 

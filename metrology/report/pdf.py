@@ -16,9 +16,11 @@ folder, fsync, rename).
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from metrology.io.files import atomic_write_bytes
 from metrology.report.document import validate_document
 from metrology.report.plots import (
     ReportArrays,
@@ -51,10 +53,11 @@ def format_value_u(value: float, U: float, digits: int = 2) -> str:
     Returns
     -------
     str
-        E.g. ``"0.0351 ± 0.0031"``; ``"1.25"`` when ``U`` is 0.
+        E.g. ``"0.0351 ± 0.0031"``; ``"1.25"`` when ``U`` is 0 or unknown; ``"n/a"`` when ``value``
+        is (a result document's ``null``).
     """
-    import math
-
+    if value is None or not math.isfinite(value):
+        return "n/a"
     if not U or not math.isfinite(U):
         return f"{value:.4g}"
     decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(U)))))
@@ -62,6 +65,7 @@ def format_value_u(value: float, U: float, digits: int = 2) -> str:
 
 
 def _styles():
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 
     base = getSampleStyleSheet()["Normal"]
@@ -84,6 +88,7 @@ class _Png:
 
     @staticmethod
     def make(png: bytes, width_mm: float, height_mm: float):
+        # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
         from reportlab.lib.units import mm
         from reportlab.lib.utils import ImageReader
         from reportlab.platypus import Flowable
@@ -104,6 +109,7 @@ class _Png:
 
 
 def _table(rows, col_widths_mm, style_cmds=(), header=True):
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib import colors
     from reportlab.lib.units import mm
     from reportlab.platypus import Table, TableStyle
@@ -124,6 +130,7 @@ def _table(rows, col_widths_mm, style_cmds=(), header=True):
 
 
 def _p(text, style):
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.platypus import Paragraph
 
     return Paragraph(escape(str(text)), style)
@@ -131,11 +138,13 @@ def _p(text, style):
 
 # ------------------------------------------------------------------ page 1
 def _banner(doc, st, width_mm):
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib import colors
 
     v = doc["verdict"]["overall"]
     lens = doc["lens"]
     cal = doc["station"]["calibration"]
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib.styles import ParagraphStyle
     from reportlab.lib.units import mm
     from reportlab.pdfbase.pdfmetrics import stringWidth
@@ -169,6 +178,7 @@ def _banner(doc, st, width_mm):
 
 
 def _limits_table(doc, st, width_mm):
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib import colors
 
     rows = [[_p(h, st["cellb"]) for h in ("Characteristic", "Limit", "Measured ± U (k = 2)", "Verdict",
@@ -212,6 +222,7 @@ def _merit_table(doc, st):
 
 
 def _page1(doc, arrays, st, width_mm):
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib.units import mm
     from reportlab.platypus import Spacer, Table
 
@@ -235,22 +246,31 @@ def _page1(doc, arrays, st, width_mm):
 
 
 # ------------------------------------------------------------------ page 2
+def station_rows(doc) -> list:
+    """The station table's rows ``(parameter, value ± U, unit)``, in the document's order."""
+    return [(m["label"] or m["name"], format_value_u(m["value"], m["U"]), m["unit"])
+            for m in doc["station_misalignment"]]
+
+
 def _station_table(doc, st):
     rows = [[_p(h, st["cellb"]) for h in ("Station / sample parameter", "Value ± U (k = 2)", "Unit")]]
-    for m in doc["station_misalignment"]:
-        rows.append([_p(m["label"] or m["name"], st["cell"]), _p(format_value_u(m["value"], m["U"]), st["cell"]),
-                     _p(m["unit"], st["cell"])])
+    rows += [[_p(text, st["cell"]) for text in row] for row in station_rows(doc)]
     if len(rows) == 1:
         rows.append([_p("not estimated", st["cell"]), "", ""])
     return _table(rows, [48, 32, 12])
+
+
+def _g3(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
 
 
 def _quality_block(doc, st):
     s, idf, dq = doc["solver"], doc["identifiability"], doc["data_quality"]
     out = [_p("Solver", st["h"]),
            _p(f"mode {s['mode']}, loss {s['loss']}, {s['iterations']} iterations, "
-              f"{'converged' if s['converged'] else 'NOT converged'}, final loss {s['final_loss']:.4g}, "
-              f"reduced chi-square {s['reduced_chi2']:.3g}. {s['message']}", st["small"]),
+              f"{'converged' if s['converged'] else 'NOT converged'}, "
+              f"final loss {format_value_u(s['final_loss'], 0)}, "
+              f"reduced chi-square {_g3(s['reduced_chi2'])}. {s['message']}", st["small"]),
            _p("Identifiability", st["h"]),
            _p(f"condition number {idf['condition_number']:.4g}, max |correlation| "
               f"{idf['max_abs_correlation']:.2f}.", st["small"])]
@@ -278,6 +298,7 @@ def _quality_block(doc, st):
 
 
 def _page2(doc, arrays, st, width_mm):
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib.units import mm
     from reportlab.platypus import Spacer, Table
 
@@ -311,6 +332,7 @@ def _footer_paragraphs(doc, st):
 
 
 def _build(doc, arrays: ReportArrays, fh) -> None:
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm
@@ -386,8 +408,6 @@ def write_inspection_report(doc: dict, arrays: ReportArrays, out_path) -> Path:
     validate_document(doc)
     if not isinstance(arrays, ReportArrays):
         raise TypeError(f"arrays must be a ReportArrays, got {type(arrays).__name__}")
-    from metrology.io import atomic_write_bytes
-
     buf = io.BytesIO()
     _build(doc, arrays, buf)  # render fully in memory first: a failure here writes nothing
     return atomic_write_bytes(Path(out_path), buf.getvalue())

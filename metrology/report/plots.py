@@ -93,6 +93,7 @@ class ReportArrays:
 
 # ------------------------------------------------------------------ helpers
 def _figure(width_mm: float, height_mm: float):
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -215,8 +216,8 @@ def zernike_bars_png(terms, wavelength_nm: float, width_mm=186.0, height_mm=62.0
         _missing(ax, "Lens Zernike terms")
         return _png(fig)
     x = np.arange(len(lens))
-    values = np.array([t["value_waves"] for t in lens])
-    errors = np.array([t["U_waves"] for t in lens])
+    values = np.array([np.nan if t["value_waves"] is None else t["value_waves"] for t in lens], dtype=float)
+    errors = np.array([np.nan if t["U_waves"] is None else t["U_waves"] for t in lens], dtype=float)
     colours = ["#3b6ea5" if v >= 0 else "#c0504d" for v in values]
     ax.bar(x, values, color=colours, width=0.7, zorder=2)
     ax.errorbar(x, values, yerr=errors, fmt="none", ecolor="black", elinewidth=0.6, capsize=1.5, zorder=3)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, jvp
 
+from metrology.parameters import element_name
 from metrology.solver.losses import _offset, _roots
 
 BRIGHTNESS = "illumination.brightness"
@@ -25,7 +26,7 @@ BRIGHTNESS = "illumination.brightness"
 class Columns:
     """The free scalar parameters: one entry per Jacobian column."""
 
-    names: list  # e.g. "pupil.zernike_waves[5]"
+    names: list  # element names (metrology.parameters.element_name), e.g. "pupil.zernike_waves[5]"
     paths: list  # parameter path of each column
     flat_index: list  # element of the parameter
     spec: list  # index of the ParameterSpec (in the list given) that frees it
@@ -37,8 +38,7 @@ def columns_for(model, specs) -> Columns:
         p = model.parameter(s.path)
         elems = range(p.numel()) if s.indices is None else s.indices
         for k in elems:
-            label = s.path if p.dim() == 0 else f"{s.path}[{k}]"
-            names.append(label)
+            names.append(element_name(s.path, None if p.dim() == 0 else k))
             paths.append(s.path)
             idx.append(int(k))
             owner.append(si)

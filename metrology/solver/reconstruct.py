@@ -18,13 +18,12 @@ from torch.func import functional_call
 
 from metrology.measurement import DataQuality
 from metrology.physics import StationModel
-from metrology.solver import init as init_mod
 from metrology.solver.device import device_label
 from metrology.solver.jacobian import columns_for, normal_equations, psd_inverse
 from metrology.solver.losses import LOSSES, chi_square, total_variation
-from metrology.solver.projection import basis_mask, initialise_pupil
 from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
 from metrology.solver.schedule import Schedule, parameters_at_bounds
+from metrology.solver.start import start
 
 
 @dataclass
@@ -217,52 +216,6 @@ def prepare(model: StationModel, frames, noise: NoiseModel):
     return data, mask, quality, background
 
 
-def search_geometry_known(model: StationModel, data, background, ranges=None, bright_field=None) -> dict:
-    """LED geometry from a known reference: dark-field frames matched against modelled frames, and
-    the bright-field frames' two-disk pattern (independent of the pupil phase, so robust to strong
-    aberrations), fitted together (robustly) to the global geometry. ``bright_field``: the result
-    of :func:`metrology.solver.blind.search_bright_field` for this model and data, when already
-    computed."""
-    from metrology.solver.blind import search_bright_field
-
-    ranges = ranges or init_mod.DEFAULT_RANGES
-    k, score = init_mod.search_led_frequencies(model, data - background, ranges=ranges)
-    with torch.no_grad():
-        k_nom = model.illumination.spatial_frequencies().detach()
-        near_bf = torch.linalg.vector_norm(k_nom, dim=-1) < model.geometry.cutoff + 3 * model.geometry.df
-    weight = score.clamp(min=0) * (~near_bf).double()
-    k_bf, w_bf = search_bright_field(model, data - background) if bright_field is None else bright_field
-    use_bf = w_bf > 0
-    k = torch.where(use_bf[:, None], k_bf.to(k.dtype), k)
-    weight = torch.where(use_bf, 2.0 * w_bf.to(weight.dtype), weight)
-    if (weight > 0).sum() < 6:
-        weight = score.clamp(min=0)
-    return init_mod.fit_geometry(model, k, weight)
-
-
-def initialise(model: StationModel, data, mask, background, mode: str, ranges=None, search_geometry=True) -> dict:
-    """Coarse initialisation (see :mod:`metrology.solver.init`)."""
-    summary = {}
-    ranges = ranges or init_mod.DEFAULT_RANGES
-    if mode == "blind" and search_geometry:
-        from metrology.solver.blind import initialise_blind_geometry
-
-        summary["geometry_search"] = initialise_blind_geometry(model, data, background)
-    if mode in ("known", "prior") and search_geometry:
-        summary["geometry_search"] = search_geometry_known(model, data, background, ranges)
-    init_mod.initialise_intensity(model, data, background, mask, object_known=mode != "blind")
-    if mode in ("known", "prior"):
-        with torch.no_grad():
-            k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1)
-            j = int(torch.argmin(k))
-            pred = model(indices=torch.tensor([j], device=data.device))[0]
-            sx, sy = init_mod.phase_correlation_shift(data[j], pred)
-            g = model.geometry
-            model.sample.position_um.add_(torch.tensor([sx, sy], dtype=pred.dtype, device=pred.device) * g.pixel_um)
-        summary["position_um"] = model.sample.position_um.detach().tolist()
-    return summary
-
-
 def reconstruct(
     model: StationModel,
     frames,
@@ -303,30 +256,8 @@ def reconstruct(
     """
     t0 = time.perf_counter()
     data, mask, quality, background = prepare(model, frames, noise)
-    if schedule.mode == "blind" and reference_transmission is None:
-        from metrology.solver.blind import initial_sample
-
-        initial_sample(model, data, background)
-    if schedule.projection_iterations and initialise_geometry and schedule.mode in ("known", "prior"):
-        summary = _start_two_geometries(model, data, mask, background, schedule, ranges, observe)
-    else:
-        summary = initialise(model, data, mask, background, schedule.mode, ranges, initialise_geometry)
-        if schedule.projection_iterations:
-            blind = schedule.mode == "blind"
-            summary["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations,
-                                                     blind, basis_mask(model, schedule.parameters, blind), observe)
-    if schedule.bootstrap_na_factor:
-        from metrology.solver.bootstrap import bootstrap, research
-
-        summary["bootstrap"] = bootstrap(model, frames, noise, schedule)
-        if initialise_geometry:
-            # search again through the pupil the bootstrap found (strong aberrations mislead the
-            # first, clear-pupil search); keep the more self-consistent geometry, and bootstrap
-            # again from it
-            first = summary.get("geometry_search", {}).get("residual_px", float("inf"))
-            summary["geometry_search_2"] = research(model, data, background, ranges, first)
-            if summary["geometry_search_2"]["kept"]:
-                summary["bootstrap_2"] = bootstrap(model, frames, noise, schedule)
+    summary = start(model, data, mask, background, schedule, search_geometry=initialise_geometry, ranges=ranges,
+                    observe=observe, sample_given=reference_transmission is not None)
     with torch.no_grad():
         pred = model()
     blank = blank_frames(data, pred, background, noise)
@@ -422,41 +353,6 @@ def reconstruct(
         jackknife=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group],
         at_bounds=parameters_at_bounds(model, schedule),
     )
-
-
-def _start_two_geometries(model, data, mask, background, schedule, ranges, observe) -> dict:
-    """Known/prior start from two LED geometries, each followed by the projections; the one whose
-    projections end with the lower amplitude misfit is kept.
-
-    1. The bright-field disks alone (LED shift and rotation; distance and tilt nominal), as in blind
-       mode: independent of the pupil phase, so strong aberrations cannot bias it.
-    2. The full search (dark-field frames matched through a clear pupil, plus the disks): it also
-       finds distance and tilt, but a wave of aberration biases it (PtyLab case 2: 0.2 mm and
-       0.2 deg off, projections end at 0.033 waves against 0.0035 from the disks alone).
-    """
-    from metrology.solver.blind import initialise_blind_geometry, search_bright_field
-
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    free = basis_mask(model, schedule.parameters, False)
-    bright_field = search_bright_field(model, data - background)  # both geometries start from it
-    disks = initialise_blind_geometry(model, data, background, bright_field)
-    first = initialise(model, data, mask, background, schedule.mode, ranges, search_geometry=False)
-    first["geometry_search"] = disks
-    first["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations, False,
-                                           free, observe)
-    after_first = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(start)
-    full = search_geometry_known(model, data, background, ranges, bright_field)
-    second = initialise(model, data, mask, background, schedule.mode, ranges, search_geometry=False)
-    second["geometry_search"] = full
-    second["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations, False,
-                                            free, observe)
-    if first["projection"]["error_end"] < second["projection"]["error_end"]:
-        model.load_state_dict(after_first)
-        first.update(kept="bright-field geometry", other=second)
-        return first
-    second.update(kept="full geometry search", other=first)
-    return second
 
 
 POLISH_STEPS = 8

@@ -1,7 +1,7 @@
 """Calibration schedules: which parameter paths are free, their step, when released, their bounds.
 
-A :class:`Schedule` is a list of :class:`ParameterSpec`, one per parameter path of
-:data:`metrology.physics.CALIBRATABLE`. Paths not listed stay fixed. ``step`` is the parameter's
+A :class:`Schedule` is a list of :class:`ParameterSpec`, one per parameter path of the registry
+(:mod:`metrology.parameters`). Paths not listed stay fixed. ``step`` is the parameter's
 natural step size: the optimiser works on ``p / step`` (a diagonal preconditioner for L-BFGS) and
 uses it as the learning rate of Adam sample updates. ``start`` is the iteration at which the
 parameter is released; ``indices`` frees only some elements (e.g. Noll 5..K of the Zernike vector);
@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from metrology.physics import CALIBRATABLE
-
-MODES = ("known", "prior", "blind")
+from metrology.parameters import BY_PATH, GEOMETRY, MODES, SCHEDULE_ORDER
+from metrology.solver.jacobian import columns_for
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ParameterSpec:
     indices: tuple | None = None
 
     def __post_init__(self):
-        if self.path not in CALIBRATABLE:
+        if self.path not in BY_PATH:
             raise ValueError(f"unknown parameter path {self.path!r}")
         if self.step <= 0:
             raise ValueError(f"{self.path}: step must be > 0")
@@ -84,11 +83,6 @@ class Schedule:
     sample_steps : int
         Sample updates per alternation in prior/blind modes (the UA-FP self-calibrating loop
         alternates sample updates and system updates).
-    bootstrap_na_factor : float or None
-        When set, the fit first runs on the LEDs with illumination NA below this factor times the
-        lens NA (bright field and the first dark-field ring) and starts the full fit from that
-        result, then searches the geometry again through the pupil found (off by default: the
-        projections below now give the fit its start inside the basin of the minimum).
     projection_iterations : int
         Alternating projections (free pupil phase map; the sample too in blind mode) before the
         gradient fit, projected onto the model's Zernike basis (:mod:`metrology.solver.projection`);
@@ -106,7 +100,6 @@ class Schedule:
     tv_weight: float = 0.0
     prior_weight: float = 0.0
     sample_steps: int = 5
-    bootstrap_na_factor: float | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -131,65 +124,52 @@ class Schedule:
         """Specs released at ``iteration`` (excluding sample fields, updated separately)."""
         return [p for p in self.parameters if p.start <= iteration and not p.path.startswith("sample.field")]
 
-    def with_parameters(self, **changes) -> "Schedule":
-        return replace(self, **changes)
-
     def without(self, *paths) -> "Schedule":
         """The same schedule with ``paths`` fixed (e.g. misalignment frozen at nominal)."""
         return replace(self, parameters=tuple(p for p in self.parameters if p.path not in paths))
 
 
-GEOMETRY_PATHS = (
-    "illumination.shift_mm",
-    "illumination.rotation_deg",
-    "illumination.distance_error_mm",
-    "illumination.tilt_deg",
-)
+GEOMETRY_PATHS = GEOMETRY
+"""The LED board geometry (:data:`metrology.parameters.GEOMETRY`)."""
 
 
 PROJECTION_ITERATIONS = {"known": 30, "prior": 30, "blind": 60}
 """Alternating-projection iterations before the gradient fit (see :mod:`metrology.solver.projection`)."""
 
 
+def default_specs(mode: str = "known", zernike_terms: int = 36) -> tuple:
+    """The default schedule's :class:`ParameterSpec` list for ``mode``, from the registry's
+    :attr:`metrology.parameters.Parameter.fit` entries (in :data:`metrology.parameters.SCHEDULE_ORDER`):
+    one spec per parameter, or one per stage where the registry releases elements in stages (their
+    indices clipped to ``zernike_terms``; an empty stage is left out)."""
+    specs = []
+    for path in SCHEDULE_ORDER:
+        p = BY_PATH[path]
+        if mode not in p.fit.modes:
+            continue
+        if not p.fit.stages:
+            specs.append(ParameterSpec(path, p.fit.step, p.fit.start, p.bounds))
+        for stage in p.fit.stages:
+            indices = tuple(i for i in stage.elements if i < zernike_terms)
+            if indices:
+                specs.append(ParameterSpec(path, p.fit.step, stage.start, p.bounds, indices))
+    return tuple(specs)
+
+
 def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iterations: int | None = None) -> Schedule:
-    """Staged default: LED geometry, brightness and sample pose first; then the lens aberrations;
-    the apodisation last (then everything together).
+    """Staged default: LED geometry, brightness and sample pose first; then the lens aberrations by
+    increasing radial order; the apodisation last (then everything together). The parameters, their
+    steps, release iterations and bounds are the registry's (:func:`default_specs`).
 
     Noll 1-4 stay fixed at zero (alignment terms carried by sample position and defocus).
     """
-    # aberrations by increasing radial order (n <= 3, then n = 4-5, then the rest): a strong
-    # high-order term fitted before the low orders are right invites local minima
-    stages = [(1, 4, min(10, zernike_terms)), (2, 10, min(21, zernike_terms)), (3, 21, zernike_terms)]
-    zern_specs = [
-        ParameterSpec("pupil.zernike_waves", 0.01, start, (-2.0, 2.0), tuple(range(a, b)))
-        for start, a, b in stages if b > a
-    ]
-    params = [
-        ParameterSpec("illumination.shift_mm", 0.05, 0, (-3.0, 3.0)),
-        ParameterSpec("illumination.rotation_deg", 0.05, 0, (-10.0, 10.0)),
-        ParameterSpec("illumination.distance_error_mm", 0.2, 0, (-10.0, 10.0)),
-        ParameterSpec("illumination.tilt_deg", 0.2, 0, (-5.0, 5.0)),
-        ParameterSpec("illumination.brightness", 0.01, 0, (0.0, 10.0)),
-        ParameterSpec("sample.position_um", 0.1, 0, (-50.0, 50.0)),
-        ParameterSpec("sample.defocus_um", 0.5, 1, (-200.0, 200.0)),  # with the low-order aberrations
-        ParameterSpec("camera.background_counts", 1.0, 0, None),
-        *zern_specs,
-        ParameterSpec("pupil.log_amplitude", 0.01, 3, (-2.0, 2.0), (3, 10)),  # radial apodisation (Noll 4, 11)
-    ]
-    if mode in ("prior", "blind"):
-        params.append(ParameterSpec("sample.field_real", 0.01, 0, (-3.0, 3.0)))
-        params.append(ParameterSpec("sample.field_imag", 0.01, 0, (-3.0, 3.0)))
-    if mode == "blind":
-        # with an unknown object the sample position is meaningless, and the LED distance and tilt
-        # (radial scalings of the illumination) trade against the unknown object's scale: keep
-        # them at nominal; shift and rotation stay free (the pupil edge anchors them)
-        params = [p for p in params if p.path not in ("sample.position_um", "illumination.distance_error_mm",
-                                                      "illumination.tilt_deg")]
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     rounds = {"known": 6, "prior": 30, "blind": 60}[mode]
     iters = max_iterations or rounds + 8
     return Schedule(
         mode=mode,
-        parameters=tuple(params),
+        parameters=default_specs(mode, zernike_terms),
         max_iterations=iters,
         staging_rounds=min(rounds, iters),
         tv_weight=0.0 if mode == "known" else 1e-3,
@@ -199,7 +179,6 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
         # Gauss-Newton test decides convergence as in every mode
         rtol=0.0 if mode == "blind" else 1e-5,
         prior_weight=0.1 if mode == "prior" else 0.0,
-        bootstrap_na_factor=None,  # the projections now start the fit inside the basin (faster, as accurate)
         projection_iterations=PROJECTION_ITERATIONS[mode],
     )
 
@@ -224,8 +203,6 @@ def parameters_at_bounds(model, schedule: Schedule, rtol: float = 1e-6) -> list[
         The elements' Jacobian column names (``path`` or ``path[i]``,
         :func:`metrology.solver.jacobian.columns_for`), in schedule order.
     """
-    from metrology.solver.jacobian import columns_for
-
     specs = list(schedule.parameters)
     cols = columns_for(model, specs)
     values = {path: model.parameter(path).detach().flatten().double().cpu() for path in set(cols.paths)}

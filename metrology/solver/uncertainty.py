@@ -22,21 +22,8 @@ import torch
 
 from metrology.conventions import ALIGNMENT_NOLL
 from metrology.measurement import Identifiability, Measurement, SolverReport, StationEstimate
-from metrology.physics.model import STATION_PARAMETERS
+from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, element_names
 from metrology.solver.jacobian import psd_inverse
-
-STATION_LABELS = {
-    "illumination.shift_mm[0]": ("LED array shift x", "mm"),
-    "illumination.shift_mm[1]": ("LED array shift y", "mm"),
-    "illumination.rotation_deg": ("LED array rotation", "deg"),
-    "illumination.distance_error_mm": ("LED array distance error", "mm"),
-    "illumination.tilt_deg[0]": ("LED array tilt about x", "deg"),
-    "illumination.tilt_deg[1]": ("LED array tilt about y", "deg"),
-    "sample.defocus_um": ("Sample defocus", "um"),
-    "sample.position_um[0]": ("Sample position x", "um"),
-    "sample.position_um[1]": ("Sample position y", "um"),
-}
-"""Stable names, labels and units of the station misalignment estimates."""
 
 STRONG_CORRELATION = 0.95
 VIF_LIMIT = 1e4
@@ -124,22 +111,20 @@ def measurement_from_fit(fit) -> Measurement:
     k = g.zernike_terms
     z = model.pupil.zernike_waves.detach().double().cpu().numpy()
     zcov = np.zeros((k, k))
-    zi = [(j, index.get(f"pupil.zernike_waves[{j}]")) for j in range(k)]
+    zi = [(j, index.get(element_name("pupil.zernike_waves", j))) for j in range(k)]
     zi = [(j, i) for j, i in zi if i is not None]
     for a, ia in zi:
         for b, ib in zi:
             zcov[a, b] = float(cov[ia, ib])
     station = []
     state = model.station_state()
-    for path in STATION_PARAMETERS:
-        value = state[path]
-        values = value if isinstance(value, list) else [value]
-        for e, v in enumerate(values):
-            name = path if not isinstance(value, list) else f"{path}[{e}]"
+    for path in TRACKED:
+        values = np.ravel(state[path])
+        for name, v in zip(element_names(path), values):
             if name not in index:
                 continue  # not fitted in this mode
-            label, unit = STATION_LABELS[name]
-            station.append(StationEstimate(name, label, unit, float(v), float(torch.sqrt(cov[index[name], index[name]]))))
+            station.append(StationEstimate(name, element_label(name), BY_PATH[path].unit, float(v),
+                                           float(torch.sqrt(cov[index[name], index[name]]))))
     solver = SolverReport(
         mode=fit.schedule.mode,
         loss_name=fit.schedule.loss,

@@ -1,6 +1,6 @@
 """A realistic synthetic result document and report arrays.
 
-Used by the tests and as the reference of what the inspection pipeline fills in. Everything is
+A test fixture (not part of the package), and the reference of what the inspection pipeline fills in. Everything is
 deterministic (fixed seeds) and consistent: the figures of merit follow from the Zernike terms,
 each limit's verdict follows the decision rule of :mod:`metrology.conventions`, and the pupil map
 and PSF in :func:`example_arrays` are computed from the document's coefficients.
@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from metrology import __version__
-from metrology.analysis.orderings import noll_norm, noll_to_nm, zernike_family, zernike_name
+from metrology.orderings import noll_norm, noll_to_nm, zernike_family, zernike_name
 from metrology.conventions import ALIGNMENT_NOLL, CONVENTIONS_TEXT, COVERAGE_FACTOR, DECISION_RULE
 from metrology.report.plots import ReportArrays
 

@@ -1,4 +1,4 @@
-"""Zernike orderings, names and families.
+"""Zernike orderings, names and families: the one Noll index map of the project.
 
 The canonical key is ``(n, m)`` with signed ``m`` (``m >= 0``: ``cos(m theta)``, ``m < 0``:
 ``sin(|m| theta)``), see :mod:`metrology.conventions`. Index systems exist only at the edges:
@@ -20,6 +20,9 @@ import math
 from functools import lru_cache
 
 import numpy as np
+
+MAX_NOLL = 231
+"""Largest Noll index accepted in files (radial order 20)."""
 
 # ----------------------------------------------------------------------------- index maps
 

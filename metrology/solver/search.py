@@ -1,15 +1,16 @@
-"""Initialisation robust enough for a real station.
+"""Searches of the LED geometry, robust enough for a real station (used by :mod:`.start`).
 
 1. Per-LED search of the illumination frequency ``k_j`` on an integer grid around the nominal, by
    matching translation-invariant features (Fourier magnitude of the windowed frame) of the measured
-   frame against frames modelled through a clear pupil (known reference sample).
-2. A robust least-squares fit of the global LED geometry (shift, rotation, distance, tilt) to those
-   per-LED estimates.
-3. Sample position by phase correlation of a bright-field frame; intensity scale, background and
-   per-LED brightness from frame means.
-
-The search works on a centre crop of at most ``crop_px`` pixels so its cost does not grow with
-the frame size.
+   frame against frames modelled through a clear pupil (known reference sample,
+   :func:`search_led_frequencies`). The search works on a centre crop of at most ``crop_px`` pixels
+   so its cost does not grow with the frame size.
+2. Bright-field disks (:func:`search_bright_field`), whatever the sample: each bright-field frame's
+   spectrum shows two pupil-sized disks centred at ``+k_j`` and ``-k_j`` (the interference of the
+   unscattered light with the scattered light). Their centres are found by correlating the frame's
+   log spectrum with the two-disk template over a grid of candidate ``k_j``.
+3. A robust least-squares fit of the global LED geometry (shift, rotation, distance, tilt) to those
+   per-LED estimates (:func:`fit_geometry`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,18 @@ import math
 import numpy as np
 import torch
 
+from metrology.parameters import GEOMETRY
 from metrology.physics import StationModel
 from metrology.physics.illumination import Illumination
 from metrology.physics.pupil import soft_disk
+from metrology.physics.zernike import zernike_grid
+
+GEOMETRY_NAMES = tuple(path.split(".", 1)[1] for path in GEOMETRY)
+"""Attribute names of the LED geometry on :class:`~metrology.physics.illumination.Illumination`."""
 
 DEFAULT_RANGES = {"shift_mm": 1.0, "rotation_deg": 3.0, "distance_error_mm": 3.0}
+"""Misalignment the per-LED search covers (keys: :attr:`metrology.parameters.Parameter.key`; the
+tilt moves the LEDs little and is not searched)."""
 
 
 def _hann(n, dtype, device=None):
@@ -44,8 +52,6 @@ def _features(frames: torch.Tensor) -> torch.Tensor:
 
 def _pupil_phase(model: StationModel, u: torch.Tensor, df: float, radius: float) -> torch.Tensor:
     """``exp(i 2 pi (W + defocus))`` of the model's current pupil on a box grid ``u`` (pixels of ``df``)."""
-    from metrology.physics.zernike import zernike_grid
-
     c = model.pupil.zernike_waves.detach().double().to(u.device)
     z = model.sample.defocus_um.detach().double().to(u.device)
     if not bool(c.abs().max() > 0) and float(z) == 0.0:
@@ -167,7 +173,7 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
 
 
 def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor, iterations: int = 3,
-                 names=("shift_mm", "rotation_deg", "distance_error_mm", "tilt_deg")) -> dict:
+                 names=GEOMETRY_NAMES) -> dict:
     """Robust least-squares fit of the global LED geometry to per-LED frequency estimates.
 
     Sets ``illumination.<names>`` on ``model`` (the others stay at the model's values) and returns
@@ -178,7 +184,7 @@ def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor,
     k_est = k_est.double().cpu()
     w = weight.double().cpu().clamp(min=0)
     with torch.no_grad():
-        for name in ("shift_mm", "rotation_deg", "distance_error_mm", "tilt_deg"):
+        for name in GEOMETRY_NAMES:
             getattr(ill, name).copy_(getattr(model.illumination, name).double().cpu())
     params = [getattr(ill, name) for name in names]
     used = w > 0
@@ -204,52 +210,60 @@ def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor,
     return {"residual_px": float(torch.sqrt((res[used] ** 2).mean())), "leds_used": int(used.sum())}
 
 
-def phase_correlation_shift(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Shift ``(dx, dy)`` in pixels that moves image ``b`` onto image ``a`` (sub-pixel, parabolic)."""
-    fa = torch.fft.fft2(a - a.mean())
-    fb = torch.fft.fft2(b - b.mean())
-    r = fa * fb.conj()
-    corr = torch.fft.ifft2(r / (r.abs() + 1e-12)).real
-    n = a.shape[-1]
-    iy, ix = np.unravel_index(int(torch.argmax(corr)), corr.shape)
+def search_bright_field(model: StationModel, data: torch.Tensor, radius_px: int = 6, step: float = 0.25):
+    """Estimate ``k_j`` of the bright-field LEDs from the two-disk pattern of their spectra.
 
-    def sub(vals):
-        l, c, r_ = vals
-        den = l - 2 * c + r_
-        return float(0.5 * (l - r_) / den) if den < 0 else 0.0
-
-    dy = sub([corr[(iy - 1) % n, ix], corr[iy, ix], corr[(iy + 1) % n, ix]])
-    dx = sub([corr[iy, (ix - 1) % n], corr[iy, ix], corr[iy, (ix + 1) % n]])
-    sx = ((ix + n // 2) % n - n // 2) + dx
-    sy = ((iy + n // 2) % n - n // 2) + dy
-    return float(sx), float(sy)
-
-
-def initialise_intensity(model: StationModel, data: torch.Tensor, background: float, mask: torch.Tensor,
-                         object_known: bool = True) -> None:
-    """Set ``camera.background_counts``, ``camera.counts_per_unit`` and per-LED brightness from frame means.
-
-    Brightness is the measured / predicted frame sum relative to the bright-field median. With an
-    unknown object (``object_known=False``, blind mode) the start object is smooth and predicts
-    almost no dark-field light, so that ratio says nothing about a dark-field LED (it would clamp at
-    the upper bound): those LEDs start at the nominal brightness 1 instead. Simulated blind case
-    (32 px, 11 x 11 LEDs): dark-field brightness ending 2.8x too high with a 2.7 reduced chi2 and
-    0.003 waves of lens error, against 1.7 % / 1.4 / 0.0012 waves from the nominal start.
+    Returns
+    -------
+    k : Tensor (J, 2)
+        Estimates (cycles/um); nominal values for LEDs not estimated.
+    weight : Tensor (J,)
+        Peak normalised correlation for estimated LEDs, 0 otherwise.
     """
+    g = model.geometry
+    n = g.frame_px
     with torch.no_grad():
-        model.camera.background_counts.fill_(background)
-        model.camera.counts_per_unit.fill_(1.0)
-        model.illumination.brightness.fill_(1.0)
-        inten = model.intensity() * model.exposure[:, None, None]
-        m = mask.to(inten.dtype)
-        measured = ((data - background) * m).sum(dim=(-2, -1))
-        predicted = (inten * m).sum(dim=(-2, -1)).clamp(min=1e-12)
-        ratio = measured / predicted
-        bf = model.bright_field()
-        scale = float(torch.median(ratio[bf])) if bf.any() else float(torch.median(ratio))
-        model.camera.counts_per_unit.fill_(max(scale, 1e-12))
-        b = (ratio / scale).clamp(0.05, 10.0)
-        b[predicted < 1e-9 * predicted.max()] = 1.0
-        if not object_known:
-            b[~bf] = 1.0
-        model.illumination.brightness.copy_(b)
+        k_nom = model.illumination.spatial_frequencies().double()
+        s_nom = k_nom / g.df
+        radius = g.pupil_radius_px
+        chosen = torch.nonzero(torch.linalg.vector_norm(s_nom, dim=-1) < radius - 2).flatten()
+        dev = data.device
+        u = torch.fft.fftfreq(n, d=1.0 / n, device=dev).double()
+        fy, fx = u[:, None], u[None, :]
+        k_est = k_nom.clone()
+        weight = torch.zeros(g.n_leds, dtype=torch.float64, device=dev)
+        win = _hann(n, torch.float64, dev)
+        r0 = torch.tensor(radius, dtype=torch.float64, device=dev)
+
+        def grid(half, spacing):
+            d = torch.arange(-half, half + spacing / 2, spacing, dtype=torch.float64, device=dev)
+            oy, ox = torch.meshgrid(d, d, indexing="ij")
+            return torch.stack([ox.flatten(), oy.flatten()], dim=-1)
+
+        def best_of(spec, cand):
+            best, best_c = -2.0, cand[0]
+            for s in range(0, cand.shape[0], 128):
+                c = cand[s : s + 128]
+                r1 = torch.sqrt((fx[None] - c[:, 0, None, None]) ** 2 + (fy[None] - c[:, 1, None, None]) ** 2)
+                r2 = torch.sqrt((fx[None] + c[:, 0, None, None]) ** 2 + (fy[None] + c[:, 1, None, None]) ** 2)
+                t = torch.maximum(soft_disk(r0, r1), soft_disk(r0, r2))
+                t = t - t.mean(dim=(-2, -1), keepdim=True)
+                t = t / t.norm(dim=(-2, -1), keepdim=True)
+                score = (t * spec).sum(dim=(-2, -1))
+                i = int(torch.argmax(score))
+                if score[i] > best:
+                    best, best_c = float(score[i]), c[i]
+            return best, best_c
+
+        coarse, fine = grid(radius_px, 1.0), grid(1.0, step)  # coarse to fine: whole pixels, then sub-pixel
+        for j in chosen.tolist():
+            frame = data[j].double()
+            spec = torch.log(torch.fft.fft2((frame - frame.mean()) * win).abs() + 1e-9)
+            spec[0, 0] = spec.mean()
+            spec = spec - spec.mean()
+            spec = spec / spec.norm()
+            _, c0 = best_of(spec, s_nom[j][None, :] + coarse)
+            best, best_c = best_of(spec, c0[None, :] + fine)
+            k_est[j] = best_c * g.df
+            weight[j] = max(best, 0.0)
+        return k_est, weight

@@ -1,0 +1,176 @@
+"""The inspection result document: built here from the measurement, the verdict and the figures.
+
+The document (schema ``metrology/schemas/inspection_result.schema.json``, ``docs/report.md``) is
+plain JSON; :func:`build_document` fills it from plain objects (no torch, no solver): the
+:class:`~metrology.measurement.Measurement`, the :class:`~metrology.analysis.verdict.Verdict`, the
+station status and the figures of merit (:func:`figures_of_merit`). Non-finite numbers are written
+as JSON ``null`` (:func:`~metrology.report.document.finite_or_none`), in this document as in the
+calibration summary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from metrology import __version__
+from metrology.analysis.figures import cutoff_cyc_per_mm, strehl_psf
+from metrology.analysis.propagation import derived_figures
+from metrology.analysis.wavefront import zernike_table
+from metrology.conventions import CONVENTIONS_TEXT, COVERAGE_FACTOR, DECISION_RULE
+from metrology.parameters import element_label, parse_element
+from metrology.report.document import SCHEMA_VERSION, finite_or_none
+
+DEFAULT_MTF_FRACTIONS = (0.1, 0.25, 0.5)
+"""MTF reported at these fractions of the incoherent cut-off when the spec names no frequency."""
+
+
+def _q(quantity) -> dict:
+    v, u = float(quantity.value), float(quantity.u)
+    return {"value": v, "u": u, "U": COVERAGE_FACTOR * u}
+
+
+def conventions_block() -> dict:
+    """The ``conventions`` block: the conventions text and its parts (:mod:`metrology.conventions`)."""
+    return {
+        "text": CONVENTIONS_TEXT,
+        "zernike_ordering": "Noll",
+        "zernike_normalisation": "Noll: unit RMS over the unit disk; cos for even j, sin for odd j",
+        "axes": "x along image columns, y along image rows, +y down on every map, z towards the objective",
+        "units": "mm station, um sample plane, nm wavelength/OPD, waves Zernike",
+        "decision_rule": DECISION_RULE,
+        "coverage_factor": int(COVERAGE_FACTOR),
+    }
+
+
+def figures_of_merit(measurement, spec) -> dict:
+    """Lens figures with uncertainties (Monte Carlo over the coefficient covariance)."""
+    c = np.nan_to_num(measurement.zernike_waves)
+    cov = np.nan_to_num(measurement.zernike_cov)
+    cut = cutoff_cyc_per_mm(measurement.wavelength_nm, measurement.na)
+    freqs = [m.frequency_cyc_per_mm for m in spec.mtf] if spec is not None and spec.mtf else [
+        round(f * cut, 1) for f in DEFAULT_MTF_FRACTIONS
+    ]
+    figs = derived_figures(c, cov, measurement.wavelength_nm, measurement.na, mtf_frequencies_cyc_per_mm=freqs)
+    strehl = figs["strehl"]
+    s_psf = strehl_psf(c)
+    return {
+        "rms_waves": _q(figs["rms_waves"]),
+        "rms_nm": _q(figs["rms_nm"]),
+        "pv_waves": _q(figs["pv_waves"]),
+        # the pupil is a Zernike model (no residual map beyond it): PVr = PV + 3 x 0
+        "pvr_waves": _q(figs["pv_waves"]),
+        "strehl": _q(strehl),
+        "strehl_psf": {"value": float(s_psf), "u": float(strehl.u), "U": COVERAGE_FACTOR * float(strehl.u)},
+        "fit_residual_waves": 0.0,
+        "mtf": [
+            {"frequency_cyc_per_mm": float(f), **_q(figs[f"mtf@{f:g}"])} for f in freqs
+        ],
+    }
+
+
+def _zernike_rows(measurement) -> list:
+    u = measurement.zernike_u
+    rows = []
+    for row in zernike_table(measurement.zernike_waves, u=u):
+        rows.append({
+            "noll": int(row["noll"]), "n": int(row["n"]), "m": int(row["m"]), "name": row["name"],
+            "family": row["family"], "value_waves": finite_or_none(row["value_waves"]),
+            "u_waves": finite_or_none(row["u_waves"]), "U_waves": finite_or_none(row["U_waves"]),
+            "alignment": bool(row["alignment"]),
+        })
+    return rows
+
+
+def _station_rows(measurement) -> list:
+    """One row per station estimate, named, labelled and in the unit of the registry."""
+    rows = []
+    for s in measurement.station:
+        p, _ = parse_element(s.name)
+        rows.append({"name": s.name, "label": element_label(s.name), "unit": p.unit,
+                     "value": finite_or_none(s.value), "u": finite_or_none(s.u),
+                     "U": finite_or_none(COVERAGE_FACTOR * float(s.u))})
+    return rows
+
+
+def _solver_block(solver) -> dict:
+    return {
+        "mode": solver.mode, "loss": solver.loss_name, "iterations": int(solver.iterations),
+        "converged": bool(solver.converged), "final_loss": finite_or_none(solver.final_loss),
+        "reduced_chi2": finite_or_none(solver.reduced_chi2),
+        "history": [finite_or_none(h) for h in solver.history], "message": solver.message,
+        "at_bounds": [str(n) for n in solver.at_bounds],
+    }
+
+
+def _verdict_block(verdict) -> dict:
+    return {
+        "overall": verdict.overall,
+        "reasons": list(verdict.reasons) + [f"warning: {w}" for w in verdict.warnings],
+        "limits": [
+            {"name": r.name, "kind": r.kind, "limit": float(r.limit), "unit": r.unit,
+             "value": finite_or_none(r.value), "u": finite_or_none(r.u), "U": finite_or_none(r.U),
+             "verdict": r.verdict, "reason": r.reason}
+            for r in verdict.limits
+        ],
+    }
+
+
+def build_document(loaded, measurement, verdict, status, figures, timings, serial, operator, now,
+                   compute_device: str = "cpu") -> dict:
+    """The result document (schema ``metrology/schemas/inspection_result.schema.json``).
+
+    Parameters
+    ----------
+    loaded : metrology.pipeline.LoadedInputs
+        Its ``capture`` (lens model), ``spec`` (model, when the capture names none), ``station``
+        (id) and ``inputs`` (role, path, SHA-256 of every input file).
+    measurement : metrology.measurement.Measurement
+    verdict : metrology.analysis.verdict.Verdict
+    status : dict
+        Station calibration status (:func:`metrology.pipeline.station_status`).
+    figures : dict
+        :func:`figures_of_merit`.
+    timings : dict
+        Seconds per section (``load``, ``reconstruct``, ``analyse``, ``report``).
+    serial, operator : str
+    now : datetime
+        Creation time (UTC).
+    compute_device : str
+        Where the fit ran (``software.compute_device``).
+    """
+    cap = loaded.capture
+    ident = measurement.identifiability
+    q = measurement.quality
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "software": {"name": "lens-metrology", "version": __version__, "compute_device": compute_device},
+        "created_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lens": {"model": cap.lens_model or (loaded.spec.model if loaded.spec is not None else ""),
+                 "serial": serial},
+        "operator": operator,
+        "station": {"id": loaded.station.station_id, "calibration": {
+            "status": status["status"], "reason": status.get("reason", ""),
+            "calibrated_utc": status.get("calibrated_utc"), "valid_until": status.get("valid_until")}},
+        "inputs": loaded.inputs,
+        "conventions": conventions_block(),
+        "wavelength_nm": float(measurement.wavelength_nm),
+        "na": float(measurement.na),
+        "tile_center_mm": [float(x) for x in measurement.tile_center_mm],
+        "zernike": _zernike_rows(measurement),
+        "figures_of_merit": figures,
+        "station_misalignment": _station_rows(measurement),
+        "identifiability": {
+            "condition_number": float(min(ident.condition_number, 1e300)),
+            "max_abs_correlation": float(min(max(ident.max_abs_correlation, 0.0), 1.0)),
+            "strong_pairs": [{"a": a, "b": b, "correlation": float(c)} for a, b, c in ident.strong_pairs[:20]],
+            "unidentifiable": list(ident.unidentifiable),
+        },
+        "data_quality": {
+            "saturated_fraction": float(q.saturated_fraction), "hot_pixels": int(q.hot_pixels),
+            "blank_frames": [int(b) for b in q.blank_frames],
+            "flags": [{"code": c, "message": m, "severity": s} for c, m, s in q.flags],
+        },
+        "solver": _solver_block(measurement.solver),
+        "verdict": _verdict_block(verdict),
+        "timings_s": {k: float(timings.get(k, 0.0)) for k in ("load", "reconstruct", "analyse", "report")},
+    }
