@@ -243,12 +243,19 @@ def reconstruct(
     schedule : Schedule
         Free parameters, iterations, loss.
     initialise_geometry : bool
-        Run the coarse geometry search (known/prior) before the gradient fit.
+        Search the LED geometry at the start (:func:`metrology.solver.start.start`); off when the
+        geometry is held at nominal.
+    ranges : dict, optional
+        Misalignment the per-LED geometry search covers (default
+        :data:`metrology.solver.search.DEFAULT_RANGES`).
     progress : callable, optional
         ``progress(iteration, max_iterations, loss)`` after each iteration.
     observe : callable, optional
         ``observe(zernike_waves)`` with the lens estimate during the projections (see
         :func:`metrology.solver.projection.project`); benchmarks trace accuracy against time with it.
+    reference_transmission : array-like, optional
+        Given in blind mode when the model's sample already holds a start (else the start makes one
+        from the bright-field frames).
 
     Returns
     -------
@@ -258,12 +265,7 @@ def reconstruct(
     data, mask, quality, background = prepare(model, frames, noise)
     summary = start(model, data, mask, background, schedule, search_geometry=initialise_geometry, ranges=ranges,
                     observe=observe, sample_given=reference_transmission is not None)
-    with torch.no_grad():
-        pred = model()
-    blank = blank_frames(data, pred, background, noise)
-    flag_blank(quality, blank, data.shape[0], model.bright_field().cpu().numpy())
-    if blank:
-        mask[blank] = 0.0
+    _exclude_blank_frames(model, data, mask, quality, background, noise)
     reference = None
     if schedule.mode == "prior":
         reference = model.sample.transmission().detach().clone()
@@ -271,7 +273,76 @@ def reconstruct(
     if progress is not None:  # the initialisation's result, as iteration 0
         with torch.no_grad():
             progress(0, schedule.max_iterations, float(evaluate({})))
+    rounds = _staged_rounds(model, data, mask, noise, schedule, evaluate, progress)
+    it, converged, message, cols_all = rounds.iterations, rounds.converged, rounds.message, rounds.columns
+    jtj, per_group = None, None
+    system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
+    if system_specs and rounds.history and np.isfinite(rounds.history[-1]):
+        budget = max(schedule.max_iterations - it, 0)
+        polished, jtj, cols_all, per_group, polish_msg, steps = _polish(
+            model, data, mask, noise, system_specs, evaluate, budget,
+            None if progress is None else (lambda k, v: progress(it + k, schedule.max_iterations, v)),
+        )
+        it += steps
+        # the Gauss-Newton test decides; with a free sample its own loop must have settled too
+        converged = polished and (converged or not rounds.sample_free)
+        message = polish_msg if not rounds.sample_free else message + "; " + polish_msg
+    chi2, per_frame, dof = _chi_square_dof(model, data, mask, noise, schedule)
+    return FitResult(
+        model=model, schedule=schedule, data=data, mask=mask, noise=noise, quality=quality, history=rounds.history,
+        iterations=it, converged=converged, message=message, chi2=chi2, dof=dof,
+        frame_residuals=per_frame.cpu().numpy(), wall_time_s=time.perf_counter() - t0, init_summary=summary,
+        # the uncertainty analysis runs on the CPU in float64, whatever device fitted
+        jtj=None if jtj is None else jtj.cpu(), columns=cols_all, device=device_label(data.device),
+        jackknife=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group],
+        at_bounds=parameters_at_bounds(model, schedule),
+    )
 
+
+def _chi_square_dof(model, data, mask, noise, schedule):
+    """Chi-square of the fitted model, per-frame RMS normalised residuals and the degrees of freedom
+    (valid pixels minus free parameter elements)."""
+    with torch.no_grad():
+        pred = model()
+        chi2, per_frame = chi_square(
+            pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts, model.camera.background_counts
+        )
+    n_free = sum(
+        (len(p.indices) if p.indices is not None else model.parameter(p.path).numel()) for p in schedule.parameters
+    )
+    return chi2, per_frame, int(mask.sum().item()) - n_free
+
+
+def _exclude_blank_frames(model, data, mask, quality, background, noise) -> None:
+    """Find the frames with no signal where the started model predicts some, record them in
+    ``quality`` and take them out of the fit ``mask`` (in place)."""
+    with torch.no_grad():
+        pred = model()
+    blank = blank_frames(data, pred, background, noise)
+    flag_blank(quality, blank, data.shape[0], model.bright_field().cpu().numpy())
+    if blank:
+        mask[blank] = 0.0
+
+
+@dataclass
+class _Rounds:
+    """Outcome of :func:`_staged_rounds`."""
+
+    history: list
+    iterations: int
+    converged: bool
+    message: str
+    columns: object  # Columns of every system parameter (None when the sample alone is free)
+    sample_free: bool
+
+
+def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress) -> _Rounds:
+    """The outer L-BFGS rounds: the sample (if free) and the system parameters released so far,
+    each with its own L-BFGS memory, until ``schedule.staging_rounds`` or the loss settles.
+
+    The system block is preconditioned by the Gauss-Newton Hessian at the start (restricted to the
+    parameters free in the round) and rebuilt whenever parameters are released.
+    """
     history: list = []
     converged = False
     message = "maximum iterations reached"
@@ -283,11 +354,10 @@ def reconstruct(
         s_opt, s_closure = _lbfgs(sample_block, evaluate, schedule.sample_steps)
     last_release = max([p.start for p in schedule.parameters], default=0)
     system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
-    n_valid = float(mask.sum())
     hessian_all, cols_all = None, None
     if system_specs:
         jtj, _, _, cols_all = normal_equations(model, data, mask, noise, system_specs)
-        hessian_all = 2.0 * jtj / n_valid
+        hessian_all = 2.0 * jtj / float(mask.sum())
     it = 0
     for it in range(1, schedule.staging_rounds + 1):
         free = schedule.free_at(it - 1)
@@ -324,35 +394,7 @@ def reconstruct(
                 converged = True
                 message = f"relative loss change below {schedule.rtol:g} per iteration"
                 break
-    jtj, per_group = None, None
-    if system_specs and history and np.isfinite(history[-1]):
-        budget = max(schedule.max_iterations - it, 0)
-        polished, jtj, cols_all, per_group, polish_msg, steps = _polish(
-            model, data, mask, noise, system_specs, evaluate, budget,
-            None if progress is None else (lambda k, v: progress(it + k, schedule.max_iterations, v)),
-        )
-        it += steps
-        # the Gauss-Newton test decides; with a free sample its own loop must have settled too
-        converged = polished and (converged or sample_block is None)
-        message = polish_msg if sample_block is None else message + "; " + polish_msg
-    with torch.no_grad():
-        pred = model()
-        chi2, per_frame = chi_square(
-            pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts, model.camera.background_counts
-        )
-    n_free = sum(
-        (len(p.indices) if p.indices is not None else model.parameter(p.path).numel()) for p in schedule.parameters
-    )
-    dof = int(mask.sum().item()) - n_free
-    return FitResult(
-        model=model, schedule=schedule, data=data, mask=mask, noise=noise, quality=quality, history=history,
-        iterations=it, converged=converged, message=message, chi2=chi2, dof=dof,
-        frame_residuals=per_frame.cpu().numpy(), wall_time_s=time.perf_counter() - t0, init_summary=summary,
-        # the uncertainty analysis runs on the CPU in float64, whatever device fitted
-        jtj=None if jtj is None else jtj.cpu(), columns=cols_all, device=device_label(data.device),
-        jackknife=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group],
-        at_bounds=parameters_at_bounds(model, schedule),
-    )
+    return _Rounds(history, it, converged, message, cols_all, sample_block is not None)
 
 
 POLISH_STEPS = 8

@@ -19,6 +19,7 @@ alternating projections and their fit onto the model's basis).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from metrology.physics import StationModel
