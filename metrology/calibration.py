@@ -211,24 +211,30 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
             now=now_t, extra={"solver": _solver_summary(measurement), "frozen_at_nominal": list(frozen),
                               "certificate": {"issuer": cert.issuer, "date": cert.date}},
         )
-    status = {
-        "status": "passed" if closure.passed else "failed",
-        "station_id": station_id,
-        "calibration_seq": int(record.seq),
-        "calibrated_utc": record.utc,
-        "valid_until": record.content.get("valid_until"),
-        "validity_days": float(loaded.station.validity_days),
-        "golden_lens_id": cert.id,
-        "max_En": float(closure.max_En),
-        "failed_terms": list(closure.failed_terms),
-    }
+    status = _status(closure, record, cert, loaded.station)
     summary = build_summary(loaded, cert, golden_path, closure, record, measurement, operator, frozen, fit.device)
     summary_path = None
     if out is not None:
         stamp = now_t.strftime("%Y%m%dT%H%M%SZ")
-        summary_path = write_json_atomic(out / f"calibration_{safe_file_name(station_id, 'station')}_{stamp}.json", summary)
+        name = f"calibration_{safe_file_name(station_id, 'station')}_{stamp}.json"
+        summary_path = write_json_atomic(out / name, summary)
     return CalibrationOutcome(closure, record, status, measurement, summary, summary_path,
                               EXIT[bool(closure.passed)])
+
+
+def _status(closure, record, cert, station) -> dict:
+    """The :attr:`CalibrationOutcome.status` of a recorded calibration."""
+    return {
+        "status": "passed" if closure.passed else "failed",
+        "station_id": station.station_id,
+        "calibration_seq": int(record.seq),
+        "calibrated_utc": record.utc,
+        "valid_until": record.content.get("valid_until"),
+        "validity_days": float(station.validity_days),
+        "golden_lens_id": cert.id,
+        "max_En": float(closure.max_En),
+        "failed_terms": list(closure.failed_terms),
+    }
 
 
 def one_line(outcome: CalibrationOutcome) -> str:

@@ -357,6 +357,9 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
     exposure_s : float
         Exposure of bright-field frames (s); dark-field frames get ``dark_field_exposure`` times it.
 
+    Length: the documentation of its options; the steps are helpers (:func:`simulate_intensity`,
+    :func:`_camera_counts`, :func:`_add_hot_pixels`, :func:`_lens_and_camera_truth`).
+
     Returns
     -------
     capture : Capture
@@ -384,37 +387,13 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
     brightness = np.asarray(mis["illumination.brightness"])
     electrons = photons * (brightness * rel)[:, None, None] * intensity
     rng = np.random.default_rng([int(seed), 7])
-    full_scale = cam.full_scale
-    if noise:
-        e = rng.poisson(electrons).astype(np.float64)
-        e += rng.normal(0.0, cam.read_noise_e, e.shape)
-        counts = np.clip(np.round(e / cam.photons_per_count + cam.background_counts), 0, full_scale)
-        frames = counts.astype(np.uint16)
-    else:
-        frames = (electrons / cam.photons_per_count + cam.background_counts).astype(np.float32)
-    hot = []
-    if hot_pixel_fraction > 0:
-        n_px = station.frame_px
-        count = max(1, int(round(hot_pixel_fraction * n_px * n_px)))
-        flat = rng.choice(n_px * n_px, size=count, replace=False)
-        rows, cols = np.divmod(flat, n_px)
-        level = full_scale - rng.integers(0, max(2, full_scale // 50), size=count)
-        frames[:, rows, cols] = level.astype(frames.dtype)
-        hot = [[int(r), int(c)] for r, c in zip(rows, cols)]
+    frames = _camera_counts(electrons, cam, rng, noise)
+    hot = _add_hot_pixels(frames, station.frame_px, cam.full_scale, hot_pixel_fraction, rng)
     for j in blank_frames:
         frames[int(j)] = 0
-
-    counts_per_unit = photons / cam.photons_per_count
-    k_terms = max(station.zernike_terms, len(coeffs))
-    z = np.zeros(k_terms)
-    z[: len(coeffs)] = coeffs
     out_truth = dict(mis)
+    out_truth.update(_lens_and_camera_truth(station, coeffs, lens_na, log_amp, photons / cam.photons_per_count))
     out_truth.update({
-        "pupil.zernike_waves": z.tolist(),
-        "pupil.na": float(lens_na),
-        "pupil.log_amplitude": [] if log_amp is None else np.asarray(log_amp).tolist(),
-        "camera.background_counts": float(cam.background_counts),
-        "camera.counts_per_unit": float(counts_per_unit),
         "seed": int(seed),
         "reference_sample": reference,
         "reference_seed": int(reference_seed),
@@ -437,6 +416,42 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
         extra={"simulated": True, "reference_seed": int(reference_seed)},
     )
     return capture, out_truth
+
+
+def _camera_counts(electrons, cam, rng, noise: bool) -> np.ndarray:
+    """Frames the camera records from photo-electrons: shot and read noise, gain, background,
+    quantisation and clipping (uint16); without ``noise`` the exact counts (float32)."""
+    if not noise:
+        return (electrons / cam.photons_per_count + cam.background_counts).astype(np.float32)
+    e = rng.poisson(electrons).astype(np.float64)
+    e += rng.normal(0.0, cam.read_noise_e, e.shape)
+    counts = np.clip(np.round(e / cam.photons_per_count + cam.background_counts), 0, cam.full_scale)
+    return counts.astype(np.uint16)
+
+
+def _add_hot_pixels(frames, n_px: int, full_scale: int, fraction: float, rng) -> list:
+    """Set ``fraction`` of the pixels near full scale in every frame (in place); their ``[row, col]``."""
+    if fraction <= 0:
+        return []
+    count = max(1, int(round(fraction * n_px * n_px)))
+    flat = rng.choice(n_px * n_px, size=count, replace=False)
+    rows, cols = np.divmod(flat, n_px)
+    level = full_scale - rng.integers(0, max(2, full_scale // 50), size=count)
+    frames[:, rows, cols] = level.astype(frames.dtype)
+    return [[int(r), int(c)] for r, c in zip(rows, cols)]
+
+
+def _lens_and_camera_truth(station, coeffs, lens_na, log_amp, counts_per_unit) -> dict:
+    """The ``pupil.*`` and ``camera.*`` entries of the truth (model paths, JSON-ready)."""
+    z = np.zeros(max(station.zernike_terms, len(coeffs)))
+    z[: len(coeffs)] = coeffs
+    return {
+        "pupil.zernike_waves": z.tolist(),
+        "pupil.na": float(lens_na),
+        "pupil.log_amplitude": [] if log_amp is None else np.asarray(log_amp).tolist(),
+        "camera.background_counts": float(station.camera.background_counts),
+        "camera.counts_per_unit": float(counts_per_unit),
+    }
 
 
 def model_from_truth(station, truth: dict, transmission=None, dtype=None, leds=None, exposure=None):

@@ -1,4 +1,5 @@
-"""The package's one-way import rule (README, "Layout"), checked by parsing every module's imports.
+"""The package's house rules that a parser can check: the one-way import rule (README, "Layout"),
+lazy imports that say why, and no function over ~80 lines without a reason.
 
 Layers, lowest first; a module may import its own layer and the layers below, never one above, and
 the module graph has no cycle:
@@ -218,3 +219,31 @@ def test_lazy_import_without_reason_is_found(tmp_path):
     root = _package(tmp_path, {"errors.py": "def f():\n    import json\n    return json\n",
                                "conventions.py": "def g():\n    # lazy: start-up time\n    import json\n"})
     assert unexplained_lazy_imports(root) == ["metrology.errors:2: import json"]
+
+
+# ----------------------------------------------------------------------------- function length
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(root: Path) -> list:
+    """Functions over :data:`MAX_FUNCTION_LINES` lines (docstring included) whose docstring gives no
+    ``Length:`` reason."""
+    out = []
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and "Length:" not in (ast.get_docstring(node) or ""):
+                    out.append(f"{module_name(f, root)}.{node.name}: {lines} lines")
+    return out
+
+
+def test_no_long_function_without_a_reason():
+    assert long_functions(PACKAGE) == []
+
+
+def test_long_function_is_found(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    root = _package(tmp_path, {"errors.py": f"def f():\n    \"\"\"Short.\"\"\"\n{body}\n",
+                               "conventions.py": f"def g():\n    \"\"\"Length: a table.\"\"\"\n{body}\n"})
+    assert long_functions(root) == [f"metrology.errors.f: {MAX_FUNCTION_LINES + 2} lines"]

@@ -123,6 +123,21 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
     if fv != FORMAT_VERSION:
         raise InputError(src, f"'format_version' must be {FORMAT_VERSION}, got {fv!r}")
 
+    spec = _parse_lens(data, src)
+    lim = _table(src, data, "limits", "")
+    _parse_limits(lim, spec, src)
+    _parse_terms(lim, spec, src)
+    _parse_mtf(lim, spec, src)
+    if (spec.rms_waves_max is None and spec.strehl_min is None and spec.pv_waves_max is None
+            and not spec.family_max and not spec.term_max and not spec.mtf):
+        raise InputError(src, "'limits' holds no limit: a specification must state at least one")
+
+    _parse_validity(data, spec.validity, src)
+    return spec
+
+
+def _parse_lens(data: dict, src) -> LensSpec:
+    """``[lens]``: the spec with its model, wavelength, NA and description."""
     lens = _table(src, data, "lens", "")
     if "lens" not in data:
         raise InputError(src, "missing table [lens]")
@@ -137,9 +152,11 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
     desc = lens.get("description", "")
     if not isinstance(desc, str):
         raise InputError(src, "'lens.description' must be a string")
-    spec = LensSpec(path=str(src), model=model, wavelength_nm=wl, na=na, description=desc)
+    return LensSpec(path=str(src), model=model, wavelength_nm=wl, na=na, description=desc)
 
-    lim = _table(src, data, "limits", "")
+
+def _parse_limits(lim: dict, spec: LensSpec, src) -> None:
+    """``[limits]``: the keys and the scalar limits (RMS, PV, Strehl)."""
     _keys(src, lim, "limits.", {"rms_waves_max", "strehl_min", "pv_waves_max", "family", "term", "mtf"})
     spec.rms_waves_max = _number(src, lim, "rms_waves_max", "limits.")
     if spec.rms_waves_max is not None:
@@ -151,6 +168,9 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
     if spec.strehl_min is not None:
         _check(src, 0 < spec.strehl_min <= 1, "limits.strehl_min", f"must be in (0, 1], got {spec.strehl_min}")
 
+
+def _parse_terms(lim: dict, spec: LensSpec, src) -> None:
+    """``[limits.family]`` and ``[limits.term]``."""
     fam = _table(src, lim, "family", "limits.")
     for name in fam:
         key = f"limits.family.{name}"
@@ -174,6 +194,9 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
         _check(src, v > 0, key, f"must be > 0 waves, got {v}")
         spec.term_max[j] = v
 
+
+def _parse_mtf(lim: dict, spec: LensSpec, src) -> None:
+    """``[[limits.mtf]]``: minimum MTF at object-side frequencies below the cut-off."""
     mtf = lim.get("mtf", [])
     if not isinstance(mtf, list):
         raise InputError(src, "'limits.mtf' must be an array of tables ([[limits.mtf]])")
@@ -190,14 +213,12 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
         _check(src, 0 <= mn <= 1, where + "min", f"must be in [0, 1], got {mn}")
         spec.mtf.append(MtfLimit(f, mn))
 
-    if (spec.rms_waves_max is None and spec.strehl_min is None and spec.pv_waves_max is None
-            and not spec.family_max and not spec.term_max and not spec.mtf):
-        raise InputError(src, "'limits' holds no limit: a specification must state at least one")
 
+def _parse_validity(data: dict, v: Validity, src) -> None:
+    """``[validity]`` and its ``max_station_misalignment`` (keys: the registry's LED geometry)."""
     val = _table(src, data, "validity", "")
     _keys(src, val, "validity.", {"max_reduced_chi2", "max_saturated_fraction", "max_condition_number",
                                   "max_station_misalignment", "wavelength_tolerance_nm", "na_tolerance"})
-    v = spec.validity
     for key, lo_ok, text in (
         ("max_reduced_chi2", lambda x: x > 0, "must be > 0"),
         ("max_saturated_fraction", lambda x: 0 <= x <= 1, "must be in [0, 1]"),
@@ -216,7 +237,6 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
         x = _number(src, mis, key, where)
         _check(src, x > 0, where + key, f"must be > 0, got {x}")
         setattr(v.max_station_misalignment, key, x)
-    return spec
 
 
 def load_spec(path) -> LensSpec:

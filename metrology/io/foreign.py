@@ -283,6 +283,50 @@ def load_foreign(mat_path, description_toml, *, crop_px: int | None = None):
     """
     desc = load_description(description_toml)
     mat_path = Path(mat_path)
+    mat, frames = _read_frames(mat_path, desc)
+    scalars = _mat_scalars(mat_path, mat, desc)
+    noise = estimate_hdr_noise(frames)
+    counts = (frames / noise["units_per_count"]).astype(np.float32)
+    n = counts.shape[-1]
+    if crop_px is not None:
+        if crop_px < 8 or crop_px % 2 or crop_px > n:
+            raise InputError(mat_path, f"crop_px must be even, >= 8 and <= {n}, got {crop_px}")
+        c0 = (n - crop_px) // 2
+        counts = np.ascontiguousarray(counts[:, c0 : c0 + crop_px, c0 : c0 + crop_px])
+    order = desc.relative_indices()
+    m = desc.mapping
+    half = (desc.lit_side - 1) // 2
+    leds = []
+    for xi, yi in order:
+        ox, oy = m @ (xi, yi)
+        leds.append((int(round(half + oy)), int(round(half + ox))))
+    toml = _station_toml(desc, scalars, noise, counts.shape[-1])
+    station = parse_station(toml, source=f"{desc.source} + {mat_path.name}")
+    fx, fy = desc.first_led
+    capture = Capture(
+        frames=counts,
+        leds=leds,
+        exposure_s=np.ones(len(leds)),
+        station_id=desc.station_id,
+        reference_sample=mat_path.stem,
+        wavelength_nm=scalars["wavelength_m"] * 1e9,
+        extra={
+            "source_file": mat_path.name,
+            "known_defocus_um_theirs": scalars["defocus_m"] * 1e6,
+            "hdr_units_per_count": noise["units_per_count"],
+            "hdr_offset_units": noise["offset_units"],
+            "read_noise_counts": noise["read_noise_counts"],
+            "their_led_index": [[fx + xi, fy + yi] for xi, yi in order],
+            "their_offset_mm": [scalars["xint_mm"], scalars["yint_mm"]],
+            "led_rotation_deg": float(np.linalg.det(m)) * scalars["rotation_deg"],
+            "mapping": {"their_x": desc.their_x, "their_y": desc.their_y},
+        },
+    )
+    return capture, station
+
+
+def _read_frames(mat_path: Path, desc: ForeignDescription) -> tuple:
+    """The ``.mat`` contents and its frame stack (J, n, n) float64, checked against ``desc``."""
     if not mat_path.exists():
         raise InputError(mat_path, "foreign capture file not found")
     try:
@@ -297,43 +341,46 @@ def load_foreign(mat_path, description_toml, *, crop_px: int | None = None):
         raise InputError(mat_path, f"'{keys['frames']}' must be a 3-D numeric array, got shape {stack.shape}")
     frames = np.moveaxis(stack, 2, 0) if keys["frames_axes"] == "rows,cols,frames" else stack
     frames = np.ascontiguousarray(frames, dtype=np.float64)
-    order = desc.relative_indices()
-    if frames.shape[0] != len(order):
-        raise InputError(mat_path, f"{frames.shape[0]} frames but {len(order)} LEDs lit ({desc.lit_side}x{desc.lit_side})")
+    lit = len(desc.relative_indices())
+    if frames.shape[0] != lit:
+        raise InputError(mat_path, f"{frames.shape[0]} frames but {lit} LEDs lit ({desc.lit_side}x{desc.lit_side})")
     if frames.shape[1] != frames.shape[2]:
         raise InputError(mat_path, f"frames must be square, got {frames.shape[1]}x{frames.shape[2]}")
     if not np.all(np.isfinite(frames)):
         raise InputError(mat_path, "frames contain NaN or inf")
     if frames.max() <= 0:
         raise InputError(mat_path, "all frames are zero or negative")
+    return mat, frames
+
+
+def _mat_scalars(mat_path: Path, mat: dict, desc: ForeignDescription) -> dict:
+    """Wavelength (m), first-LED offsets (mm), known defocus (m; NaN if none stated) and board
+    rotation (deg): from the ``.mat`` keys the description names, else from its ``[files.<stem>]``."""
+    keys = desc.mat_keys
     per_file = desc.files.get(mat_path.stem, {})
-    wl_m = _scalar(mat_path, mat, keys["wavelength_m"], None if "wavelength_nm" not in per_file else per_file["wavelength_nm"] * 1e-9, "wavelength, m")
-    xint = _scalar(mat_path, mat, keys["xint_mm"], per_file.get("xint_mm"), "first LED x offset, mm")
-    yint = _scalar(mat_path, mat, keys["yint_mm"], per_file.get("yint_mm"), "first LED y offset, mm")
-    z_m = _scalar(mat_path, mat, keys["defocus_m"], None if "known_defocus_um" not in per_file else per_file["known_defocus_um"] * 1e-6, "known defocus, m") if (keys["defocus_m"] or "known_defocus_um" in per_file) else float("nan")
-    theta = _scalar(mat_path, mat, keys["rotation_deg"], 0.0, "rotation, deg")
-    if not 200e-9 < wl_m < 2e-6:
-        raise InputError(mat_path, f"wavelength {wl_m:g} m is not a plausible LED wavelength")
+    wl_default = None if "wavelength_nm" not in per_file else per_file["wavelength_nm"] * 1e-9
+    out = {
+        "wavelength_m": _scalar(mat_path, mat, keys["wavelength_m"], wl_default, "wavelength, m"),
+        "xint_mm": _scalar(mat_path, mat, keys["xint_mm"], per_file.get("xint_mm"), "first LED x offset, mm"),
+        "yint_mm": _scalar(mat_path, mat, keys["yint_mm"], per_file.get("yint_mm"), "first LED y offset, mm"),
+        "defocus_m": float("nan"),
+        "rotation_deg": _scalar(mat_path, mat, keys["rotation_deg"], 0.0, "rotation, deg"),
+    }
+    if keys["defocus_m"] or "known_defocus_um" in per_file:
+        z_default = None if "known_defocus_um" not in per_file else per_file["known_defocus_um"] * 1e-6
+        out["defocus_m"] = _scalar(mat_path, mat, keys["defocus_m"], z_default, "known defocus, m")
+    if not 200e-9 < out["wavelength_m"] < 2e-6:
+        raise InputError(mat_path, f"wavelength {out['wavelength_m']:g} m is not a plausible LED wavelength")
+    return out
 
-    noise = estimate_hdr_noise(frames)
-    counts = (frames / noise["units_per_count"]).astype(np.float32)
-    n = counts.shape[-1]
-    if crop_px is not None:
-        if crop_px < 8 or crop_px % 2 or crop_px > n:
-            raise InputError(mat_path, f"crop_px must be even, >= 8 and <= {n}, got {crop_px}")
-        c0 = (n - crop_px) // 2
-        counts = np.ascontiguousarray(counts[:, c0 : c0 + crop_px, c0 : c0 + crop_px])
-        n = crop_px
 
-    m = desc.mapping
+def _station_toml(desc: ForeignDescription, scalars: dict, noise: dict, frame_px: int) -> str:
+    """Our station description (TOML) of the lit square: LED centre at the first LED, tile centre at
+    minus the first LED's offset in our axes, the slide, the HDR noise estimate."""
     half = (desc.lit_side - 1) // 2
-    leds = []
-    for xi, yi in order:
-        ox, oy = m @ (xi, yi)
-        leds.append((int(round(half + oy)), int(round(half + ox))))
-    tile = -(m @ (xint, yint))
+    tile = -(desc.mapping @ (scalars["xint_mm"], scalars["yint_mm"]))
     background = noise["offset_units"] / noise["units_per_count"]
-    toml = f"""
+    return f"""
 format_version = 1
 [station]
 id = {desc.station_id!r}
@@ -345,14 +392,14 @@ pitch_mm = {desc.pitch_mm!r}
 distance_mm = {desc.air_gap_mm + desc.slide_thickness_mm!r}
 center_row = {half}
 center_col = {half}
-wavelength_nm = {wl_m * 1e9!r}
+wavelength_nm = {scalars['wavelength_m'] * 1e9!r}
 order = "spiral"
 [lens]
 na = {desc.na!r}
 magnification = {desc.magnification!r}
 [camera]
 pixel_um = {desc.camera_pixel_um!r}
-frame_px = {n}
+frame_px = {frame_px}
 bit_depth = 16
 photons_per_count = 1.0
 read_noise_e = {noise['read_noise_counts']!r}
@@ -363,28 +410,6 @@ tile_center_mm = [{float(tile[0])!r}, {float(tile[1])!r}]
 thickness_mm = {desc.slide_thickness_mm!r}
 index = {desc.slide_index!r}
 """
-    station = parse_station(toml, source=f"{desc.source} + {mat_path.name}")
-    fx, fy = desc.first_led
-    capture = Capture(
-        frames=counts,
-        leds=leds,
-        exposure_s=np.ones(len(leds)),
-        station_id=desc.station_id,
-        reference_sample=mat_path.stem,
-        wavelength_nm=wl_m * 1e9,
-        extra={
-            "source_file": mat_path.name,
-            "known_defocus_um_theirs": z_m * 1e6,
-            "hdr_units_per_count": noise["units_per_count"],
-            "hdr_offset_units": noise["offset_units"],
-            "read_noise_counts": noise["read_noise_counts"],
-            "their_led_index": [[fx + xi, fy + yi] for xi, yi in order],
-            "their_offset_mm": [xint, yint],
-            "led_rotation_deg": float(np.linalg.det(m)) * theta,
-            "mapping": {"their_x": desc.their_x, "their_y": desc.their_y},
-        },
-    )
-    return capture, station
 
 
 # ---------------------------------------------------------------------------------- evidence

@@ -66,6 +66,9 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
         projections hold at that moment (the phase map fitted as at the end; Tensor (K,), waves).
         For time-to-accuracy benchmarks; each call costs one phase-map fit.
 
+    Length: the loop's steps (forward, modulus constraint, pupil and object updates) share a dozen
+    batched tensors; split, they would be passed around or recomputed each iteration.
+
     Returns
     -------
     dict

@@ -233,9 +233,8 @@ def reconstruct(
     Parameters
     ----------
     model : StationModel
-        Nominal model; its sample holds the reference map (known/prior) or the start (blind).
-        The fit runs on the model's device (``model.to("cuda")`` for a GPU, see
-        :mod:`metrology.solver.device`).
+        Nominal model; its sample holds the reference map (known/prior) or the start (blind). The
+        fit runs on its device (``model.to("cuda")``, see :mod:`metrology.solver.device`).
     frames : array-like, shape (J, n, n)
         Measured frames (counts), in the model's LED order.
     noise : NoiseModel
@@ -251,8 +250,8 @@ def reconstruct(
     progress : callable, optional
         ``progress(iteration, max_iterations, loss)`` after each iteration.
     observe : callable, optional
-        ``observe(zernike_waves)`` with the lens estimate during the projections (see
-        :func:`metrology.solver.projection.project`); benchmarks trace accuracy against time with it.
+        ``observe(zernike_waves)`` with the lens estimate during the projections (for time-to-accuracy
+        benchmarks; see :func:`metrology.solver.projection.project`).
     reference_transmission : array-like, optional
         Given in blind mode when the model's sample already holds a start (else the start makes one
         from the bright-field frames).

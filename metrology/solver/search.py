@@ -154,21 +154,27 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
             best = (scores_all[i].item(), i)
             side = d.numel()
             iy, ix = divmod(best[1], side)
-            grid = scores_all.reshape(side, side).cpu()
-            sub = [0.0, 0.0]
-            # parabolic sub-pixel refinement along each axis
-            if 0 < ix < side - 1:
-                l, c, r = grid[iy, ix - 1], grid[iy, ix], grid[iy, ix + 1]
-                den = l - 2 * c + r
-                sub[0] = float(0.5 * (l - r) / den) if den < 0 else 0.0
-            if 0 < iy < side - 1:
-                l, c, r = grid[iy - 1, ix], grid[iy, ix], grid[iy + 1, ix]
-                den = l - 2 * c + r
-                sub[1] = float(0.5 * (l - r) / den) if den < 0 else 0.0
+            sub = _parabolic_peak(scores_all.reshape(side, side).cpu(), iy, ix)
             est[j, 0] = base[0] + d[ix] + max(-0.5, min(0.5, sub[0]))
             est[j, 1] = base[1] + d[iy] + max(-0.5, min(0.5, sub[1]))
             score[j] = best[0]
         return (est * df).to(dev), score.to(dev)
+
+
+def _parabolic_peak(grid, iy: int, ix: int) -> list:
+    """Sub-pixel offsets ``[x, y]`` of the peak at ``(iy, ix)`` of a score grid: a parabola through
+    the peak and its neighbours along each axis (0 on the grid's edge or without a maximum)."""
+    side = grid.shape[-1]
+    sub = [0.0, 0.0]
+    if 0 < ix < side - 1:
+        l, c, r = grid[iy, ix - 1], grid[iy, ix], grid[iy, ix + 1]
+        den = l - 2 * c + r
+        sub[0] = float(0.5 * (l - r) / den) if den < 0 else 0.0
+    if 0 < iy < side - 1:
+        l, c, r = grid[iy - 1, ix], grid[iy, ix], grid[iy + 1, ix]
+        den = l - 2 * c + r
+        sub[1] = float(0.5 * (l - r) / den) if den < 0 else 0.0
+    return sub
 
 
 def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor, iterations: int = 3,
