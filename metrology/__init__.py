@@ -1,14 +1,17 @@
 """Lens metrology for LED-array QA stations by uncertainty-aware Fourier ptychography.
 
-Importing the package has no side effects. The layers, with one-way imports:
+Importing the package has no side effects. The layers, with one-way imports (README, "Layout";
+enforced by ``tests/test_layers.py``):
 
-``metrology.physics`` (differentiable station model, torch)
+base (``parameters``, ``orderings``, ``conventions``, ``measurement``, ``errors``, ``toml_input``,
+``progress``)
+    <- ``metrology.physics`` (differentiable station model, torch)
+    <- ``metrology.io`` (file formats), ``references``, ``misalignment``, ``simulate``
     <- ``metrology.solver`` (joint reconstruction)
     <- ``metrology.analysis`` (wavefront analysis, uncertainty, verdict)
-    <- ``metrology.report`` / ``metrology.audit`` (PDF, JSON, SQLite audit store)
-    <- ``metrology.cli``.
-
-``metrology.io`` (file formats) and ``metrology.conventions`` are used by all layers.
+    <- ``metrology.report`` / ``metrology.audit`` (result document, PDF, JSON, SQLite audit store)
+    <- ``pipeline``, ``inspection``, ``calibration`` (the application)
+    <- ``metrology.cli`` / ``metrology.commands``.
 """
 
 __version__ = "0.1.0"

@@ -21,6 +21,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from metrology.conventions import ALIGNMENT_NOLL
+
 MAX_NOLL = 231
 """Largest Noll index accepted in files (radial order 20)."""
 
@@ -210,6 +212,35 @@ def is_alignment(n: int, m: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- coefficient vectors
+
+
+def lens_only(coeffs, cov=None):
+    """Copies with the alignment terms (:data:`metrology.conventions.ALIGNMENT_NOLL`: piston, tilt,
+    defocus) zeroed: the one place they are taken out of coefficients and covariances.
+
+    Parameters
+    ----------
+    coeffs : array_like, shape (K,) or (D, K)
+        Noll 1..K coefficients (rows: one vector each).
+    cov : array_like, shape (K, K), optional
+        Their covariance; its alignment rows and columns are zeroed.
+
+    Returns
+    -------
+    ndarray, or (ndarray, ndarray) when ``cov`` is given
+    """
+    c = np.array(coeffs, dtype=float, copy=True)
+    k = c.shape[-1]
+    idx = [j - 1 for j in ALIGNMENT_NOLL if j <= k]
+    c[..., idx] = 0.0
+    if cov is None:
+        return c
+    cv = np.array(cov, dtype=float, copy=True)
+    if cv.shape != (k, k):
+        raise ValueError(f"covariance shape {cv.shape} does not match {k} coefficients")
+    cv[idx, :] = 0.0
+    cv[:, idx] = 0.0
+    return c, cv
 
 
 def noll_norm(n: int, m: int) -> float:

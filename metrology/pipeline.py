@@ -1,8 +1,9 @@
 """The inspection and calibration pipelines: load and validate, reconstruct, analyse, decide.
 
-This is the application layer between the core (physics, solver, analysis) and the edges (report,
-audit, CLI). Every input is loaded and checked before any long computation, so bad input fails
-fast with an :class:`~metrology.errors.InputError` naming the file and the problem.
+This is the application layer: it composes the core (physics, solver, analysis) with the file
+formats and the audit store; the CLI calls it. Every input is loaded and checked before any long
+computation, so bad input fails fast with an :class:`~metrology.errors.InputError` naming the file
+and the problem.
 """
 
 from __future__ import annotations

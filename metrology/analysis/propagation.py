@@ -23,10 +23,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from metrology.conventions import ALIGNMENT_NOLL, COVERAGE_FACTOR
+from metrology.conventions import COVERAGE_FACTOR
 from metrology.analysis.figures import mtf_diffraction_limited, cutoff_cyc_per_mm, _pupil_geometry
-from metrology.orderings import family_members, nm_to_noll
-from metrology.analysis.wavefront import pv_basis, remove_terms, zernike_basis
+from metrology.orderings import family_members, lens_only, nm_to_noll
+from metrology.analysis.wavefront import pv_basis, zernike_basis
 
 N_DRAWS = 2000
 """Default Monte Carlo sample size."""
@@ -60,19 +60,6 @@ class Quantity:
 
 
 # ----------------------------------------------------------------------------- sampling
-
-
-def lens_only(c, cov) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of ``c`` (K,) and ``cov`` (K, K) with the alignment terms zeroed."""
-    c = remove_terms(c, ALIGNMENT_NOLL)
-    cv = np.array(cov, dtype=float, copy=True)
-    if cv.shape != (c.size, c.size):
-        raise ValueError(f"covariance shape {cv.shape} does not match {c.size} coefficients")
-    for j in ALIGNMENT_NOLL:
-        if j <= c.size:
-            cv[j - 1, :] = 0.0
-            cv[:, j - 1] = 0.0
-    return c, cv
 
 
 def sample_coefficients(c, cov, n_draws: int = N_DRAWS, seed: int = SEED) -> np.ndarray:
@@ -115,9 +102,7 @@ def delta_method(func, c, cov, step: float = 1e-6) -> float:
 
 def _lens_rows(samples) -> np.ndarray:
     """Copy of (D, K) samples with the alignment columns zeroed."""
-    s = np.array(np.atleast_2d(samples), dtype=float, copy=True)
-    s[:, [j - 1 for j in ALIGNMENT_NOLL if j <= s.shape[1]]] = 0.0
-    return s
+    return lens_only(np.atleast_2d(samples))
 
 
 def rms_batch(samples) -> np.ndarray:

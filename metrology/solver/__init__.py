@@ -1,6 +1,6 @@
 """Joint reconstruction (UA-FP): schedules, losses, initialisation, the fit and its uncertainty.
 
-Imports the physics; never the analysis, report, audit or CLI layers.
+Imports the physics (and the base layer); never the analysis, report, audit or CLI layers.
 """
 
 from metrology.solver.quality import NoiseModel

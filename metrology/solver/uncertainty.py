@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from metrology.conventions import ALIGNMENT_NOLL
 from metrology.measurement import Identifiability, Measurement, SolverReport, StationEstimate
+from metrology.orderings import lens_only
 from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, element_names
 from metrology.solver.jacobian import psd_inverse
 
@@ -139,9 +139,7 @@ def measurement_from_fit(fit) -> Measurement:
         at_bounds=list(fit.at_bounds),
     )
     ident = identifiability(names, cf, fit.jtj)
-    for j in ALIGNMENT_NOLL:
-        zcov[j - 1, :] = 0.0
-        zcov[:, j - 1] = 0.0
+    zcov = lens_only(z, zcov)[1]
     m = Measurement(
         wavelength_nm=g.wavelength_nm,
         na=float(model.pupil.na.detach()),
