@@ -1,6 +1,7 @@
-"""Report layer: the JSON result document, its schema, and the PDF inspection report.
+"""Report layer: the JSON result document (built in :mod:`.result` from the plain measurement,
+verdict and figures), its schema, and the PDF inspection report.
 
-Consumes a plain JSON-able result document and :class:`ReportArrays` (numpy); never imports
+The PDF consumes the result document and :class:`ReportArrays` (numpy); the layer never imports
 torch, :mod:`metrology.physics` or :mod:`metrology.solver`. Heavy libraries (matplotlib,
 reportlab) are imported only when a report is drawn.
 """
