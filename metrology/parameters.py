@@ -257,7 +257,7 @@ TRACKED = paths(drift=True)
 """The station state tracked by calibration audits and reported with its uncertainty: every
 parameter with a drift rule (LED board geometry, sample pose)."""
 
-GEOMETRY = tuple(p for p in paths(role="station", magnitude=True))
+GEOMETRY = paths(role="station", magnitude=True)
 """The LED board geometry (station parameters with a magnitude): what the spec's
 ``validity.max_station_misalignment`` bounds and what a geometry search sets."""
 
