@@ -202,12 +202,21 @@ PARAMETERS = (
               fit=Fit(0.2, modes=("known", "prior")), drift=Drift(0.5), magnitude="abs", draw=1.0),
     Parameter("illumination.brightness", ("leds",), "", "per-LED relative brightness", "station",
               label="LED brightness", bounds=(0.0, 10.0), fit=Fit(0.01), draw=0.05, nominal=1.0),
+    # the LEDs' angular emission law cos^p (start: the station's led_array.emission_exponent); held:
+    # per-LED brightness carries the rest, with a prior about the law (metrology.solver.priors)
+    Parameter("illumination.emission_exponent", (), "", "LED angular emission law exponent p (cos^p)", "station",
+              label="LED emission exponent", bounds=(-10.0, 30.0)),
     Parameter("pupil.zernike_waves", ("zernike_terms",), "waves", "pupil phase, Noll coefficients, waves", "lens",
               key="zernike_waves", bounds=(-2.0, 2.0), fit=Fit(0.01, stages=_ZERNIKE_STAGES)),
     Parameter("pupil.log_amplitude", ("zernike_terms",), "", "pupil log-amplitude (apodisation), Noll coefficients",
               "lens", key="apodisation", bounds=(-2.0, 2.0),
               fit=Fit(0.01, stages=(Stage(3, (3, 10)),))),  # radial apodisation (Noll 4, 11), last
     Parameter("pupil.na", (), "", "pupil edge NA", "lens"),
+    # two-circle vignetting (station lens.vignetting): freed by the pipeline when the station states it
+    Parameter("pupil.vignetting_radius", (), "pupil radii", "second aperture radius (two-circle vignetting), pupil radii",
+              "lens", label="Vignetting aperture radius", bounds=(0.2, 5.0)),
+    Parameter("pupil.vignetting_center", (2,), "pupil radii", "second aperture centre (dx, dy), pupil radii", "lens",
+              label="Vignetting aperture centre", axes=("x", "y"), bounds=(-5.0, 5.0)),
     Parameter("sample.defocus_um", (), "um", "sample defocus, um", "sample", key="defocus_um",
               label="Sample defocus", bounds=(-200.0, 200.0),
               fit=Fit(0.5, start=1),  # with the low-order aberrations

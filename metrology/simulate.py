@@ -15,8 +15,10 @@ This deliberately takes a different, slower and more literal path than the solve
   by the defocus propagator ``H(f) = exp(i 2 pi z (sqrt(1/lambda^2 - |f|^2) - 1/lambda))``; the
   field is formed at the camera pixels and ``|.|^2`` taken; a finite LED (``size_mm > 0``) is an
   incoherent average over ``led_subsources^2`` points across the emitter;
-* camera: Poisson shot noise, Gaussian read noise, gain, background, quantisation, saturation,
-  optional hot pixels and blank frames.
+* camera: each pixel integrates the intensity over its area when the station says so
+  (``camera.pixel_integration``; exact: the field at 2 x 2 points per pixel, the intensity
+  box-filtered in Fourier); Poisson shot noise, Gaussian read noise, gain, background,
+  quantisation, saturation, optional hot pixels and blank frames.
 
 Why the plane wave is applied in the Fourier domain: the sample is periodic over the field of
 view, so its spectrum is a lattice ``f_l``; the tilted wave moves that lattice by ``-k_j``, off the
@@ -219,12 +221,14 @@ def fine_spectrum(transmission: np.ndarray, fov_um: float, position_um=(0.0, 0.0
 
 
 def camera_field(spectrum: np.ndarray, k: np.ndarray, pupil: HardPupil, fov_um: float, frame_px: int,
-                 full: bool = False) -> np.ndarray:
+                 full: bool = False, sub: int = 1) -> np.ndarray:
     """Field at the camera pixels for one plane wave ``k = (kx, ky)`` (cycles/um), shape (n, n).
 
     ``psi(x_p) = (1/N^2) sum_l P(f_l - k) O_l exp(i 2 pi (f_l - k) x_p)`` up to the common phase
     ``exp(-i 2 pi k x_p)`` (which cancels in the intensity). ``full=True`` forms the field on the
-    whole fine grid and samples every ``N / n``-th point (slow; for tests).
+    whole fine grid and samples every ``N / n``-th point (slow; for tests). ``sub > 1``: the field
+    at ``sub`` points per pixel and axis, shape (sub n, sub n), point ``(sub r, sub c)`` at pixel
+    ``(r, c)``'s centre.
     """
     big = spectrum.shape[0]
     df = 1.0 / fov_um
@@ -243,9 +247,20 @@ def camera_field(spectrum: np.ndarray, k: np.ndarray, pupil: HardPupil, fov_um: 
         a[gy % big, gx % big] = g
         step = big // frame_px
         return np.fft.ifft2(a)[::step, ::step]
-    a = np.zeros((frame_px, frame_px), dtype=np.complex128)
-    a[gy % frame_px, gx % frame_px] = g
-    return np.fft.ifft2(a) * (frame_px / big) ** 2
+    m = frame_px * int(sub)
+    a = np.zeros((m, m), dtype=np.complex128)
+    a[gy % m, gx % m] = g
+    return np.fft.ifft2(a) * (m / big) ** 2
+
+
+def pixel_average(intensity: np.ndarray, sub: int) -> np.ndarray:
+    """Each pixel's area average of an intensity sampled ``sub`` times per pixel and axis (shape
+    (sub n, sub n), unaliased): an exact box filter in Fourier, then the pixel centres."""
+    m = intensity.shape[-1]
+    f = np.fft.fftfreq(m, 1.0 / m) / m * sub  # cycles per pixel
+    box = np.sinc(f)
+    smooth = np.fft.ifft2(np.fft.fft2(intensity) * box[:, None] * box[None, :]).real
+    return smooth[::sub, ::sub]
 
 
 def _emitter_offsets(size_mm: float, subsources: int) -> list:
@@ -256,8 +271,8 @@ def _emitter_offsets(size_mm: float, subsources: int) -> list:
 
 
 def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zernike_waves,
-                       *, lens_na=None, log_amplitude=None, led_subsources: int = 3, progress=None,
-                       edge_width_cpum: float = 0.0, pupil_edge: str = "cell") -> np.ndarray:
+                       *, lens_na=None, log_amplitude=None, led_subsources: int = 9, progress=None,
+                       edge_width_cpum: float = 0.0, pupil_edge: str = "hard") -> np.ndarray:
     """Noise-free intensity at the camera pixels for each LED (brightness not applied).
 
     Parameters
@@ -280,9 +295,10 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
     progress : callable ``progress(i, total)``, optional
     edge_width_cpum : float
         Pupil edge ramp width (0: hard edge; see :class:`HardPupil`).
-    pupil_edge : {"cell", "hard"}
-        "cell" (default): the hard disk integrated over each frequency cell (a real object's
-        spectrum is continuous); "hard": point samples of the hard disk (harsher than reality).
+    pupil_edge : {"hard", "cell"}
+        "hard" (default): point samples of the hard disk, exact for the periodic sample (its
+        spectrum is the lattice); "cell": the hard disk's area fraction over each frequency cell
+        (the model's edge before the source-smeared edge; kept for comparison).
 
     Returns
     -------
@@ -299,10 +315,12 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
     offsets = _emitter_offsets(station.led_size_mm, led_subsources)
     ks = [illumination_frequencies(station, led_positions_mm(station, leds, truth, o)) for o in offsets]
     out = np.zeros((len(leds), n, n))
+    sub = 2 if getattr(station, "pixel_integration", False) else 1  # 2: the intensity is unaliased
     for j in range(len(leds)):
         for k in ks:
-            psi = camera_field(spectrum, k[j], pupil, fov, n)
-            out[j] += psi.real**2 + psi.imag**2
+            psi = camera_field(spectrum, k[j], pupil, fov, n, sub=sub)
+            inten = psi.real**2 + psi.imag**2
+            out[j] += pixel_average(inten, sub) if sub > 1 else inten
         out[j] /= len(ks)
         if progress is not None:
             progress(j + 1, len(leds))
@@ -320,7 +338,7 @@ def bright_field_mask(station, leds, na=None) -> np.ndarray:
 def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, seed: int = 0,
                      reference: str = "random-broadband", reference_seed: int = 0, oversample: int = 2,
                      photons: float = 2e4, hot_pixel_fraction: float = 0.0, blank_frames=(), progress=None,
-                     noise: bool = True, lens=None, leds=None, led_subsources: int = 3, exposure_s: float = 0.01,
+                     noise: bool = True, lens=None, leds=None, led_subsources: int = 9, exposure_s: float = 0.01,
                      dark_field_exposure: float = 1.0):
     """Simulate a capture of ``station`` imaging a reference sample through a lens.
 

@@ -99,11 +99,15 @@ def test_led_at_plus_x_brings_plus_x_object_frequencies_to_pupil_centre():
     assert img[1].abs().max() < 1e-20
 
 
-def _centroid(img):
-    n = img.shape[-1]
-    idx = torch.arange(n, dtype=img.dtype)
-    s = img.sum()
-    return (img.sum(0) * idx).sum() / s, (img.sum(1) * idx).sum() / s
+def _centroid(img, half=8):
+    """Centroid (x, y) in pixels within +/- ``half`` pixels of the peak: the hard pupil's ringing
+    wraps around the periodic frame, so a whole-frame centroid is pulled towards the centre."""
+    r0, c0 = divmod(int(torch.argmax(img)), img.shape[-1])
+    win = img[r0 - half : r0 + half + 1, c0 - half : c0 + half + 1]
+    win = win - win.min()
+    idx = torch.arange(-half, half + 1, dtype=img.dtype)
+    s = win.sum()
+    return c0 + (win.sum(0) * idx).sum() / s, r0 + (win.sum(1) * idx).sum() / s
 
 
 def test_tilt_and_position_signs():

@@ -19,6 +19,10 @@ from metrology.parameters import BY_PATH, TRACKED
 from metrology.toml_input import parse_toml, read_toml
 
 FORMAT_VERSION = 1
+PIXEL_QUADRATURE = 2
+"""Gauss-Legendre points per axis of the model's pixel integration (``camera.pixel_integration``):
+2 x 2 sub-pixel fields reproduce the exact pixel-area average to 1 % of the shot noise on the
+fixture stations (``tests/test_physics_closed_forms.py``)."""
 REQUIRED = object()
 """Sentinel default: the key must be present."""
 
@@ -44,6 +48,15 @@ def _na(v):
 
 def _ge1(v):
     return None if v >= 1 else f"must be >= 1, got {v:g}"
+
+
+def _vignetting(v):
+    r, dx, dy = v
+    if not r > 0:
+        return f"radius (first value) must be > 0 pupil radii, got {r:g}"
+    if math.hypot(dx, dy) >= r + 1.0:
+        return "the second aperture misses the pupil (|centre| >= radius + 1)"
+    return None
 
 
 def _frame(v):
@@ -88,6 +101,10 @@ SCHEMA = {
     ("camera", "photons_per_count"): ("photons_per_count", "float", 1.0, _gt0),
     ("camera", "read_noise_e"): ("read_noise_e", "float", 0.0, _ge0),
     ("camera", "background_counts"): ("background_counts", "float", 0.0, _ge0),
+    ("camera", "pixel_integration"): ("pixel_integration", "bool", True, None),
+    ("led_array", "spectral_fwhm_nm"): ("spectral_fwhm_nm", "float", 0.0, _ge0),
+    ("led_array", "emission_exponent"): ("emission_exponent", "float", 0.0, None),
+    ("lens", "vignetting"): ("vignetting", "triple", None, _vignetting),
     ("reconstruction", "upsampling"): ("upsampling", "int", None, _ge1),
     ("reconstruction", "zernike_terms"): ("zernike_terms", "int", 36, _zterms),
     ("reconstruction", "tile_center_mm"): ("tile_center_mm", "pair", (0.0, 0.0), None),
@@ -149,6 +166,10 @@ class StationDescription:
     photons_per_count: float = 1.0
     read_noise_e: float = 0.0
     background_counts: float = 0.0
+    pixel_integration: bool = True
+    spectral_fwhm_nm: float = 0.0
+    emission_exponent: float = 0.0
+    vignetting: tuple | None = None
     zernike_terms: int = 36
     tile_center_mm: tuple = (0.0, 0.0)
     slide_thickness_mm: float = 0.0
@@ -208,6 +229,10 @@ class StationDescription:
             led_size_mm=self.led_size_mm,
             slide_thickness_mm=self.slide_thickness_mm,
             slide_index=self.slide_index,
+            pixel_quadrature=PIXEL_QUADRATURE if self.pixel_integration else 0,
+            spectral_fwhm_nm=self.spectral_fwhm_nm,
+            emission_exponent=self.emission_exponent,
+            vignetting=None if self.vignetting is None else tuple(self.vignetting),
         )
 
     def check_capture(self, capture, source="capture") -> None:
@@ -240,7 +265,8 @@ class StationDescription:
         """TOML text that :func:`load_station` reads back equal to this description."""
         by_section: dict[str, list[str]] = {s: [] for s in ("",) + SECTIONS}
         for (section, key), (attr, kind, _default, _check) in SCHEMA.items():
-            by_section[section].append(f"{key} = {_toml_value(getattr(self, attr))}")
+            if getattr(self, attr) is not None:  # optional keys left out stay unset
+                by_section[section].append(f"{key} = {_toml_value(getattr(self, attr))}")
         lines = list(by_section[""])
         for section in SECTIONS:
             lines += ["", f"[{section}]"] + by_section[section]
@@ -266,6 +292,10 @@ def _toml_value(v) -> str:
 
 
 def _convert(source, name: str, kind: str, value):
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InputError(source, f"{name} must be true or false, got {value!r}")
+        return value
     if kind == "str":
         if not isinstance(value, str):
             raise InputError(source, f"{name} must be a string, got {value!r}")
@@ -281,9 +311,10 @@ def _convert(source, name: str, kind: str, value):
         if not math.isfinite(value):
             raise InputError(source, f"{name} must be finite, got {value!r}")
         return value
-    if kind == "pair":
-        if not isinstance(value, list) or len(value) != 2:
-            raise InputError(source, f"{name} must be a list of 2 numbers, got {value!r}")
+    if kind in ("pair", "triple"):
+        size = 2 if kind == "pair" else 3
+        if not isinstance(value, list) or len(value) != size:
+            raise InputError(source, f"{name} must be a list of {size} numbers, got {value!r}")
         return tuple(_convert(source, name, "float", v) for v in value)
     raise AssertionError(kind)
 

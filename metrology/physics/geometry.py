@@ -42,9 +42,23 @@ class StationGeometry:
     zernike_terms : int
         Number of Noll terms in the pupil phase (Noll 1..zernike_terms).
     led_size_mm : float
-        Emitter side (mm); used by the simulator only (finite source).
+        Emitter side (mm): the pupil edge is seen through the emitter's image (finite source).
     slide_thickness_mm, slide_index : float
         Glass slide under the sample (refraction shifts the illumination); 0 thickness = none.
+    spectral_fwhm_nm : float
+        LED spectral width (FWHM, nm; Gaussian): frames are the weighted sum over
+        ``spectral_points`` wavelengths (Gauss-Hermite nodes); 0: monochromatic.
+    spectral_points : int
+        Wavelengths sampled across the LED spectrum when ``spectral_fwhm_nm > 0``.
+    vignetting : (float, float, float) or None
+        Two-circle vignetting of an off-axis tile: the nominal second aperture ``(radius, dx, dy)``
+        in pupil radii (start of ``pupil.vignetting_*``); None: the stop alone.
+    emission_exponent : float
+        Nominal exponent ``p`` of the LEDs' angular emission law ``cos^p`` (the start and prior
+        mean of ``illumination.emission_exponent``; 0: every LED lights the sample alike).
+    pixel_quadrature : int
+        Camera pixel integration: Gauss-Legendre points per axis over each pixel's area (0 or 1:
+        the intensity sampled at the pixel centre).
     """
 
     wavelength_nm: float
@@ -63,6 +77,11 @@ class StationGeometry:
     led_size_mm: float = 0.0
     slide_thickness_mm: float = 0.0
     slide_index: float = 1.52
+    pixel_quadrature: int = 0
+    emission_exponent: float = 0.0
+    spectral_fwhm_nm: float = 0.0
+    spectral_points: int = 3
+    vignetting: tuple | None = None
 
     def __post_init__(self):
         checks = [
@@ -78,6 +97,9 @@ class StationGeometry:
             (self.led_size_mm >= 0, "led_size_mm must be >= 0"),
             (self.slide_thickness_mm >= 0, "slide_thickness_mm must be >= 0"),
             (self.slide_index >= 1, "slide_index must be >= 1"),
+            (0 <= self.pixel_quadrature <= 4, "pixel_quadrature must be 0-4"),
+            (0 <= self.spectral_fwhm_nm < 0.5 * self.wavelength_nm, "spectral_fwhm_nm must be in [0, wavelength / 2)"),
+            (1 <= self.spectral_points <= 7, "spectral_points must be 1-7"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -121,8 +143,23 @@ class StationGeometry:
 
     @property
     def pupil_box_half(self) -> int:
-        """Half-width of the pupil box (pixels): radius + soft edge + sub-pixel shift."""
-        return int(math.ceil(self.pupil_radius_px + 2.0))
+        """Half-width of the pupil box (pixels): radius (at the shortest wavelength of the LED
+        spectrum) + soft edge + sub-pixel shift."""
+        shortest = min(scale for scale, _ in self.spectral_nodes())
+        return int(math.ceil(self.pupil_radius_px / shortest + 2.0))
+
+    def spectral_nodes(self):
+        """``(scale, weight)`` pairs: wavelengths ``lambda_0 scale`` across a Gaussian LED spectrum of
+        ``spectral_fwhm_nm`` (Gauss-Hermite nodes, weights summing to 1); ``[(1.0, 1.0)]`` when
+        monochromatic."""
+        if self.spectral_fwhm_nm <= 0 or self.spectral_points <= 1:
+            return [(1.0, 1.0)]
+        import numpy as np
+
+        x, w = np.polynomial.hermite_e.hermegauss(self.spectral_points)
+        sigma = self.spectral_fwhm_nm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        w = w / w.sum()
+        return [(float(1.0 + sigma * xi / self.wavelength_nm), float(wi)) for xi, wi in zip(x, w)]
 
     @property
     def n_leds(self) -> int:

@@ -58,7 +58,12 @@ class Illumination(nn.Module):
     tilt_deg : (2,)
         Board tilt about x and about y (deg).
     brightness : (J,)
-        Relative brightness of each LED (1 nominal).
+        Relative brightness of each LED (1 nominal) on top of the angular emission law.
+    emission_exponent : ()
+        Exponent ``p`` of the emission law: an LED at angle ``theta`` from the axis lights the
+        sample ``cos(theta)^p`` as brightly as one on the axis (``p = n + 3`` for a ``cos^n``
+        emitter on a flat board: ``cos^3`` from the distance and the obliquity; 4 for a Lambertian
+        LED). Fitted from the brightness pattern, with a prior (:mod:`metrology.solver.priors`).
     """
 
     def __init__(self, geometry: StationGeometry, dtype=torch.float32):
@@ -70,6 +75,7 @@ class Illumination(nn.Module):
         self.distance_error_mm = nn.Parameter(torch.zeros((), dtype=dtype))
         self.tilt_deg = nn.Parameter(torch.zeros(2, dtype=dtype))
         self.brightness = nn.Parameter(torch.ones(j, dtype=dtype))
+        self.emission_exponent = nn.Parameter(torch.tensor(float(geometry.emission_exponent), dtype=dtype))
 
     def led_positions_mm(self) -> torch.Tensor:
         """LED positions after misalignment.
@@ -108,6 +114,17 @@ class Illumination(nn.Module):
         s = _air_sine_through_slide(rho, height, g.slide_thickness_mm, g.slide_index)
         scale = s / (rho * g.wavelength_um)
         return torch.stack([dx * scale, dy * scale], dim=-1)
+
+    def emission(self) -> torch.Tensor:
+        """Relative irradiance of the sample by each LED from the emission law, shape (J,):
+        ``cos(theta_j)^p`` with ``theta_j`` the angle of the line from the LED to the tile centre."""
+        g = self.geometry
+        pos = self.led_positions_mm()
+        dx = pos[:, 0] - g.tile_center_mm[0]
+        dy = pos[:, 1] - g.tile_center_mm[1]
+        h = -pos[:, 2]
+        cos = h / torch.sqrt(dx**2 + dy**2 + h**2)
+        return cos**self.emission_exponent
 
     def illumination_na(self) -> torch.Tensor:
         """Illumination NA ``lambda |k_j|`` of each LED, shape (J,)."""

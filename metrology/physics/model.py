@@ -51,9 +51,17 @@ def field_to_box(field: torch.Tensor, half: int) -> torch.Tensor:
     return full[:, c - half : c + half + 1, c - half : c + half + 1]
 
 
-SOURCE_EDGE_BAND_PX = 2.0
-"""Frames whose LED lies within this many frequency pixels (plus the stencil step) of the pupil
-cut-off get the finite-emitter correction (see :meth:`StationModel.finite_source_stencil`)."""
+def gauss_legendre_offsets(points: int):
+    """Sub-pixel offsets (pixels, in [-1/2, 1/2]) and weights of a ``points``-point
+    Gauss-Legendre rule per axis, as (points^2, 2) offsets ``(dx, dy)`` and (points^2,) weights
+    summing to 1 (the pixel-area average of a smooth intensity)."""
+    import numpy as np
+
+    x, w = np.polynomial.legendre.leggauss(int(points))
+    x, w = 0.5 * x, 0.5 * w
+    offsets = [(a, b) for b in x for a in x]
+    weights = [wa * wb for wb in w for wa in w]
+    return offsets, weights
 
 
 class StationModel(nn.Module):
@@ -81,6 +89,9 @@ class StationModel(nn.Module):
         self.camera = Camera(dtype=dtype)
         exp = torch.ones(geometry.n_leds, dtype=dtype) if exposure is None else torch.as_tensor(exposure, dtype=dtype)
         self.register_buffer("exposure", exp.clone())
+        self.edge_softening_px = 0.0
+        """Smallest source width (frequency pixels) seen at the pupil edge: > 0 smooths the edge
+        (the solver's coarse-to-fine continuation); 0 is the physical emitter."""
 
     # ------------------------------------------------------------------ helpers
     def frequency_offsets_px(self) -> torch.Tensor:
@@ -93,10 +104,11 @@ class StationModel(nn.Module):
             k = torch.linalg.vector_norm(self.illumination.spatial_frequencies(), dim=-1)
             return k < self.pupil.na / self.geometry.wavelength_um
 
-    def spectrum_window(self, indices=None, extra_px=None):
+    def spectrum_window(self, indices=None, wavelength_scale: float = 1.0):
         """Where each LED's pupil box sits on the centred object spectrum.
 
-        ``extra_px`` (J', 2), optional: added to the LEDs' offsets (emitter sub-sources).
+        ``wavelength_scale``: ``lambda / lambda_0`` (the illumination frequencies scale as its
+        inverse).
 
         Returns
         -------
@@ -111,8 +123,8 @@ class StationModel(nn.Module):
         offsets = self.frequency_offsets_px()
         if indices is not None:
             offsets = offsets[indices]
-        if extra_px is not None:
-            offsets = offsets + extra_px
+        if wavelength_scale != 1.0:
+            offsets = offsets / wavelength_scale
         whole = torch.round(offsets).detach()
         remainder = offsets - whole
         n_obj = g.object_px
@@ -139,14 +151,15 @@ class StationModel(nn.Module):
         scale = (g.frame_px / g.object_px) ** 2
         return torch.polar(torch.full_like(ramp_phase, scale), ramp_phase)
 
-    def field_spectrum(self, indices=None, extra_px=None) -> torch.Tensor:
-        """Exit-pupil field spectrum on the pupil box, shape (J', B, B) complex (``extra_px``: see
-        :meth:`spectrum_window`)."""
-        rows, cols, inside, remainder = self.spectrum_window(indices, extra_px)
+    def field_spectrum(self, indices=None) -> torch.Tensor:
+        """Exit-pupil field spectrum on the pupil box, shape (J', B, B) complex (the coherent part
+        of the image; :meth:`intensity` adds the source's incoherent remainder)."""
+        rows, cols, inside, remainder = self.spectrum_window(indices)
         crop = self.sample.spectrum()[rows[:, :, None], cols[:, None, :]]
         if inside is not None:
             crop = crop * inside
-        pupil = self.pupil(remainder, self.sample.defocus_um)
+        source = self.source_side_px(indices) if self.pupil.edge == "source" else None
+        pupil = self.pupil(remainder, self.sample.defocus_um, source)
         return pupil * crop * self.box_factor()
 
     def spectrum_coverage(self) -> torch.Tensor:
@@ -155,7 +168,8 @@ class StationModel(nn.Module):
         g = self.geometry
         with torch.no_grad():
             rows, cols, inside, remainder = self.spectrum_window()
-            pupil = self.pupil(remainder, self.sample.defocus_um)
+            source = self.source_side_px() if self.pupil.edge == "source" else None
+            pupil = self.pupil(remainder, self.sample.defocus_um, source)
             weight = pupil.abs() ** 2
             if inside is not None:
                 weight = weight * inside
@@ -166,59 +180,80 @@ class StationModel(nn.Module):
             cover.index_put_((idx_r.reshape(-1), idx_c.reshape(-1)), weight.reshape(-1), accumulate=True)
             return cover
 
-    def intensity(self, indices=None) -> torch.Tensor:
-        """Noise-free intensity ``|psi_j|^2`` on the camera grid, shape (J', n, n)."""
-        n = self.geometry.frame_px
-        field = box_to_field(self.field_spectrum(indices), n)
-        out = field.real**2 + field.imag**2
-        stencil = self.finite_source_stencil(indices)
-        if stencil is None:
-            return out
-        rows, steps = stencil
-        sel = rows if indices is None else torch.as_tensor(indices, device=rows.device)[rows]
-        mean = 0.0
-        for d in ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)):
-            direction = torch.tensor(d, dtype=steps.dtype, device=steps.device)
-            f = box_to_field(self.field_spectrum(sel, steps[:, None] * direction), n)
-            mean = mean + 0.25 * (f.real**2 + f.imag**2)
-        return out.index_copy(0, rows, mean)
+    def source_side_px(self, indices=None) -> torch.Tensor:
+        """Side of each LED emitter's image in frequency pixels, shape (J',).
 
-    def finite_source_stencil(self, indices=None):
-        """Which frames get the finite-emitter correction, and its step.
-
-        A square emitter of side ``a`` (``geometry.led_size_mm``) is an incoherent source whose
-        points spread the illumination frequency with a per-axis variance ``sigma^2`` (``a^2 / 12``
-        at the board, mapped by ``d k / d x = cos^3(theta) / (lambda h)``). To second order the
-        frame is the mean of four coherent frames at ``k_j +/- sqrt(2) sigma`` along x and y. It
-        matters where the frame changes fast with ``k``: where the unscattered light crosses the
-        pupil edge, so only LEDs within :data:`SOURCE_EDGE_BAND_PX` (plus the stencil) of the
-        cut-off are treated (bright-field/dark-field transition).
-
-        Returns
-        -------
-        None (point LEDs or no LED near the edge), or ``(rows, steps)``: positions (int64) within
-        the selected frames and the stencil step per frame (frequency pixels).
+        A square emitter of side ``a`` (``geometry.led_size_mm``) at distance ``h`` subtends
+        ``a cos^3(theta) / (lambda h)`` in spatial frequency (``d k / d x`` at the LED's angle); the
+        pupil edge is averaged over it (:func:`metrology.physics.pupil.source_edge`).
         """
         g = self.geometry
-        if g.led_size_mm <= 0:
-            return None
         k = self.illumination.spatial_frequencies()
         if indices is not None:
             k = k[indices]
         s2 = (k * g.wavelength_um).pow(2).sum(dim=-1).clamp(max=0.99)
-        sigma = g.led_size_mm / math.sqrt(12.0) / g.led_distance_mm / g.wavelength_um
-        steps = math.sqrt(2.0) * sigma * (1.0 - s2) ** 1.5 / g.df
-        with torch.no_grad():
-            radius = self.pupil.na / g.wavelength_um / g.df
-            r = torch.linalg.vector_norm(k, dim=-1) / g.df
-            rows = torch.nonzero((r - radius).abs() < SOURCE_EDGE_BAND_PX + steps).flatten()
-        if rows.numel() == 0:
-            return None
-        return rows, steps[rows]
+        h = g.led_distance_mm + self.illumination.distance_error_mm
+        side = g.led_size_mm * (1.0 - s2) ** 1.5 / (h * g.wavelength_um * g.df)
+        return side.clamp(min=self.edge_softening_px) if self.edge_softening_px else side
+
+    def camera_intensity(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """``|psi|^2`` at the camera pixels from pupil-box spectra (J', B, B): sampled at the pixel
+        centres, or averaged over each pixel's area (``geometry.pixel_quadrature`` Gauss-Legendre
+        points per axis; the sub-pixel fields are phase ramps of the same spectrum)."""
+        g = self.geometry
+        n = g.frame_px
+        q = g.pixel_quadrature
+        if q <= 1:
+            field = box_to_field(spectrum, n)
+            return field.real**2 + field.imag**2
+        offsets, weights = gauss_legendre_offsets(q)
+        half = spectrum.shape[-1] // 2
+        u = torch.arange(-half, half + 1, device=spectrum.device, dtype=spectrum.real.dtype) * (2 * math.pi / n)
+        out = 0.0
+        for (dx, dy), w in zip(offsets, weights):
+            ramp = torch.polar(torch.ones_like(u[:, None] * u[None, :]), u[None, :] * dx + u[:, None] * dy)
+            field = box_to_field(spectrum * ramp, n)
+            out = out + w * (field.real**2 + field.imag**2)
+        return out
+
+    def intensity(self, indices=None) -> torch.Tensor:
+        """Noise-free intensity on the camera grid, shape (J', n, n).
+
+        With the source-smeared edge (``pupil.edge == "source"``), each frame is the coherent
+        image through the source-averaged pupil ``E P`` plus the incoherent remainder of the
+        average over the emitter: a frequency sample with edge transmission ``E`` contributes
+        ``|P O|^2 E`` to the mean intensity, the coherent image only ``|P O|^2 E^2``; the
+        difference ``sum |P O|^2 (E - E^2) / n^4`` is a uniform term (exact for each sample's own
+        power; the cross terms of two samples both on the edge are neglected). It is what carries
+        the unscattered light of an LED at the bright-/dark-field transition.
+
+        With a finite LED spectrum (``geometry.spectral_fwhm_nm``) the frame is the weighted sum of
+        such frames over the spectrum's nodes (:meth:`StationGeometry.spectral_nodes`): each
+        wavelength has its own illumination frequencies, cut-off, aberration in waves and defocus.
+        """
+        spectrum = self.sample.spectrum()
+        source = self.source_side_px(indices) if self.pupil.edge == "source" else None
+        factor = self.box_factor()
+        out = 0.0
+        for scale, weight in self.geometry.spectral_nodes():
+            rows, cols, inside, remainder = self.spectrum_window(indices, scale)
+            crop = spectrum[rows[:, :, None], cols[:, None, :]]
+            if inside is not None:
+                crop = crop * inside
+            edge, body = self.pupil.parts(remainder, self.sample.defocus_um,
+                                          None if source is None else source / scale, wavelength_scale=scale)
+            smooth = body * crop * factor
+            frames = self.camera_intensity(edge * smooth)
+            if self.pupil.edge == "source":
+                n = self.geometry.frame_px
+                power = smooth.real**2 + smooth.imag**2
+                frames = frames + ((power * (edge - edge**2)).sum(dim=(-2, -1)) / n**4)[:, None, None]
+            out = out + weight * frames
+        return out
 
     def forward(self, indices=None) -> torch.Tensor:
         """Modelled frames in counts, shape (J', n, n) (``indices`` selects LEDs, default all)."""
-        gain = self.illumination.brightness * self.exposure
+        gain = self.illumination.brightness * self.illumination.emission() * self.exposure
         if indices is not None:
             gain = gain[indices]
         return self.camera(self.intensity(indices), gain)

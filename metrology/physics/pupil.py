@@ -39,6 +39,26 @@ def disk_coverage(radius_px: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor) -
     return torch.where(s <= 0, torch.zeros_like(s), torch.where(s >= a + b, torch.ones_like(s), cov))
 
 
+SOURCE_FLOOR_PX = 0.1
+"""Smallest source width (frequency pixels) of the source-smeared edge: keeps the edge
+differentiable for a point LED (the width of a 0.01 mm emitter on the fixture stations)."""
+
+
+def source_edge(radius_px: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor, side_px: torch.Tensor) -> torch.Tensor:
+    """Fraction of a square source of side ``side_px`` (frequency pixels), centred on each point
+    ``(ux, uy)`` (pixels from the pupil centre), that falls inside the hard disk of radius
+    ``radius_px``: the hard pupil edge seen by a plane-wave component through a finite LED.
+
+    Each point of an LED emitter illuminates the sample with its own plane wave, so every object
+    frequency reaches the pupil at a spread of positions of the emitter's shape and angular size.
+    The disk is hard (a real stop); averaging the transmission over the source gives this
+    profile, :func:`disk_coverage` with the pixel replaced by the source (exact for a straight edge
+    across the square). ``side_px`` broadcasts against ``ux`` (e.g. shape (J, 1, 1)).
+    """
+    s = side_px.clamp(min=SOURCE_FLOOR_PX)
+    return disk_coverage(radius_px / s, ux / s, uy / s)
+
+
 class Pupil(nn.Module):
     """Lens pupil ``P(f) = A(f) exp(i 2 pi W(f))`` evaluated on a box of the frequency grid.
 
@@ -51,17 +71,27 @@ class Pupil(nn.Module):
         Noll coefficients of ``ln A`` (apodisation); zero = uniform amplitude.
     na : ()
         Numerical aperture (the edge radius); fixed by default.
+    vignetting_radius : (), vignetting_center : (2,)
+        Two-circle vignetting (``geometry.vignetting`` set): a second aperture of radius
+        ``vignetting_radius`` pupil radii centred at ``vignetting_center`` (pupil radii, pupil
+        frame) clips the stop; the pupil transmits inside both (off-axis field points see the
+        stop intersected with the shifted image of another aperture).
 
     Attributes
     ----------
-    edge : {"coverage", "ramp"}
-        Discretisation of the pupil edge: the disk's area fraction over each frequency cell
-        (default, :func:`disk_coverage`) or a one-pixel linear ramp (:func:`soft_disk`).
+    edge : {"source", "coverage", "ramp"}
+        The pupil edge: hard, seen through the finite LED (default, :func:`source_edge`: the
+        fraction of the emitter's image inside the stop, per frequency sample; the model adds the
+        incoherent part of the average, see :meth:`metrology.physics.StationModel.intensity`); or
+        the disk's area fraction over each frequency cell (:func:`disk_coverage`); or a one-pixel
+        linear ramp (:func:`soft_disk`). The last two are kept for comparison.
     """
 
-    def __init__(self, geometry: StationGeometry, dtype=torch.float32, edge: str = "coverage"):
+    EDGES = ("source", "coverage", "ramp")
+
+    def __init__(self, geometry: StationGeometry, dtype=torch.float32, edge: str = "source"):
         super().__init__()
-        if edge not in ("coverage", "ramp"):
+        if edge not in self.EDGES:
             raise ValueError(f"unknown pupil edge {edge!r}")
         self.edge = edge
         self.geometry = geometry
@@ -69,13 +99,17 @@ class Pupil(nn.Module):
         self.zernike_waves = nn.Parameter(torch.zeros(k, dtype=dtype))
         self.log_amplitude = nn.Parameter(torch.zeros(k, dtype=dtype))
         self.na = nn.Parameter(torch.tensor(geometry.na, dtype=dtype))
+        vig = geometry.vignetting or (0.0, 0.0, 0.0)
+        self.vignetting_radius = nn.Parameter(torch.tensor(float(vig[0]), dtype=dtype))
+        self.vignetting_center = nn.Parameter(torch.tensor([float(vig[1]), float(vig[2])], dtype=dtype))
 
     def box_coordinates(self) -> torch.Tensor:
         """Box grid ``u`` (pixels from the centre), shape (B,), B = 2 * half + 1."""
         h = self.geometry.pupil_box_half
         return torch.arange(-h, h + 1, dtype=self.na.dtype, device=self.na.device)
 
-    def phase_waves(self, shift_px: torch.Tensor, coeffs: torch.Tensor | None = None) -> torch.Tensor:
+    def phase_waves(self, shift_px: torch.Tensor, coeffs: torch.Tensor | None = None,
+                    wavelength_scale: float = 1.0) -> torch.Tensor:
         """``W(g - shift)`` on the box, shape (J, B, B), waves.
 
         Parameters
@@ -84,16 +118,19 @@ class Pupil(nn.Module):
             Sub-pixel shifts ``(sx, sy)`` of the pupil in grid pixels.
         coeffs : Tensor, shape (K,), optional
             Zernike coefficients; defaults to ``zernike_waves``.
+        wavelength_scale : float
+            ``lambda / lambda_0``: the Zernike radius ``NA / lambda`` in pixels scales with it.
         """
         c = self.zernike_waves if coeffs is None else coeffs
-        radius = self.na / self.geometry.wavelength_um / self.geometry.df
+        radius = self.na / (self.geometry.wavelength_um * wavelength_scale) / self.geometry.df
         mono = torch.as_tensor(monomial_matrix(c.shape[0]), dtype=c.dtype, device=c.device)
         d = torch.tensordot(c, mono, dims=1)
         u = self.box_coordinates() / radius
         return shifted_polynomial_grid(d, shift_px[:, 0] / radius, shift_px[:, 1] / radius, u)
 
-    def forward(self, shift_px: torch.Tensor, defocus_um: torch.Tensor) -> torch.Tensor:
-        """Complex pupil times defocus on the box, shifted by ``shift_px``.
+    def parts(self, shift_px: torch.Tensor, defocus_um: torch.Tensor, source_px: torch.Tensor | None = None,
+              edge: str | None = None, wavelength_scale: float = 1.0):
+        """The pupil's edge transmission and its smooth part, on the box shifted by ``shift_px``.
 
         Parameters
         ----------
@@ -101,25 +138,59 @@ class Pupil(nn.Module):
             Pupil centre offsets in grid pixels (the sub-pixel remainders of ``k_j``).
         defocus_um : Tensor, shape ()
             Sample defocus (um, see :mod:`metrology.conventions`).
+        source_px : Tensor, shape (J,), optional
+            Side of each LED's emitter image in frequency pixels (``edge = "source"``; default
+            the floor :data:`SOURCE_FLOOR_PX`).
+        edge : str, optional
+            Edge discretisation for this call (default :attr:`edge`).
+        wavelength_scale : float
+            ``lambda / lambda_0`` for one wavelength of the LED spectrum: the cut-off ``NA /
+            lambda``, the aberration in waves of the same optical path difference (``W / s``) and
+            the defocus propagator follow it.
 
         Returns
         -------
-        Tensor, shape (J, B, B), complex
+        edge : Tensor, shape (J, B, B), real in [0, 1]
+        body : Tensor, shape (J, B, B), complex
+            ``A exp(i 2 pi (W + defocus))``; the pupil is ``edge * body``.
         """
         g = self.geometry
         u = self.box_coordinates()
         fx = (u[None, None, :] - shift_px[:, 0, None, None]) * g.df
         fy = (u[None, :, None] - shift_px[:, 1, None, None]) * g.df
         f2 = fx**2 + fy**2
-        radius_px = self.na / g.wavelength_um / g.df
-        if self.edge == "coverage":
-            edge = disk_coverage(radius_px, fx / g.df, fy / g.df)
+        wavelength_um = g.wavelength_um * wavelength_scale
+        radius_px = self.na / wavelength_um / g.df
+        kind = self.edge if edge is None else edge
+        if kind == "source":
+            if source_px is None:
+                source_px = torch.full((shift_px.shape[0],), SOURCE_FLOOR_PX, dtype=fx.dtype, device=fx.device)
+            transmission = source_edge(radius_px, fx / g.df, fy / g.df, source_px[:, None, None])
+        elif kind == "coverage":
+            transmission = disk_coverage(radius_px, fx / g.df, fy / g.df)
         else:
-            edge = soft_disk(radius_px, torch.sqrt(f2 + 1e-30) / g.df)
-        phase = 2 * math.pi * self.phase_waves(shift_px)
-        inv_lambda = 1.0 / g.wavelength_um
+            transmission = soft_disk(radius_px, torch.sqrt(f2 + 1e-30) / g.df)
+        if g.vignetting is not None:
+            # a second aperture of the lens (off-axis field point): the pupil is inside both
+            rv = self.vignetting_radius * radius_px
+            cx = self.vignetting_center[0] * radius_px
+            cy = self.vignetting_center[1] * radius_px
+            side = source_px[:, None, None] if (kind == "source" and source_px is not None) else torch.ones_like(fx[:1])
+            transmission = transmission * source_edge(rv, fx / g.df - cx, fy / g.df - cy, side)
+        phase = 2 * math.pi * self.phase_waves(shift_px, wavelength_scale=wavelength_scale) / wavelength_scale
+        inv_lambda = 1.0 / wavelength_um
         kz_minus_k = -f2 / (torch.sqrt((inv_lambda**2 - f2).clamp(min=1e-12)) + inv_lambda)
         phase = phase + 2 * math.pi * defocus_um * kz_minus_k
-        log_amp = self.phase_waves(shift_px, self.log_amplitude)
-        amplitude = edge * torch.exp(log_amp)
-        return torch.polar(amplitude, phase)
+        log_amp = self.phase_waves(shift_px, self.log_amplitude, wavelength_scale)
+        return transmission, torch.polar(torch.exp(log_amp), phase)
+
+    def forward(self, shift_px: torch.Tensor, defocus_um: torch.Tensor, source_px: torch.Tensor | None = None,
+                edge: str | None = None):
+        """Complex pupil times defocus on the box, shifted by ``shift_px`` (see :meth:`parts`).
+
+        Returns
+        -------
+        Tensor, shape (J, B, B), complex
+        """
+        transmission, body = self.parts(shift_px, defocus_um, source_px, edge)
+        return transmission * body

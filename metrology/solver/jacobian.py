@@ -64,26 +64,57 @@ def whitened_residual(model_out, data, noise, background):
     return 2 * noise.gain_e_per_count**0.5 * (sm - sd)
 
 
-def normal_equations(model, data, mask, noise, specs, groups=None):
-    """``J^T J``, ``J^T r`` and ``r^T r`` over the valid pixels, for the free elements of ``specs``.
+@dataclass
+class Linearisation:
+    """The whitened residuals and their Jacobian at one point (see :func:`linearise`).
+
+    ``tangents`` holds one (J, n, n) Jacobian column per plain column and, last, the compressed
+    brightness tangent (column j lives in frame j).
+    """
+
+    tangents: torch.Tensor  # (T, J, n, n)
+    residual: torch.Tensor  # (J, n, n)
+    mask: torch.Tensor  # (J, n, n): the residual scale the tangents carry
+    columns: Columns
+    plain: list
+    bright: list
+
+    def normal(self, frames=None):
+        """``(J^T J, J^T r)`` over ``frames`` (default all), float64."""
+        sel = None if frames is None else torch.as_tensor(list(frames), dtype=torch.long, device=self.residual.device)
+        return _assemble(self.tangents, self.residual, self.columns, self.plain, self.bright, sel)
+
+    def per_group(self, groups) -> list:
+        """``(J_g^T J_g, J_g^T r_g)`` per frame group (the groups must partition the frames)."""
+        n = self.residual.shape[0]
+        if sorted(i for sel in groups for i in sel) != list(range(n)):
+            raise ValueError("frame groups must partition the frames")
+        return [self.normal(sel) for sel in groups]
+
+    def per_block(self, blocks: int) -> list:
+        """``(J_b^T J_b, J_b^T r_b)`` per image region of a ``blocks x blocks`` grid."""
+        return _per_block(self.tangents, self.residual, self.columns, self.plain, self.bright, blocks)
+
+    def meat(self) -> torch.Tensor:
+        """``J^T S J`` (:func:`spectral_meat`)."""
+        return spectral_meat(self.tangents, self.residual, self.mask, self.columns, self.plain, self.bright)
+
+    @property
+    def rtr(self) -> float:
+        return float((self.residual.double() ** 2).sum())
+
+
+def linearise(model, data, mask, noise, specs) -> Linearisation:
+    """Whitened residuals times ``mask`` and their Jacobian for the free elements of ``specs``.
 
     Parameters
     ----------
     model : StationModel
     data, mask : Tensor, shape (J, n, n)
+        ``mask``: 0/1 valid pixels, or any per-pixel residual scale (e.g. ``mask / sqrt(v)``).
     noise : NoiseModel
     specs : list of ParameterSpec
         Free parameters (sample fields excluded).
-    groups : list of index arrays, optional
-        Frame groups; when given, the per-group ``(J_g^T J_g, J_g^T r_g)`` are returned too
-        (for the linearised jackknife).
-
-    Returns
-    -------
-    jtj : Tensor (P, P) float64
-    jtr : Tensor (P,) float64
-    rtr : float
-    columns : Columns
     """
     cols = columns_for(model, specs)
     paths = list(dict.fromkeys(s.path for s in specs))
@@ -113,18 +144,115 @@ def normal_equations(model, data, mask, noise, specs, groups=None):
                     t.view(-1)[cols.flat_index[ci]] = 1.0
             tans.append(t)
         t_all[ti] = jvp(f, primals, tuple(tans))[1].detach()
-    n = r.shape[0]
+    return Linearisation(t_all, r, mask, cols, plain, bright)
+
+
+def normal_equations(model, data, mask, noise, specs, groups=None):
+    """``J^T J``, ``J^T r`` and ``r^T r`` over the valid pixels, for the free elements of ``specs``
+    (see :func:`linearise`); with ``groups`` (frame index lists partitioning the frames) also the
+    per-group ``(J_g^T J_g, J_g^T r_g)`` for the linearised jackknife.
+
+    Returns
+    -------
+    jtj : Tensor (P, P) float64
+    jtr : Tensor (P,) float64
+    rtr : float
+    columns : Columns
+    per_group : list, only with ``groups``
+    """
+    lin = linearise(model, data, mask, noise, specs)
+    n = lin.residual.shape[0]
     parts = [list(sel) for sel in groups] if groups else [list(range(g, n, 10)) for g in range(min(10, n))]
-    per_group = [_assemble(t_all, r, cols, plain, bright, torch.as_tensor(sel, dtype=torch.long, device=r.device)) for sel in parts]
+    per_group = lin.per_group(parts)
     jtj = sum(a for a, _ in per_group)
     jtr = sum(b for _, b in per_group)
-    covered = sorted(i for sel in parts for i in sel)
-    if covered != list(range(n)):
-        raise ValueError("frame groups must partition the frames")
-    rtr = float((r.double() ** 2).sum())
-    if groups is not None:
-        return jtj, jtr, rtr, cols, per_group
-    return jtj, jtr, rtr, cols
+    out = (jtj, jtr, lin.rtr, lin.columns)
+    return out + (per_group,) if groups is not None else out
+
+
+MEAT_CHUNK = 16
+"""Frames per chunk of the spectral meat (memory)."""
+MEAT_SMOOTHING_PX = 3
+"""Half-width (frequency pixels) of the box that smooths each frame's residual periodogram."""
+
+
+def block_index(n: int, blocks: int) -> list:
+    """Flat pixel indices of each region of a ``blocks x blocks`` grid over an (n, n) frame."""
+    edges = [round(i * n / blocks) for i in range(blocks + 1)]
+    out = []
+    for a in range(blocks):
+        for b in range(blocks):
+            rows = torch.arange(edges[a], edges[a + 1])
+            cols = torch.arange(edges[b], edges[b + 1])
+            out.append((rows[:, None] * n + cols[None, :]).reshape(-1))
+    return out
+
+
+def _per_block(t_all, r, cols, plain, bright, blocks: int) -> list:
+    """Per image region ``(J_b^T J_b, J_b^T r_b)`` (see :func:`normal_equations`)."""
+    n = r.shape[-1]
+    t_flat = t_all.reshape(t_all.shape[0], t_all.shape[1], n * n)
+    r_flat = r.reshape(r.shape[0], n * n)
+    out = []
+    for idx in block_index(n, blocks):
+        idx = idx.to(r.device)
+        out.append(_assemble(t_flat[:, :, idx], r_flat[:, idx], cols, plain, bright, None))
+    return out
+
+
+def spectral_meat(t_all, r, mask, cols, plain, bright, smooth_px: int = MEAT_SMOOTHING_PX):
+    """``J^T S J``: the Jacobian weighted by the residuals' own spatial covariance.
+
+    The whitened residuals of a perfect model are white with unit variance; model mismatch adds a
+    structured, spatially correlated part. Each frame's residual covariance is taken as stationary
+    with power spectrum ``S_j(f) = smooth(|R_j(f)|^2) / N_j`` (``R_j`` the residual's DFT, ``N_j``
+    its valid pixels; white unit noise gives ``S = 1``), and by Parseval
+    ``J_j^T S_j J_j = (1 / n^2) sum_f conj(Jhat_j(f)) S_j(f) Jhat_j(f)^T``. For ``S = 1`` this is
+    ``J^T J``; the sandwich ``(J^T J)^-1 J^T S J (J^T J)^-1`` then equals the Fisher covariance, and
+    it grows where the mismatch has power at the frequencies a parameter is measured at
+    (heteroscedasticity- and autocorrelation-consistent covariance).
+
+    Returns
+    -------
+    Tensor (P, P) float64
+    """
+    n = r.shape[-1]
+    dev = r.device
+    rd = r.double()
+    valid = (mask > 0).double().sum(dim=(-2, -1)).clamp(min=1.0)
+    power = torch.fft.fft2(rd).abs() ** 2 / valid[:, None, None]  # (J, n, n)
+    k = 2 * smooth_px + 1
+    padded = torch.nn.functional.pad(power[:, None], (smooth_px,) * 4, mode="circular")
+    spec = torch.nn.functional.avg_pool2d(padded, k, stride=1)[:, 0]  # (J, n, n)
+    half = n // 2 + 1
+    spec = spec[..., :half]
+    wcol = torch.full((half,), 2.0, dtype=torch.float64, device=dev)  # rfft: count the mirrored half
+    wcol[0] = 1.0
+    if n % 2 == 0:
+        wcol[-1] = 1.0
+    weight = torch.sqrt(spec * wcol / n**2)  # (J, n, half)
+    p_total = len(cols.names)
+    meat = torch.zeros((p_total, p_total), dtype=torch.float64, device=dev)
+    n_plain = len(plain)
+    pi = torch.as_tensor(plain, dtype=torch.long, device=dev)
+    col_of_led = {cols.flat_index[i]: i for i in bright}
+    for start in range(0, r.shape[0], MEAT_CHUNK):  # frame chunks bound the memory
+        frames = list(range(start, min(start + MEAT_CHUNK, r.shape[0])))
+        w = weight[frames]
+        fp = torch.view_as_real(torch.fft.rfft2(t_all[:n_plain, frames].double()) * w).reshape(n_plain, len(frames), -1)
+        flat = fp.reshape(n_plain, -1)
+        meat[pi[:, None], pi[None, :]] += flat @ flat.T
+        lit = [(k, col_of_led[j]) for k, j in enumerate(frames) if j in col_of_led]
+        if bright and lit:
+            ks = torch.as_tensor([k for k, _ in lit], dtype=torch.long, device=dev)
+            ci = torch.as_tensor([c for _, c in lit], dtype=torch.long, device=dev)
+            fb = torch.view_as_real(torch.fft.rfft2(t_all[n_plain, [frames[k] for k, _ in lit]].double()) * w[ks])
+            fb = fb.reshape(len(lit), -1)
+            meat[ci, ci] += (fb**2).sum(dim=1)
+            cross = torch.einsum("pjk,jk->pj", fp[:, ks], fb)
+            meat[pi[:, None], ci[None, :]] += cross
+            meat[ci[:, None], pi[None, :]] += cross.T
+    return meat
 
 
 def _assemble(t_all, r, cols, plain, bright, frames):
@@ -148,9 +276,10 @@ def _assemble(t_all, r, cols, plain, bright, frames):
             keep = torch.isin(leds, frames)
             bi, leds = bi[keep], leds[keep]
         bcol = bt[leds].double()  # (Jb, n, n)
-        jtj[bi, bi] = (bcol**2).sum(dim=(-2, -1))
-        cross = torch.einsum("pjxy,jxy->pj", t_all[:n_plain][:, leds].double(), bcol)
+        bcol = bcol.flatten(1)
+        jtj[bi, bi] = (bcol**2).sum(dim=1)
+        cross = torch.einsum("pjx,jx->pj", t_all[:n_plain][:, leds].double().flatten(2), bcol)
         jtj[pi[:, None], bi[None, :]] = cross
         jtj[bi[:, None], pi[None, :]] = cross.T
-        jtr[bi] = (bcol * r[leds].double()).sum(dim=(-2, -1))
+        jtr[bi] = (bcol * r[leds].double().flatten(1)).sum(dim=1)
     return jtj, jtr

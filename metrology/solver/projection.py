@@ -84,9 +84,13 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
             measured, use = measured[indices], use[indices]
         rows, cols, inside, remainder = model.spectrum_window(indices)
         factor = model.box_factor()
-        model_pupil = model.pupil(remainder, model.sample.defocus_um)
+        # the projections see the edge as the frequency cells' area fraction: smoother than the
+        # fit's source-smeared hard edge, so the modulus constraint converges faster; they only
+        # start the fit (docs/solver.md)
+        model_pupil = model.pupil(remainder, model.sample.defocus_um, edge="coverage")
         edge = model_pupil.abs()
-        centre = model.pupil(torch.zeros((1, 2), dtype=remainder.dtype, device=remainder.device), model.sample.defocus_um)[0]
+        centre = model.pupil(torch.zeros((1, 2), dtype=remainder.dtype, device=remainder.device), model.sample.defocus_um,
+                             edge="coverage")[0]
         start = torch.polar(torch.ones_like(edge[0]), torch.angle(centre))
         phase = start.clone()
         spectrum = model.sample.spectrum().clone()

@@ -18,12 +18,16 @@ from torch.func import functional_call
 
 from metrology.measurement import DataQuality
 from metrology.physics import StationModel
+from metrology.solver.blocks import INNER_ITERATIONS, Block, SampleBlock, lbfgs
 from metrology.solver.device import device_label
-from metrology.solver.jacobian import columns_for, normal_equations, psd_inverse
+from metrology.solver.jacobian import columns_for, normal_equations
 from metrology.solver.losses import LOSSES, chi_square, total_variation
+from metrology.solver.polish import WEIGHT_RESTART, polish
+from metrology.solver.priors import add_to_normal_equations, prior_chi2
 from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
 from metrology.solver.schedule import Schedule, parameters_at_bounds
 from metrology.solver.start import start
+from metrology.solver.weights import DataWeights, Weighting
 
 
 @dataclass
@@ -47,131 +51,37 @@ class FitResult:
     init_summary: dict = field(default_factory=dict)
     jtj: torch.Tensor | None = None  # Fisher information of the system parameters at the solution
     columns: object = None  # metrology.solver.jacobian.Columns naming the rows of jtj
+    meat: torch.Tensor | None = None  # J^T W S W J with the residuals' spatial covariance (jacobian.spectral_meat)
     jackknife: list | None = None  # per LED group (J_g^T J_g, J_g^T r_g) at the solution
+    jackknife_regions: list | None = None  # per image region (J_b^T J_b, J_b^T r_b) at the solution
     device: str = "cpu"  # where the fit ran (metrology.solver.device.device_label)
     at_bounds: list = field(default_factory=list)  # free elements that ended on a bound (schedule.parameters_at_bounds)
+    weights: DataWeights | None = None  # learned variance inflation (metrology.solver.weights)
+    chi2_weighted: float | None = None  # chi-square with the learned variances
 
     @property
     def reduced_chi2(self) -> float:
+        """Reduced chi-square of the fit's own likelihood (with the learned data variances)."""
+        chi2 = self.chi2 if self.chi2_weighted is None else self.chi2_weighted
+        return chi2 / max(self.dof, 1)
+
+    @property
+    def reduced_chi2_noise(self) -> float:
+        """Reduced chi-square against the camera noise alone (how far the model is from the data)."""
         return self.chi2 / max(self.dof, 1)
 
 
-class _Block:
-    """Free parameter elements optimised together in preconditioned coordinates ``z``.
 
-    ``theta = theta0 + W z`` with ``W = diag(step)`` (sample fields) or ``W = L^-T`` where
-    ``L L^T`` is the Gauss-Newton Hessian of the loss at the start (system parameters): in ``z``
-    the problem is close to isotropic, so L-BFGS converges in few iterations.
-    """
-
-    def __init__(self, model: StationModel, specs, hessian: torch.Tensor | None = None):
-        self.model = model
-        self.specs = list(specs)
-        self.cols = columns_for(model, self.specs)
-        self.paths = list(dict.fromkeys(s.path for s in self.specs))
-        dtype = model.pupil.na.dtype
-        dev = model.pupil.na.device
-        cols = self.cols
-        self.slices = {  # positions (in column order) of each path's columns
-            path: torch.as_tensor([i for i, p in enumerate(cols.paths) if p == path], dtype=torch.long, device=dev)
-            for path in self.paths
-        }
-        self.index = {
-            path: torch.as_tensor([cols.flat_index[i] for i in self.slices[path].tolist()], dtype=torch.long, device=dev)
-            for path in self.paths
-        }
-        spec_of = [self.specs[i] for i in cols.spec]
-        with torch.no_grad():
-            self.theta0 = torch.stack(
-                [model.parameter(p).detach().flatten()[k] for p, k in zip(cols.paths, cols.flat_index)]
-            ).to(dtype)
-        steps = torch.tensor([sp.step for sp in spec_of], dtype=dtype, device=dev)
-        self.lower = torch.tensor([(sp.bounds or (-float("inf"), 0))[0] for sp in spec_of], dtype=dtype, device=dev)
-        self.upper = torch.tensor([(sp.bounds or (0, float("inf")))[1] for sp in spec_of], dtype=dtype, device=dev)
-        if hessian is None:
-            self.w = None
-            self.steps = steps
-        else:
-            # W = H^-1/2 through the eigen-decomposition: robust to directions the data do not
-            # constrain (their eigenvalues are floored, so the step there stays bounded)
-            h = hessian.double()
-            # a floor on each parameter's curvature, in units of its step: directions the data do
-            # not see (a dark frame's brightness under a smooth start) must not get unbounded steps
-            st = steps.double()
-            typical = torch.median(h.diagonal() * st**2).clamp(min=1e-30)
-            h = h + torch.diag(1e-4 * typical / st**2)
-            d = torch.sqrt(h.diagonal().clamp(min=1e-30))
-            evals, evecs = torch.linalg.eigh(h / d[:, None] / d[None, :])
-            evals = evals.clamp(min=1e-4 * float(evals.max().clamp(min=1e-30)))
-            self.w = ((evecs / torch.sqrt(evals)) @ evecs.T / d[:, None]).to(dtype)
-        self.z = [torch.zeros(len(self.theta0), dtype=dtype, device=dev, requires_grad=True)]
-
-    def theta(self) -> torch.Tensor:
-        z = self.z[0]
-        return self.theta0 + (z * self.steps if self.w is None else self.w @ z)
-
-    def values(self) -> dict:
-        """Parameter tensors (differentiable w.r.t. ``z``) to pass to ``functional_call``."""
-        theta = self.theta()
-        out = {}
-        for path in self.paths:
-            p = self.model.parameter(path).detach()
-            flat = p.flatten().index_put((self.index[path],), theta[self.slices[path]])
-            out[path] = flat.reshape(p.shape)
-        return out
-
-    def project_and_store(self) -> None:
-        """Write the values back into the model, clamped to the bounds."""
-        with torch.no_grad():
-            theta = torch.maximum(torch.minimum(self.theta(), self.upper), self.lower)
-            for path in self.paths:
-                p = self.model.parameter(path)
-                flat = p.detach().flatten().clone()
-                flat[self.index[path]] = theta[self.slices[path]]
-                p.copy_(flat.reshape(p.shape))
-
-
-class _SampleBlock:
-    """The sample, optimised through its spectrum with a Fourier-domain preconditioner.
-
-    ``O = O0 + step * w(f) * (z_re + i z_im)``, ``t = IFFT(O)``, with ``w = 1 / sqrt(coverage + eps)``
-    and ``coverage(f) = sum_j |P(f - k_j)|^2``: frequencies seen by many LEDs get small steps,
-    those seen by few get large ones, which equalises the curvature of the data term.
-    """
-
-    def __init__(self, model: StationModel, step: float):
-        self.model = model
-        with torch.no_grad():
-            t = model.sample.transmission().detach()
-            self.o0 = torch.fft.fftshift(torch.fft.fft2(t))
-            cover = model.spectrum_coverage()
-            n = t.shape[-1]
-            self.w = (step * n / torch.sqrt(cover + 0.05 * cover.max())).to(t.real.dtype)
-        self.z = [torch.zeros((2,) + t.shape, dtype=t.real.dtype, device=t.device, requires_grad=True)]
-
-    def transmission(self) -> torch.Tensor:
-        z = self.z[0]
-        spec = self.o0 + self.w * torch.complex(z[0], z[1])
-        return torch.fft.ifft2(torch.fft.ifftshift(spec))
-
-    def values(self) -> dict:
-        t = self.transmission()
-        return {"sample.field_real": t.real, "sample.field_imag": t.imag}
-
-    def project_and_store(self) -> None:
-        with torch.no_grad():
-            t = self.transmission()
-            self.model.sample.field_real.copy_(t.real)
-            self.model.sample.field_imag.copy_(t.imag)
-
-
-def _objective(model, data, mask, noise, schedule, reference):
+def _objective(model, data, mask, noise, schedule, reference, weighting: Weighting):
     loss_fn = LOSSES[schedule.loss]
+    n_valid = float(mask.sum())
 
     def evaluate(overrides: dict) -> torch.Tensor:
         out = functional_call(model, overrides, ())
         bg = overrides.get("camera.background_counts", model.camera.background_counts)
-        loss = loss_fn(out, data, mask, noise.gain_e_per_count, noise.read_noise_counts, bg)
+        loss = loss_fn(out, data, mask, noise.gain_e_per_count, noise.read_noise_counts, bg, weighting.pixel)
+        if schedule.priors:
+            loss = loss + prior_chi2(model, schedule.priors, overrides) / n_valid
         if schedule.tv_weight or schedule.prior_weight:
             re = overrides.get("sample.field_real", model.sample.field_real)
             im = overrides.get("sample.field_imag", model.sample.field_imag)
@@ -185,24 +95,6 @@ def _objective(model, data, mask, noise, schedule, reference):
 
     return evaluate
 
-
-INNER_ITERATIONS = 10
-"""L-BFGS iterations per outer iteration of the system step."""
-
-
-def _lbfgs(block: _Block, evaluate, max_iter: int):
-    opt = torch.optim.LBFGS(
-        block.z, lr=1.0, max_iter=max_iter, max_eval=4 * max_iter, history_size=30, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-12, tolerance_change=1e-15,
-    )
-
-    def closure():
-        opt.zero_grad()
-        loss = evaluate(block.values())
-        loss.backward()
-        return loss
-
-    return opt, closure
 
 
 def prepare(model: StationModel, frames, noise: NoiseModel):
@@ -262,54 +154,65 @@ def reconstruct(
     """
     t0 = time.perf_counter()
     data, mask, quality, background = prepare(model, frames, noise)
+    model.edge_softening_px = schedule.edge_softening(0)  # the start sees the smooth edge too
     summary = start(model, data, mask, background, schedule, search_geometry=initialise_geometry, ranges=ranges,
                     observe=observe, sample_given=reference_transmission is not None)
     _exclude_blank_frames(model, data, mask, quality, background, noise)
     reference = None
     if schedule.mode == "prior":
         reference = model.sample.transmission().detach().clone()
-    evaluate = _objective(model, data, mask, noise, schedule, reference)
+    g = model.geometry
+    weighting = Weighting(DataWeights.start(mask, g.wavelength_um / (g.na * g.pixel_um)) if schedule.data_weights
+                          else None, data.dtype)
+    weighting.update(model, data, mask, noise)
+    evaluate = _objective(model, data, mask, noise, schedule, reference, weighting)
     if progress is not None:  # the initialisation's result, as iteration 0
         with torch.no_grad():
             progress(0, schedule.max_iterations, float(evaluate({})))
-    rounds = _staged_rounds(model, data, mask, noise, schedule, evaluate, progress)
+    rounds = _staged_rounds(model, data, mask, noise, schedule, evaluate, progress, weighting)
     it, converged, message, cols_all = rounds.iterations, rounds.converged, rounds.message, rounds.columns
-    jtj, per_group = None, None
+    jtj, per_group, meat = None, None, None
     system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
     if system_specs and rounds.history and np.isfinite(rounds.history[-1]):
         budget = max(schedule.max_iterations - it, 0)
-        polished, jtj, cols_all, per_group, polish_msg, steps = _polish(
-            model, data, mask, noise, system_specs, evaluate, budget,
+        polished, (jtj, meat), cols_all, per_group, polish_msg, steps = polish(
+            model, data, mask, noise, system_specs, evaluate, budget, weighting, schedule.priors,
             None if progress is None else (lambda k, v: progress(it + k, schedule.max_iterations, v)),
         )
         it += steps
         # the Gauss-Newton test decides; with a free sample its own loop must have settled too
         converged = polished and (converged or not rounds.sample_free)
         message = polish_msg if not rounds.sample_free else message + "; " + polish_msg
-    chi2, per_frame, dof = _chi_square_dof(model, data, mask, noise, schedule)
+    chi2, per_frame, chi2_w, dof = _chi_square_dof(model, data, mask, noise, schedule, weighting)
     return FitResult(
         model=model, schedule=schedule, data=data, mask=mask, noise=noise, quality=quality, history=rounds.history,
         iterations=it, converged=converged, message=message, chi2=chi2, dof=dof,
         frame_residuals=per_frame.cpu().numpy(), wall_time_s=time.perf_counter() - t0, init_summary=summary,
         # the uncertainty analysis runs on the CPU in float64, whatever device fitted
-        jtj=None if jtj is None else jtj.cpu(), columns=cols_all, device=device_label(data.device),
-        jackknife=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group],
-        at_bounds=parameters_at_bounds(model, schedule),
+        jtj=None if jtj is None else jtj.cpu(), meat=None if meat is None else meat.cpu(), columns=cols_all,
+        device=device_label(data.device),
+        jackknife=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group["leds"]],
+        jackknife_regions=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group["regions"]],
+        at_bounds=parameters_at_bounds(model, schedule), weights=weighting.weights, chi2_weighted=chi2_w,
     )
 
 
-def _chi_square_dof(model, data, mask, noise, schedule):
-    """Chi-square of the fitted model, per-frame RMS normalised residuals and the degrees of freedom
-    (valid pixels minus free parameter elements)."""
+def _chi_square_dof(model, data, mask, noise, schedule, weighting: Weighting):
+    """Chi-square of the fitted model (against the camera noise and with the learned variances),
+    per-frame RMS normalised residuals and the degrees of freedom (valid pixels minus free parameter
+    elements and fitted variances)."""
     with torch.no_grad():
         pred = model()
-        chi2, per_frame = chi_square(
-            pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts, model.camera.background_counts
+        chi2, per_frame, chi2_w = chi_square(
+            pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts, model.camera.background_counts,
+            weighting.pixel,
         )
     n_free = sum(
         (len(p.indices) if p.indices is not None else model.parameter(p.path).numel()) for p in schedule.parameters
     )
-    return chi2, per_frame, int(mask.sum().item()) - n_free
+    if weighting.weights is not None:
+        n_free += int((weighting.weights.variance > 1.0).sum())  # the fitted (not floored) variances
+    return chi2, per_frame, chi2_w, int(mask.sum().item()) - n_free
 
 
 def _exclude_blank_frames(model, data, mask, quality, background, noise) -> None:
@@ -335,12 +238,16 @@ class _Rounds:
     sample_free: bool
 
 
-def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress) -> _Rounds:
+def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress, weighting: Weighting) -> _Rounds:
     """The outer L-BFGS rounds: the sample (if free) and the system parameters released so far,
     each with its own L-BFGS memory, until ``schedule.staging_rounds`` or the loss settles.
 
     The system block is preconditioned by the Gauss-Newton Hessian at the start (restricted to the
-    parameters free in the round) and rebuilt whenever parameters are released.
+    parameters free in the round) and rebuilt whenever parameters are released or the objective
+    changes: the pupil edge's coarse-to-fine continuation (:meth:`Schedule.edge_softening`) and the
+    learned data variances re-estimated after every round (:mod:`metrology.solver.weights`).
+
+    Length: the round loop with its release, continuation and restart bookkeeping reads best whole.
     """
     history: list = []
     converged = False
@@ -349,18 +256,24 @@ def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress) -> _R
     system = sample_block = None
     sample_specs = [p for p in schedule.parameters if p.path.startswith("sample.field")]
     if sample_specs:
-        sample_block = _SampleBlock(model, min(p.step for p in sample_specs))
-        s_opt, s_closure = _lbfgs(sample_block, evaluate, schedule.sample_steps)
+        sample_block = SampleBlock(model, min(p.step for p in sample_specs))
+        s_opt, s_closure = lbfgs(sample_block, evaluate, schedule.sample_steps)
     last_release = max([p.start for p in schedule.parameters], default=0)
     system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
     hessian_all, cols_all = None, None
     if system_specs:
-        jtj, _, _, cols_all = normal_equations(model, data, mask, noise, system_specs)
+        jtj, jtr0, _, cols_all = normal_equations(model, data, weighting.residual_scale(mask), noise, system_specs)
+        jtj, _ = add_to_normal_equations(jtj, jtr0, model, schedule.priors, cols_all)
         hessian_all = 2.0 * jtj / float(mask.sum())
     it = 0
     for it in range(1, schedule.staging_rounds + 1):
         free = schedule.free_at(it - 1)
         paths = tuple(p.path for p in free)
+        softening = schedule.edge_softening(it - 1)
+        if softening != model.edge_softening_px:
+            model.edge_softening_px = softening  # a new objective: fresh quasi-Newton memories
+            weighting.update(model, data, mask, noise)
+            active_paths = None
         if paths != active_paths:
             if system is not None:
                 system.project_and_store()
@@ -369,8 +282,8 @@ def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress) -> _R
                 names = columns_for(model, free).names
                 pos = {n: i for i, n in enumerate(cols_all.names)}
                 sel = torch.as_tensor([pos[n] for n in names], dtype=torch.long, device=hessian_all.device)
-                system = _Block(model, free, hessian_all[sel[:, None], sel[None, :]])
-                opt, closure = _lbfgs(system, evaluate, INNER_ITERATIONS)
+                system = Block(model, free, hessian_all[sel[:, None], sel[None, :]])
+                opt, closure = lbfgs(system, evaluate, INNER_ITERATIONS)
             active_paths = paths
         if sample_block is not None:
             s_opt.step(s_closure)
@@ -380,6 +293,16 @@ def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress) -> _R
             system.project_and_store()
         else:
             loss = evaluate({})
+        if weighting.update(model, data, mask, noise) > WEIGHT_RESTART:
+            # a new objective: restart the quasi-Newton memories (the preconditioners stay)
+            if system is not None:
+                system = Block(model, free, system.hessian)
+                opt, closure = lbfgs(system, evaluate, INNER_ITERATIONS)
+            if sample_block is not None:
+                sample_block = SampleBlock(model, sample_block.step)
+                s_opt, s_closure = lbfgs(sample_block, evaluate, schedule.sample_steps)
+            with torch.no_grad():
+                loss = evaluate({})
         value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
         if not np.isfinite(value):
             message = "loss became non-finite"
@@ -393,60 +316,7 @@ def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress) -> _R
                 converged = True
                 message = f"relative loss change below {schedule.rtol:g} per iteration"
                 break
+    if model.edge_softening_px:  # the physical emitter from here on (the polish and the report)
+        model.edge_softening_px = 0.0
+        weighting.update(model, data, mask, noise)
     return _Rounds(history, it, converged, message, cols_all, sample_block is not None)
-
-
-POLISH_STEPS = 8
-"""Default Gauss-Newton budget when :func:`_polish` is called on its own."""
-JACKKNIFE_GROUPS = 10
-POLISH_TOLERANCE = 0.5
-"""Converged when the remaining Gauss-Newton step is below this many standard deviations of every
-parameter (its effect on the result is then below ~12 % of the uncertainty, added in quadrature)."""
-
-
-def _polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS, progress=None):
-    """Gauss-Newton polishing of the system parameters and the convergence test.
-
-    At most ``budget`` steps are taken. Returns ``(converged, jtj, columns, per_group, message,
-    steps)`` with ``jtj`` (Fisher information of the whitened residuals) at the final point, for the
-    uncertainty evaluation.
-    """
-    worst = float("inf")
-    n = data.shape[0]
-    groups = [list(range(g, n, JACKKNIFE_GROUPS)) for g in range(min(JACKKNIFE_GROUPS, n))]
-    step = 0
-    while True:
-        jtj, jtr, rtr, cols, per_group = normal_equations(model, data, mask, noise, specs, groups=groups)
-        if not (torch.isfinite(jtj).all() and torch.isfinite(jtr).all()):
-            return False, jtj, cols, per_group, "not converged: non-finite Jacobian", step
-        inv = psd_inverse(jtj)
-        delta = -(inv @ jtr)
-        sigma = torch.sqrt(inv.diagonal().clamp(min=1e-300))
-        worst = float((delta.abs() / sigma).max())
-        if worst < POLISH_TOLERANCE:
-            return True, jtj, cols, per_group, f"converged: remaining Gauss-Newton step {worst:.2g} sigma after {step} steps", step
-        if step >= budget:
-            return False, jtj, cols, per_group, f"not converged: iteration budget spent with a {worst:.2g} sigma step left", step
-        step += 1
-        block = _Block(model, specs)
-        with torch.no_grad():
-            before = float(evaluate({}))
-            # Levenberg-Marquardt: the Gauss-Newton step first, then increasingly damped ones
-            for damping in (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
-                if damping:
-                    dj = jtj.diagonal()
-                    delta = -(psd_inverse(jtj + damping * torch.diag(dj)) @ jtr)
-                block.z[0].copy_(delta.to(block.z[0].dtype) / block.steps)
-                block.project_and_store()
-                after = float(evaluate({}))
-                if after < before:
-                    break
-                block.z[0].zero_()
-                block.project_and_store()
-            else:
-                if worst < 2 * POLISH_TOLERANCE:
-                    # the predicted loss decrease is below the loss's floating-point resolution
-                    return True, jtj, cols, per_group, f"converged at numerical precision ({worst:.2g} sigma step left)", step
-                return False, jtj, cols, per_group, f"not converged: no step reduces the loss ({worst:.2g} sigma left)", step
-        if progress is not None:
-            progress(step, after)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from metrology.parameters import BY_PATH, GEOMETRY, MODES, SCHEDULE_ORDER
 from metrology.solver.jacobian import columns_for
+from metrology.solver.priors import default_priors
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,17 @@ class Schedule:
         Alternating projections (free pupil phase map; the sample too in blind mode) before the
         gradient fit, projected onto the model's Zernike basis (:mod:`metrology.solver.projection`);
         0 skips them.
+    data_weights : bool
+        Learn the data's variance inflation per frame and border band jointly with the model
+        (:mod:`metrology.solver.weights`; the default). False: the camera noise model alone.
+    priors : tuple of PriorSpec
+        Gaussian priors on fitted parameters (:mod:`metrology.solver.priors`; default: LED
+        brightness about the emission law, and the law's exponent).
+    edge_continuation : tuple of float
+        Coarse to fine: in outer round ``i`` the pupil edge is seen through a source at least
+        ``edge_continuation[i]`` frequency pixels wide (then the physical emitter): the first
+        rounds see a smooth landscape, where an LED whose unscattered light sits on the edge cannot
+        trade its brightness against a wrong LED position (a steep edge makes that a local minimum).
     """
 
     mode: str = "known"
@@ -100,6 +112,9 @@ class Schedule:
     tv_weight: float = 0.0
     prior_weight: float = 0.0
     sample_steps: int = 5
+    data_weights: bool = True
+    priors: tuple = field(default_factory=default_priors)
+    edge_continuation: tuple = (1.0, 0.5, 0.25)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -115,6 +130,10 @@ class Schedule:
             if p.path in seen and seen[p.path] is None:
                 raise ValueError(f"{p.path}: listed twice with overlapping elements")
             seen[p.path] = elems if prev is None else prev | elems
+
+    def edge_softening(self, round_index: int) -> float:
+        """Smallest source width (frequency pixels) the model uses in outer round ``round_index``."""
+        return self.edge_continuation[round_index] if round_index < len(self.edge_continuation) else 0.0
 
     def specs(self, path: str) -> list:
         """The specs that free elements of ``path`` (several when released in stages)."""
@@ -166,7 +185,7 @@ def default_schedule(mode: str = "known", zernike_terms: int = 36, max_iteration
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     rounds = {"known": 6, "prior": 30, "blind": 60}[mode]
-    iters = max_iterations or rounds + 8
+    iters = max_iterations or rounds + 12
     return Schedule(
         mode=mode,
         parameters=default_specs(mode, zernike_terms),

@@ -69,7 +69,7 @@ def initialise_intensity(model: StationModel, data: torch.Tensor, background: fl
         model.camera.background_counts.fill_(background)
         model.camera.counts_per_unit.fill_(1.0)
         model.illumination.brightness.fill_(1.0)
-        inten = model.intensity() * model.exposure[:, None, None]
+        inten = model.intensity() * (model.exposure * model.illumination.emission())[:, None, None]
         m = mask.to(inten.dtype)
         measured = ((data - background) * m).sum(dim=(-2, -1))
         predicted = (inten * m).sum(dim=(-2, -1)).clamp(min=1e-12)

@@ -2,17 +2,22 @@
 
 Method (stated in every report through ``docs/uncertainty.md``):
 
-* **Type A, noise**: the Fisher information ``F = J^T J`` of the whitened residuals at the
-  solution (shot + read noise), ``C_F = F^-1`` (Laplace approximation of the posterior).
-* **Type B, model mismatch**: (a) ``C_F`` scaled by the reduced chi-square when it exceeds 1
-  (Birge ratio: residuals larger than the noise model says inflate every variance), and (b) a
-  linearised delete-one-group jackknife over interleaved LED groups: each group's frames are
-  removed in turn and the Gauss-Newton step ``(F - F_g)^-1 J_g^T r_g`` gives the refit without
-  them. Systematic, LED-dependent residuals (pupil-edge discretisation, finite LEDs, unmodelled
-  vignetting) make the groups disagree and widen the jackknife spread, even when the noise alone
-  would be tiny.
-* The standard uncertainty of each parameter is the larger of (a) and (b); correlations are
-  those of ``C_F``. ``U = k u`` with ``k = 2``.
+* **Type A, noise and learned data uncertainty**: the Fisher information ``F = J^T W J`` of the
+  whitened residuals at the solution (shot + read noise), with ``W = 1 / v`` the variance
+  inflation learned per frame and border band (:mod:`metrology.solver.weights`): frames the model
+  explains poorly carry less information. ``C_F = F^-1`` (Laplace approximation).
+* **Type B, model mismatch**: (a) the sandwich ``C_S = F^-1 (J^T W S W J) F^-1`` with ``S`` the
+  residuals' own spatial covariance, estimated per frame from their smoothed power spectrum
+  (:func:`metrology.solver.jacobian.spectral_meat`): a structured, spatially correlated misfit
+  carries far less information than the same variance of white noise, and the sandwich says how
+  much less at the frequencies each parameter is measured at; (b) ``C_F`` scaled by the reduced
+  chi-square when it exceeds 1 (Birge ratio); (c) a linearised delete-one-group jackknife over
+  interleaved LED groups: each group's frames are removed in turn and the Gauss-Newton step
+  ``(F - F_g)^-1 J_g^T r_g`` gives the refit without them; LED-dependent systematic residuals make
+  the groups disagree.
+* The standard uncertainty of each parameter is the largest of (a), (b) and (c); correlations are
+  those of the sandwich. The GUM budget (:mod:`metrology.solver.budget`) adds the station constants
+  that are not fitted. ``U = k u`` with ``k = 2``.
 """
 
 from __future__ import annotations
@@ -62,14 +67,26 @@ def covariance(fit) -> tuple[torch.Tensor, torch.Tensor, dict]:
     cf = psd_inverse(fit.jtj)
     birge = max(1.0, fit.reduced_chi2)
     var = cf.diagonal() * birge
-    info = {"birge_scale": birge, "jackknife_groups": 0}
+    info = {"birge_scale": birge, "jackknife_groups": 0, "sandwich": False}
+    shape = cf
+    if getattr(fit, "meat", None) is not None:
+        cs = cf @ fit.meat.to(cf.dtype) @ cf
+        cs = 0.5 * (cs + cs.T)
+        ratio = cs.diagonal() / cf.diagonal().clamp(min=1e-300)
+        info.update(sandwich=True, sandwich_ratio_median=float(ratio.median()), sandwich_ratio_max=float(ratio.max()))
+        var = torch.maximum(var, cs.diagonal())
+        shape = cs
     if fit.jackknife:
         cj = jackknife_covariance(fit.jtj, fit.jackknife)
         var = torch.maximum(var, cj.diagonal())
         info["jackknife_groups"] = len(fit.jackknife)
+    if getattr(fit, "jackknife_regions", None):
+        cr = jackknife_covariance(fit.jtj, fit.jackknife_regions)
+        var = torch.maximum(var, cr.diagonal())
+        info["jackknife_regions"] = len(fit.jackknife_regions)
     u = torch.sqrt(var.clamp(min=0))
-    sd = torch.sqrt(cf.diagonal().clamp(min=1e-300))
-    corr = cf / sd[:, None] / sd[None, :]
+    sd = torch.sqrt(shape.diagonal().clamp(min=1e-300))
+    corr = (shape / sd[:, None] / sd[None, :]).clamp(-1.0, 1.0)
     return corr * u[:, None] * u[None, :], cf, info
 
 

@@ -1,0 +1,245 @@
+"""A realistic station renderer: captures with the physics real stations show.
+
+This is a second simulator, independent of the solver's model (:mod:`metrology.physics`) and of the
+literal simulator's imaging code (:mod:`metrology.simulate`): numpy float64, one FFT pair per LED,
+wavelength and emitter point, nothing shared with the model but the conventions
+(:mod:`metrology.conventions`) and the LED geometry of :func:`metrology.simulate.led_positions_mm`.
+It exists so that recovery and uncertainty checks meet the ways a real station differs from the
+model (``GUIDE.md``, "Avoid the inverse crime"):
+
+* **non-periodic field**: the sample is a larger field (``margin`` x the frame on each side) and the
+  camera frame is the central crop of its image, so light from outside the frame reaches the
+  frame's border as on a real slide;
+* **hard pupil edge on a fine lattice**: the pupil is a hard circle evaluated exactly at the
+  (finer) lattice of the larger field, no cell-area anti-aliasing;
+* **finite LED spectrum**: the frame is the weighted sum of coherent frames over a sampled LED
+  spectrum (Gaussian, ``fwhm_nm`` wide around ``centroid_nm``); each wavelength has its own
+  illumination frequencies, pupil cut-off, aberration in waves (fixed optical path difference) and
+  defocus propagator;
+* **finite emitter**: an incoherent average over points across the square emitter;
+* **pixel integration**: each camera pixel integrates the intensity over its square area (exact:
+  the intensity is formed unaliased at ``q`` sub-samples per pixel and box-filtered in Fourier);
+* **two-circle vignetting**: the pupil amplitude is the stop intersected with a second, shifted
+  circle (another aperture of the lens seen from an off-axis field point);
+* **LED angular emission**: brightness ``cos^(n + 3)`` of the illumination angle (Lambertian-like
+  emitter ``cos^n`` times the ``cos^3`` of distance and obliquity on the sample plane).
+
+Conventions are those of the model: the pupil centre sees the object's frequency ``+k_j``; pixel
+``(0, 0)`` of the frame sits at ``x = y = 0`` of the reference map's central crop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from metrology.simulate import illumination_frequencies, led_positions_mm
+
+
+@dataclass(frozen=True)
+class RealPhysics:
+    """What the renderer adds to the ideal station (each independently switchable).
+
+    Parameters
+    ----------
+    margin : float
+        Extra field on each side of the frame, as a fraction of the frame (0: periodic frame).
+    centroid_nm : float or None
+        True LED spectral centroid (None: the station's wavelength).
+    fwhm_nm : float
+        LED spectral width (FWHM, nm; 0: monochromatic).
+    spectral_points : int
+        Wavelengths sampled across the spectrum (Gauss-Hermite nodes).
+    pixel_integration : bool
+        Each pixel integrates the intensity over its area (True) or samples it at its centre.
+    emitter_points : int
+        Points per emitter side (``emitter_points^2`` incoherent points; station ``led_size_mm``).
+    vignetting : (float, float, float) or None
+        Second aperture ``(radius, dx, dy)`` in units of the pupil radius: the pupil amplitude is 1
+        inside both the stop and this circle.
+    emission_exponent : float or None
+        LED angular emission ``cos^n`` (None: every LED equally bright apart from the drawn
+        brightness).
+    true_na, true_pixel_um, true_magnification, true_pitch_mm, true_distance_mm : float or None
+        Station constants as they really are (None: as the station file states).
+    """
+
+    margin: float = 0.5
+    centroid_nm: float | None = None
+    fwhm_nm: float = 0.0
+    spectral_points: int = 3
+    pixel_integration: bool = True
+    emitter_points: int = 3
+    vignetting: tuple | None = None
+    emission_exponent: float | None = None
+    true_na: float | None = None
+    true_pixel_um: float | None = None
+    true_magnification: float | None = None
+    true_pitch_mm: float | None = None
+    true_distance_mm: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def spectrum_samples(centroid_nm: float, fwhm_nm: float, points: int):
+    """Wavelengths (nm) and weights of a Gaussian LED spectrum (Gauss-Hermite quadrature)."""
+    if fwhm_nm <= 0 or points <= 1:
+        return np.array([float(centroid_nm)]), np.array([1.0])
+    x, w = np.polynomial.hermite_e.hermegauss(int(points))
+    sigma = fwhm_nm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    return centroid_nm + sigma * x, w / w.sum()
+
+
+def _noll_nm(j: int) -> tuple[int, int]:
+    """Noll index -> (n, m) with signed m (m < 0: sine), written independently of the model."""
+    n = 0
+    while (n + 1) * (n + 2) // 2 < j:
+        n += 1
+    k = j - n * (n + 1) // 2  # 1-based position within order n
+    ms = [m for m in range(n % 2, n + 1, 2) for _ in ((0,) if m == 0 else (0, 1))]
+    m = ms[k - 1]
+    if m == 0:
+        return n, 0
+    return n, (m if j % 2 == 0 else -m)
+
+
+def zernike_noll(j: int, rho: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Noll-normalised Zernike ``Z_j(rho, theta)`` (explicit radial sum; no model code)."""
+    n, m = _noll_nm(j)
+    am = abs(m)
+    r = np.zeros_like(rho)
+    for s in range((n - am) // 2 + 1):
+        c = (-1) ** s * math.factorial(n - s) / (
+            math.factorial(s) * math.factorial((n + am) // 2 - s) * math.factorial((n - am) // 2 - s))
+        r = r + c * rho ** (n - 2 * s)
+    if m == 0:
+        return math.sqrt(n + 1) * r
+    ang = np.cos(am * theta) if m > 0 else np.sin(am * theta)
+    return math.sqrt(2 * (n + 1)) * r * ang
+
+
+def _pupil(fx, fy, cutoff, zernike_waves_here, defocus_um, wavelength_um, log_amplitude=None, vignetting=None):
+    """Complex pupil times defocus at frequencies (cycles/um); hard edges; 0 outside."""
+    f2 = fx**2 + fy**2
+    inside = f2 <= cutoff**2
+    rho = np.sqrt(f2) / cutoff
+    theta = np.arctan2(fy, fx)
+    if vignetting is not None:
+        r2, dx, dy = vignetting
+        inside &= (fx / cutoff - dx) ** 2 + (fy / cutoff - dy) ** 2 <= r2**2
+    out = np.zeros(fx.shape, dtype=np.complex128)
+    if not inside.any():
+        return out
+    ri, ti = rho[inside], theta[inside]
+    w = np.zeros_like(ri)
+    for j, c in enumerate(zernike_waves_here, start=1):
+        if c:
+            w += c * zernike_noll(j, ri, ti)
+    amp = np.ones_like(ri)
+    if log_amplitude is not None:
+        la = np.zeros_like(ri)
+        for j, c in enumerate(log_amplitude, start=1):
+            if c:
+                la += c * zernike_noll(j, ri, ti)
+        amp = np.exp(la)
+    inv = 1.0 / wavelength_um
+    h = defocus_um * (np.sqrt(inv**2 - f2[inside]) - inv)
+    out[inside] = amp * np.exp(2j * math.pi * (w + h))
+    return out
+
+
+def _station_as_true(station, physics: RealPhysics):
+    """The station with its constants as they really are (for geometry), via ``replace``."""
+    changes = {}
+    if physics.true_pitch_mm is not None:
+        changes["led_pitch_mm"] = physics.true_pitch_mm
+    if physics.true_distance_mm is not None:
+        changes["led_distance_mm"] = physics.true_distance_mm
+    return station.replace(**changes) if changes else station
+
+
+def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zernike_waves, physics: RealPhysics,
+                     *, log_amplitude=None, progress=None) -> np.ndarray:
+    """Noise-free frames (intensity, clear sample = 1 on axis), shape (J, n, n), float64.
+
+    Parameters
+    ----------
+    station : StationDescription
+        As the station file states it (``physics`` says where reality differs).
+    leds : sequence of (row, col)
+    truth : dict
+        Complete misalignment (:func:`metrology.simulate.check_misalignment`).
+    large_sample : ndarray complex, shape (M, M)
+        Transmission over the larger field ``fov * (1 + 2 margin)`` (the frame's field of view is
+        the central part); its pixel is ``fov_large / M``.
+    zernike_waves : array (K,)
+        Lens aberration, Noll 1..K, waves at the station's stated wavelength (fixed OPD).
+    physics : RealPhysics
+    """
+    n = station.frame_px
+    mag = physics.true_magnification or station.magnification
+    cam_px = physics.true_pixel_um or station.camera_pixel_um
+    pixel = cam_px / mag  # true object-side pixel (um)
+    pad = 1.0 + 2.0 * physics.margin
+    n_large = int(round(n * pad))
+    if (n_large - n) % 2:
+        n_large += 1
+    fov_large = n_large * pixel
+    m_side = large_sample.shape[0]
+    na = physics.true_na or station.na
+    lam0 = station.wavelength_nm
+    centroid = physics.centroid_nm or lam0
+    lams, weights = spectrum_samples(centroid, physics.fwhm_nm, physics.spectral_points)
+    q = 3 if physics.pixel_integration else 1  # sub-samples per pixel (intensity unaliased for q >= 2)
+    grid = n_large * q
+    spectrum = np.fft.fft2(large_sample)
+    l_all = np.fft.fftfreq(m_side, 1.0 / m_side)
+    pos = truth["sample.position_um"]
+    ramp = np.exp(-2j * math.pi * (l_all[None, :] / fov_large * pos[0] + l_all[:, None] / fov_large * pos[1]))
+    spectrum = spectrum * ramp
+    geo = _station_as_true(station, physics)
+    u = ((np.arange(physics.emitter_points) + 0.5) / physics.emitter_points - 0.5) * station.led_size_mm
+    emitters = [(a, b) for b in u for a in u] if station.led_size_mm > 0 and physics.emitter_points > 1 else [(0.0, 0.0)]
+    zw = np.asarray(zernike_waves, dtype=float)
+    la = None if log_amplitude is None else np.asarray(log_amplitude, dtype=float)
+    fgrid = np.fft.fftfreq(grid, 1.0 / grid) / fov_large
+    box = np.sinc(fgrid * pixel)
+    box2 = box[:, None] * box[None, :] if physics.pixel_integration else None
+    c0 = (n_large - n) // 2
+    out = np.zeros((len(leds), n, n))
+    total = len(lams) * len(emitters)
+    for lam_nm, wl in zip(lams, weights):
+        lam_um = lam_nm * 1e-3
+        cutoff = na / lam_um
+        zl = zw * (lam0 / lam_nm)  # same optical path difference, in waves at this wavelength
+        # the illumination geometry at this wavelength (k scales with 1/lambda)
+        geo_l = geo.replace(wavelength_nm=float(lam_nm))
+        ks = [illumination_frequencies(geo_l, led_positions_mm(geo_l, leds, truth, e)) for e in emitters]
+        radius = cutoff * fov_large
+        for j in range(len(leds)):
+            acc = np.zeros((n, n))
+            for k in ks:
+                cx, cy = k[j, 0] * fov_large, k[j, 1] * fov_large
+                lx = np.arange(math.floor(cx - radius) - 1, math.ceil(cx + radius) + 2)
+                ly = np.arange(math.floor(cy - radius) - 1, math.ceil(cy + radius) + 2)
+                if max(np.abs(lx).max(), np.abs(ly).max()) >= m_side // 2:
+                    raise ValueError("an LED's spectrum leaves the large sample's grid: sample it finer")
+                gx, gy = np.meshgrid(lx, ly)
+                p = _pupil(gx / fov_large - k[j, 0], gy / fov_large - k[j, 1], cutoff, zl, truth["sample.defocus_um"],
+                           lam_um, la, physics.vignetting)
+                a = np.zeros((grid, grid), dtype=np.complex128)
+                a[gy % grid, gx % grid] = p * spectrum[gy % m_side, gx % m_side]
+                psi = np.fft.ifft2(a) * (grid / m_side) ** 2
+                inten = psi.real**2 + psi.imag**2
+                if box2 is not None:
+                    inten = np.fft.ifft2(np.fft.fft2(inten) * box2).real
+                acc += inten[c0 * q : (c0 + n) * q : q, c0 * q : (c0 + n) * q : q]
+            out[j] += wl * acc / len(ks)
+            if progress is not None:
+                progress(j + 1, len(leds))
+    if physics.emission_exponent is not None:
+        k0 = illumination_frequencies(geo, led_positions_mm(geo, leds, truth))
+        s2 = np.clip((k0**2).sum(axis=1) * (lam0 * 1e-3) ** 2, 0.0, 0.999)
+        out *= ((1.0 - s2) ** ((physics.emission_exponent + 3.0) / 2.0))[:, None, None]
+    return out

@@ -1,0 +1,147 @@
+"""GUM uncertainty budget for the station constants the fit does not estimate.
+
+The fit holds some quantities at the values the station file states: the wavelength (an LED's
+centroid is known to a few nm), the lens NA and magnification, the camera pixel, the LED pitch,
+emitter size and, where not fitted, the LED distance, the slide's thickness and index. Each is
+known only to a tolerance, and each moves the fitted optimum ``theta*(c)`` of the loss
+``L(theta, c)``. By the implicit function theorem, at the optimum
+
+    d theta* / d c = -H^-1 d2L / (d theta d c),
+
+and with the Gauss-Newton Hessian ``H = J^T W J`` of the weighted whitened residuals ``r``,
+``d2L / (d theta d c) = J^T W (d r / d c)``. ``d r / d c`` is a central difference of the residual
+in float64 (two forward passes of the model with the constant moved), ``J^T W (d r / d c)`` one
+reverse-mode pass; ``H`` is the Fisher information the fit already holds. The sensitivities of
+every fitted parameter to every constant, times the constants' standard uncertainties, are the
+budget (GUM, JCGM 100, 5.1.2), with the correlations they induce (the coefficients share the
+wavelength):
+
+    C_const = S diag(u_c^2) S^T,   S[:, i] = d theta* / d c_i.
+
+Sample grid values are held while a constant moves (the unknown sample's scale is the grid's in
+prior and blind modes; the reference map is given on the grid in known mode). The linearisation
+is checked against re-fits in ``benchmarks/bench_uncertainty.py --part budget`` (GUM Supplement 1).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from metrology.solver.jacobian import psd_inverse, whitened_residual
+
+CONSTANTS = {
+    "wavelength_nm": ("Wavelength (LED centroid)", "nm"),
+    "na": ("Lens NA", ""),
+    "magnification": ("Lens magnification", ""),
+    "camera_pixel_um": ("Camera pixel pitch", "um"),
+    "led_pitch_mm": ("LED pitch", "mm"),
+    "led_distance_mm": ("LED board distance", "mm"),
+    "led_size_mm": ("LED emitter size", "mm"),
+    "slide_thickness_mm": ("Slide thickness", "mm"),
+    "slide_index": ("Slide refractive index", ""),
+}
+"""Station constants with a budget entry: name (the station geometry's attribute; ``na`` is the
+fixed ``pupil.na``) -> (label, unit)."""
+
+RELATIVE_STEP = 1e-4
+"""Central-difference step, relative to the constant's value (float64 residuals)."""
+
+
+@dataclass
+class ConstantSensitivity:
+    """``d theta* / d c`` of every fitted system parameter (the Jacobian's columns) for one constant."""
+
+    name: str
+    label: str
+    unit: str
+    value: float
+    per_unit: np.ndarray  # (P,) change of each fitted parameter per unit of the constant
+
+
+def _value(model, name: str) -> float:
+    if name == "na":
+        return float(model.pupil.na.detach())
+    return float(getattr(model.geometry, name))
+
+
+def _moved(model, name: str, value: float):
+    """A copy of ``model`` with the constant ``name`` set to ``value`` (same parameters and buffers)."""
+    m = copy.deepcopy(model)
+    if name == "na":
+        with torch.no_grad():
+            m.pupil.na.fill_(value)
+        return m
+    geometry = replace(model.geometry, **{name: value})
+    for module in m.modules():
+        if hasattr(module, "geometry"):
+            module.geometry = geometry
+    return m
+
+
+def _residual(model, data, noise, scale) -> torch.Tensor:
+    return whitened_residual(model(), data, noise, model.camera.background_counts) * scale
+
+
+def constant_sensitivities(fit, names=None) -> list:
+    """Sensitivities of the fitted system parameters to the station constants.
+
+    Parameters
+    ----------
+    fit : metrology.solver.FitResult
+        A finished fit (its Fisher information ``jtj`` and columns are used).
+    names : sequence of str, optional
+        Constants (keys of :data:`CONSTANTS`; default all that apply: the LED distance only when it
+        was not fitted, the slide only when there is one, the emitter size only when non-zero).
+
+    Returns
+    -------
+    list of ConstantSensitivity
+    """
+    base = copy.deepcopy(fit.model).double().cpu()
+    g = base.geometry
+    fitted = set(fit.columns.paths)
+    if names is None:
+        names = [n for n in CONSTANTS
+                 if not (n == "led_distance_mm" and "illumination.distance_error_mm" in fitted)
+                 and not (n in ("slide_thickness_mm", "slide_index") and g.slide_thickness_mm == 0)
+                 and not (n == "led_size_mm" and g.led_size_mm == 0)
+                 and not (n == "na" and "pupil.na" in fitted)]
+    data = fit.data.double().cpu()
+    mask = fit.mask.double().cpu()
+    scale = mask if fit.weights is None else mask / torch.sqrt(fit.weights.pixel_variance(torch.float64).cpu())
+    inverse = psd_inverse(fit.jtj.double())
+    cols = fit.columns
+    params = {p: base.parameter(p) for p in set(cols.paths)}
+    out = []
+    for name in names:
+        value = _value(base, name)
+        h = RELATIVE_STEP * max(abs(value), 1e-3)
+        with torch.no_grad():
+            dr = (_residual(_moved(base, name, value + h), data, fit.noise, scale)
+                  - _residual(_moved(base, name, value - h), data, fit.noise, scale)) / (2 * h)
+        for p in params.values():
+            p.requires_grad_(True)
+            p.grad = None
+        (_residual(base, data, fit.noise, scale) * dr).sum().backward()
+        jtdr = torch.stack([params[p].grad.reshape(-1)[k] if params[p].grad is not None else torch.zeros((), dtype=torch.float64)
+                            for p, k in zip(cols.paths, cols.flat_index)])
+        label, unit = CONSTANTS[name]
+        out.append(ConstantSensitivity(name, label, unit, value, (-(inverse @ jtdr)).numpy()))
+    return out
+
+
+def constants_covariance(sensitivities, uncertainties: dict) -> np.ndarray:
+    """``S diag(u^2) S^T`` over the fitted parameters, from :func:`constant_sensitivities` and the
+    standard uncertainties ``{name: u}`` (in each constant's unit; missing or 0: no contribution)."""
+    if not sensitivities:
+        return np.zeros((0, 0))
+    p = sensitivities[0].per_unit.size
+    cov = np.zeros((p, p))
+    for s in sensitivities:
+        u = float(uncertainties.get(s.name, 0.0) or 0.0)
+        cov += np.outer(s.per_unit, s.per_unit) * u**2
+    return cov
