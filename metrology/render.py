@@ -149,6 +149,31 @@ def _pupil(fx, fy, cutoff, zernike_waves_here, defocus_um, wavelength_um, log_am
     return out
 
 
+def _camera_frame(spectrum, k, cutoff, fov_large, grid, box2, crop, zernike_here, defocus_um, lam_um, log_amplitude,
+                  vignetting) -> np.ndarray:
+    """One coherent frame: the sample's lattice spectrum through the hard pupil at ``f_l - k``, the
+    field at ``q`` points per camera pixel over the larger field, ``|.|^2``, the pixel box (when
+    ``box2``), the central ``n x n`` crop ``crop = (c0, n, q)``."""
+    m_side = spectrum.shape[0]
+    radius = cutoff * fov_large
+    cx, cy = k[0] * fov_large, k[1] * fov_large
+    lx = np.arange(math.floor(cx - radius) - 1, math.ceil(cx + radius) + 2)
+    ly = np.arange(math.floor(cy - radius) - 1, math.ceil(cy + radius) + 2)
+    if max(np.abs(lx).max(), np.abs(ly).max()) >= m_side // 2:
+        raise ValueError("an LED's spectrum leaves the large sample's grid: sample it finer")
+    gx, gy = np.meshgrid(lx, ly)
+    p = _pupil(gx / fov_large - k[0], gy / fov_large - k[1], cutoff, zernike_here, defocus_um, lam_um, log_amplitude,
+               vignetting)
+    a = np.zeros((grid, grid), dtype=np.complex128)
+    a[gy % grid, gx % grid] = p * spectrum[gy % m_side, gx % m_side]
+    psi = np.fft.ifft2(a) * (grid / m_side) ** 2
+    inten = psi.real**2 + psi.imag**2
+    if box2 is not None:
+        inten = np.fft.ifft2(np.fft.fft2(inten) * box2).real
+    c0, n, q = crop
+    return inten[c0 * q : (c0 + n) * q : q, c0 * q : (c0 + n) * q : q]
+
+
 def _station_as_true(station, physics: RealPhysics):
     """The station with its constants as they really are (for geometry), via ``replace``."""
     changes = {}
@@ -216,25 +241,11 @@ def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zerni
         # the illumination geometry at this wavelength (k scales with 1/lambda)
         geo_l = geo.replace(wavelength_nm=float(lam_nm))
         ks = [illumination_frequencies(geo_l, led_positions_mm(geo_l, leds, truth, e)) for e in emitters]
-        radius = cutoff * fov_large
         for j in range(len(leds)):
             acc = np.zeros((n, n))
             for k in ks:
-                cx, cy = k[j, 0] * fov_large, k[j, 1] * fov_large
-                lx = np.arange(math.floor(cx - radius) - 1, math.ceil(cx + radius) + 2)
-                ly = np.arange(math.floor(cy - radius) - 1, math.ceil(cy + radius) + 2)
-                if max(np.abs(lx).max(), np.abs(ly).max()) >= m_side // 2:
-                    raise ValueError("an LED's spectrum leaves the large sample's grid: sample it finer")
-                gx, gy = np.meshgrid(lx, ly)
-                p = _pupil(gx / fov_large - k[j, 0], gy / fov_large - k[j, 1], cutoff, zl, truth["sample.defocus_um"],
-                           lam_um, la, physics.vignetting)
-                a = np.zeros((grid, grid), dtype=np.complex128)
-                a[gy % grid, gx % grid] = p * spectrum[gy % m_side, gx % m_side]
-                psi = np.fft.ifft2(a) * (grid / m_side) ** 2
-                inten = psi.real**2 + psi.imag**2
-                if box2 is not None:
-                    inten = np.fft.ifft2(np.fft.fft2(inten) * box2).real
-                acc += inten[c0 * q : (c0 + n) * q : q, c0 * q : (c0 + n) * q : q]
+                acc += _camera_frame(spectrum, k[j], cutoff, fov_large, grid, box2, (c0, n, q), zl,
+                                     truth["sample.defocus_um"], lam_um, la, physics.vignetting)
             out[j] += wl * acc / len(ks)
             if progress is not None:
                 progress(j + 1, len(leds))

@@ -24,7 +24,7 @@ LAYERS = (
     ("base", ("metrology", "metrology.errors", "metrology.conventions", "metrology.orderings",
               "metrology.parameters", "metrology.measurement", "metrology.toml_input", "metrology.progress")),
     ("physics", ("metrology.physics",)),
-    ("io", ("metrology.io", "metrology.references", "metrology.misalignment", "metrology.simulate")),
+    ("io", ("metrology.io", "metrology.references", "metrology.misalignment", "metrology.simulate", "metrology.render")),
     ("solver", ("metrology.solver",)),
     ("analysis", ("metrology.analysis",)),
     ("edges", ("metrology.report", "metrology.audit")),

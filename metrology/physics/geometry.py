@@ -8,6 +8,8 @@ from it inside ``forward()``; nothing is cached.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from dataclasses import dataclass, field
 
 
@@ -154,8 +156,6 @@ class StationGeometry:
         monochromatic."""
         if self.spectral_fwhm_nm <= 0 or self.spectral_points <= 1:
             return [(1.0, 1.0)]
-        import numpy as np
-
         x, w = np.polynomial.hermite_e.hermegauss(self.spectral_points)
         sigma = self.spectral_fwhm_nm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
         w = w / w.sum()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -55,8 +57,6 @@ def gauss_legendre_offsets(points: int):
     """Sub-pixel offsets (pixels, in [-1/2, 1/2]) and weights of a ``points``-point
     Gauss-Legendre rule per axis, as (points^2, 2) offsets ``(dx, dy)`` and (points^2,) weights
     summing to 1 (the pixel-area average of a smooth intensity)."""
-    import numpy as np
-
     x, w = np.polynomial.legendre.leggauss(int(points))
     x, w = 0.5 * x, 0.5 * w
     offsets = [(a, b) for b in x for a in x]

@@ -161,40 +161,48 @@ def reconstruct(
     reference = None
     if schedule.mode == "prior":
         reference = model.sample.transmission().detach().clone()
-    g = model.geometry
-    weighting = Weighting(DataWeights.start(mask, g.wavelength_um / (g.na * g.pixel_um)) if schedule.data_weights
-                          else None, data.dtype)
-    weighting.update(model, data, mask, noise)
+    weighting = Weighting.for_fit(model, data, mask, noise, schedule.data_weights)  # learned data variances
     evaluate = _objective(model, data, mask, noise, schedule, reference, weighting)
     if progress is not None:  # the initialisation's result, as iteration 0
         with torch.no_grad():
             progress(0, schedule.max_iterations, float(evaluate({})))
     rounds = _staged_rounds(model, data, mask, noise, schedule, evaluate, progress, weighting)
-    it, converged, message, cols_all = rounds.iterations, rounds.converged, rounds.message, rounds.columns
-    jtj, per_group, meat = None, None, None
-    system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
-    if system_specs and rounds.history and np.isfinite(rounds.history[-1]):
-        budget = max(schedule.max_iterations - it, 0)
-        polished, (jtj, meat), cols_all, per_group, polish_msg, steps = polish(
-            model, data, mask, noise, system_specs, evaluate, budget, weighting, schedule.priors,
-            None if progress is None else (lambda k, v: progress(it + k, schedule.max_iterations, v)),
-        )
-        it += steps
-        # the Gauss-Newton test decides; with a free sample its own loop must have settled too
-        converged = polished and (converged or not rounds.sample_free)
-        message = polish_msg if not rounds.sample_free else message + "; " + polish_msg
+    it, converged, message, cols_all, jtj, meat, per_group = _polished(model, data, mask, noise, schedule, evaluate,
+                                                                        weighting, rounds, progress)
     chi2, per_frame, chi2_w, dof = _chi_square_dof(model, data, mask, noise, schedule, weighting)
+
+    def cpu(pairs):  # the uncertainty analysis runs on the CPU in float64, whatever device fitted
+        return None if pairs is None else [(a.cpu(), b.cpu()) for a, b in pairs]
+
     return FitResult(
         model=model, schedule=schedule, data=data, mask=mask, noise=noise, quality=quality, history=rounds.history,
         iterations=it, converged=converged, message=message, chi2=chi2, dof=dof,
         frame_residuals=per_frame.cpu().numpy(), wall_time_s=time.perf_counter() - t0, init_summary=summary,
-        # the uncertainty analysis runs on the CPU in float64, whatever device fitted
         jtj=None if jtj is None else jtj.cpu(), meat=None if meat is None else meat.cpu(), columns=cols_all,
-        device=device_label(data.device),
-        jackknife=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group["leds"]],
-        jackknife_regions=None if per_group is None else [(a.cpu(), b.cpu()) for a, b in per_group["regions"]],
-        at_bounds=parameters_at_bounds(model, schedule), weights=weighting.weights, chi2_weighted=chi2_w,
+        device=device_label(data.device), jackknife=cpu(per_group and per_group["leds"]),
+        jackknife_regions=cpu(per_group and per_group["regions"]), at_bounds=parameters_at_bounds(model, schedule),
+        weights=weighting.weights, chi2_weighted=chi2_w,
     )
+
+
+def _polished(model, data, mask, noise, schedule, evaluate, weighting, rounds, progress):
+    """The Gauss-Newton polish after the rounds (:func:`metrology.solver.polish.polish`): the
+    convergence test of every mode; with a free sample its own loop must have settled too.
+
+    Returns ``(iterations, converged, message, columns, jtj, meat, per_group)``.
+    """
+    it, converged, message, cols_all = rounds.iterations, rounds.converged, rounds.message, rounds.columns
+    system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
+    if not (system_specs and rounds.history and np.isfinite(rounds.history[-1])):
+        return it, converged, message, cols_all, None, None, None
+    budget = max(schedule.max_iterations - it, 0)
+    polished, (jtj, meat), cols_all, per_group, polish_msg, steps = polish(
+        model, data, mask, noise, system_specs, evaluate, budget, weighting, schedule.priors,
+        None if progress is None else (lambda k, v: progress(it + k, schedule.max_iterations, v)),
+    )
+    converged = polished and (converged or not rounds.sample_free)
+    message = polish_msg if not rounds.sample_free else message + "; " + polish_msg
+    return it + steps, converged, message, cols_all, jtj, meat, per_group
 
 
 def _chi_square_dof(model, data, mask, noise, schedule, weighting: Weighting):

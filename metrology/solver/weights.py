@@ -141,6 +141,15 @@ def squared_residuals(model, data: torch.Tensor, mask: torch.Tensor, noise) -> t
 class Weighting:
     """The learned data variances as the objective sees them (updated between rounds)."""
 
+    @classmethod
+    def for_fit(cls, model, data, mask, noise, learn: bool = True) -> "Weighting":
+        """Variances for a fit of ``data``, estimated at the model's current state (bands scaled by
+        the Airy length ``lambda / (NA pixel)``); ``learn=False``: the noise model alone."""
+        g = model.geometry
+        weighting = cls(DataWeights.start(mask, g.wavelength_um / (g.na * g.pixel_um)) if learn else None, data.dtype)
+        weighting.update(model, data, mask, noise)
+        return weighting
+
     def __init__(self, weights: "DataWeights | None", dtype):
         self.weights = weights
         self.dtype = dtype
