@@ -79,6 +79,7 @@ def build_arrays(fit, measurement):
         led_xy_mm=xy,
         led_brightness=brightness,
         led_residual=np.asarray(fit.frame_residuals, dtype=float),
+        led_scale=None if fit.weights is None else fit.weights.frame_scale(),
     )
 
 

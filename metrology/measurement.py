@@ -71,6 +71,38 @@ class SolverReport:
     message: str = ""
     wall_time_s: float = 0.0
     at_bounds: list = field(default_factory=list)  # fitted elements that ended on a search bound
+    reduced_chi2_noise: float | None = None  # against the camera noise alone (reduced_chi2: with the learned variances)
+    data_uncertainty: dict = field(default_factory=dict)  # learned per-frame scales (metrology.solver.weights)
+
+
+@dataclass
+class BudgetSource:
+    """One station constant of the GUM budget (a quantity the fit holds at its stated value).
+
+    ``zernike`` and ``station`` hold its contribution ``sensitivity x u`` to every Noll coefficient
+    (waves, signed; shape (K,)) and to every station estimate (by element name, in its unit).
+    """
+
+    name: str
+    label: str
+    unit: str
+    u: float
+    zernike: np.ndarray
+    station: dict = field(default_factory=dict)
+
+
+@dataclass
+class UncertaintyParts:
+    """The parts of the coefficient covariance (waves^2, (K, K) each): ``noise`` (Type A: the
+    noise model with the learned data variances), ``fit`` (``noise`` widened by the model-mismatch
+    estimates: sandwich, jackknifes, Birge ratio; see :mod:`metrology.solver.uncertainty`) and the
+    station constants (:attr:`Measurement.budget`). ``station_noise`` and ``station_fit``: the same
+    for the station estimates (standard uncertainties by element name)."""
+
+    noise: np.ndarray
+    fit: np.ndarray
+    station_noise: dict = field(default_factory=dict)
+    station_fit: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -87,7 +119,8 @@ class Measurement:
         Noll 1..K pupil phase coefficients (waves). Noll 1-4 are alignment terms (held at 0 in
         the pupil; tilt and defocus are reported as sample position and defocus).
     zernike_cov : ndarray, shape (K, K)
-        Covariance of ``zernike_waves`` (waves^2), Type A and Type B combined.
+        Covariance of ``zernike_waves`` (waves^2), Type A and Type B combined: the fit's own
+        (:attr:`parts`) plus the station constants of the GUM budget (:attr:`budget`).
     station : list of StationEstimate
         Station misalignment and sample pose with uncertainties.
     pupil_amplitude : ndarray, shape (P, P)
@@ -109,6 +142,8 @@ class Measurement:
     identifiability: Identifiability
     pupil_amplitude: np.ndarray | None = None
     arrays: dict = field(default_factory=dict)
+    budget: list = field(default_factory=list)  # BudgetSource per station constant with u > 0
+    parts: UncertaintyParts | None = None
 
     @property
     def zernike_u(self) -> np.ndarray:

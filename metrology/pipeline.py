@@ -27,7 +27,8 @@ from metrology.io.station_file import load_station
 from metrology.physics import StationModel
 from metrology.physics.illumination import max_nominal_illumination_na
 from metrology.references import CATALOGUE, load_reference_file, reference_transmission
-from metrology.solver import NoiseModel, default_schedule, reconstruct
+from metrology.solver import NoiseModel, reconstruct
+from metrology.solver.schedule import station_schedule
 from metrology.solver.device import compute_device
 from metrology.solver.uncertainty import measurement_from_fit
 
@@ -170,7 +171,7 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     fit : metrology.solver.FitResult
     measurement : metrology.measurement.Measurement
     """
-    schedule = default_schedule(mode, loaded.geometry.zernike_terms, max_iterations)
+    schedule = station_schedule(loaded.geometry, mode, max_iterations)
     if frozen:
         schedule = schedule.without(*frozen)
     model = build_model(loaded, mode).to(compute_device(device))
@@ -182,7 +183,7 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
         initialise_geometry=not any(p.startswith("illumination.") for p in frozen),
         progress=progress,
     )
-    return fit, measurement_from_fit(fit)
+    return fit, measurement_from_fit(fit, loaded.station.uncertainty)
 
 
 def audit_store_path(option) -> Path | None:

@@ -207,7 +207,32 @@ def example_document(verdict: str = "PASS") -> dict:
                    "message": "relative loss change below 1e-6"},
         "verdict": {"overall": overall, "reasons": reasons, "limits": limits},
         "timings_s": {"load": 0.8, "reconstruct": 41.2, "analyse": 0.6, "report": 1.9},
+        "uncertainty_budget": _example_budget(),
     }
+
+
+def _example_budget() -> dict:
+    """A budget block as :func:`metrology.analysis.budget.budget_document` writes it."""
+    def block(u_noise, u_fit, effects, unit="waves"):
+        rows = [{"source": "noise", "label": "Noise and learned data uncertainty (Type A)", "u_x": u_noise,
+                 "unit": unit, "sensitivity": 1.0, "contribution": u_noise},
+                {"source": "model_mismatch", "label": "Model mismatch (Type B: sandwich, jackknifes)", "u_x": u_fit,
+                 "unit": unit, "sensitivity": 1.0, "contribution": u_fit}]
+        for name, label, u, unit_x, c in effects:
+            rows.append({"source": name, "label": label, "u_x": u, "unit": unit_x, "sensitivity": c / u,
+                         "contribution": abs(c)})
+        total = sum(r["contribution"] ** 2 for r in rows) ** 0.5
+        for r in rows:
+            r["share"] = (r["contribution"] / total) ** 2
+        return {"u": total, "unit": unit, "rows": rows, "largest": max(rows, key=lambda r: r["contribution"])["source"]}
+
+    effects = [("wavelength_nm", "Wavelength (LED centroid)", 2.0, "nm", 0.00021),
+               ("led_size_mm", "LED emitter size", 0.05, "mm", 0.00004)]
+    return {"method": "GUM first-order law (JCGM 100)",
+            "constants": [{"name": n, "label": lab, "u": u, "unit": un} for n, lab, u, un, _ in effects],
+            "rms_waves": block(0.00009, 0.00012, effects),
+            "zernike": [{"noll": 5, **block(0.0001, 0.00008, effects)}],
+            "station": [{"name": "sample.defocus_um", **block(0.02, 0.05, [], "um")}]}
 
 
 def example_arrays(doc: dict | None = None) -> ReportArrays:

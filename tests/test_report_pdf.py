@@ -65,15 +65,15 @@ def rendered(tmp_path_factory):
 
 
 @pytest.mark.parametrize("verdict", VERDICTS)
-def test_two_a4_pages(rendered, verdict, tmp_path):
+def test_three_a4_pages(rendered, verdict, tmp_path):
     _, pdf, _ = rendered[verdict]
     media = re.findall(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", pdf.read_bytes())
-    assert len(media) == 2
+    assert len(media) == 3
     for w, h in media:
         assert float(w) == pytest.approx(A4_MM[0] / 25.4 * 72, abs=0.5)
         assert float(h) == pytest.approx(A4_MM[1] / 25.4 * 72, abs=0.5)
     pages = _pages_png(pdf, tmp_path)
-    assert len(pages) == 2
+    assert len(pages) == 3
     for page in pages:
         w, h = _png_size(page)
         assert abs(w - A4_MM[0] / 25.4 * 20) <= 1 and abs(h - A4_MM[1] / 25.4 * 20) <= 1
@@ -97,12 +97,29 @@ def test_text_content(rendered, verdict):
     for m in doc["station_misalignment"]:
         assert m["label"] in p2
     conventions = _squash(doc["conventions"]["text"])
-    for i, text in enumerate((p1, p2), start=1):
+    for i, text in enumerate((p1, p2, _page_text(pdf, 3)), start=1):
         assert conventions in text, f"conventions footer missing on page {i}"
-        assert f"page {i} of 2" in text
+        assert f"page {i} of 3" in text
         for item in doc["inputs"]:
             assert f"{item['role']} {item['sha256'][:12]} ({os.path.basename(item['path'])})" in text
             assert item["sha256"] not in text  # short form only
+
+
+@pytest.mark.parametrize("verdict", VERDICTS)
+def test_budget_page_names_the_largest_contribution(rendered, verdict):
+    """Page 3: the RMS wavefront's GUM budget (every source with its share), the largest contribution
+    named, the coefficient table, the station constants' uncertainties and the data-uncertainty line."""
+    doc, pdf, _ = rendered[verdict]
+    p3 = _page_text(pdf, 3)
+    budget = doc["uncertainty_budget"]
+    assert "Uncertainty budget" in p3
+    largest = next(r["label"] for r in budget["rms_waves"]["rows"] if r["source"] == budget["rms_waves"]["largest"])
+    assert _squash("largest contribution " + largest) in _squash(p3)
+    for r in budget["rms_waves"]["rows"]:
+        assert _squash(r["label"]) in _squash(p3), r["label"]
+    for c in budget["constants"]:
+        assert c["label"] in p3
+    assert "Data uncertainty per LED" in p3
 
 
 @pytest.mark.parametrize("verdict", VERDICTS)
@@ -182,14 +199,14 @@ def _crowded_document():
     return doc
 
 
-def test_crowded_document_still_fits_two_pages(tmp_path):
+def test_crowded_document_still_fits_three_pages(tmp_path):
     doc = _crowded_document()
     arrays = ReportArrays(pupil_phase_waves=example_arrays(example_document("FAIL")).pupil_phase_waves)
     pdf = write_inspection_report(doc, arrays, tmp_path / "report.pdf")
-    assert len(_pages_png(pdf, tmp_path)) == 2  # shrunk to fit, never spilled onto a third page
+    assert len(_pages_png(pdf, tmp_path)) == 3  # shrunk to fit, never spilled onto a fourth page
     p1, p2 = _page_text(pdf, 1), _page_text(pdf, 2)
-    assert "Extra limit number 19" in p1 and "page 1 of 2" in p1
-    assert "FLAG7" in p2 and "and 12 more flags" in p2 and "page 2 of 2" in p2
+    assert "Extra limit number 19" in p1 and "page 1 of 3" in p1
+    assert "FLAG7" in p2 and "and 12 more flags" in p2 and "page 2 of 3" in p2
 
 
 def test_pupil_map_puts_plus_y_down():

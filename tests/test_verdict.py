@@ -147,11 +147,37 @@ def test_warnings_do_not_block(spec):
 
 def test_led_brightness_on_a_bound_is_a_warning(spec):
     """Per-LED brightness (a nuisance parameter) on its bound is stated but does not block; the
-    list is shortened after eight LEDs."""
+    list is shortened after four LEDs."""
     m = _measurement(_lens_coeffs("good"), at_bounds=[f"illumination.brightness[{i}]" for i in range(10)])
     v = judge(m, spec, n_draws=200)
     assert v.overall == "PASS" and v.valid
-    assert any("10 LED brightness" in w and "and 2 more" in w for w in v.warnings), v.warnings
+    assert any("10 LED brightness" in w and "and 6 more" in w for w in v.warnings), v.warnings
+
+
+def test_sample_pixels_on_bounds_are_one_sentence(spec):
+    """Blind mode: thousands of sample values on their bounds make the measurement invalid with one
+    short sentence (count, fraction, where), never a list of every name."""
+    side = 64
+    names = [f"sample.field_real[{k}]" for k in range(0, side * side, 2)]
+    m = _measurement(_lens_coeffs("good"), at_bounds=names)
+    m.arrays["sample_px"] = side
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "INCONCLUSIVE" and not v.valid
+    (reason,) = [r for r in v.reasons if "sample values" in r]
+    assert f"{len(names)} reconstructed sample values ended on their bounds (25 % of the sample's values" in reason
+    assert len(reason) < 200 and "field_real[" not in reason
+
+
+def test_poorly_explained_data_are_inconclusive(spec):
+    """When the learned data uncertainty leaves less than the spec's minimum of the noise model's
+    information, the model does not describe the station: INCONCLUSIVE, however small the lens."""
+    m = _measurement(_lens_coeffs("good"))
+    m.solver.data_uncertainty = {"effective_data_fraction": 0.1}
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "INCONCLUSIVE"
+    assert any("explains the data poorly" in r and "10 %" in r for r in v.reasons), v.reasons
+    m.solver.data_uncertainty = {"effective_data_fraction": 0.8}
+    assert judge(m, spec, n_draws=200).overall == "PASS"
 
 
 def test_unmeasured_term_is_inconclusive(spec):

@@ -46,6 +46,7 @@ class Validity:
     """Conditions on the measurement itself."""
 
     max_reduced_chi2: float = 4.0
+    min_effective_data_fraction: float = 0.2
     max_saturated_fraction: float = 0.05
     max_condition_number: float = 1e8
     max_station_misalignment: MisalignmentLimits = field(default_factory=MisalignmentLimits)
@@ -218,10 +219,12 @@ def _parse_validity(data: dict, v: Validity, src) -> None:
     """``[validity]`` and its ``max_station_misalignment`` (keys: the registry's LED geometry)."""
     val = _table(src, data, "validity", "")
     _keys(src, val, "validity.", {"max_reduced_chi2", "max_saturated_fraction", "max_condition_number",
-                                  "max_station_misalignment", "wavelength_tolerance_nm", "na_tolerance"})
+                                  "max_station_misalignment", "wavelength_tolerance_nm", "na_tolerance",
+                                  "min_effective_data_fraction"})
     for key, lo_ok, text in (
         ("max_reduced_chi2", lambda x: x > 0, "must be > 0"),
         ("max_saturated_fraction", lambda x: 0 <= x <= 1, "must be in [0, 1]"),
+        ("min_effective_data_fraction", lambda x: 0 <= x <= 1, "must be in [0, 1]"),
         ("max_condition_number", lambda x: x >= 1, "must be >= 1"),
         ("wavelength_tolerance_nm", lambda x: x >= 0, "must be >= 0"),
         ("na_tolerance", lambda x: x >= 0, "must be >= 0"),

@@ -22,7 +22,7 @@ from metrology.analysis.propagation import MTF_AZIMUTHS_DEG, N_DRAWS, SEED, deri
 from metrology.analysis.spec import LensSpec, MisalignmentLimits
 from metrology.measurement import Measurement
 from metrology.orderings import noll_to_nm, zernike_name
-from metrology.parameters import noll_of, station_magnitudes
+from metrology.parameters import noll_of, parse_element, station_magnitudes
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 
@@ -96,6 +96,27 @@ def judged_noll(spec: LensSpec, n_terms: int) -> list[int]:
     return sorted(judged)
 
 
+def _few(names, shown: int = 4) -> str:
+    """At most ``shown`` names, then how many more (a reason stays one readable sentence)."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def bounded_pixels_sentence(names, side: int | None = None) -> str:
+    """One sentence summarising sample pixels on their bounds: count, and where (frame border or
+    inside) when the grid side is known (element ``k`` of an (N, N) map is row ``k // N``)."""
+    n = len(names)
+    where = ""
+    if side:
+        idx = [parse_element(x)[1] for x in names]
+        rows, cols = np.divmod(np.asarray(idx), side)
+        edge = np.minimum(np.minimum(rows, cols), np.minimum(side - 1 - rows, side - 1 - cols)) < side // 8
+        where = f", {100 * edge.mean():.0f} % of them in the outer eighth of the field"
+        frac = n / (2 * side * side)
+        where = f" ({100 * frac:.2g} % of the sample's values{where})"
+    return f"{n} reconstructed sample values ended on their bounds{where}: the sample is not measured there"
+
+
 def validity_findings(measurement: Measurement, spec: LensSpec, station_status: dict | None = None):
     """Reasons that make the measurement invalid, and non-blocking warnings.
 
@@ -111,16 +132,22 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
         blocking.append(f"solver did not converge ({sol.message or 'no message'})")
     pinned = list(sol.at_bounds)
     leds = [n for n in pinned if n.startswith("illumination.brightness")]
-    others = [n for n in pinned if n not in leds]
+    pixels = [n for n in pinned if n.startswith("sample.field")]
+    others = [n for n in pinned if n not in leds and n not in pixels]
     if others:
         blocking.append("fitted parameters ended on their search bounds (the best fit lies outside the "
-                        "allowed range; their uncertainties do not hold): " + ", ".join(others))
+                        "allowed range; their uncertainties do not hold): " + _few(others))
+    if pixels:
+        blocking.append(bounded_pixels_sentence(pixels, measurement.arrays.get("sample_px")))
     if leds:
-        shown = ", ".join(leds[:8]) + (f" and {len(leds) - 8} more" if len(leds) > 8 else "")
-        warnings.append(f"{len(leds)} LED brightness value(s) ended on a search bound: {shown}")
+        warnings.append(f"{len(leds)} LED brightness value(s) ended on a search bound: {_few(leds)}")
     chi2 = float(sol.reduced_chi2)
     if not math.isfinite(chi2) or chi2 > v.max_reduced_chi2:
         blocking.append(f"fit residual too large: reduced chi2 {chi2:.3g} > {v.max_reduced_chi2:g}")
+    eff = (sol.data_uncertainty or {}).get("effective_data_fraction")
+    if eff is not None and eff < v.min_effective_data_fraction:
+        blocking.append(f"the model explains the data poorly: the learned data uncertainty leaves {100 * eff:.0f} % of "
+                        f"the camera noise model's information (< {100 * v.min_effective_data_fraction:.0f} %)")
     q = measurement.quality
     for code, message, sev in q.flags:
         (blocking if sev == "error" else warnings).append(f"data quality {sev} [{code}]: {message}")

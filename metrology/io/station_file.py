@@ -112,7 +112,39 @@ SCHEMA = {
     ("slide", "index"): ("slide_index", "float", 1.52, _ge1),
     ("calibration", "validity_days"): ("validity_days", "float", 30.0, _gt0),
 }
-SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration")
+SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration", "uncertainty")
+
+UNCERTAINTY_KEYS = ("wavelength_nm", "spectral_fwhm_nm", "na", "magnification", "camera_pixel_um", "led_pitch_mm",
+                    "led_distance_mm", "led_size_mm", "slide_thickness_mm", "slide_index")
+"""Station constants with a standard uncertainty in ``[uncertainty]`` (their units; the GUM budget
+of every fit the station makes, :mod:`metrology.solver.budget`)."""
+
+
+def default_uncertainty(values: dict) -> dict:
+    """Typical datasheet tolerances of the station constants, as standard uncertainties (their units).
+
+    * ``wavelength_nm`` 2.0: LED dominant-wavelength bins of +/-2.5 nm (rectangular, 1.4 nm) with a
+      temperature drift of ~0.1 nm/K over +/-5 K;
+    * ``spectral_fwhm_nm``: 20 % of the stated width (datasheets give typical widths);
+    * ``na`` and ``magnification``: 1 % (objective markings; tube length and mounting);
+    * ``camera_pixel_um``: 0.1 % (sensor lithography; kept small but not zero);
+    * ``led_pitch_mm``: 0.2 % (PCB placement, accumulated over the board);
+    * ``led_distance_mm``: 0.5 mm (used only where a fit holds the distance);
+    * ``led_size_mm``: 25 % of the stated emitter size (die and encapsulation);
+    * ``slide_thickness_mm`` 0.03 and ``slide_index`` 0.005 (cover and slide glass specifications).
+    """
+    return {
+        "wavelength_nm": 2.0,
+        "spectral_fwhm_nm": 0.2 * values["spectral_fwhm_nm"],
+        "na": 0.01 * values["na"],
+        "magnification": 0.01 * values["magnification"],
+        "camera_pixel_um": 0.001 * values["camera_pixel_um"],
+        "led_pitch_mm": 0.002 * values["led_pitch_mm"],
+        "led_distance_mm": 0.5,
+        "led_size_mm": 0.25 * values["led_size_mm"],
+        "slide_thickness_mm": 0.03 if values["slide_thickness_mm"] > 0 else 0.0,
+        "slide_index": 0.005 if values["slide_thickness_mm"] > 0 else 0.0,
+    }
 
 
 @dataclass(frozen=True)
@@ -176,6 +208,7 @@ class StationDescription:
     slide_index: float = 1.52
     validity_days: float = 30.0
     drift_limits: dict = field(default_factory=lambda: {DRIFT_PATHS[k]: v for k, v in DEFAULT_DRIFT_LIMITS.items()})
+    uncertainty: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     source: str = field(default="", compare=False)
 
@@ -263,13 +296,15 @@ class StationDescription:
     # ------------------------------------------------------------------ writing
     def to_toml(self) -> str:
         """TOML text that :func:`load_station` reads back equal to this description."""
-        by_section: dict[str, list[str]] = {s: [] for s in ("",) + SECTIONS}
+        by_section: dict[str, list[str]] = {s: [] for s in ("",) + SECTIONS}  # noqa: C416
         for (section, key), (attr, kind, _default, _check) in SCHEMA.items():
             if getattr(self, attr) is not None:  # optional keys left out stay unset
                 by_section[section].append(f"{key} = {_toml_value(getattr(self, attr))}")
         lines = list(by_section[""])
         for section in SECTIONS:
-            lines += ["", f"[{section}]"] + by_section[section]
+            if section != "uncertainty":  # written below, with every constant's value
+                lines += ["", f"[{section}]"] + by_section[section]
+        lines += ["", "[uncertainty]"] + [f"{k} = {_toml_value(float(v))}" for k, v in self.uncertainty.items()]
         lines += ["", "[calibration.drift_limits]"]
         inverse = {v: k for k, v in DRIFT_PATHS.items()}
         for path, limit in self.drift_limits.items():
@@ -333,7 +368,9 @@ def _parse(data: dict, source) -> dict:
                     for dk in subval:
                         if dk not in DRIFT_PATHS:
                             raise InputError(source, f"unknown key 'calibration.drift_limits.{dk}'")
-                elif (key, sub) not in SCHEMA:
+                elif key == "uncertainty" and sub not in UNCERTAINTY_KEYS:
+                    raise InputError(source, f"unknown key 'uncertainty.{sub}'; known: {', '.join(UNCERTAINTY_KEYS)}")
+                elif key != "uncertainty" and (key, sub) not in SCHEMA:
                     raise InputError(source, f"unknown key '{key}.{sub}'")
         elif ("", key) not in SCHEMA:
             raise InputError(source, f"unknown key '{key}'")
@@ -360,6 +397,14 @@ def _parse(data: dict, source) -> dict:
         if problem:
             raise InputError(source, f"{name} {problem}")
     values["drift_limits"] = {DRIFT_PATHS[k]: v for k, v in limits.items()}
+    given = {}
+    for uk, uv in data.get("uncertainty", {}).items():
+        name = f"uncertainty.{uk}"
+        given[uk] = _convert(source, name, "float", uv)
+        problem = _ge0(given[uk])
+        if problem:
+            raise InputError(source, f"{name} {problem}")
+    values["uncertainty"] = given  # completed with the defaults in _finish
     return values
 
 
@@ -367,6 +412,7 @@ def _finish(values: dict, source) -> StationDescription:
     """Fill computed defaults, cross-check, and build the description."""
     if values["format_version"] != FORMAT_VERSION:
         raise InputError(source, f"format_version {values['format_version']} is not supported (expected {FORMAT_VERSION})")
+    values["uncertainty"] = {**default_uncertainty(values), **values.get("uncertainty", {})}
     if values["led_center_row"] is None:
         values["led_center_row"] = (values["led_rows"] - 1) / 2
     if values["led_center_col"] is None:

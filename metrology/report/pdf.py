@@ -21,11 +21,13 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from metrology.io.files import atomic_write_bytes
+from metrology.report.budget_page import budget_page
 from metrology.report.document import validate_document
 from metrology.report.plots import (
     ReportArrays,
     convergence_png,
     frames_png,
+    led_scale_png,
     psf_mtf_png,
     pupil_phase_png,
     sample_led_png,
@@ -324,6 +326,17 @@ def _page2(doc, arrays, st, width_mm):
     ]
 
 
+def _page3(doc, arrays, st, width_mm):
+    """The uncertainty budget and the learned data uncertainty (:mod:`metrology.report.budget_page`)."""
+    def png(arr, w):
+        return _Png.make(led_scale_png(arr, w, 56), w, 56)
+
+    def table(rows, widths):
+        return _table([[_p(str(c), st["small"]) for c in r] for r in rows], widths)
+
+    return budget_page(doc, arrays, st, width_mm, table, _p, png)
+
+
 # ------------------------------------------------------------------ footer and assembly
 def _footer_paragraphs(doc, st):
     inputs = " | ".join(f"{i['role']} {i['sha256'][:12]} ({Path(i['path']).name})" for i in doc["inputs"])
@@ -347,7 +360,7 @@ def _build(doc, arrays: ReportArrays, fh) -> None:
     foot_h = sum(p.wrap(width, page_h)[1] for p in foot) + 9  # + page-number line
     frame_bottom = margin + foot_h + 2 * mm
     frame_h = page_h - margin - frame_bottom
-    pages = [_page1(doc, arrays, st, width_mm), _page2(doc, arrays, st, width_mm)]
+    pages = [_page1(doc, arrays, st, width_mm), _page2(doc, arrays, st, width_mm), _page3(doc, arrays, st, width_mm)]
     n_pages = len(pages)
     title = f"Lens inspection {doc['lens']['serial']} - {doc['verdict']['overall']}"
 
@@ -383,7 +396,8 @@ def _build(doc, arrays: ReportArrays, fh) -> None:
 
 
 def write_inspection_report(doc: dict, arrays: ReportArrays, out_path) -> Path:
-    """Write the two-page A4 PDF inspection report, atomically.
+    """Write the three-page A4 PDF inspection report (verdict and lens; station and data; uncertainty
+    budget), atomically.
 
     Parameters
     ----------

@@ -59,6 +59,9 @@ class ReportArrays:
         Fitted relative LED brightness.
     led_residual : ndarray, shape (J,), optional
         RMS residual per LED frame divided by the noise sigma.
+    led_scale : ndarray, shape (J,), optional
+        Learned data-uncertainty scale ``s_j`` of each LED's frame (1: the noise model;
+        :mod:`metrology.solver.weights`).
     """
 
     pupil_phase_waves: np.ndarray
@@ -76,6 +79,7 @@ class ReportArrays:
     led_xy_mm: np.ndarray | None = None
     led_brightness: np.ndarray | None = None
     led_residual: np.ndarray | None = None
+    led_scale: np.ndarray | None = None
 
     def __post_init__(self):
         self.pupil_phase_waves = np.asarray(self.pupil_phase_waves, dtype=float)
@@ -83,7 +87,7 @@ class ReportArrays:
             raise ValueError(f"pupil_phase_waves must be 2-D, got shape {self.pupil_phase_waves.shape}")
         for name in ("psf", "psf_diffraction", "mtf_freq_cyc_per_mm", "mtf", "mtf_diffraction",
                      "sample_amplitude", "sample_phase", "loss_history", "led_xy_mm", "led_brightness",
-                     "led_residual"):
+                     "led_residual", "led_scale"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, np.asarray(value, dtype=float))
@@ -396,4 +400,36 @@ def convergence_png(history, width_mm=56.0, height_mm=62.0) -> bytes:
     _style(ax, "Convergence")
     ax.set_xlabel("iteration", fontsize=_FONT - 1, labelpad=1)
     ax.set_ylabel("loss", fontsize=_FONT - 1, labelpad=1)
+    return _png(fig)
+
+
+def led_scale_png(arrays: ReportArrays, width_mm=186.0, height_mm=52.0) -> bytes:
+    """Per-LED maps of the learned data-uncertainty scale ``s_j`` (log colour scale) and of the raw
+    residual against the camera noise: the frames the model explains least are where both are high.
+
+    Returns
+    -------
+    bytes
+        PNG image.
+    """
+    from matplotlib.colors import LogNorm  # lazy: matplotlib loads only when a report is drawn (start-up time)
+
+    fig = _figure(width_mm, height_mm)
+    axes = [fig.add_axes([0.06 + i * 0.5, 0.18, 0.32, 0.68]) for i in range(2)]
+    for ax, values, title, log in (
+        (axes[0], arrays.led_scale, "Learned data scale s_j (1 = camera noise)", True),
+        (axes[1], arrays.led_residual, "LED residual (RMS / noise sigma)", False),
+    ):
+        if arrays.led_xy_mm is None or values is None:
+            _missing(ax, title)
+            continue
+        norm = LogNorm(vmin=1.0, vmax=max(2.0, float(np.nanmax(values)))) if log else None
+        sc = ax.scatter(arrays.led_xy_mm[:, 0], arrays.led_xy_mm[:, 1], c=values, s=9, cmap="inferno",
+                        edgecolors="none", norm=norm)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.invert_yaxis()  # +y down, as on every map
+        _style(ax, title)
+        ax.set_xlabel("LED x (mm)", fontsize=_FONT - 1, labelpad=1)
+        ax.set_ylabel("LED y (mm), +y down", fontsize=_FONT - 1, labelpad=1)
+        _colorbar(fig, sc, ax, "s_j" if log else "sigma")
     return _png(fig)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from metrology import __version__
+from metrology.analysis.budget import budget_document
 from metrology.analysis.figures import cutoff_cyc_per_mm, strehl_psf
 from metrology.analysis.propagation import derived_figures
 from metrology.analysis.wavefront import zernike_table
@@ -99,6 +100,20 @@ def _solver_block(solver) -> dict:
         "reduced_chi2": finite_or_none(solver.reduced_chi2),
         "history": [finite_or_none(h) for h in solver.history], "message": solver.message,
         "at_bounds": [str(n) for n in solver.at_bounds],
+        "reduced_chi2_noise": finite_or_none(solver.reduced_chi2_noise),
+        "data_uncertainty": _data_uncertainty(solver.data_uncertainty),
+    }
+
+
+def _data_uncertainty(summary: dict) -> dict:
+    """The learned data uncertainty (:mod:`metrology.solver.weights`) in plain numbers."""
+    if not summary:
+        return {}
+    return {
+        "frame_scale": [finite_or_none(x) for x in summary.get("frame_scale", [])],
+        "band_scale_median": [finite_or_none(x) for x in summary.get("band_scale_median", [])],
+        "effective_data_fraction": finite_or_none(summary.get("effective_data_fraction")),
+        "frames_scaled_above_2": int(summary.get("frames_scaled_above_2", 0)),
     }
 
 
@@ -173,4 +188,5 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
         "solver": _solver_block(measurement.solver),
         "verdict": _verdict_block(verdict),
         "timings_s": {k: float(timings.get(k, 0.0)) for k in ("load", "reconstruct", "analyse", "report")},
+        "uncertainty_budget": budget_document(measurement),
     }

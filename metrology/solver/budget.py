@@ -41,6 +41,7 @@ CONSTANTS = {
     "led_pitch_mm": ("LED pitch", "mm"),
     "led_distance_mm": ("LED board distance", "mm"),
     "led_size_mm": ("LED emitter size", "mm"),
+    "spectral_fwhm_nm": ("LED spectral width (FWHM)", "nm"),
     "slide_thickness_mm": ("Slide thickness", "mm"),
     "slide_index": ("Slide refractive index", ""),
 }
@@ -86,6 +87,20 @@ def _residual(model, data, noise, scale) -> torch.Tensor:
     return whitened_residual(model(), data, noise, model.camera.background_counts) * scale
 
 
+def applicable_constants(fit) -> list:
+    """The constants that move this fit: the LED distance only when it was not fitted, the slide only
+    when there is one, the emitter size only when non-zero, the spectral width only when modelled,
+    the NA only when held."""
+    g = fit.model.geometry
+    fitted = set(fit.columns.paths)
+    return [n for n in CONSTANTS
+            if not (n == "led_distance_mm" and "illumination.distance_error_mm" in fitted)
+            and not (n in ("slide_thickness_mm", "slide_index") and g.slide_thickness_mm == 0)
+            and not (n == "led_size_mm" and g.led_size_mm == 0)
+            and not (n == "spectral_fwhm_nm" and g.spectral_fwhm_nm == 0)
+            and not (n == "na" and "pupil.na" in fitted)]
+
+
 def constant_sensitivities(fit, names=None) -> list:
     """Sensitivities of the fitted system parameters to the station constants.
 
@@ -102,14 +117,8 @@ def constant_sensitivities(fit, names=None) -> list:
     list of ConstantSensitivity
     """
     base = copy.deepcopy(fit.model).double().cpu()
-    g = base.geometry
-    fitted = set(fit.columns.paths)
     if names is None:
-        names = [n for n in CONSTANTS
-                 if not (n == "led_distance_mm" and "illumination.distance_error_mm" in fitted)
-                 and not (n in ("slide_thickness_mm", "slide_index") and g.slide_thickness_mm == 0)
-                 and not (n == "led_size_mm" and g.led_size_mm == 0)
-                 and not (n == "na" and "pupil.na" in fitted)]
+        names = applicable_constants(fit)
     data = fit.data.double().cpu()
     mask = fit.mask.double().cpu()
     scale = mask if fit.weights is None else mask / torch.sqrt(fit.weights.pixel_variance(torch.float64).cpu())

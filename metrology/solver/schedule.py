@@ -234,3 +234,17 @@ def parameters_at_bounds(model, schedule: Schedule, rtol: float = 1e-6) -> list[
         if v <= lo + rtol * max(1.0, abs(lo)) or v >= hi - rtol * max(1.0, abs(hi)):
             out.append(name)
     return out
+
+
+VIGNETTING_PATHS = ("pupil.vignetting_radius", "pupil.vignetting_center")
+
+
+def station_schedule(geometry, mode: str = "known", max_iterations: int | None = None) -> Schedule:
+    """The default schedule for a station's geometry: :func:`default_schedule`, plus the two-circle
+    vignetting's aperture (``pupil.vignetting_*``) when the station states one (released with the
+    low-order aberrations; without it those parameters have no effect and stay out of the fit)."""
+    schedule = default_schedule(mode, geometry.zernike_terms, max_iterations)
+    if geometry.vignetting is None:
+        return schedule
+    extra = tuple(ParameterSpec(path, 0.01, 1, BY_PATH[path].bounds) for path in VIGNETTING_PATHS)
+    return replace(schedule, parameters=schedule.parameters + extra)

@@ -25,9 +25,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from metrology.measurement import Identifiability, Measurement, SolverReport, StationEstimate
+from metrology.measurement import (
+    BudgetSource,
+    Identifiability,
+    Measurement,
+    SolverReport,
+    StationEstimate,
+    UncertaintyParts,
+)
 from metrology.orderings import lens_only
 from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, element_names
+from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance
 from metrology.solver.jacobian import psd_inverse
 
 STRONG_CORRELATION = 0.95
@@ -118,8 +126,58 @@ def identifiability(names, cf: torch.Tensor, jtj: torch.Tensor) -> Identifiabili
     )
 
 
-def measurement_from_fit(fit) -> Measurement:
-    """Turn a :class:`~metrology.solver.reconstruct.FitResult` into a plain :class:`Measurement`."""
+def _zernike_block(cov, index, k) -> np.ndarray:
+    """The (K, K) block of a parameter covariance for Noll 1..K (zeros where not fitted)."""
+    zi = [(j, index.get(element_name("pupil.zernike_waves", j))) for j in range(k)]
+    zi = [(j, i) for j, i in zi if i is not None]
+    out = np.zeros((k, k))
+    for a, ia in zi:
+        for b, ib in zi:
+            out[a, b] = float(cov[ia, ib])
+    return out
+
+
+def _station_u(cov, index) -> dict:
+    """Standard uncertainty of every fitted station element (by element name) from ``cov``."""
+    return {name: float(np.sqrt(max(float(cov[i, i]), 0.0))) for name, i in index.items()
+            if any(name == e for path in TRACKED for e in element_names(path))}
+
+
+def _budget_sources(fit, index, k, constant_uncertainties) -> tuple:
+    """GUM sources of the station constants: :class:`BudgetSource` list and their covariance over
+    the fitted parameters (see :mod:`metrology.solver.budget`)."""
+    p = len(fit.columns.names)
+    wanted = [n for n, u in (constant_uncertainties or {}).items() if u and n in CONSTANTS]
+    if not wanted:
+        return [], np.zeros((p, p))
+    applicable = set(applicable_constants(fit))
+    sens = constant_sensitivities(fit, [n for n in wanted if n in applicable])
+    sources = []
+    for s in sens:
+        u = float(constant_uncertainties[s.name])
+        vec = s.per_unit * u
+        z = np.zeros(k)
+        for j in range(k):
+            i = index.get(element_name("pupil.zernike_waves", j))
+            if i is not None:
+                z[j] = vec[i]
+        station = {name: float(vec[i]) for name, i in index.items()
+                   if any(name == e for path in TRACKED for e in element_names(path))}
+        sources.append(BudgetSource(s.name, s.label, s.unit, u, z, station))
+    return sources, constants_covariance(sens, constant_uncertainties)
+
+
+def measurement_from_fit(fit, constant_uncertainties: dict | None = None) -> Measurement:
+    """Turn a :class:`~metrology.solver.reconstruct.FitResult` into a plain :class:`Measurement`.
+
+    Parameters
+    ----------
+    fit : FitResult
+    constant_uncertainties : dict, optional
+        Standard uncertainty of each station constant the fit holds (keys of
+        :data:`metrology.solver.budget.CONSTANTS`, in their units; the station file's
+        ``[uncertainty]`` table): the GUM budget adds their effect, with its correlations.
+    """
     model = fit.model
     g = model.geometry
     names = fit.columns.names
@@ -127,12 +185,8 @@ def measurement_from_fit(fit) -> Measurement:
     index = {n: i for i, n in enumerate(names)}
     k = g.zernike_terms
     z = model.pupil.zernike_waves.detach().double().cpu().numpy()
-    zcov = np.zeros((k, k))
-    zi = [(j, index.get(element_name("pupil.zernike_waves", j))) for j in range(k)]
-    zi = [(j, i) for j, i in zi if i is not None]
-    for a, ia in zi:
-        for b, ib in zi:
-            zcov[a, b] = float(cov[ia, ib])
+    budget, cov_const = _budget_sources(fit, index, k, constant_uncertainties)
+    total = cov.double().cpu().numpy() + cov_const
     station = []
     state = model.station_state()
     for path in TRACKED:
@@ -141,7 +195,7 @@ def measurement_from_fit(fit) -> Measurement:
             if name not in index:
                 continue  # not fitted in this mode
             station.append(StationEstimate(name, element_label(name), BY_PATH[path].unit, float(v),
-                                           float(torch.sqrt(cov[index[name], index[name]]))))
+                                           float(np.sqrt(max(total[index[name], index[name]], 0.0)))))
     solver = SolverReport(
         mode=fit.schedule.mode,
         loss_name=fit.schedule.loss,
@@ -154,19 +208,26 @@ def measurement_from_fit(fit) -> Measurement:
         message=fit.message,
         wall_time_s=fit.wall_time_s,
         at_bounds=list(fit.at_bounds),
+        reduced_chi2_noise=float(fit.reduced_chi2_noise),
+        data_uncertainty={} if fit.weights is None else fit.weights.summary(),
     )
     ident = identifiability(names, cf, fit.jtj)
-    zcov = lens_only(z, zcov)[1]
+    parts = UncertaintyParts(
+        noise=lens_only(z, _zernike_block(cf, index, k))[1], fit=lens_only(z, _zernike_block(cov, index, k))[1],
+        station_noise=_station_u(cf, index), station_fit=_station_u(cov, index))
     m = Measurement(
         wavelength_nm=g.wavelength_nm,
         na=float(model.pupil.na.detach()),
         tile_center_mm=tuple(g.tile_center_mm),
         zernike_waves=z,
-        zernike_cov=zcov,
+        zernike_cov=lens_only(z, _zernike_block(total, index, k))[1],
         station=station,
         solver=solver,
         quality=fit.quality,
         identifiability=ident,
+        budget=budget,
+        parts=parts,
     )
     m.arrays["uncertainty_method"] = info
+    m.arrays["sample_px"] = int(g.object_px)  # side of the sample grid (element names of its values)
     return m

@@ -1,0 +1,81 @@
+"""The report's uncertainty page: the GUM budget of the RMS wavefront and of every lens coefficient,
+and the learned data uncertainty per LED (``docs/uncertainty.md``, ``docs/report.md``).
+
+Reads only the result document and the report arrays (like :mod:`metrology.report.pdf`).
+"""
+
+from __future__ import annotations
+
+from metrology.orderings import noll_to_nm, zernike_name
+
+
+def _fmt(x: float, unit: str = "") -> str:
+    if x == 0:
+        return "0"
+    return (f"{x:.2g}" if abs(x) < 1e-3 or abs(x) >= 1e3 else f"{x:.3g}") + (f" {unit}" if unit else "")
+
+
+def rms_rows(budget: dict) -> list:
+    """Table rows (header first) of one figure's budget: source, u(x_i), sensitivity, contribution, share."""
+    unit = budget["unit"]
+    rows = [["Source", "u(x_i)", f"Sensitivity ({unit} per unit)", f"Contribution ({unit})", "Share"]]
+    for r in sorted(budget["rows"], key=lambda r: -r["contribution"]):
+        sens = "1" if r["source"] in ("noise", "model_mismatch") else _fmt(r["sensitivity"])
+        rows.append([r["label"], _fmt(r["u_x"], r["unit"]), sens, _fmt(r["contribution"]), f"{100 * r['share']:.0f} %"])
+    rows.append(["Combined standard uncertainty u (U = 2u)", "", "", _fmt(budget["u"]), "100 %"])
+    return rows
+
+
+def coefficient_rows(doc: dict) -> list:
+    """Per Noll coefficient: value, U, the three parts (noise, mismatch, constants) and the largest source."""
+    values = {z["noll"]: z for z in doc["zernike"]}
+    labels = {r["source"]: r["label"] for b in doc["uncertainty_budget"].get("zernike", []) for r in b["rows"]}
+    rows = [["Noll", "Term", "Value (waves)", "U (waves)", "Noise", "Mismatch", "Constants", "Largest source"]]
+    for b in doc["uncertainty_budget"].get("zernike", []):
+        j = b["noll"]
+        c = {r["source"]: r["contribution"] for r in b["rows"]}
+        const = sum(v**2 for k, v in c.items() if k not in ("noise", "model_mismatch")) ** 0.5
+        v = values.get(j, {}).get("value_waves")
+        rows.append([str(j), zernike_name(*noll_to_nm(j)), "n/a" if v is None else f"{v:+.4f}", _fmt(2 * b["u"]),
+                     _fmt(c.get("noise", 0.0)), _fmt(c.get("model_mismatch", 0.0)), _fmt(const),
+                     labels.get(b["largest"], b["largest"])])
+    return rows
+
+
+def data_uncertainty_text(doc: dict) -> str:
+    """One paragraph on the learned data uncertainty and the fit residual."""
+    s = doc["solver"]
+    d = s.get("data_uncertainty") or {}
+    if not d:
+        return "Data uncertainty: the camera noise model alone (no learned variances)."
+    eff = d.get("effective_data_fraction")
+    scales = [x for x in d.get("frame_scale", []) if x is not None]
+    worst = max(scales) if scales else float("nan")
+    return (f"Learned data uncertainty: the frames carry {100 * (eff or 0):.0f} % of the information the camera noise "
+            f"model alone would give; {d.get('frames_scaled_above_2', 0)} of {len(scales)} frames have s_j > 2 "
+            f"(largest {worst:.3g}); frame-border bands from the edge inwards: median s "
+            + ", ".join(f"{x:.2f}" for x in d.get("band_scale_median", []) if x is not None)
+            + f". Reduced chi-square {s['reduced_chi2']:.3g} with the learned variances, "
+            f"{(s.get('reduced_chi2_noise') or float('nan')):.3g} against the camera noise alone.")
+
+
+def budget_page(doc, arrays, st, width_mm, table, para, png):
+    """Flowables of the uncertainty page (``table``, ``para``, ``png``: the PDF module's builders)."""
+    budget = doc.get("uncertainty_budget") or {}
+    out = [para("Uncertainty budget (GUM, first-order law; k = 2)", st["h"])]
+    if not budget:
+        return out + [para("No budget: the fit produced no covariance.", st["body"])]
+    rms = budget["rms_waves"]
+    largest = next((r["label"] for r in rms["rows"] if r["source"] == rms["largest"]), rms["largest"])
+    out.append(para(f"RMS wavefront error: largest contribution {largest} "
+                    f"({100 * max(r['share'] for r in rms['rows']):.0f} % of the variance).", st["body"]))
+    out.append(table(rms_rows(rms), [70, 26, 36, 34, 20]))
+    out.append(para("Lens coefficients (waves): expanded uncertainty and its parts (standard uncertainties)", st["h"]))
+    out.append(table(coefficient_rows(doc), [10, 34, 22, 18, 18, 18, 18, 48]))
+    consts = ", ".join(f"{c['label']} {_fmt(c['u'], c['unit'])}" for c in budget.get("constants", []))
+    out.append(para("Station constants held at their stated values, with the standard uncertainties of the station "
+                    f"file's [uncertainty] table: {consts or 'none'}.", st["small"]))
+    out.append(para("Data uncertainty per LED", st["h"]))
+    out.append(para(data_uncertainty_text(doc), st["small"]))
+    out.append(png(arrays, width_mm))
+    return out
