@@ -211,11 +211,10 @@ PARAMETERS = (
     Parameter("pupil.log_amplitude", ("zernike_terms",), "", "pupil log-amplitude (apodisation), Noll coefficients",
               "lens", key="apodisation", bounds=(-2.0, 2.0),
               fit=Fit(0.01, stages=(Stage(3, (3, 10)),))),  # radial apodisation (Noll 4, 11), last
-    # the pupil edge's radius in pixels (NA / lambda against the camera's frequency step) is what the
-    # frames see: fitted, the station file's NA, magnification and wavelength tolerances stop steering
-    # the aberrations through it (the GUM budget keeps what is left of them)
-    Parameter("pupil.na", (), "", "pupil edge NA", "lens", label="Lens NA (pupil edge)", bounds=(0.01, 0.95),
-              fit=Fit(0.0005, start=1)),
+    # held at the station's NA: fitted together with the LED distance it made small captures converge
+    # poorly (the edge radius trades against the brightness of the LEDs on the edge); its tolerance,
+    # with the magnification's and the wavelength's, enters the GUM budget (metrology.solver.budget)
+    Parameter("pupil.na", (), "", "pupil edge NA", "lens", label="Lens NA (pupil edge)", bounds=(0.01, 0.95)),
     # two-circle vignetting (station lens.vignetting): freed by the pipeline when the station states it
     Parameter("pupil.vignetting_radius", (), "pupil radii", "second aperture radius (two-circle vignetting), pupil radii",
               "lens", label="Vignetting aperture radius", bounds=(0.2, 5.0)),
@@ -243,7 +242,7 @@ BY_PATH = {p.path: p for p in PARAMETERS}
 SCHEDULE_ORDER = (
     "illumination.shift_mm", "illumination.rotation_deg", "illumination.distance_error_mm",
     "illumination.tilt_deg", "illumination.brightness", "sample.position_um", "sample.defocus_um",
-    "camera.background_counts", "pupil.zernike_waves", "pupil.log_amplitude", "pupil.na", "sample.field_real",
+    "camera.background_counts", "pupil.zernike_waves", "pupil.log_amplitude", "sample.field_real",
     "sample.field_imag",
 )
 """Order of the default schedule's entries (the order of the Jacobian's columns): geometry and pose

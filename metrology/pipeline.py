@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +150,26 @@ def build_model(loaded: LoadedInputs, mode: str = "known", dtype=None):
     """Nominal station model for the capture (reference map in known/prior modes)."""
     dtype = dtype or torch.float32
     transmission = loaded.reference if mode in ("known", "prior") else None
-    return StationModel(loaded.geometry, transmission, relative_exposure(loaded.capture), dtype=dtype)
+    geometry = replace(loaded.geometry, margin_px=margin_for(loaded, mode))
+    return StationModel(geometry, transmission, relative_exposure(loaded.capture), dtype=dtype)
+
+
+AUTO_MARGIN_FRACTION = 0.125
+"""``reconstruction.margin_px`` when the station file leaves it out: this fraction of the frame (at
+least 4 pixels) wherever the sample beyond the frame is unknown (blind mode, a reference map from a
+file); 0 for a catalogue reference in known and prior modes (the catalogue's slides repeat with the
+field of view, so the frame is exactly periodic)."""
+
+
+def margin_for(loaded: LoadedInputs, mode: str) -> int:
+    """Camera pixels of sample the model keeps beyond each side of the frame (see
+    :data:`AUTO_MARGIN_FRACTION` and :class:`metrology.physics.StationGeometry`)."""
+    if loaded.station.margin_px is not None:
+        return int(loaded.station.margin_px)
+    from_file = any(i["role"] == "reference" for i in loaded.inputs)
+    if mode in ("known", "prior") and not from_file:
+        return 0
+    return max(4, int(round(AUTO_MARGIN_FRACTION * loaded.geometry.frame_px)))
 
 
 def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | None = None, progress=None,

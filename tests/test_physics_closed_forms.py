@@ -235,3 +235,26 @@ def test_pupil_edge_coverage_is_the_disk_area_and_moves_smoothly():
         assert cov.min() >= 0 and cov.max() <= 1
     areas[0].backward()
     assert abs(radius.grad.item() - 2 * math.pi * 20.3) < 0.01 * 2 * math.pi * 20.3  # d(area)/dR = perimeter
+
+
+def test_margin_of_a_periodic_sample_changes_nothing():
+    """The frame as the central crop of a larger modelled field (``margin_px``): when the sample
+    beyond the frame is the frame's own periodic continuation and the field is twice the frame, the
+    frames are those of the periodic model exactly (every path: the source-smeared edge and its
+    incoherent part, pixel integration, a finite LED spectrum)."""
+    from dataclasses import replace
+
+    g = small_geometry(frame_px=20, n_side=5, upsampling=4, zernike_terms=10, led_size_mm=0.3,
+                       pixel_quadrature=2, spectral_fwhm_nm=20.0, spectral_points=2)
+    obj = random_object(g.object_px, seed=5, phase=0.6, amp=0.2)
+    base = StationModel(g, obj, dtype=torch.float64)
+    wide = StationModel(replace(g, margin_px=10), torch.tensor(np.pad(obj.numpy(), 40, mode="wrap")),
+                        dtype=torch.float64)
+    with torch.no_grad():
+        for m in (base, wide):
+            m.pupil.zernike_waves[4:].copy_(torch.linspace(-0.05, 0.06, 6, dtype=torch.float64))
+            m.illumination.shift_mm.copy_(torch.tensor([0.3, -0.2], dtype=torch.float64))
+            m.sample.defocus_um.fill_(2.0)
+        a, b = base.intensity(), wide.intensity()
+    assert b.shape == a.shape
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-12 * float(a.max()))

@@ -59,6 +59,10 @@ def _vignetting(v):
     return None
 
 
+def _margin(v):
+    return None if 0 <= v <= 4096 else f"must be in [0, 4096] camera pixels, got {v}"
+
+
 def _frame(v):
     return None if v >= 8 and v % 2 == 0 else f"must be even and >= 8, got {v}"
 
@@ -107,6 +111,7 @@ SCHEMA = {
     ("lens", "vignetting"): ("vignetting", "triple", None, _vignetting),
     ("reconstruction", "upsampling"): ("upsampling", "int", None, _ge1),
     ("reconstruction", "zernike_terms"): ("zernike_terms", "int", 36, _zterms),
+    ("reconstruction", "margin_px"): ("margin_px", "int", None, _margin),
     ("reconstruction", "tile_center_mm"): ("tile_center_mm", "pair", (0.0, 0.0), None),
     ("slide", "thickness_mm"): ("slide_thickness_mm", "float", 0.0, _ge0),
     ("slide", "index"): ("slide_index", "float", 1.52, _ge1),
@@ -202,6 +207,7 @@ class StationDescription:
     spectral_fwhm_nm: float = 0.0
     emission_exponent: float = 0.0
     vignetting: tuple | None = None
+    margin_px: int | None = None
     zernike_terms: int = 36
     tile_center_mm: tuple = (0.0, 0.0)
     slide_thickness_mm: float = 0.0
@@ -266,6 +272,7 @@ class StationDescription:
             spectral_fwhm_nm=self.spectral_fwhm_nm,
             emission_exponent=self.emission_exponent,
             vignetting=None if self.vignetting is None else tuple(self.vignetting),
+            margin_px=self.margin_px or 0,
         )
 
     def check_capture(self, capture, source="capture") -> None:

@@ -61,6 +61,10 @@ class StationGeometry:
     pixel_quadrature : int
         Camera pixel integration: Gauss-Legendre points per axis over each pixel's area (0 or 1:
         the intensity sampled at the pixel centre).
+    margin_px : int
+        Camera pixels of sample modelled beyond each side of the frame: the frame is the central
+        crop of the image of a larger (periodic) field, so light from outside the frame reaches its
+        border as on a real slide (0: the frame itself is the periodic field).
     """
 
     wavelength_nm: float
@@ -80,6 +84,7 @@ class StationGeometry:
     slide_thickness_mm: float = 0.0
     slide_index: float = 1.52
     pixel_quadrature: int = 0
+    margin_px: int = 0
     emission_exponent: float = 0.0
     spectral_fwhm_nm: float = 0.0
     spectral_points: int = 3
@@ -100,6 +105,7 @@ class StationGeometry:
             (self.slide_thickness_mm >= 0, "slide_thickness_mm must be >= 0"),
             (self.slide_index >= 1, "slide_index must be >= 1"),
             (0 <= self.pixel_quadrature <= 4, "pixel_quadrature must be 0-4"),
+            (0 <= self.margin_px <= self.frame_px, "margin_px must be in [0, frame_px]"),
             (0 <= self.spectral_fwhm_nm < 0.5 * self.wavelength_nm, "spectral_fwhm_nm must be in [0, wavelength / 2)"),
             (1 <= self.spectral_points <= 7, "spectral_points must be 1-7"),
         ]
@@ -121,9 +127,20 @@ class StationGeometry:
         return self.camera_pixel_um / self.magnification
 
     @property
+    def field_px(self) -> int:
+        """Side of the modelled field in camera pixels: the frame plus ``margin_px`` on each side
+        (the frame is the central crop of the modelled field's image)."""
+        return self.frame_px + 2 * self.margin_px
+
+    @property
     def object_px(self) -> int:
-        """Reconstruction grid side (pixels)."""
-        return self.frame_px * self.upsampling
+        """Reconstruction grid side (pixels): the modelled field at ``upsampling`` points per camera pixel."""
+        return self.field_px * self.upsampling
+
+    @property
+    def frame_offset_px(self) -> int:
+        """Object-grid index of the frame's pixel (0, 0) (the margin, in object pixels)."""
+        return self.margin_px * self.upsampling
 
     @property
     def object_pixel_um(self) -> float:
@@ -131,7 +148,12 @@ class StationGeometry:
 
     @property
     def df(self) -> float:
-        """Frequency step of both grids (cycles/um)."""
+        """Frequency step of the model's grids (cycles/um): the modelled field's lattice."""
+        return 1.0 / (self.field_px * self.pixel_um)
+
+    @property
+    def data_df(self) -> float:
+        """Frequency step of a camera frame's DFT (cycles/um)."""
         return 1.0 / (self.frame_px * self.pixel_um)
 
     @property
@@ -168,14 +190,14 @@ class StationGeometry:
     def check_sampling(self, max_illumination_na: float) -> None:
         """Raise ``ValueError`` if the grids cannot hold the pupil or the widest illumination."""
         half = self.pupil_box_half
-        if 2 * half + 1 > self.frame_px:
+        if 2 * half + 1 > self.field_px:
             raise ValueError(
                 f"pupil (radius {self.pupil_radius_px:.1f} px) does not fit in {self.frame_px}-px frames: "
                 "the camera undersamples the field; use a larger frame or smaller NA"
             )
         k_max = max_illumination_na / self.wavelength_um / self.df
         if k_max + half + 1 > self.object_px / 2:
-            need = (k_max + half + 1) * 2 / self.frame_px
+            need = (k_max + half + 1) * 2 / self.field_px
             raise ValueError(
                 f"upsampling {self.upsampling} too small for illumination NA {max_illumination_na:.3f}: "
                 f"need at least {math.ceil(need)}"

@@ -148,7 +148,7 @@ class StationModel(nn.Module):
         uf = u.to(self.pupil.na.dtype) * g.df
         pos = self.sample.position_um
         ramp_phase = -2 * math.pi * (uf[None, :] * pos[0] + uf[:, None] * pos[1])
-        scale = (g.frame_px / g.object_px) ** 2
+        scale = (g.field_px / g.object_px) ** 2
         return torch.polar(torch.full_like(ramp_phase, scale), ramp_phase)
 
     def field_spectrum(self, indices=None) -> torch.Tensor:
@@ -201,11 +201,13 @@ class StationModel(nn.Module):
         centres, or averaged over each pixel's area (``geometry.pixel_quadrature`` Gauss-Legendre
         points per axis; the sub-pixel fields are phase ramps of the same spectrum)."""
         g = self.geometry
-        n = g.frame_px
+        n = g.field_px
         q = g.pixel_quadrature
+        m = g.margin_px
         if q <= 1:
             field = box_to_field(spectrum, n)
-            return field.real**2 + field.imag**2
+            out = field.real**2 + field.imag**2
+            return out[:, m : m + g.frame_px, m : m + g.frame_px] if m else out
         offsets, weights = gauss_legendre_offsets(q)
         half = spectrum.shape[-1] // 2
         u = torch.arange(-half, half + 1, device=spectrum.device, dtype=spectrum.real.dtype) * (2 * math.pi / n)
@@ -214,7 +216,7 @@ class StationModel(nn.Module):
             ramp = torch.polar(torch.ones_like(u[:, None] * u[None, :]), u[None, :] * dx + u[:, None] * dy)
             field = box_to_field(spectrum * ramp, n)
             out = out + w * (field.real**2 + field.imag**2)
-        return out
+        return out[:, m : m + g.frame_px, m : m + g.frame_px] if m else out
 
     def intensity(self, indices=None) -> torch.Tensor:
         """Noise-free intensity on the camera grid, shape (J', n, n).
@@ -245,7 +247,7 @@ class StationModel(nn.Module):
             smooth = body * crop * factor
             frames = self.camera_intensity(edge * smooth)
             if self.pupil.edge == "source":
-                n = self.geometry.frame_px
+                n = self.geometry.field_px
                 power = smooth.real**2 + smooth.imag**2
                 frames = frames + ((power * (edge - edge**2)).sum(dim=(-2, -1)) / n**4)[:, None, None]
             out = out + weight * frames

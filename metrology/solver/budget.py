@@ -98,7 +98,7 @@ def applicable_constants(fit) -> list:
             and not (n in ("slide_thickness_mm", "slide_index") and g.slide_thickness_mm == 0)
             and not (n == "led_size_mm" and g.led_size_mm == 0)
             and not (n == "spectral_fwhm_nm" and g.spectral_fwhm_nm == 0)
-            and not (n == "na" and "pupil.na" in fitted)]
+            and not (n == "na" and "pupil.na" in fitted)]  # a fitted NA carries its prior in the posterior
 
 
 def constant_sensitivities(fit, names=None) -> list:

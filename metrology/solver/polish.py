@@ -18,6 +18,8 @@ from metrology.solver.jacobian import linearise, psd_inverse
 from metrology.solver.priors import add_to_normal_equations
 from metrology.solver.weights import Weighting
 
+_DEBUG = bool(__import__("os").environ.get("METROLOGY_POLISH_DEBUG"))
+
 WEIGHT_RESTART = 0.05
 """A round whose data-variance update changes some ``v`` by more than this restarts L-BFGS."""
 WEIGHT_SETTLED = 0.05
@@ -76,6 +78,11 @@ def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS
         if finite:
             delta = -(inv @ jtr)
             worst = float((delta.abs() / torch.sqrt(inv.diagonal().clamp(min=1e-300))).max())
+            if _DEBUG:
+                sg = torch.sqrt(inv.diagonal())
+                order = torch.argsort(delta.abs() / sg, descending=True)[:4]
+                print("polish", step, round(float(evaluate({})), 7), round(moved, 3),
+                      [(lin.columns.names[i], round(float(delta[i]), 5), round(float(sg[i]), 5)) for i in order.tolist()])
         message = None
         if not finite:
             message = "not converged: non-finite Jacobian"

@@ -73,3 +73,4 @@ def add_to_normal_equations(jtj: torch.Tensor, jtr: torch.Tensor, model, priors,
         jtj[i, i] += w
         jtr[i] += w * (float(values[path][k]) - _mean(model, spec))
     return jtj, jtr
+

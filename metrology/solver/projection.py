@@ -37,7 +37,7 @@ OBSERVE_EVERY = 5
 
 def _measured_amplitude(model: StationModel, data, background: float):
     """``sqrt((data - background) / gain)`` per frame, shape (J, n, n)."""
-    gain = model.camera.counts_per_unit * model.illumination.brightness * model.exposure
+    gain = model.camera.counts_per_unit * model.illumination.brightness * model.illumination.emission() * model.exposure
     return torch.sqrt(((data - background) / gain[:, None, None].clamp(min=1e-12)).clamp(min=0.0))
 
 
@@ -76,12 +76,16 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
         Noll 5..), ``defocus_um`` and ``position_um`` increments.
     """
     g = model.geometry
-    n, half = g.frame_px, g.pupil_box_half
+    n, half = g.field_px, g.pupil_box_half
     with torch.no_grad():
         measured = _measured_amplitude(model, data, background)
         use = mask > 0
         if indices is not None:
             measured, use = measured[indices], use[indices]
+        if g.margin_px:  # the frames are the centre of the modelled field: its margin keeps the model's field
+            pad = (g.margin_px,) * 4
+            measured = torch.nn.functional.pad(measured, pad)
+            use = torch.nn.functional.pad(use.to(measured.dtype), pad) > 0
         rows, cols, inside, remainder = model.spectrum_window(indices)
         factor = model.box_factor()
         # the projections see the edge as the frequency cells' area fraction: smoother than the

@@ -113,7 +113,8 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
     rdtype = torch.float32
     with torch.no_grad():
         t = model.sample.transmission().detach()
-        tc = t[c0 * up : (c0 + nc) * up, c0 * up : (c0 + nc) * up].to(torch.complex64)
+        o0 = g.frame_offset_px + c0 * up  # the crop's first object pixel (past the modelled margin)
+        tc = t[o0 : o0 + nc * up, o0 : o0 + nc * up].to(torch.complex64)
         nobj = nc * up
         spec = torch.fft.fftshift(torch.fft.fft2(tc))
         df = 1.0 / (nc * g.pixel_um)
@@ -198,7 +199,7 @@ def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor,
 
         def closure():
             opt.zero_grad()
-            r = (ill.spatial_frequencies() - k_est) / g.df
+            r = (ill.spatial_frequencies() - k_est) / g.data_df
             loss = (w[used, None] * r[used] ** 2).sum() / w[used].sum()
             loss = loss + 1e-4 * (ill.tilt_deg**2).sum()  # tilt is weakly determined: tiny ridge
             loss.backward()
@@ -206,7 +207,7 @@ def fit_geometry(model: StationModel, k_est: torch.Tensor, weight: torch.Tensor,
 
         opt.step(closure)
         with torch.no_grad():
-            res = torch.linalg.vector_norm((ill.spatial_frequencies() - k_est) / g.df, dim=-1)
+            res = torch.linalg.vector_norm((ill.spatial_frequencies() - k_est) / g.data_df, dim=-1)
             cut = max(1.5, 3 * float(torch.median(res[used])))
             used = (w > 0) & (res < cut)
     with torch.no_grad():
@@ -229,8 +230,8 @@ def search_bright_field(model: StationModel, data: torch.Tensor, radius_px: int 
     n = g.frame_px
     with torch.no_grad():
         k_nom = model.illumination.spatial_frequencies().double()
-        s_nom = k_nom / g.df
-        radius = g.pupil_radius_px
+        s_nom = k_nom / g.data_df  # in pixels of the frames' DFT (the model's lattice is finer with a margin)
+        radius = g.cutoff / g.data_df
         chosen = torch.nonzero(torch.linalg.vector_norm(s_nom, dim=-1) < radius - 2).flatten()
         dev = data.device
         u = torch.fft.fftfreq(n, d=1.0 / n, device=dev).double()
@@ -269,6 +270,6 @@ def search_bright_field(model: StationModel, data: torch.Tensor, radius_px: int 
             spec = spec / spec.norm()
             _, c0 = best_of(spec, s_nom[j][None, :] + coarse)
             best, best_c = best_of(spec, c0[None, :] + fine)
-            k_est[j] = best_c * g.df
+            k_est[j] = best_c * g.data_df
             weight[j] = max(best, 0.0)
         return k_est, weight

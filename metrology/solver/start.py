@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from metrology.physics import StationModel
+from metrology.physics.sample import pad_with_mean
 from metrology.solver.projection import basis_mask, project
 from metrology.solver.search import (
     DEFAULT_RANGES,
@@ -106,11 +107,13 @@ def initial_sample(model: StationModel, data: torch.Tensor, background: float) -
         frames = data[bf] if bf.any() else data[:1]
         amp = torch.sqrt((frames - background).clamp(min=0) / model.exposure[bf, None, None]).mean(dim=0)
         amp = amp / torch.sqrt((amp**2).mean()).clamp(min=1e-12)
-        n, big = g.frame_px, g.object_px
+        n, big = g.frame_px, g.frame_px * g.upsampling
         spec = torch.fft.fftshift(torch.fft.fft2(amp.to(torch.complex128)))
         pad = (big - n) // 2
         spec = torch.nn.functional.pad(spec, (pad, pad, pad, pad)) * (big / n) ** 2
         t = torch.fft.ifft2(torch.fft.ifftshift(spec)).real
+        if g.margin_px:  # the modelled margin starts at the frame's mean
+            t = pad_with_mean(t.to(torch.complex128), g.frame_offset_px).real
         model.sample.field_real.copy_(t.to(model.sample.field_real.dtype))
         model.sample.field_imag.zero_()
 
