@@ -153,12 +153,21 @@ def test_good_lens_passes_and_report_is_complete(tmp_path, good_capture, capsys)
     if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
         pytest.skip("poppler-utils not installed")
     pages = subprocess.run(["pdftoppm", "-r", "20", "-png", pdf, tmp_path / "page"], capture_output=True)
-    assert pages.returncode == 0 and len(list(tmp_path.glob("page*.png"))) == 2
+    assert pages.returncode == 0 and len(list(tmp_path.glob("page*.png"))) == 3
     text = subprocess.run(["pdftotext", "-layout", pdf, "-"], capture_output=True, text=True).stdout
     assert "PASS" in text and doc["lens"]["serial"] in text and "T. Est" in text
     for row in doc["verdict"]["limits"]:
         assert row["name"].split(" (")[0][:20] in text, row["name"]
-    assert text.count("Noll ordering") >= 2  # conventions footer on every page
+    assert text.count("Noll ordering") >= 3  # conventions footer on every page
+    # the GUM budget: the RMS wavefront's largest source is named on page 3 and in the JSON, and the
+    # station constants' uncertainties (the station file's defaults here) enter U
+    budget = doc["uncertainty_budget"]
+    rms = budget["rms_waves"]
+    largest = next(r["label"] for r in rms["rows"] if r["source"] == rms["largest"])
+    assert "largest contribution " + largest in " ".join(text.split())
+    assert {c["name"] for c in budget["constants"]} >= {"wavelength_nm", "na", "magnification"}
+    assert rms["u"] > max(r["contribution"] for r in rms["rows"] if r["source"] in ("noise", "model_mismatch"))
+    assert doc["solver"]["data_uncertainty"]["effective_data_fraction"] > 0.5
 
 
 def test_bad_lens_fails(tmp_path, small, capsys):
