@@ -18,7 +18,7 @@ Parts:
   and FAIL, and the INCONCLUSIVE rate among lenses whose truth is more than 2U from the limit.
 
 Run: ``python benchmarks/bench_offmodel.py [--part trials|sweep] [--mode known|blind] [--trials 30]
-[--frame 48 --leds 9] [--json out.json]``. Prints the machine.
+[--frame 48 --leds 9] [--workers N] [--json out.json]``. Prints the machine.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 
 import numpy as np
@@ -135,7 +136,7 @@ def trial(station, leds, seed, mode, lens=None, exact=False):
         "at_bounds": len(fit.at_bounds), "error_5_15": float(np.sqrt(np.sum(e**2))), "shift_error_um": shift,
         "err": e.tolist(), "u": u.tolist(), "rms_true": rms_true, "rms_measured": rms_meas, "u_rms": u_rms,
         "largest": meas.budget and max(meas.budget, key=lambda b: float(np.abs(b.zernike[4:15]).max())).name,
-        "time_s": float(fit.wall_time_s), "constants": consts,
+        "time_s": float(fit.wall_time_s), "constants": consts, "lens": np.asarray(lens).tolist(),
     }
 
 
@@ -159,15 +160,42 @@ def summarise(rows):
           f"coverage {100 * cover.mean():.0f} % (target >= 90 %)")
 
 
-def sweep(station, leds, n_lenses, mode, limit=0.05):
+def _one_thread() -> None:
+    """Worker start-up: one OpenMP/torch thread per process (the processes are the parallelism)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_trials(jobs, workers, json_path=None):
+    """Run ``trial(*job)`` for every job, ``workers`` processes at a time; yield each row as it ends
+    (and rewrite ``json_path`` with every row so far, so an interrupted study keeps its trials)."""
+    rows = []
+    if workers <= 1:
+        results = (trial(*job) for job in jobs)
+    else:
+        pool = ProcessPoolExecutor(workers, initializer=_one_thread)
+        results = (f.result() for f in as_completed([pool.submit(trial, *job) for job in jobs]))
+    for r in results:
+        rows.append(r)
+        if json_path:
+            with open(json_path, "w") as fh:
+                json.dump(rows, fh, indent=1, default=float)
+        yield r
+
+
+def sweep(station, leds, n_lenses, mode, limit=0.05, workers=1, json_path=None):
     """Lenses with astigmatism (Noll 6) from 0.02 to 0.08 waves around ``limit``: the decision rule
     on the measured value and its U (ISO 14253-1)."""
-    rows = []
+    jobs = []
     for i, a6 in enumerate(np.linspace(0.02, 0.08, n_lenses)):
         lens = standard_lens(700 + i, rms=0.03)
         lens[5] = a6
-        r = trial(station, leds, 700 + i, mode, lens=lens)
-        z6, u6 = lens[5] + r["err"][1], r["u"][1]
+        jobs.append((station, leds, 700 + i, mode, lens))
+    rows = []
+    for r in run_trials(jobs, workers, json_path):
+        a6 = float(np.asarray(r["lens"])[5])
+        z6, u6 = a6 + r["err"][1], r["u"][1]
         U = 2 * u6
         valid = r["converged"] and r["reduced_chi2"] <= 4.0 and r["at_bounds"] == 0
         verdict = "INCONCLUSIVE" if not valid else ("PASS" if abs(z6) + U <= limit else
@@ -175,8 +203,8 @@ def sweep(station, leds, n_lenses, mode, limit=0.05):
         truth = "PASS" if a6 <= limit else "FAIL"
         far = abs(a6 - limit) > 2 * U
         rows.append({**r, "a6": a6, "measured": z6, "U": U, "verdict": verdict, "truth": truth, "far": far})
-        print(f"  a6 {a6:.4f} measured {z6:.4f} +/- {U:.4f} -> {verdict} (truth {truth}{', far' if far else ''})",
-              flush=True)
+        print(f"  a6 {a6:.4f} measured {z6:.4f} +/- {U:.4f} -> {verdict} (truth {truth}{', far' if far else ''}; "
+              f"chi2r {r['reduced_chi2']:.2f}, {'converged' if r['converged'] else 'NOT converged'})", flush=True)
     false_pass = sum(r["verdict"] == "PASS" and r["truth"] == "FAIL" for r in rows)
     false_fail = sum(r["verdict"] == "FAIL" and r["truth"] == "PASS" for r in rows)
     far = [r for r in rows if r["far"]]
@@ -195,6 +223,7 @@ def main() -> None:
     ap.add_argument("--leds", type=int, default=9)
     ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument("--json", default=None, help="write every trial's numbers here")
+    ap.add_argument("--workers", type=int, default=1, help="trials run in this many processes")
     ap.add_argument("--exact-constants", action="store_true",
                     help="the station's constants exactly as stated (only the physics is off-model)")
     args = ap.parse_args()
@@ -204,11 +233,11 @@ def main() -> None:
     leds = [(r, c) for r in range(7 - h, 8 + h) for c in range(7 - h, 8 + h)]
     t0 = time.perf_counter()
     if args.part == "sweep":
-        rows = sweep(st, leds, args.trials, args.mode)
+        rows = sweep(st, leds, args.trials, args.mode, workers=args.workers, json_path=args.json)
     else:
         rows = []
-        for k in range(args.trials):
-            r = trial(st, leds, args.first_seed + k, args.mode, exact=args.exact_constants)
+        jobs = [(st, leds, args.first_seed + k, args.mode, None, args.exact_constants) for k in range(args.trials)]
+        for r in run_trials(jobs, args.workers, args.json):
             rows.append(r)
             print(f"  seed {r['seed']}: error {r['error_5_15']:.5f} waves, shift {r['shift_error_um']:.1f} um, "
                   f"chi2r {r['reduced_chi2']:.2f} (noise {r['reduced_chi2_noise']:.2f}), bounds {r['at_bounds']}, "
