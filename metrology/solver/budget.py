@@ -19,8 +19,12 @@ wavelength):
     C_const = S diag(u_c^2) S^T,   S[:, i] = d theta* / d c_i.
 
 Sample grid values are held while a constant moves (the unknown sample's scale is the grid's in
-prior and blind modes; the reference map is given on the grid in known mode). The linearisation
-is checked against re-fits in ``benchmarks/bench_uncertainty.py --part budget`` (GUM Supplement 1).
+prior and blind modes; the reference map is given on the grid in known mode). The sensitivities are
+checked in ``tests/test_budget.py`` (moving the parameters by ``S h`` restores the optimum after a
+small move ``h`` of a constant). The response is linear only over a fraction of a typical tolerance
+(docs/uncertainty.md, "Linearity"); the off-model trials of ``benchmarks/bench_offmodel.py``, which
+draw the true constants from their stated uncertainties, measure the budget's calibration at full
+scale (a Monte Carlo check in the sense of GUM Supplement 1).
 """
 
 from __future__ import annotations

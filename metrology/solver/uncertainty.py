@@ -14,8 +14,9 @@ Method (stated in every report through ``docs/uncertainty.md``):
   chi-square when it exceeds 1 (Birge ratio); (c) a linearised delete-one-group jackknife over
   interleaved LED groups: each group's frames are removed in turn and the Gauss-Newton step
   ``(F - F_g)^-1 J_g^T r_g`` gives the refit without them; LED-dependent systematic residuals make
-  the groups disagree.
-* The standard uncertainty of each parameter is the largest of (a), (b) and (c); correlations are
+  the groups disagree; (d) the same jackknife over 4 x 4 image regions (the same region deleted from
+  every frame): field-dependent misfit (vignetting, the frame border) makes the regions disagree.
+* The standard uncertainty of each parameter is the largest of (a)-(d); correlations are
   those of the sandwich. The GUM budget (:mod:`metrology.solver.budget`) adds the station constants
   that are not fitted. ``U = k u`` with ``k = 2``.
 """
