@@ -95,3 +95,29 @@ def test_budget_enters_the_measurement(fit):
     assert np.any(full.zernike_u[lens] > 1.05 * plain.zernike_u[lens])
     names = {b.name for b in full.budget}
     assert {"wavelength_nm", "magnification", "led_pitch_mm"} <= names
+
+
+def test_held_parameter_entries_are_exact_where_the_parameter_is_fitted(fit):
+    """The LED tilt enters the budget where a mode holds it (blind). On a fit that does fit it, the
+    implicit derivative of the optimum with respect to the tilt's own start is exactly "move it back":
+    ``-e`` on its column and 0 elsewhere (a closed form the held-parameter path must reproduce)."""
+    sens = constant_sensitivities(fit, ["led_tilt_deg"])
+    assert [s.name for s in sens] == ["led_tilt_deg[about x]", "led_tilt_deg[about y]"]
+    assert {s.key for s in sens} == {"led_tilt_deg"}
+    names = list(fit.columns.names)
+    for s, element in zip(sens, ("illumination.tilt_deg[0]", "illumination.tilt_deg[1]")):
+        expected = np.zeros(len(names))
+        expected[names.index(element)] = -1.0
+        np.testing.assert_allclose(s.per_unit, expected, atol=2e-3)
+
+
+def test_held_parameters_apply_only_where_held(fit):
+    from types import SimpleNamespace
+
+    from metrology.solver.budget import applicable_constants
+
+    assert "led_tilt_deg" not in applicable_constants(fit)  # known mode fits the tilt
+    assert "led_distance_mm" not in applicable_constants(fit)
+    held = SimpleNamespace(model=fit.model, columns=SimpleNamespace(
+        paths=[p for p in fit.columns.paths if p not in ("illumination.tilt_deg", "illumination.distance_error_mm")]))
+    assert {"led_tilt_deg", "led_distance_mm"} <= set(applicable_constants(held))

@@ -120,7 +120,7 @@ SCHEMA = {
 SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration", "uncertainty")
 
 UNCERTAINTY_KEYS = ("wavelength_nm", "spectral_fwhm_nm", "na", "magnification", "camera_pixel_um", "led_pitch_mm",
-                    "led_distance_mm", "led_size_mm", "slide_thickness_mm", "slide_index")
+                    "led_distance_mm", "led_size_mm", "slide_thickness_mm", "slide_index", "led_tilt_deg")
 """Station constants with a standard uncertainty in ``[uncertainty]`` (their units; the GUM budget
 of every fit the station makes, :mod:`metrology.solver.budget`)."""
 
@@ -136,7 +136,8 @@ def default_uncertainty(values: dict) -> dict:
     * ``led_pitch_mm``: 0.2 % (PCB placement, accumulated over the board);
     * ``led_distance_mm``: 0.5 mm (used only where a fit holds the distance);
     * ``led_size_mm``: 25 % of the stated emitter size (die and encapsulation);
-    * ``slide_thickness_mm`` 0.03 and ``slide_index`` 0.005 (cover and slide glass specifications).
+    * ``slide_thickness_mm`` 0.03 and ``slide_index`` 0.005 (cover and slide glass specifications);
+    * ``led_tilt_deg`` 0.5 per axis (board mounting; used only where a fit holds the tilt: blind mode).
     """
     return {
         "wavelength_nm": 2.0,
@@ -149,6 +150,7 @@ def default_uncertainty(values: dict) -> dict:
         "led_size_mm": 0.25 * values["led_size_mm"],
         "slide_thickness_mm": 0.03 if values["slide_thickness_mm"] > 0 else 0.0,
         "slide_index": 0.005 if values["slide_thickness_mm"] > 0 else 0.0,
+        "led_tilt_deg": 0.5,
     }
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from metrology.parameters import BY_PATH
 from metrology.solver.jacobian import psd_inverse, whitened_residual
 
 CONSTANTS = {
@@ -48,9 +49,19 @@ CONSTANTS = {
     "spectral_fwhm_nm": ("LED spectral width (FWHM)", "nm"),
     "slide_thickness_mm": ("Slide thickness", "mm"),
     "slide_index": ("Slide refractive index", ""),
+    "led_tilt_deg": ("LED board tilt (not fitted)", "deg"),
 }
 """Station constants with a budget entry: name (the station geometry's attribute; ``na`` is the
-fixed ``pupil.na``) -> (label, unit)."""
+fixed ``pupil.na``; a key of :data:`HELD_PARAMETERS` is a station parameter the fit's mode holds)
+-> (label, unit). The name is the station file's ``[uncertainty]`` key."""
+
+HELD_PARAMETERS = {"led_tilt_deg": "illumination.tilt_deg"}
+"""Station parameters a mode may hold at nominal (blind mode holds the LED board's tilt: with an
+unknown object it trades against the object's scale), by ``[uncertainty]`` key: when held, each
+element enters the budget with the key's standard uncertainty (per element), as a constant would."""
+
+HELD_STEP = 1e-3
+"""Central-difference step of a held parameter (its unit), whose nominal value is often 0."""
 
 RELATIVE_STEP = 1e-4
 """Central-difference step, relative to the constant's value (float64 residuals)."""
@@ -65,6 +76,32 @@ class ConstantSensitivity:
     unit: str
     value: float
     per_unit: np.ndarray  # (P,) change of each fitted parameter per unit of the constant
+    key: str = ""  # the [uncertainty] key whose u applies (default: name)
+
+    def __post_init__(self):
+        self.key = self.key or self.name
+
+
+def _moves(model, name: str) -> list:
+    """``(name, label, value, step, move)`` for each scalar behind the budget entry ``name``:
+    one for a constant, one per element for a held parameter; ``move(value)`` returns a moved copy."""
+    label, _ = CONSTANTS[name]
+    if name in HELD_PARAMETERS:
+        path = HELD_PARAMETERS[name]
+        values = model.parameter(path).detach().reshape(-1)
+        axes = BY_PATH[path].axes or tuple(str(i) for i in range(values.numel()))
+        return [(f"{name}[{axis}]", f"{label}, {axis}", float(values[i]), HELD_STEP,
+                 lambda v, i=i: _element_moved(model, path, i, v)) for i, axis in enumerate(axes)]
+    value = _value(model, name)
+    return [(name, label, value, RELATIVE_STEP * max(abs(value), 1e-3), lambda v: _moved(model, name, v))]
+
+
+def _element_moved(model, path: str, index: int, value: float):
+    """A copy of ``model`` with element ``index`` of parameter ``path`` set to ``value``."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.parameter(path).view(-1)[index] = value
+    return m
 
 
 def _value(model, name: str) -> float:
@@ -102,7 +139,8 @@ def applicable_constants(fit) -> list:
             and not (n in ("slide_thickness_mm", "slide_index") and g.slide_thickness_mm == 0)
             and not (n == "led_size_mm" and g.led_size_mm == 0)
             and not (n == "spectral_fwhm_nm" and g.spectral_fwhm_nm == 0)
-            and not (n == "na" and "pupil.na" in fitted)]  # a fitted NA carries its prior in the posterior
+            and not (n == "na" and "pupil.na" in fitted)  # a fitted NA carries its prior in the posterior
+            and not (n in HELD_PARAMETERS and HELD_PARAMETERS[n] in fitted)]
 
 
 def constant_sensitivities(fit, names=None) -> list:
@@ -130,20 +168,17 @@ def constant_sensitivities(fit, names=None) -> list:
     cols = fit.columns
     params = {p: base.parameter(p) for p in set(cols.paths)}
     out = []
-    for name in names:
-        value = _value(base, name)
-        h = RELATIVE_STEP * max(abs(value), 1e-3)
+    for key, name, label, value, h, move in ((k, *m) for k in names for m in _moves(base, k)):
         with torch.no_grad():
-            dr = (_residual(_moved(base, name, value + h), data, fit.noise, scale)
-                  - _residual(_moved(base, name, value - h), data, fit.noise, scale)) / (2 * h)
+            dr = (_residual(move(value + h), data, fit.noise, scale)
+                  - _residual(move(value - h), data, fit.noise, scale)) / (2 * h)
         for p in params.values():
             p.requires_grad_(True)
             p.grad = None
         (_residual(base, data, fit.noise, scale) * dr).sum().backward()
         jtdr = torch.stack([params[p].grad.reshape(-1)[k] if params[p].grad is not None else torch.zeros((), dtype=torch.float64)
                             for p, k in zip(cols.paths, cols.flat_index)])
-        label, unit = CONSTANTS[name]
-        out.append(ConstantSensitivity(name, label, unit, value, (-(inverse @ jtdr)).numpy()))
+        out.append(ConstantSensitivity(name, label, CONSTANTS[key][1], value, (-(inverse @ jtdr)).numpy(), key))
     return out
 
 
@@ -155,6 +190,6 @@ def constants_covariance(sensitivities, uncertainties: dict) -> np.ndarray:
     p = sensitivities[0].per_unit.size
     cov = np.zeros((p, p))
     for s in sensitivities:
-        u = float(uncertainties.get(s.name, 0.0) or 0.0)
+        u = float(uncertainties.get(s.key, 0.0) or 0.0)
         cov += np.outer(s.per_unit, s.per_unit) * u**2
     return cov

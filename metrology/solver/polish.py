@@ -119,6 +119,17 @@ CHEAP_STEPS = 4
 """Gauss-Newton steps per linearisation that reuse its ``J^T J`` with a fresh gradient."""
 
 
+def remaining_step_sigma(model, specs, evaluate, jtj, n_valid: float) -> float:
+    """Largest remaining Gauss-Newton step of the system parameters ``specs``, in standard deviations
+    (``|H^-1 J^T W r| / sqrt(diag H^-1)`` with the posterior information ``jtj`` of the polish and a
+    fresh gradient: one backward pass); inf when the loss is not finite."""
+    g = _gradient_jtr(model, specs, evaluate, n_valid)
+    if g is None:
+        return float("inf")
+    inv = psd_inverse(jtj.to(g.device, g.dtype))
+    return float(((inv @ g).abs() / torch.sqrt(inv.diagonal().clamp(min=1e-300))).max())
+
+
 def _gradient_jtr(model, specs, evaluate, n_valid: float):
     """``J^T W r`` (plus the priors' part) at the current point from one backward pass of the
     loss (``L = (r^T W r + prior chi-square) / N``, so ``J^T W r = N / 2 dL / d theta``)."""

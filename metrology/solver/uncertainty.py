@@ -155,7 +155,7 @@ def _budget_sources(fit, index, k, constant_uncertainties) -> tuple:
     sens = constant_sensitivities(fit, [n for n in wanted if n in applicable])
     sources = []
     for s in sens:
-        u = float(constant_uncertainties[s.name])
+        u = float(constant_uncertainties[s.key])
         vec = s.per_unit * u
         z = np.zeros(k)
         for j in range(k):
