@@ -136,11 +136,24 @@ def trial(station, leds, seed, mode, lens=None, exact=False):
         "at_bounds": len(fit.at_bounds), "error_5_15": float(np.sqrt(np.sum(e**2))), "shift_error_um": shift,
         "err": e.tolist(), "u": u.tolist(), "rms_true": rms_true, "rms_measured": rms_meas, "u_rms": u_rms,
         "largest": meas.budget and max(meas.budget, key=lambda b: float(np.abs(b.zernike[4:15]).max())).name,
+        "effective_data_fraction": (fit.weights.summary().get("effective_data_fraction")
+                                    if fit.weights is not None else 1.0),
         "time_s": float(fit.wall_time_s), "constants": consts, "lens": np.asarray(lens).tolist(),
     }
 
 
+def valid(r) -> bool:
+    """The verdict's validity checks (metrology.analysis.spec.Validity defaults): a fit the tool
+    would judge; the others end INCONCLUSIVE and are counted, not measured."""
+    eff = r.get("effective_data_fraction")
+    return bool(r["converged"] and r["reduced_chi2"] <= 4.0 and r["at_bounds"] == 0 and (eff is None or eff >= 0.2))
+
+
 def summarise(rows):
+    judged = [r for r in rows if valid(r)]
+    print(f"\n{len(rows) - len(judged)} of {len(rows)} trials INCONCLUSIVE by the verdict's validity checks "
+          f"(seeds {[r['seed'] for r in rows if not valid(r)]}); U judged on the other {len(judged)}")
+    rows = judged or rows
     err = np.array([r["err"] for r in rows])
     u = np.array([r["u"] for r in rows])
     ratio = err / u
@@ -197,8 +210,7 @@ def sweep(station, leds, n_lenses, mode, limit=0.05, workers=1, json_path=None):
         a6 = float(np.asarray(r["lens"])[5])
         z6, u6 = a6 + r["err"][1], r["u"][1]
         U = 2 * u6
-        valid = r["converged"] and r["reduced_chi2"] <= 4.0 and r["at_bounds"] == 0
-        verdict = "INCONCLUSIVE" if not valid else ("PASS" if abs(z6) + U <= limit else
+        verdict = "INCONCLUSIVE" if not valid(r) else ("PASS" if abs(z6) + U <= limit else
                                                     "FAIL" if abs(z6) - U > limit else "INCONCLUSIVE")
         truth = "PASS" if a6 <= limit else "FAIL"
         far = abs(a6 - limit) > 2 * U
@@ -240,7 +252,7 @@ def main() -> None:
         for r in run_trials(jobs, args.workers, args.json):
             rows.append(r)
             print(f"  seed {r['seed']}: error {r['error_5_15']:.5f} waves, shift {r['shift_error_um']:.1f} um, "
-                  f"chi2r {r['reduced_chi2']:.2f} (noise {r['reduced_chi2_noise']:.2f}), bounds {r['at_bounds']}, "
+                  f"chi2r {r['reduced_chi2']:.2f} (noise {r['reduced_chi2_noise']:.2f}), bounds {r['at_bounds']}, data fraction {r['effective_data_fraction'] or float('nan'):.2f}, "
                   f"{'converged' if r['converged'] else 'NOT converged'}, RMS(err/u) "
                   f"{np.sqrt(np.mean((np.array(r['err']) / np.array(r['u'])) ** 2)):.2f}, largest constant "
                   f"{r['largest']}, {r['time_s']:.0f} s", flush=True)

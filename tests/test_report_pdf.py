@@ -230,3 +230,16 @@ def test_pupil_map_puts_plus_y_down():
                                           (12.5, 0.0, "12.5"), (-0.087, 0.008, "-0.0870 ± 0.0080")])
 def test_format_value_u(value, U, text):
     assert format_value_u(value, U) == text
+
+
+def test_unmeasured_station_terms_are_named():
+    """A blind fit holds the LED distance and tilt: page 3 names them (the full example measures all)."""
+    from metrology.report.budget_page import unmeasured_station_terms
+
+    blind = {"station_misalignment": [{"name": n} for n in (
+        "illumination.shift_mm[0]", "illumination.shift_mm[1]", "illumination.rotation_deg", "sample.defocus_um")]}
+    assert unmeasured_station_terms(blind) == ["LED array distance error", "LED array tilt", "Sample position"]
+    full = blind["station_misalignment"] + [{"name": n} for n in (
+        "illumination.distance_error_mm", "illumination.tilt_deg[0]", "illumination.tilt_deg[1]",
+        "sample.position_um[0]", "sample.position_um[1]")]
+    assert unmeasured_station_terms({"station_misalignment": full}) == []

@@ -7,6 +7,7 @@ Reads only the result document and the report arrays (like :mod:`metrology.repor
 from __future__ import annotations
 
 from metrology.orderings import noll_to_nm, zernike_name
+from metrology.parameters import PARAMETERS, parse_element
 
 
 def _fmt(x: float, unit: str = "") -> str:
@@ -59,6 +60,13 @@ def data_uncertainty_text(doc: dict) -> str:
             f"{(s.get('reduced_chi2_noise') or float('nan')):.3g} against the camera noise alone.")
 
 
+def unmeasured_station_terms(doc: dict) -> list:
+    """Labels of the station's misalignment terms (those with a drift rule) this fit did not measure
+    (blind mode holds the LED distance and tilt at nominal)."""
+    measured = {parse_element(r["name"])[0].path for r in doc.get("station_misalignment", [])}
+    return [p.label for p in PARAMETERS if p.drift is not None and p.path not in measured]
+
+
 def budget_page(doc, arrays, st, width_mm, table, para, png):
     """Flowables of the uncertainty page (``table``, ``para``, ``png``: the PDF module's builders)."""
     budget = doc.get("uncertainty_budget") or {}
@@ -75,6 +83,13 @@ def budget_page(doc, arrays, st, width_mm, table, para, png):
     consts = ", ".join(f"{c['label']} {_fmt(c['u'], c['unit'])}" for c in budget.get("constants", []))
     out.append(para("Station constants held at their stated values, with the standard uncertainties of the station "
                     f"file's [uncertainty] table: {consts or 'none'}.", st["small"]))
+    if doc["solver"]["mode"] == "blind":
+        out.append(para("Caution: in blind mode U is not yet calibrated off-model; on independent simulations it "
+                        "under-covered by a factor 2-4 (docs/uncertainty.md, Known limits).", st["small"]))
+    missing = unmeasured_station_terms(doc)
+    if missing:
+        out.append(para(f"Not measured by this {doc['solver']['mode']}-mode fit (held at nominal; the LED distance and "
+                        f"tilt enter the budget above with their stated tolerances): {', '.join(missing)}.", st["small"]))
     out.append(para("Data uncertainty per LED", st["h"]))
     out.append(para(data_uncertainty_text(doc), st["small"]))
     out.append(png(arrays, width_mm))
