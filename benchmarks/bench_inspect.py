@@ -2,7 +2,7 @@
 
 Simulates the capture (not timed), then runs the inspection and prints the split load /
 reconstruct / analyse / report and the total. Target: < 60 s on 2 CPU cores.
-Run: ``python benchmarks/bench_inspect.py [--frame 128] [--all-terms]``. Prints wall and CPU time.
+Run: ``python benchmarks/bench_inspect.py [--frame 128]``. Prints wall and CPU time.
 """
 
 from __future__ import annotations
@@ -18,16 +18,11 @@ from common import ROOT, machine, simulate, standard_lens, standard_misalignment
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frame", type=int, default=128)
-    ap.add_argument("--all-terms", action="store_true",
-                    help="every physics term of a real station on: a 25 nm LED spectrum (3 wavelengths), pixel "
-                         "integration (the default) and a modelled margin of frame/8 around the frame")
     args = ap.parse_args()
     from metrology.inspection import run_inspection
     from metrology.io import write_capture
 
     st = standard_station(args.frame)
-    if args.all_terms:
-        st = st.replace(spectral_fwhm_nm=25.0, margin_px=args.frame // 8)
     truth = standard_misalignment(1, len(st.led_list()))
     cap, _ = simulate(st, standard_lens(1, rms=0.04), truth, 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,8 +37,9 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"inspect, 225 frames {args.frame}x{args.frame}: load {t['load']:.1f} s, reconstruct {t['reconstruct']:.1f} s, "
           f"analyse {t['analyse']:.1f} s, report {t['report']:.1f} s; total {total:.1f} s (target < 60 s), "
-          f"CPU {cpu:.1f} s; {'all physics terms' if args.all_terms else 'station as the fixture states it'}; "
+          f"CPU {cpu:.1f} s; "
           f"verdict {out.document['verdict']['overall']}, iterations {out.document['solver']['iterations']}")
+    print("reasons:", "; ".join(out.document["verdict"]["reasons"]) or "none")
 
 
 if __name__ == "__main__":
