@@ -205,11 +205,11 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     return fit, measurement_from_fit(fit, loaded.station.uncertainty)
 
 
-def audit_store_path(option) -> Path | None:
+def audit_store_path(option) -> Path | str | None:
     """The audit store to use: ``--audit-db``, else ``$METROLOGY_AUDIT_DB`` or ``$METROLOGY_SITE_DIR``;
-    None when none is configured (the report then says so)."""
+    None when none is configured (the report then says so). A ``postgresql://`` URL stays text."""
     if option:
-        return Path(option)
+        return str(option) if "://" in str(option) else Path(option)
     if os.environ.get("METROLOGY_AUDIT_DB") or os.environ.get("METROLOGY_SITE_DIR"):
         return default_db_path()
     return None

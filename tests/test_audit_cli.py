@@ -1,8 +1,11 @@
-"""``metrology audit verify|list|report`` and the audit PDF (rendered with poppler when available)."""
+"""``metrology audit verify|list|report`` and the audit PDF (rendered with poppler when available).
 
+The commands run on both databases: an SQLite file and a PostgreSQL schema (tests/audit_backends.py).
+"""
+
+import json
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -16,6 +19,7 @@ from metrology.audit.golden import closure_check, load_certificate
 from metrology.audit.status import record_calibration, record_inspection
 from metrology.audit.store import AuditStore
 from metrology.cli import main
+from tests.audit_backends import raw_exec
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "golden" / "golden-4x-010.toml"
 STATION = "st-4x-01"
@@ -48,8 +52,8 @@ def build_history(path, n_runs=36, seed=3):
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    return build_history(tmp_path_factory.mktemp("audit") / "audit.sqlite")
+def db(module_store):
+    return build_history(module_store())
 
 
 def test_verify_ok(db, capsys):
@@ -58,13 +62,10 @@ def test_verify_ok(db, capsys):
     assert "OK" in out and "hash chain intact" in out
 
 
-def test_verify_names_tampered_record(tmp_path, capsys):
-    path = build_history(tmp_path / "audit.sqlite", n_runs=24)
-    con = sqlite3.connect(path)
-    con.execute("UPDATE audit_records SET content = replace(content, '\"bob\"', '\"eve\"') WHERE seq = 7")
-    con.execute("DELETE FROM audit_records WHERE seq = 12")
-    con.commit()
-    con.close()
+def test_verify_names_tampered_record(new_store, capsys):
+    path = build_history(new_store(), n_runs=24)
+    raw_exec(path, "UPDATE audit_records SET content = replace(content, '\"bob\"', '\"eve\"') WHERE seq = 7")
+    raw_exec(path, "DELETE FROM audit_records WHERE seq = 12")
     assert main(["audit", "verify", "--audit-db", str(path)]) == 1
     out = capsys.readouterr().out
     assert "record seq 7: content hash mismatch" in out
@@ -86,6 +87,21 @@ def test_list_is_an_aligned_table(db, capsys, monkeypatch):
     assert lines[-1] == f"{len(rows)} record(s)"
     assert main(["audit", "list", "--audit-db", str(db), "--kind", "calibration"]) == 0
     assert "closure PASS" in capsys.readouterr().out
+
+
+def test_list_json(db, capsys):
+    assert main(["audit", "list", "--audit-db", str(db), "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    with AuditStore(db, create=False) as s:
+        stored = s.records()
+    assert [r["seq"] for r in recs] == [r.seq for r in stored] and len(recs) > 30
+    last = recs[-1]
+    assert set(last) == {"seq", "kind", "station_id", "utc", "content", "content_sha256", "prev_sha256",
+                         "chain_sha256"}
+    assert last["content"] == stored[-1].content and last["chain_sha256"] == stored[-1].chain_sha256
+    assert main(["audit", "list", "--audit-db", str(db), "--json", "--station", STATION, "--kind", "alarm"]) == 0
+    alarms = json.loads(capsys.readouterr().out)
+    assert alarms and {r["kind"] for r in alarms} == {"alarm"} and {r["station_id"] for r in alarms} == {STATION}
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -136,14 +152,11 @@ def test_report_pdf(db, tmp_path, capsys):
         assert f"page {i}" in page and "Noll ordering" in page  # footer on every page
 
 
-def test_report_shows_failed_integrity(tmp_path):
+def test_report_shows_failed_integrity(tmp_path, new_store):
     from metrology.audit.report_pdf import write_audit_report
 
-    path = build_history(tmp_path / "audit.sqlite", n_runs=22)
-    con = sqlite3.connect(path)
-    con.execute("UPDATE audit_records SET utc = '2020-01-01T00:00:00.000000Z' WHERE seq = 5")
-    con.commit()
-    con.close()
+    path = build_history(new_store(), n_runs=22)
+    raw_exec(path, "UPDATE audit_records SET utc = '2020-01-01T00:00:00.000000Z' WHERE seq = 5")
     with AuditStore(path) as s:
         pdf = write_audit_report(s, STATION, since="2025-05-01", out_dir=tmp_path / "r")
     assert pdf.exists()

@@ -133,7 +133,7 @@ def _head(kit, store, station_id, recs, all_recs, since_text, now_t) -> list:
         kit.p(f"Calibration audit: station {station_id}", kit.h1),
         kit.p(f"Station: {station_id}. Period: {_short(since_text or first)} to {_short(last)} UTC "
               f"({len(recs)} records shown of {len(all_recs)} for this station). Generated "
-              f"{_short(format_utc(now_t))} UTC by metrology {__version__}. Audit store: {store.path}."),
+              f"{_short(format_utc(now_t))} UTC by metrology {__version__}. Audit store: {store.location}."),
         Spacer(1, 6),
         kit.p("Integrity check", kit.h2),
         kit.p(("PASSED. " if verify.ok else "FAILED. ") + verify.summary()

@@ -1,7 +1,13 @@
-"""Append-only, hash-chained SQLite store of every ``inspect`` and ``calibrate`` run.
+"""Append-only, hash-chained store of every ``inspect`` and ``calibrate`` run.
 
-File layout (schema version 1)
-------------------------------
+Two databases hold the same tables, hashes and guarantees: an SQLite file (the embedded default,
+:mod:`metrology.audit.sqlite_db`, shared by the processes of one host) and PostgreSQL (a
+``postgresql://`` URL, :mod:`metrology.audit.postgres_db`, shared by stations on many hosts).
+This module holds what does not depend on the database: the canonical form, the hashes, the
+records and the integrity check.
+
+Layout (schema version 1)
+-------------------------
 ``audit_meta(key, value)``
     ``format = "metrology-audit"``, ``schema_version = "1"``, ``head_seq`` and ``head_chain_sha256``
     (the last record's sequence number and chain hash, updated in the same transaction as every
@@ -17,14 +23,15 @@ Hash chain
 (the two lowercase hex strings concatenated, ASCII); the genesis ``prev_sha256`` is 64 zeros. Editing
 any stored field, deleting or reordering records breaks the chain at a named record. Rewriting the
 whole chain from some record onwards (recomputing every hash and the head) cannot be detected from
-inside the file: anchor the head hash printed by ``metrology audit verify`` elsewhere (a signed log,
+inside the store: anchor the head hash printed by ``metrology audit verify`` elsewhere (a signed log,
 a ticket) if that threat matters.
 
 Concurrency and crashes
 -----------------------
-WAL journal, ``synchronous = FULL``, a busy timeout, and every append in one ``BEGIN IMMEDIATE``
-transaction that reads the head and inserts the record: two processes appending at once
-serialise, and a crash mid-write leaves the last committed state.
+Every append is one write transaction that reads the head and inserts the record, and write
+transactions serialise (SQLite: ``BEGIN IMMEDIATE`` under WAL with ``synchronous = FULL``;
+PostgreSQL: a transaction-scoped advisory lock): processes appending at once queue, and a crash
+mid-write leaves the last committed state.
 """
 
 from __future__ import annotations
@@ -33,13 +40,13 @@ import hashlib
 import json
 import math
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 
+from metrology.audit.postgres_db import is_database_url
 from metrology.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -48,7 +55,6 @@ GENESIS_SHA256 = "0" * 64
 KINDS = ("inspection", "calibration", "alarm")
 ENV_DB = "METROLOGY_AUDIT_DB"
 ENV_SITE = "METROLOGY_SITE_DIR"
-BUSY_TIMEOUT_S = 60.0
 _UTC_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -136,14 +142,15 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def default_db_path() -> Path:
+def default_db_path():
     """Where the audit store lives unless ``--audit-db`` says otherwise.
 
-    ``$METROLOGY_AUDIT_DB`` if set, else ``$METROLOGY_SITE_DIR/audit.sqlite``, else
-    ``~/.metrology/audit.sqlite``.
+    ``$METROLOGY_AUDIT_DB`` if set (a file path, or a ``postgresql://`` URL returned as text), else
+    ``$METROLOGY_SITE_DIR/audit.sqlite``, else ``~/.metrology/audit.sqlite``.
     """
     if os.environ.get(ENV_DB):
-        return Path(os.environ[ENV_DB])
+        value = os.environ[ENV_DB]
+        return value if is_database_url(value) else Path(value)
     site = os.environ.get(ENV_SITE)
     return (Path(site) if site else Path.home() / ".metrology") / "audit.sqlite"
 
@@ -187,15 +194,20 @@ class VerifyResult:
                 + "; ".join(self.problems))
 
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS audit_records ("
-    " seq INTEGER PRIMARY KEY, station_id TEXT NOT NULL, kind TEXT NOT NULL, utc TEXT NOT NULL,"
-    " content TEXT NOT NULL, content_sha256 TEXT NOT NULL, prev_sha256 TEXT NOT NULL,"
-    " chain_sha256 TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS audit_records_station ON audit_records (station_id, kind, seq)",
-)
 _COLS = "seq, station_id, kind, utc, content, content_sha256, prev_sha256, chain_sha256"
+_INITIAL_META = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "head_seq": "0",
+                 "head_chain_sha256": GENESIS_SHA256}
+
+
+def open_database(location, create: bool):
+    """The database behind a store: PostgreSQL for a ``postgresql://`` URL, else an SQLite file."""
+    if is_database_url(location):
+        from metrology.audit.postgres_db import PostgresDatabase
+
+        return PostgresDatabase(location, create, _INITIAL_META)
+    from metrology.audit.sqlite_db import SQLiteDatabase
+
+    return SQLiteDatabase(location, create, _INITIAL_META)
 
 
 class AuditStore:
@@ -204,89 +216,50 @@ class AuditStore:
     Parameters
     ----------
     path : str or Path, optional
-        SQLite file; default :func:`default_db_path`.
+        SQLite file, or a ``postgresql://`` URL (:mod:`metrology.audit.postgres_db`); default
+        :func:`default_db_path`.
     create : bool
-        Create the file (and its folder) if missing. With ``False`` a missing file is an InputError.
+        Create the store (the file and its folder, or the tables) if missing. With ``False`` a
+        missing store is an InputError.
+
+    Attributes
+    ----------
+    location : str
+        The file path or the URL with its password hidden (for messages and reports).
+    path : Path or None
+        The SQLite file; None for PostgreSQL.
 
     Raises
     ------
     InputError
-        The file is not an audit store (not SQLite, or SQLite without the audit schema), has a newer
-        schema version, or cannot be created.
+        Not an audit store (not SQLite, SQLite or a PostgreSQL schema without the audit tables),
+        a newer schema version, an unreachable server, or the store cannot be created.
     """
 
     def __init__(self, path=None, create: bool = True):
-        self.path = Path(path) if path is not None else default_db_path()
-        self._create = bool(create)
-        exists = self.path.exists()
-        if not exists and not create:
-            raise InputError(self.path, "no audit store at this path")
-        if exists:
-            self._check_header()
-        else:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise InputError(self.path, f"cannot create the audit store folder: {exc}") from exc
+        self._db = open_database(path if path is not None else default_db_path(), bool(create))
+        self.path, self.location = self._db.path, self._db.location
         try:
-            self._con = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise InputError(self.path, f"cannot open the audit store: {exc}") from exc
-        try:
-            self._con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._init_schema()
-        except sqlite3.DatabaseError as exc:
-            self._con.close()
-            raise InputError(self.path, f"not an audit store ({exc})") from exc
-        except InputError:
-            self._con.close()
+            self._check_meta()
+        except BaseException:
+            self._db.close()
             raise
 
-    # ------------------------------------------------------------------ opening
-    def _check_header(self):
-        try:
-            with open(self.path, "rb") as f:
-                head = f.read(16)
-        except OSError as exc:
-            raise InputError(self.path, f"cannot read the audit store: {exc.strerror or exc}") from exc
-        if head and head != b"SQLite format 3\x00":
-            raise InputError(self.path, "not an audit store (not an SQLite database)")
-
-    def _init_schema(self):
-        con = self._con
-        has_meta = con.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='audit_meta'").fetchone()[0]
-        if not has_meta:
-            n_objects = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if n_objects or not self._create:
-                raise InputError(self.path, "not an audit store (SQLite file without the audit tables)")
-            con.execute("PRAGMA journal_mode = WAL")
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in _SCHEMA:
-                    con.execute(stmt)
-                for key, value in (("format", STORE_FORMAT), ("schema_version", str(SCHEMA_VERSION)),
-                                   ("head_seq", "0"), ("head_chain_sha256", GENESIS_SHA256)):
-                    con.execute("INSERT OR IGNORE INTO audit_meta (key, value) VALUES (?, ?)", (key, value))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        meta = dict(con.execute("SELECT key, value FROM audit_meta").fetchall())
+    def _check_meta(self):
+        meta = dict(self._db.query("SELECT key, value FROM audit_meta"))
         if meta.get("format") != STORE_FORMAT:
-            raise InputError(self.path, "not an audit store (format marker missing)")
+            raise InputError(self.location, "not an audit store (format marker missing)")
         try:
             version = int(meta.get("schema_version", "0"))
         except ValueError:
             version = -1
         if version != SCHEMA_VERSION:
-            raise InputError(self.path, f"unsupported audit store schema version {meta.get('schema_version')!r} "
-                                        f"(this software reads version {SCHEMA_VERSION})")
-        con.execute("PRAGMA synchronous = FULL")
+            raise InputError(self.location, f"unsupported audit store schema version {meta.get('schema_version')!r} "
+                                            f"(this software reads version {SCHEMA_VERSION})")
 
     def close(self):
         """Close the connection."""
-        self._con.close()
+        self._db.close()
 
     def __enter__(self):
         return self
@@ -316,22 +289,17 @@ class AuditStore:
         utc_text = format_utc(parse_utc(utc, "utc") if utc is not None else utc_now())
         text = canonical_json({"kind": kind, "station_id": station_id, "utc": utc_text, "data": content})
         c_sha = sha256_hex(text)
-        con = self._con
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            meta = dict(con.execute(
-                "SELECT key, value FROM audit_meta WHERE key IN ('head_seq', 'head_chain_sha256')").fetchall())
+        db = self._db
+        with db.transaction(write=True):  # writers serialise: the head read here stays the head
+            meta = dict(db.query(
+                "SELECT key, value FROM audit_meta WHERE key IN ('head_seq', 'head_chain_sha256')"))
             seq = int(meta["head_seq"]) + 1
             prev = meta["head_chain_sha256"]
             chain = chain_hash(prev, c_sha)
-            con.execute(f"INSERT INTO audit_records ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (seq, station_id, kind, utc_text, text, c_sha, prev, chain))
-            con.execute("UPDATE audit_meta SET value = ? WHERE key = 'head_seq'", (str(seq),))
-            con.execute("UPDATE audit_meta SET value = ? WHERE key = 'head_chain_sha256'", (chain,))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            db.execute(f"INSERT INTO audit_records ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (seq, station_id, kind, utc_text, text, c_sha, prev, chain))
+            db.execute("UPDATE audit_meta SET value = ? WHERE key = 'head_seq'", (str(seq),))
+            db.execute("UPDATE audit_meta SET value = ? WHERE key = 'head_chain_sha256'", (chain,))
         return Record(seq, kind, station_id, utc_text, json.loads(text)["data"], c_sha, prev, chain)
 
     # ------------------------------------------------------------------ reading
@@ -365,23 +333,21 @@ class AuditStore:
         sql = f"SELECT {_COLS} FROM audit_records"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self._con.execute(sql + " ORDER BY seq", args).fetchall()
-        return [self._row_to_record(r) for r in rows]
+        return [self._row_to_record(r) for r in self._db.query(sql + " ORDER BY seq", args)]
 
     def last_calibration(self, station_id: str):
         """The newest calibration record of ``station_id`` (passed or failed), or None."""
-        row = self._con.execute(
+        rows = self._db.query(
             f"SELECT {_COLS} FROM audit_records WHERE station_id = ? AND kind = 'calibration' "
-            "ORDER BY seq DESC LIMIT 1", (station_id,)).fetchone()
-        return self._row_to_record(row) if row else None
+            "ORDER BY seq DESC LIMIT 1", (station_id,))
+        return self._row_to_record(rows[0]) if rows else None
 
     def stations(self) -> list:
         """Station ids present in the store, sorted."""
-        return [r[0] for r in self._con.execute(
-            "SELECT DISTINCT station_id FROM audit_records ORDER BY station_id").fetchall()]
+        return [r[0] for r in self._db.query("SELECT DISTINCT station_id FROM audit_records ORDER BY station_id")]
 
     def __len__(self) -> int:
-        return self._con.execute("SELECT count(*) FROM audit_records").fetchone()[0]
+        return self._db.query("SELECT count(*) FROM audit_records")[0][0]
 
     # ------------------------------------------------------------------ integrity
     def verify(self) -> VerifyResult:
@@ -392,46 +358,10 @@ class AuditStore:
         broken ``prev`` link; the newest record deleted: head mismatch), records swapped or reordered
         (broken links / chain mismatch at each moved record).
         """
-        con = self._con
-        con.execute("BEGIN")  # one consistent snapshot
-        try:
-            meta = dict(con.execute("SELECT key, value FROM audit_meta").fetchall())
-            rows = con.execute(f"SELECT {_COLS} FROM audit_records ORDER BY seq").fetchall()
-        finally:
-            con.execute("COMMIT")
-        problems = []
-        running = GENESIS_SHA256
-        expected_seq = 1
-        for seq, station_id, kind, utc, text, c_sha, prev, chain in rows:
-            where = f"record seq {seq}"
-            if seq != expected_seq:
-                if seq > expected_seq:
-                    missing = (f"seq {expected_seq}" if seq == expected_seq + 1
-                               else f"seqs {expected_seq}-{seq - 1}")
-                    problems.append(f"{where}: gap before it, {missing} missing (deleted record)")
-                else:
-                    problems.append(f"{where}: out of order (expected seq {expected_seq})")
-            expected_seq = seq + 1
-            actual = sha256_hex(text) if isinstance(text, str) else None
-            if actual != c_sha:
-                problems.append(f"{where}: content hash mismatch (a stored field was edited)")
-            else:
-                try:
-                    env = json.loads(text)
-                    bad = [name for name, col in (("station_id", station_id), ("kind", kind), ("utc", utc))
-                           if env.get(name) != col]
-                except (ValueError, AttributeError):
-                    bad = ["content (not JSON)"]
-                if bad:
-                    problems.append(f"{where}: column(s) {', '.join(bad)} differ from the hashed content "
-                                    "(edited)")
-            if prev != running:
-                problems.append(f"{where}: previous-hash link broken (a record before it was deleted, "
-                                "moved or rewritten, or its prev_sha256 was edited)")
-            if chain_hash(prev, c_sha) != chain:
-                problems.append(f"{where}: chain hash mismatch (its hashes were edited or the record "
-                                "was moved)")
-            running = chain  # resynchronise so that one fault is reported once
+        with self._db.transaction():  # one consistent snapshot
+            meta = dict(self._db.query("SELECT key, value FROM audit_meta"))
+            rows = self._db.query(f"SELECT {_COLS} FROM audit_records ORDER BY seq")
+        problems, running = _chain_problems(rows)
         last_seq = rows[-1][0] if rows else 0
         head_seq = int(meta.get("head_seq", "-1")) if str(meta.get("head_seq", "")).isdigit() else -1
         head_chain = meta.get("head_chain_sha256", "")
@@ -444,6 +374,44 @@ class AuditStore:
                                 f"{head_seq}); records were appended or rewritten outside the store")
         return VerifyResult(ok=not problems, problems=problems, n_records=len(rows),
                             head_seq=last_seq, head_chain_sha256=running)
+
+
+def _chain_problems(rows) -> tuple:
+    """Problems of the stored rows (seq order), each naming its record; and the recomputed head."""
+    problems = []
+    running = GENESIS_SHA256
+    expected_seq = 1
+    for seq, station_id, kind, utc, text, c_sha, prev, chain in rows:
+        where = f"record seq {seq}"
+        if seq != expected_seq:
+            if seq > expected_seq:
+                missing = (f"seq {expected_seq}" if seq == expected_seq + 1
+                           else f"seqs {expected_seq}-{seq - 1}")
+                problems.append(f"{where}: gap before it, {missing} missing (deleted record)")
+            else:
+                problems.append(f"{where}: out of order (expected seq {expected_seq})")
+        expected_seq = seq + 1
+        actual = sha256_hex(text) if isinstance(text, str) else None
+        if actual != c_sha:
+            problems.append(f"{where}: content hash mismatch (a stored field was edited)")
+        else:
+            try:
+                env = json.loads(text)
+                bad = [name for name, col in (("station_id", station_id), ("kind", kind), ("utc", utc))
+                       if env.get(name) != col]
+            except (ValueError, AttributeError):
+                bad = ["content (not JSON)"]
+            if bad:
+                problems.append(f"{where}: column(s) {', '.join(bad)} differ from the hashed content "
+                                "(edited)")
+        if prev != running:
+            problems.append(f"{where}: previous-hash link broken (a record before it was deleted, "
+                            "moved or rewritten, or its prev_sha256 was edited)")
+        if chain_hash(prev, c_sha) != chain:
+            problems.append(f"{where}: chain hash mismatch (its hashes were edited or the record "
+                            "was moved)")
+        running = chain  # resynchronise so that one fault is reported once
+    return problems, running
 
 
 def plus_days(t, days: float) -> str:

@@ -3,12 +3,12 @@
 ::
 
     metrology audit verify [--audit-db P]
-    metrology audit list [--station ID] [--since DATE] [--kind KIND] [--audit-db P]
+    metrology audit list [--station ID] [--since DATE] [--kind KIND] [--json] [--audit-db P]
     metrology audit report --station ID [--since DATE] --out DIR [--audit-db P]
 
-The store is ``--audit-db`` if given, else ``$METROLOGY_AUDIT_DB``, else
-``$METROLOGY_SITE_DIR/audit.sqlite``, else ``~/.metrology/audit.sqlite``. These commands never
-create a store: a missing file is an input error (exit 2).
+The store is ``--audit-db`` if given (an SQLite file or a ``postgresql://`` URL), else
+``$METROLOGY_AUDIT_DB``, else ``$METROLOGY_SITE_DIR/audit.sqlite``, else ``~/.metrology/audit.sqlite``.
+These commands never create a store: a missing one is an input error (exit 2).
 
 Exit codes: 0 success (verify: chain intact); 1 verify found problems (each printed, naming the
 record seq); 2 bad input (missing or foreign store file, bad date, unwritable output folder).
@@ -17,6 +17,8 @@ record seq); 2 bad input (missing or foreign store file, bad date, unwritable ou
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 
 from metrology.audit.store import KINDS, AuditStore, default_db_path, parse_utc
 from metrology.errors import InputError
@@ -24,7 +26,7 @@ from metrology.errors import InputError
 
 def _db_option(p):
     p.add_argument("--audit-db", metavar="PATH", default=None,
-                   help="audit store (SQLite); default $METROLOGY_AUDIT_DB, "
+                   help="audit store: SQLite file or postgresql:// URL; default $METROLOGY_AUDIT_DB, "
                         "$METROLOGY_SITE_DIR/audit.sqlite or ~/.metrology/audit.sqlite")
 
 
@@ -70,10 +72,10 @@ def run_verify(args) -> int:
     with _open(args) as store:
         res = store.verify()
     if res.ok:
-        print(f"audit store {store.path}: OK, {res.n_records} records, hash chain intact")
+        print(f"audit store {store.location}: OK, {res.n_records} records, hash chain intact")
         print(f"head: seq {res.head_seq} chain SHA-256 {res.head_chain_sha256}")
         return 0
-    print(f"audit store {store.path}: {len(res.problems)} problem(s) in {res.n_records} records")
+    print(f"audit store {store.location}: {len(res.problems)} problem(s) in {res.n_records} records")
     for p in res.problems:
         print(f"  {p}")
     return 1
@@ -82,6 +84,9 @@ def run_verify(args) -> int:
 def run_list(args) -> int:
     with _open(args) as store:
         recs = store.records(station_id=args.station, kind=args.kind, since=_since(args))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in recs], indent=1, ensure_ascii=False))
+        return 0
     rows = [["seq", "time (UTC)", "station", "kind", "operator", "summary"]]
     for r in recs:
         rows.append([r.seq, r.utc[:19].replace("T", " "), r.station_id, r.kind,
@@ -98,7 +103,7 @@ def run_report(args) -> int:
     since = _since(args)
     with _open(args) as store:
         if args.station not in store.stations():
-            raise InputError("--station", f"no record of station {args.station!r} in {store.path}")
+            raise InputError("--station", f"no record of station {args.station!r} in {store.location}")
         path = write_audit_report(store, args.station, since=since, out_dir=args.out)
     print(path)
     return 0
@@ -119,6 +124,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ls.add_argument("--station", metavar="ID", default=None, help="only this station")
     ls.add_argument("--since", metavar="DATE", default=None, help="from this date/time (UTC, ISO 8601)")
     ls.add_argument("--kind", choices=KINDS, default=None, help="only this record kind")
+    ls.add_argument("--json", action="store_true",
+                    help="print the records as a JSON array (seq, kind, station_id, utc, content and hashes)")
     _db_option(ls)
     ls.set_defaults(func=run_list)
 
