@@ -1,12 +1,15 @@
 """One inspection end to end: validate, measure, judge, then the report arrays and the files.
 
-The result document is built in :mod:`metrology.report.result`; this module runs the steps and
-writes the PDF, the JSON and the audit record. Exit codes: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2, bad
+The Python API: :func:`inspect` returns an :class:`InspectionResult` without writing anything;
+:func:`write_report` writes its PDF and JSON (and, with an audit store, :func:`record` appends the
+inspection record); :func:`run_inspection` (the CLI's single capture) composes them. The result
+document is built in :mod:`metrology.report.result`. Exit codes: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2, bad
 input, is raised as InputError before any file is written).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,23 +86,86 @@ def build_arrays(fit, measurement):
     )
 
 
-def run_inspection(capture, station, spec, *, reference=None, serial=None, operator="", out_dir="reports",
-                   audit_db=None, mode="known", max_iterations=None, progress=None, now=None,
-                   device="cpu") -> InspectionOutcome:
-    """Inspect one capture: validate, reconstruct, analyse, decide, write the PDF and JSON.
+@dataclass
+class InspectionResult:
+    """What one inspection found, before (or without) any file being written.
 
-    Everything is validated first; the files are written atomically at the end (JSON last), and
-    an inspection record is appended to the audit store when one is configured. ``device`` chooses
-    where the fit runs (``cpu``, ``cuda``, ``auto``; recorded as ``software.compute_device``).
+    Attributes
+    ----------
+    document : dict
+        The result document (schema ``metrology/schemas/inspection_result.schema.json``), the
+        content of the JSON file.
+    arrays : metrology.report.plots.ReportArrays
+        The arrays behind the report's figures.
+    measurement : metrology.measurement.Measurement
+        Zernike coefficients, station estimates and their uncertainties (numpy, no torch).
+    status : dict
+        The station's calibration status for this run (``"none"`` without an audit store).
+    created : datetime
+        Time of the run (UTC); it names the result files.
+    """
+
+    document: dict
+    arrays: object
+    measurement: object
+    status: dict
+    created: datetime
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL or INCONCLUSIVE."""
+        return self.document["verdict"]["overall"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 PASS, 1 FAIL, 3 INCONCLUSIVE (the CLI's exit codes)."""
+        return EXIT[self.verdict]
+
+    @property
+    def file_stem(self) -> str:
+        """``<station>_<serial>_<UTC>``: the result files' name without extension."""
+        doc = self.document
+        return (f"{safe_file_name(doc['station']['id'])}_{safe_file_name(doc['lens']['serial'])}_"
+                f"{self.created.strftime('%Y%m%dT%H%M%SZ')}")
+
+
+def inspect(capture, station, spec, *, reference=None, serial=None, operator="", audit_db=None, mode="known",
+            max_iterations=None, progress=None, now=None, device="auto") -> InspectionResult:
+    """Inspect one capture and return the result; no file is written.
+
+    Parameters
+    ----------
+    capture, station, spec : str or Path
+        Capture TIFF, station description and lens specification (docs/formats.md, docs/spec.md).
+    reference : str, optional
+        Reference sample: catalogue ``ID[:seed=N]`` or a ``.npy`` map (default: from the capture).
+    serial, operator : str, optional
+        Lens serial (default: from the capture) and operator name for the report.
+    audit_db : str or Path, optional
+        Audit store (SQLite file or ``postgresql://`` URL) read for the station's calibration
+        status; default as the CLI (``$METROLOGY_AUDIT_DB``, ``$METROLOGY_SITE_DIR``, else none).
+        Nothing is recorded here: see :func:`record`.
+    mode : {"known", "prior", "blind"}
+    max_iterations : int, optional
+    progress : callable ``(i, n, loss)``, optional
+    now : datetime, optional
+        Time of the run (default now, UTC).
+    device : str
+        Where the fit runs: ``auto`` (default, as the CLI: a CUDA GPU when torch sees one), ``cpu``,
+        ``cuda[:N]``.
+
+    Raises
+    ------
+    InputError
+        Bad input, before the fit; the message names the file and the problem.
     """
     timer = Timer()
     now = now or datetime.now(timezone.utc)
-    out = check_output_dir(out_dir)
     loaded = load_inputs(capture, station, spec, reference)
     store_path = audit_store_path(audit_db)
     if store_path is not None:
         AuditStore(store_path).close()  # a foreign or corrupt store fails now, before the fit
-    serial = serial or loaded.capture.lens_serial or "unknown-serial"
+    serial_used = serial or loaded.capture.lens_serial or "unknown-serial"
     timer.lap("load")
     fit, measurement = measure(loaded, mode, max_iterations, progress, device=device)
     timer.lap("reconstruct")
@@ -108,30 +174,69 @@ def run_inspection(capture, station, spec, *, reference=None, serial=None, opera
     figures = figures_of_merit(measurement, loaded.spec)
     arrays = build_arrays(fit, measurement)
     timer.lap("analyse")
-    stem = f"{safe_file_name(serial)}_{now.strftime('%Y%m%dT%H%M%SZ')}"
-    pdf_path, json_path = out / f"{stem}.pdf", out / f"{stem}.json"
-    doc = build_document(loaded, measurement, verdict, status, figures, timer.sections, serial, operator, now,
+    doc = build_document(loaded, measurement, verdict, status, figures, timer.sections, serial_used, operator, now,
                          fit.device)
-    write_inspection_report(doc, arrays, pdf_path)
-    timer.lap("report")
-    doc["timings_s"] = {k: float(timer.sections.get(k, 0.0)) for k in ("load", "reconstruct", "analyse", "report")}
+    # the options as given: with the input hashes they identify the run (batch resume)
+    doc["extensions"] = {"run": {"mode": mode, "reference": reference, "reference_used": loaded.reference_label,
+                                 "serial": serial, "max_iterations": max_iterations}}
+    return InspectionResult(doc, arrays, measurement, status, now)
+
+
+def write_report(result: InspectionResult, out_dir="reports", *, audit_db=None) -> tuple:
+    """Write ``<station>_<serial>_<UTC>.pdf`` and ``.json`` into ``out_dir``, atomically.
+
+    The PDF is written first and the JSON last, so a JSON file means a complete run. With
+    ``audit_db`` the inspection record (and any drift alarm) is appended between the two: when the
+    store cannot be written, the PDF is removed again and nothing claims the run was recorded.
+
+    Returns
+    -------
+    pdf_path, json_path : Path
+    """
+    out = check_output_dir(out_dir)
+    pdf_path, json_path = out / f"{result.file_stem}.pdf", out / f"{result.file_stem}.json"
+    doc = result.document
+    t0 = time.perf_counter()
+    write_inspection_report(doc, result.arrays, pdf_path)
+    doc["timings_s"]["report"] = float(time.perf_counter() - t0)
     try:
+        store_path = audit_store_path(audit_db)
+        if store_path is not None:
+            record(result, store_path)
         write_json_atomic(json_path, doc)
-    except Exception:
+    except BaseException:
         pdf_path.unlink(missing_ok=True)
         raise
-    if store_path is not None:
-        _record(store_path, loaded, measurement, doc, status, serial, operator, now)
-    return InspectionOutcome(doc, pdf_path, json_path, EXIT[verdict.overall])
+    return pdf_path, json_path
 
 
-def _record(store_path, loaded, measurement, doc, status, serial, operator, now) -> None:
+def record(result: InspectionResult, audit_db) -> None:
+    """Append the inspection record of ``result`` to the audit store, then any new drift alarm."""
+    doc = result.document
+    station_id = doc["station"]["id"]
     zern = {t["noll"]: (t["value_waves"], t["U_waves"]) for t in doc["zernike"] if not t["alignment"]}
-    with AuditStore(store_path) as store:
+    with AuditStore(audit_db) as store:
         record_inspection(
-            store, loaded.station.station_id, operator=operator, software_version=__version__,
-            inputs={i["role"]: i["sha256"] for i in loaded.inputs}, misalignment=measurement.station,
-            serial=serial, zernike=zern, figures={k: doc["figures_of_merit"][k] for k in ("rms_waves", "strehl")},
-            verdict=doc["verdict"]["overall"], status=status, now=now,
+            store, station_id, operator=doc["operator"], software_version=__version__,
+            inputs={i["role"]: i["sha256"] for i in doc["inputs"]}, misalignment=result.measurement.station,
+            serial=doc["lens"]["serial"], zernike=zern,
+            figures={k: doc["figures_of_merit"][k] for k in ("rms_waves", "strehl")},
+            verdict=result.verdict, status=result.status, now=result.created,
         )
-        check_and_record(store, loaded.station.station_id)
+        check_and_record(store, station_id)
+
+
+def run_inspection(capture, station, spec, *, reference=None, serial=None, operator="", out_dir="reports",
+                   audit_db=None, mode="known", max_iterations=None, progress=None, now=None,
+                   device="auto") -> InspectionOutcome:
+    """Inspect one capture: validate, reconstruct, analyse, decide, write the PDF and JSON, record.
+
+    :func:`inspect` then :func:`write_report` with the audit store; the output folder is checked
+    first, so that an unwritable one fails before the fit.
+    """
+    check_output_dir(out_dir)
+    result = inspect(capture, station, spec, reference=reference, serial=serial, operator=operator,
+                     audit_db=audit_db, mode=mode, max_iterations=max_iterations, progress=progress, now=now,
+                     device=device)
+    pdf_path, json_path = write_report(result, out_dir, audit_db=audit_db)
+    return InspectionOutcome(result.document, pdf_path, json_path, result.exit_code)

@@ -22,13 +22,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metrology"
 
 LAYERS = (
     ("base", ("metrology", "metrology.errors", "metrology.conventions", "metrology.orderings",
-              "metrology.parameters", "metrology.measurement", "metrology.toml_input", "metrology.progress")),
+              "metrology.parameters", "metrology.measurement", "metrology.toml_input", "metrology.progress",
+              "metrology.tables")),
     ("physics", ("metrology.physics",)),
     ("io", ("metrology.io", "metrology.references", "metrology.misalignment", "metrology.simulate", "metrology.render")),
     ("solver", ("metrology.solver",)),
     ("analysis", ("metrology.analysis",)),
     ("edges", ("metrology.report", "metrology.audit")),
-    ("application", ("metrology.pipeline", "metrology.inspection", "metrology.calibration")),
+    ("application", ("metrology.pipeline", "metrology.inspection", "metrology.calibration", "metrology.batch")),
     ("cli", ("metrology.cli", "metrology.commands", "metrology.__main__")),
 )
 """Layer name and the modules (or packages) in it, lowest first."""

@@ -22,6 +22,7 @@ import json
 
 from metrology.audit.store import KINDS, AuditStore, default_db_path, parse_utc
 from metrology.errors import InputError
+from metrology.tables import format_table
 
 
 def _db_option(p):
@@ -55,17 +56,6 @@ def _summary(rec) -> str:
                 f"{c.get('record_seq', '?')}: {float(c.get('value', float('nan'))):.6g} vs limit "
                 f"{float(c.get('limit', float('nan'))):.6g}")
     return ""
-
-
-def format_table(rows: list) -> str:
-    """Aligned plain-text table; ``rows[0]`` is the header."""
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, r in enumerate(rows):
-        lines.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def run_verify(args) -> int:

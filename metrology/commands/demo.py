@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     # lazy: the command's modules load only when it runs (start-up time of the CLI)
-    from metrology.commands.inspect import one_line
+    from metrology.batch.run import verdict_line
     from metrology.inspection import run_inspection
     from metrology.io import write_capture
     from metrology.io.lens_file import load_lens
@@ -58,6 +58,6 @@ def run(args) -> int:
             outcome = run_inspection(cap_path, station_path, DATA / DEMO_FILES["spec"], out_dir=args.out,
                                      operator="demo", progress=lambda i, n, loss: bar(i, n),
                                      device=args.device)
-    print(one_line(outcome))
+    print(verdict_line(outcome.document, outcome.pdf_path))
     print(f"report: {outcome.pdf_path}\nresult: {outcome.json_path}")
     return outcome.exit_code

@@ -1,0 +1,122 @@
+"""Batch on Ray (issue 18): a real Ray head on 127.0.0.1, reached as ``ray://`` (Ray Client) and as
+``--executor ray`` ($RAY_ADDRESS), gives the same result documents as a local run.
+
+Ray is an optional extra (``pip install -e '.[ray]'``); ``.ci/run`` installs it. Without it these
+tests fail when ``$CI`` is set and skip otherwise.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from metrology.cli import main
+from tests.sim_cases import FIXTURES, bench_station
+from tests.test_batch import write_lens_capture
+
+SPEC = FIXTURES / "specs" / "plan-4x-010.toml"
+ITERATIONS = "40"  # a short fit on 5x5 LEDs: the comparison is about the executors, not the optics
+
+
+def need_ray():
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        message = "Ray is not installed (pip install -e '.[ray]')"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A one-node Ray cluster (2 CPUs, token authentication) started with ``ray start --head``.
+
+    ``RAY_AUTH_MODE=token`` must be in the environment before Ray is imported (its C++ core reads
+    it when loaded): this process then sends the token of ``~/.ray/auth_token`` as the head expects.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    need_ray()
+    gcs, client = free_port(), free_port()
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(os.path.join(tmp, "head.log"), "w")
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={gcs}", f"--ray-client-server-port={client}", "--num-cpus=2", f"--temp-dir={tmp}",
+         "--include-dashboard=false", "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", client), timeout=1).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    pytest.fail("the Ray head did not start:\n" + open(log.name).read()[-2000:])
+                time.sleep(0.5)
+        yield {"gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}"}
+    finally:
+        head.terminate()  # `ray start --block` stops the node's processes on SIGTERM
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = mode
+
+
+@pytest.fixture(scope="module")
+def two_captures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray-line")
+    station = bench_station(32)
+    (root / "station.toml").write_text(station.to_toml())
+    (root / "captures").mkdir()
+    for seed, (serial, rms) in enumerate((("LENS-101", 0.03), ("LENS-102", 0.08)), start=11):
+        write_lens_capture(root / "captures" / f"{serial}.tif", station, serial, rms, seed, leds_per_side=5)
+    return root
+
+
+def batch(root, out, capsys, *extra, capture="captures"):
+    code = main(["inspect", str(root / capture), "--station", str(root / "station.toml"), "--spec", str(SPEC),
+                 "--out", str(out), "--max-iterations", ITERATIONS, *extra])
+    stdout = capsys.readouterr().out
+    docs = {}
+    for path in sorted(out.glob("*.json")):
+        doc = json.loads(path.read_text())
+        doc.pop("timings_s"), doc.pop("created_utc")
+        docs[doc["lens"]["serial"]] = doc
+    return code, stdout, docs
+
+
+def test_ray_results_equal_a_local_run(ray_head, two_captures, tmp_path, capsys, monkeypatch):
+    code, _, local = batch(two_captures, tmp_path / "local", capsys)
+    assert sorted(local) == ["LENS-101", "LENS-102"]
+
+    code_client, out_client, client = batch(two_captures, tmp_path / "client", capsys, "--executor", ray_head["client"])
+    assert "on Ray (ray://127.0.0.1" in out_client
+    monkeypatch.setenv("RAY_ADDRESS", ray_head["gcs"])  # `--executor ray` joins the cluster named there
+    code_driver, out_driver, driver = batch(two_captures, tmp_path / "driver", capsys, "--executor", "ray",
+                                            capture="captures/LENS-102.tif")
+    assert "1 capture(s) on Ray (local)" in out_driver
+    assert code == code_client == code_driver == 1  # LENS-102 fails its spec
+    assert json.dumps(client, sort_keys=True) == json.dumps(local, sort_keys=True)
+    assert json.dumps(driver["LENS-102"], sort_keys=True) == json.dumps(local["LENS-102"], sort_keys=True)
