@@ -170,6 +170,7 @@ def test_audit_layer_imports_no_torch():
     code = ("import sys, metrology.audit.store, metrology.audit.drift, metrology.audit.golden, "
             "metrology.audit.status, metrology.audit.report_pdf, metrology.commands.audit; "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('metrology.physics') "
-            "or m.startswith('matplotlib') or m.startswith('reportlab')]; print(bad); sys.exit(bool(bad))")
+            "or m.startswith('matplotlib') or m.startswith('reportlab') or m.startswith('psycopg')]; "
+            "print(bad); sys.exit(bool(bad))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

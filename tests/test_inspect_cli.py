@@ -149,7 +149,7 @@ def test_good_lens_passes_and_report_is_complete(tmp_path, good_capture, capsys)
     # the default --device auto: the CPU here unless torch sees a GPU; recorded in the result
     assert doc["software"]["compute_device"] == device_label(compute_device("auto"))
     pdf = next(out.glob("*.pdf"))
-    assert pdf.name.startswith(doc["lens"]["serial"])
+    assert pdf.name.startswith(f"{doc['station']['id']}_{doc['lens']['serial']}_")  # station id in the name
     if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
         pytest.skip("poppler-utils not installed")
     pages = subprocess.run(["pdftoppm", "-r", "20", "-png", pdf, tmp_path / "page"], capture_output=True)

@@ -1,5 +1,6 @@
-"""Batch on Ray (issue 18): a real Ray head on 127.0.0.1, reached as ``ray://`` (Ray Client) and as
-``--executor ray`` ($RAY_ADDRESS), gives the same result documents as a local run.
+"""Batch on Ray (issue 18): a real Ray head on 127.0.0.1, reached as ``ray://`` (Ray Client, recording
+into a PostgreSQL audit store) and as ``--executor ray`` ($RAY_ADDRESS), gives the same result
+documents as a local run.
 
 Ray is an optional extra (``pip install -e '.[ray]'``); ``.ci/run`` installs it. Without it these
 tests fail when ``$CI`` is set and skip otherwise.
@@ -16,7 +17,9 @@ import time
 
 import pytest
 
+from metrology.audit.store import AuditStore
 from metrology.cli import main
+from tests.audit_backends import StoreFactory
 from tests.sim_cases import FIXTURES, bench_station
 from tests.test_batch import write_lens_capture
 
@@ -111,7 +114,15 @@ def test_ray_results_equal_a_local_run(ray_head, two_captures, tmp_path, capsys,
     code, _, local = batch(two_captures, tmp_path / "local", capsys)
     assert sorted(local) == ["LENS-101", "LENS-102"]
 
-    code_client, out_client, client = batch(two_captures, tmp_path / "client", capsys, "--executor", ray_head["client"])
+    pg = StoreFactory("postgresql", tmp_path)  # the cluster set-up of docs/batch.md: results in PostgreSQL
+    try:
+        store = pg.new()
+        code_client, out_client, client = batch(two_captures, tmp_path / "client", capsys, "--executor",
+                                                ray_head["client"], "--audit-db", store)
+        with AuditStore(store, create=False) as s:
+            assert s.verify().ok and sorted(r.content["lens"]["serial"] for r in s.records()) == sorted(local)
+    finally:
+        pg.cleanup()
     assert "on Ray (ray://127.0.0.1" in out_client
     monkeypatch.setenv("RAY_ADDRESS", ray_head["gcs"])  # `--executor ray` joins the cluster named there
     code_driver, out_driver, driver = batch(two_captures, tmp_path / "driver", capsys, "--executor", "ray",

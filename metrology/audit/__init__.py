@@ -1,9 +1,11 @@
-"""Calibration audits: hash-chained SQLite audit store, drift charts, golden-lens closure.
+"""Calibration audits: hash-chained audit store (SQLite or PostgreSQL), drift charts, golden-lens closure.
 
 Modules (import them directly; importing this package loads nothing heavy):
 
 * :mod:`metrology.audit.store` -- :class:`~metrology.audit.store.AuditStore` (append-only,
-  hash-chained, verify).
+  hash-chained, verify), on the database of :mod:`metrology.audit.database`:
+  :mod:`~metrology.audit.sqlite_db` (a file) or :mod:`~metrology.audit.postgres_db` (psycopg 3,
+  imported only for a ``postgresql://`` URL).
 * :mod:`metrology.audit.golden` -- golden-lens certificates and the En closure check.
 * :mod:`metrology.audit.drift` -- Shewhart / EWMA / CUSUM drift alarms.
 * :mod:`metrology.audit.status` -- station calibration status for ``inspect``; recording runs.

@@ -22,6 +22,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
+from metrology.audit.database import Database
 from metrology.errors import InputError
 
 URL_SCHEMES = ("postgresql", "postgres")
@@ -40,11 +41,6 @@ SCHEMA = (
 )
 
 
-def is_database_url(location) -> bool:
-    """True when ``location`` is a ``scheme://`` URL rather than a file path."""
-    return isinstance(location, str) and "://" in location
-
-
 def redact(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for messages and reports)."""
     parts = urlsplit(url)
@@ -60,7 +56,7 @@ def _first_line(exc) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class PostgresDatabase:
+class PostgresDatabase(Database):
     """An audit store in PostgreSQL: connected, tables checked (and created when allowed).
 
     Parameters
@@ -80,9 +76,6 @@ class PostgresDatabase:
         other tables, or no store (``create=False``). The message names the URL (password hidden).
     """
 
-    placeholder = "%s"
-    path = None
-
     def __init__(self, url: str, create: bool, initial_meta: dict):
         import psycopg
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -100,15 +93,16 @@ class PostgresDatabase:
             self._con = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise InputError(self.location, f"cannot connect to the audit database ({_first_line(exc)})") from None
+        self._open(create, initial_meta)
+
+    def _configure(self, create: bool, initial_meta: dict):
+        import psycopg
+
         try:
             self._con.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
             self._init_schema(create, initial_meta)
         except psycopg.Error as exc:
-            self._con.close()
             raise InputError(self.location, f"not an audit store ({_first_line(exc)})") from None
-        except BaseException:
-            self._con.close()
-            raise
 
     def _tables(self) -> set:
         schema = self._con.execute("SELECT current_schema()").fetchone()[0]
@@ -154,6 +148,3 @@ class PostgresDatabase:
 
     def execute(self, sql: str, args=()) -> None:
         self._con.execute(sql.replace("?", "%s"), tuple(args))
-
-    def close(self):
-        self._con.close()

@@ -17,6 +17,7 @@ import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
+from metrology.audit.database import Database
 from metrology.errors import InputError
 
 BUSY_TIMEOUT_S = 60.0
@@ -31,7 +32,7 @@ SCHEMA = (
 )
 
 
-class SQLiteDatabase:
+class SQLiteDatabase(Database):
     """An audit store file: opened (and created when allowed) with its tables checked.
 
     Parameters
@@ -51,8 +52,6 @@ class SQLiteDatabase:
         cannot be created or opened. The message names the file.
     """
 
-    placeholder = "?"
-
     def __init__(self, path, create: bool, initial_meta: dict):
         self.path = Path(path)
         self.location = str(self.path)
@@ -70,16 +69,15 @@ class SQLiteDatabase:
             self._con = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as exc:
             raise InputError(self.path, f"cannot open the audit store: {exc}") from exc
+        self._open(create, initial_meta)
+
+    def _configure(self, create: bool, initial_meta: dict):
         try:
             self._con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._init_schema(create, initial_meta)
             self._con.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
-            self._con.close()
             raise InputError(self.path, f"not an audit store ({exc})") from exc
-        except BaseException:
-            self._con.close()
-            raise
 
     def _check_header(self):
         try:
@@ -134,6 +132,3 @@ class SQLiteDatabase:
 
     def execute(self, sql: str, args=()) -> None:
         self._con.execute(sql, tuple(args))
-
-    def close(self):
-        self._con.close()

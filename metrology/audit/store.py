@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metrology.audit.postgres_db import is_database_url
+from metrology.audit.database import is_database_url, open_database
 from metrology.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -199,17 +199,6 @@ _INITIAL_META = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), 
                  "head_chain_sha256": GENESIS_SHA256}
 
 
-def open_database(location, create: bool):
-    """The database behind a store: PostgreSQL for a ``postgresql://`` URL, else an SQLite file."""
-    if is_database_url(location):
-        from metrology.audit.postgres_db import PostgresDatabase
-
-        return PostgresDatabase(location, create, _INITIAL_META)
-    from metrology.audit.sqlite_db import SQLiteDatabase
-
-    return SQLiteDatabase(location, create, _INITIAL_META)
-
-
 class AuditStore:
     """The audit store at ``path`` (see the module docstring for layout and guarantees).
 
@@ -237,7 +226,7 @@ class AuditStore:
     """
 
     def __init__(self, path=None, create: bool = True):
-        self._db = open_database(path if path is not None else default_db_path(), bool(create))
+        self._db = open_database(path if path is not None else default_db_path(), bool(create), _INITIAL_META)
         self.path, self.location = self._db.path, self._db.location
         try:
             self._check_meta()
