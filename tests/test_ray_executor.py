@@ -100,7 +100,7 @@ def two_captures(tmp_path_factory):
 
 def batch(root, out, capsys, *extra, capture="captures"):
     code = main(["inspect", str(root / capture), "--station", str(root / "station.toml"), "--spec", str(SPEC),
-                 "--out", str(out), "--max-iterations", ITERATIONS, *extra])
+                 "--out", str(out), "--max-iterations", ITERATIONS, *map(str, extra)])
     stdout = capsys.readouterr().out
     docs = {}
     for path in sorted(out.glob("*.json")):
@@ -111,10 +111,14 @@ def batch(root, out, capsys, *extra, capture="captures"):
 
 
 def test_ray_results_equal_a_local_run(ray_head, two_captures, tmp_path, capsys, monkeypatch):
-    code, _, local = batch(two_captures, tmp_path / "local", capsys)
+    """The local run uses 2 processes. Every run records into an audit store (so that every document
+    carries the same station status): the local and the driver runs into SQLite files, the Ray Client run into PostgreSQL, as in the
+    cluster set-up of docs/batch.md."""
+    code, _, local = batch(two_captures, tmp_path / "local", capsys, "--audit-db", tmp_path / "local.sqlite",
+                           "--jobs", 2)
     assert sorted(local) == ["LENS-101", "LENS-102"]
 
-    pg = StoreFactory("postgresql", tmp_path)  # the cluster set-up of docs/batch.md: results in PostgreSQL
+    pg = StoreFactory("postgresql", tmp_path)
     try:
         store = pg.new()
         code_client, out_client, client = batch(two_captures, tmp_path / "client", capsys, "--executor",
@@ -126,8 +130,9 @@ def test_ray_results_equal_a_local_run(ray_head, two_captures, tmp_path, capsys,
     assert "on Ray (ray://127.0.0.1" in out_client
     monkeypatch.setenv("RAY_ADDRESS", ray_head["gcs"])  # `--executor ray` joins the cluster named there
     code_driver, out_driver, driver = batch(two_captures, tmp_path / "driver", capsys, "--executor", "ray",
-                                            capture="captures/LENS-102.tif")
+                                            "--audit-db", tmp_path / "driver.sqlite", capture="captures/LENS-102.tif")
     assert "1 capture(s) on Ray (local)" in out_driver
     assert code == code_client == code_driver == 1  # LENS-102 fails its spec
+    assert local["LENS-101"]["station"]["calibration"]["status"] == "none"
     assert json.dumps(client, sort_keys=True) == json.dumps(local, sort_keys=True)
     assert json.dumps(driver["LENS-102"], sort_keys=True) == json.dumps(local["LENS-102"], sort_keys=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from metrology.commands.options import EXIT_CODES, add_device_option, check_device
 
@@ -130,7 +131,12 @@ def run_batch(args) -> int:
                audit_db=None if store is None else str(_absolute(store)), threads=args.threads)
     jobs = collect_jobs(args.capture, args.manifest, base=base)
     print(f"{len(jobs)} capture(s) on {executor.description}", flush=True)
-    outcomes = run_jobs(jobs, executor, resume=not args.no_resume, report=lambda line: print(line, flush=True))
+    try:
+        outcomes = run_jobs(jobs, executor, resume=not args.no_resume, report=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print("metrology: interrupted; the captures reported above are complete, the others left nothing "
+              "(run the same command again to continue)", file=sys.stderr)
+        return 130
     print()
     print(summary_table(outcomes))
     return worst_exit_code(outcomes)
