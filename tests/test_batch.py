@@ -182,14 +182,18 @@ def test_collect_jobs_expands_folders_and_rejects_empty_ones(line, tmp_path):
     assert make_executor("local", None).workers == 1
 
 
-def test_python_api_writes_only_when_asked(line, tmp_path):
+def test_python_api_writes_only_when_asked(line, tmp_path, monkeypatch):
     import metrology
     from metrology.solver.device import compute_device, device_label
 
-    result = metrology.inspect(line / "captures" / "lens-004.tif", line / "station.toml", SPEC,
-                               max_iterations=3)
-    assert not any(tmp_path.iterdir())  # inspect() writes nothing
+    capture = tmp_path / "in" / "api.tif"
+    capture.parent.mkdir()
+    write_lens_capture(capture, bench_station(32), "LENS-004", 0.03, 21, leds_per_side=5)  # small: 25 LEDs
+    monkeypatch.chdir(tmp_path)  # a default "reports/" would land here
+    result = metrology.inspect(capture, line / "station.toml", SPEC, max_iterations=3)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["in", "in/api.tif"]
+    out = tmp_path / "out"
     assert result.document["software"]["compute_device"] == device_label(compute_device("auto"))  # as the CLI
-    pdf, js = metrology.write_report(result, tmp_path)
+    pdf, js = metrology.write_report(result, out)
     assert pdf.name.startswith("bench-4x-15x15_LENS-004_") and js.with_suffix(".pdf") == pdf
     assert json.loads(js.read_text())["verdict"]["overall"] == result.verdict == "INCONCLUSIVE"
