@@ -1,7 +1,8 @@
 """The database behind an audit store: what :class:`metrology.audit.store.AuditStore` needs of it.
 
 Two implementations: :class:`metrology.audit.sqlite_db.SQLiteDatabase` (a file, the default) and
-:class:`metrology.audit.postgres_db.PostgresDatabase` (a ``postgresql://`` URL). Each opens the
+:class:`metrology.audit.postgres_db.PostgresDatabase` (a ``postgresql://`` URL), chosen by
+:func:`metrology.audit.store.open_database`. Each opens the
 store (creating its tables when allowed, race-free), and offers ``transaction(write)``: a write
 transaction holds the store's write lock from its start, so that writers serialise; a read
 transaction sees one snapshot. SQL is written once with ``?`` placeholders.
@@ -13,17 +14,6 @@ from __future__ import annotations
 def is_database_url(location) -> bool:
     """True when ``location`` is a ``scheme://`` URL rather than a file path."""
     return isinstance(location, str) and "://" in location
-
-
-def open_database(location, create: bool, initial_meta: dict):
-    """The database at ``location``: PostgreSQL for a URL, else an SQLite file."""
-    if is_database_url(location):
-        from metrology.audit.postgres_db import PostgresDatabase
-
-        return PostgresDatabase(location, create, initial_meta)
-    from metrology.audit.sqlite_db import SQLiteDatabase
-
-    return SQLiteDatabase(location, create, initial_meta)
 
 
 class Database:

@@ -77,6 +77,7 @@ class PostgresDatabase(Database):
     """
 
     def __init__(self, url: str, create: bool, initial_meta: dict):
+        # lazy: psycopg loads only when a PostgreSQL store is opened (start-up time of SQLite users)
         import psycopg
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -96,6 +97,7 @@ class PostgresDatabase(Database):
         self._open(create, initial_meta)
 
     def _configure(self, create: bool, initial_meta: dict):
+        # lazy: psycopg loads only when a PostgreSQL store is opened
         import psycopg
 
         try:

@@ -46,7 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metrology.audit.database import is_database_url, open_database
+from metrology.audit.database import is_database_url
+from metrology.audit.postgres_db import PostgresDatabase
+from metrology.audit.sqlite_db import SQLiteDatabase
 from metrology.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -401,6 +403,13 @@ def _chain_problems(rows) -> tuple:
                             "was moved)")
         running = chain  # resynchronise so that one fault is reported once
     return problems, running
+
+
+def open_database(location, create: bool, initial_meta: dict):
+    """The database at ``location``: PostgreSQL for a URL, else an SQLite file."""
+    if is_database_url(location):
+        return PostgresDatabase(location, create, initial_meta)
+    return SQLiteDatabase(location, create, initial_meta)
 
 
 def plus_days(t, days: float) -> str:

@@ -133,6 +133,7 @@ class RayExecutor:
 
     def _connect(self):
         try:
+            # lazy: Ray is an optional extra; the core and local batches run without it
             import ray
         except ImportError:
             raise InputError("--executor", "Ray is not installed (pip install 'lens-metrology[ray]')") from None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from metrology.errors import InputError
+from metrology.io.files import file_sha256
 
 CAPTURE_SUFFIXES = (".tif", ".tiff")
 MANIFEST_COLUMNS = ("capture", "station", "spec", "serial", "operator", "reference", "mode")
@@ -160,8 +161,6 @@ def _run_key(hashes, mode, reference, serial, max_iterations) -> tuple:
 def job_key(job: Job):
     """The job's identity for resume: input file hashes and run options; None when an input
     file cannot be read (the job then runs and reports it)."""
-    from metrology.io import file_sha256
-
     files = [("capture", job.capture), ("station", job.station)]
     if job.spec:
         files.append(("spec", job.spec))

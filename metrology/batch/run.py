@@ -22,7 +22,11 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+import torch
+from threadpoolctl import threadpool_limits
+
 from metrology.errors import InputError
+from metrology.inspection import run_inspection
 from metrology.tables import format_table
 
 SEVERITY = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 2, "ERROR": 3}
@@ -106,9 +110,6 @@ def _fit_threads(n):
     if not n:
         yield
         return
-    import torch
-    from threadpoolctl import threadpool_limits
-
     before = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
@@ -119,8 +120,6 @@ def _fit_threads(n):
 
 
 def _inspect(job) -> JobOutcome:
-    from metrology.inspection import run_inspection
-
     if job.error:
         return failed(job, job.error)
     try:
