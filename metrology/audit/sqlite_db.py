@@ -13,7 +13,9 @@ first and then finds the finished tables (several processes may create one store
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,7 +76,9 @@ class SQLiteDatabase(Database):
     def _configure(self, create: bool, initial_meta: dict):
         try:
             self._con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._init_schema(create, initial_meta)
+            if self._retry_busy(lambda: self._init_schema(create, initial_meta)):
+                # WAL cannot be switched on inside a transaction; the creator does it once
+                self._retry_busy(lambda: self._con.execute("PRAGMA journal_mode = WAL"))
             self._con.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
             raise InputError(self.path, f"not an audit store ({exc})") from exc
@@ -92,27 +96,43 @@ class SQLiteDatabase(Database):
         return bool(self._con.execute(
             "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='audit_meta'").fetchone()[0])
 
-    def _init_schema(self, create: bool, initial_meta: dict):
+    def _retry_busy(self, step):
+        """``step()``, again after a short random pause while SQLite answers "database is locked"
+        (up to :data:`BUSY_TIMEOUT_S`). SQLite returns that error without waiting in a few cases
+        (a lock upgrade that could deadlock, a journal-mode change meeting another connection);
+        seen once in 160 fresh-store openings by four processes on a loaded machine."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return step()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                time.sleep(0.005 + 0.05 * random.random())
+
+    def _init_schema(self, create: bool, initial_meta: dict) -> bool:
         """Check for the audit tables; create them (race-free) when the file is new and allowed.
+        True when this connection created them.
 
         The first look needs no lock. When the tables are missing, the second look and the
         creation run in one ``BEGIN IMMEDIATE`` transaction: a concurrent creator either has
         committed (the tables are found) or waits for this one.
         """
         if self._has_meta():
-            return
+            return False
         if not create:
             raise InputError(self.path, "not an audit store (SQLite file without the audit tables)")
         with self.transaction(write=True):
             if self._has_meta():
-                return  # another process created it between the two looks
+                return False  # another process created it between the two looks
             if self._con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise InputError(self.path, "not an audit store (SQLite file without the audit tables)")
             for stmt in SCHEMA:
                 self._con.execute(stmt)
             self._con.executemany("INSERT INTO audit_meta (key, value) VALUES (?, ?)", initial_meta.items())
-        # WAL cannot be switched on inside a transaction; the creator does it once, a no-op later
-        self._con.execute("PRAGMA journal_mode = WAL")
+        return True
 
     @contextmanager
     def transaction(self, write: bool = False):
