@@ -143,7 +143,8 @@ def linearise(model, data, mask, noise, specs) -> Linearisation:
         for ci in members:
             tans[paths.index(cols.paths[ci])][ti].view(-1)[cols.flat_index[ci]] = 1.0
     chunk = max(1, min(len(tangent_defs), TANGENT_CHUNK_ELEMENTS // max(1, r.numel())))
-    t_all = vmap(lambda *t: jvp(f, primals, t)[1], chunk_size=chunk)(*tans).detach()
+    with torch.no_grad():  # forward mode only: no autograd graph may keep a chunk's intermediates alive
+        t_all = vmap(lambda *t: jvp(f, primals, t)[1], chunk_size=chunk)(*tans)
     return Linearisation(t_all, r, mask, cols, plain, bright)
 
 
