@@ -32,7 +32,7 @@ from metrology.audit.status import record_calibration
 from metrology.audit.store import AuditStore, parse_utc
 from metrology.conventions import CONVENTIONS_TEXT, COVERAGE_FACTOR
 from metrology.errors import InputError
-from metrology.io.files import file_sha256, safe_file_name
+from metrology.io.files import safe_file_name
 from metrology.pipeline import audit_store_path, check_output_dir, load_inputs, measure
 from metrology.report.document import finite_or_none, write_json_atomic
 
@@ -129,7 +129,7 @@ def build_summary(loaded, cert, certificate_path, closure, record, measurement, 
         "golden": {"id": cert.id, "serial": cert.serial, "issuer": cert.issuer, "date": cert.date,
                    "certificate": str(certificate_path)},
         "inputs": list(loaded.inputs) + [{"role": "golden", "path": str(certificate_path),
-                                          "sha256": file_sha256(certificate_path)}],
+                                          "sha256": cert.sha256}],
         "closure": closure.to_dict(),
         "calibration": {"seq": int(record.seq), "passed": bool(closure.passed),
                         "valid_until": c.get("valid_until"), "chain_sha256": record.chain_sha256},
@@ -202,7 +202,7 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     closure = closure_check(measured_from_measurement(measurement), cert,
                             wavelength_nm=measurement.wavelength_nm, source=loaded.capture_path)
     inputs = {i["role"]: i["sha256"] for i in loaded.inputs}
-    inputs["golden"] = file_sha256(golden_path)
+    inputs["golden"] = cert.sha256
     station_id = loaded.station.station_id
     with AuditStore(store_path) as store:
         record = record_calibration(

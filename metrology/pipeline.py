@@ -9,6 +9,7 @@ and the problem.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,11 +23,11 @@ from metrology.audit.status import station_status as status_of
 from metrology.audit.store import AuditStore, default_db_path
 from metrology.errors import InputError
 from metrology.io.capture import read_capture, relative_exposure
-from metrology.io.files import file_sha256
 from metrology.io.station_file import load_station
 from metrology.physics import StationModel
 from metrology.physics.illumination import max_nominal_illumination_na
-from metrology.references import CATALOGUE, load_reference_file, reference_transmission
+from metrology.limits import MAX_SEED
+from metrology.references import CATALOGUE, read_reference_image, reference_from_image, reference_transmission
 from metrology.solver import NoiseModel, reconstruct
 from metrology.solver.schedule import station_schedule
 from metrology.solver.device import compute_device
@@ -58,30 +59,41 @@ def _require_file(path, role: str) -> Path:
     return p
 
 
+def _seed(value, source) -> int:
+    """A reference sample seed: an integer in ``0..MAX_SEED`` (text of one, from ``ID:seed=N``)."""
+    if isinstance(value, str):
+        value = int(value) if value.isdigit() and len(value) <= 10 else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise InputError(source, f"the reference seed must be an integer in 0..{MAX_SEED}, got {value!r}")
+    return value
+
+
 def resolve_reference(reference, capture, station, geometry):
     """The reference sample map on the reconstruction grid.
 
     ``reference`` is None (use the capture's ``reference_sample`` and ``reference_seed``), a
-    catalogue id optionally with ``:seed=N`` (``random-broadband:seed=3``), or a ``.npy`` file
-    (complex transmission over the station's field of view; its pixel is ``fov / side``).
+    catalogue id optionally with ``:seed=N`` (``random-broadband:seed=3``, ``0 <= N <= MAX_SEED``),
+    or a ``.npy``/``.tif`` file (transmission over the station's field of view; its pixel is
+    ``fov / side``).
 
     Returns
     -------
     label : str
     transmission : ndarray complex (N, N)
-    path : Path or None
-        The file, when the reference came from one (hashed into the report).
+    source : dict or None
+        ``{"path", "sha256"}`` of the file, when the reference came from one (hashed into the
+        report from the bytes read).
     """
     n = geometry.object_px
     if reference is None:
         sample_id = capture.reference_sample or ""
-        seed = int(capture.extra.get("reference_seed", 0)) if isinstance(capture.extra, dict) else 0
         if sample_id not in CATALOGUE:
             raise InputError(
                 "--reference",
                 f"the capture names reference sample {sample_id!r}, which is not in the catalogue "
                 f"({', '.join(CATALOGUE)}); pass --reference with a catalogue id or a .npy map",
             )
+        seed = _seed(capture.extra.get("reference_seed", 0), "capture metadata 'reference_seed'")
         return f"{sample_id}:seed={seed}", reference_transmission(sample_id, station.fov_um, n, seed=seed), None
     text = str(reference)
     base, _, opts = text.partition(":")
@@ -89,19 +101,14 @@ def resolve_reference(reference, capture, station, geometry):
         seed = 0
         if opts:
             key, _, value = opts.partition("=")
-            if key != "seed" or not value.lstrip("-").isdigit():
+            if key != "seed":
                 raise InputError("--reference", f"expected ID or ID:seed=N, got {text!r}")
-            seed = int(value)
+            seed = _seed(value, "--reference")
         return f"{base}:seed={seed}", reference_transmission(base, station.fov_um, n, seed=seed), None
     path = _require_file(text, "reference sample")
-    side = None
-    try:
-        arr = np.load(path, mmap_mode="r")
-        side = arr.shape[0]
-    except Exception as exc:  # noqa: BLE001 - report any unreadable map as bad input
-        raise InputError(path, f"cannot read the reference map ({exc})") from None
-    t = load_reference_file(path, station.fov_um / side, station.fov_um, n)
-    return path.name, t, path
+    image, sha256 = read_reference_image(path)
+    t = reference_from_image(image, station.fov_um / image.shape[0], station.fov_um, n, path)
+    return path.name, t, {"path": str(path), "sha256": sha256}
 
 
 def load_inputs(capture, station, spec=None, reference=None) -> LoadedInputs:
@@ -118,15 +125,16 @@ def load_inputs(capture, station, spec=None, reference=None) -> LoadedInputs:
         geometry.check_sampling(max_nominal_illumination_na(geometry))
     except ValueError as exc:
         raise InputError(station_path, str(exc)) from None
-    label, transmission, ref_path = resolve_reference(reference, cap, st, geometry)
+    label, transmission, ref_file = resolve_reference(reference, cap, st, geometry)
+    # every input is hashed from the very bytes that were parsed (each file is read once)
     inputs = [
-        {"role": "capture", "path": str(capture_path), "sha256": file_sha256(capture_path)},
-        {"role": "station", "path": str(station_path), "sha256": file_sha256(station_path)},
+        {"role": "capture", "path": str(capture_path), "sha256": cap.sha256},
+        {"role": "station", "path": str(station_path), "sha256": st.sha256},
     ]
     if spec_path is not None:
-        inputs.append({"role": "spec", "path": str(spec_path), "sha256": file_sha256(spec_path)})
-    if ref_path is not None:
-        inputs.append({"role": "reference", "path": str(ref_path), "sha256": file_sha256(ref_path)})
+        inputs.append({"role": "spec", "path": str(spec_path), "sha256": spec_obj.sha256})
+    if ref_file is not None:
+        inputs.append({"role": "reference", **ref_file})
     return LoadedInputs(capture_path, cap, station_path, st, geometry, label, transmission, inputs,
                         spec_path, spec_obj)
 
@@ -226,13 +234,17 @@ def station_status(store_path, loaded: LoadedInputs, measurement, now) -> dict:
 
 
 def check_output_dir(out_dir) -> Path:
-    """Create ``out_dir`` if needed and prove it is writable (fail fast, before the fit)."""
+    """Create ``out_dir`` if needed and prove it is writable (fail fast, before the fit).
+
+    The probe is a new file of a random name created exclusively (``O_EXCL``: a planted file or
+    symbolic link of that name makes the probe fail, it is never followed or truncated).
+    """
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".metrology-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".metrology-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise InputError(out, f"output folder is not writable ({exc.strerror or exc})") from None
     return out

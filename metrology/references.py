@@ -23,6 +23,8 @@ Catalogue (:data:`CATALOGUE`):
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 from pathlib import Path
 
@@ -30,6 +32,8 @@ import numpy as np
 import tifffile
 
 from metrology.errors import InputError
+from metrology.io.capture import checked_pages, decode_pages
+from metrology.io.files import read_bounded
 
 CATALOGUE = {
     "random-broadband": "band-limited random complex transmission (amplitude 0.6-1, phase +/-1 rad)",
@@ -204,11 +208,87 @@ def fourier_resample(image: np.ndarray, n_px: int) -> np.ndarray:
     return np.fft.ifft2(np.fft.ifftshift(out)) * (n_px / m) ** 2
 
 
+MAX_REFERENCE_FILE_BYTES = 1024**3
+"""Size of a reference map file (bytes)."""
+
+
+def _npy_image(path, raw: bytes) -> np.ndarray:
+    """The array of ``.npy`` bytes, its header checked against the bytes before anything is allocated."""
+    fh = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read_header(fh)
+    except Exception as exc:  # noqa: BLE001 - any damaged header is bad input
+        raise InputError(path, f"cannot read reference file ({type(exc).__name__}: {exc})") from None
+    if len(shape) != 2:
+        raise InputError(path, f"reference image must be 2-D, got shape {shape}")
+    if dtype.kind not in "uifc":
+        raise InputError(path, f"reference image must be numeric, got {dtype}")
+    if min(shape) < 2:
+        raise InputError(path, f"reference image is {shape[1]}x{shape[0]} px (at least 2x2)")
+    if shape[0] * shape[1] * dtype.itemsize > len(raw) - fh.tell():
+        raise InputError(path, f"reference file holds fewer bytes than its {shape[1]}x{shape[0]} {dtype} header says")
+    fh.seek(0)
+    return np.load(fh, allow_pickle=False)
+
+
+def _tif_image(path, raw: bytes) -> np.ndarray:
+    """The single page of TIFF bytes, checked from its header before it is decoded."""
+    dtypes = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.float32, np.float64))
+    with tifffile.TiffFile(io.BytesIO(raw)) as tf:
+        return decode_pages(path, checked_pages(path, tf, 1, len(raw), dtypes), raw)[0]
+
+
+def read_reference_image(path) -> tuple[np.ndarray, str]:
+    """The image of a reference file (``.npy``: complex or real; ``.tif``: amplitude, one square page),
+    read once, and the SHA-256 of the bytes read.
+
+    Raises
+    ------
+    InputError
+        Missing, too large, unreadable or damaged file; not 2-D, not numeric, smaller than 2 x 2.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".tif", ".tiff"):
+        raise InputError(path, "reference file must be .npy or .tif")
+    raw = read_bounded(path, "reference", MAX_REFERENCE_FILE_BYTES)
+    try:
+        data = np.asarray(_npy_image(path, raw) if suffix == ".npy" else _tif_image(path, raw))
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy and tifffile raise many types for damaged files
+        raise InputError(path, f"cannot read reference file ({type(exc).__name__}: {exc})") from None
+    if data.ndim != 2:
+        raise InputError(path, f"reference image must be 2-D, got shape {data.shape}")
+    if data.dtype.kind not in "uifc":
+        raise InputError(path, f"reference image must be numeric, got {data.dtype}")
+    return data, hashlib.sha256(raw).hexdigest()
+
+
+def reference_from_image(data: np.ndarray, pixel_um: float, fov_um: float, n_px: int, source="reference") -> np.ndarray:
+    """The central ``round(fov_um / pixel_um)`` pixels of ``data`` as one period of the sample,
+    Fourier-resampled to ``n_px`` (pixel ``fov_um / n_px``); complex128, shape (n_px, n_px)."""
+    if not pixel_um > 0:
+        raise InputError(source, f"pixel size must be > 0 um, got {pixel_um!r}")
+    data = np.asarray(data).astype(np.complex128)
+    if not np.all(np.isfinite(data)):
+        raise InputError(source, "reference image contains NaN or inf")
+    m = int(round(fov_um / pixel_um))
+    if m < 2 or m > min(data.shape):
+        raise InputError(source, f"image {data.shape[1]}x{data.shape[0]} px of {pixel_um:g} um does not cover the "
+                                 f"{fov_um:g} um field of view ({m} px needed)")
+    r0, c0 = (data.shape[0] - m) // 2, (data.shape[1] - m) // 2
+    return fourier_resample(data[r0 : r0 + m, c0 : c0 + m], n_px)
+
+
 def load_reference_file(path, pixel_um: float, fov_um: float, n_px: int) -> np.ndarray:
     """Load a reference transmission from ``.npy`` (complex or real) or ``.tif`` (amplitude).
 
     The central ``round(fov_um / pixel_um)`` pixels are taken as one period of the sample and
-    Fourier-resampled to ``n_px`` (pixel ``fov_um / n_px``).
+    Fourier-resampled to ``n_px`` (pixel ``fov_um / n_px``): :func:`read_reference_image`, then
+    :func:`reference_from_image`.
 
     Parameters
     ----------
@@ -224,33 +304,6 @@ def load_reference_file(path, pixel_um: float, fov_um: float, n_px: int) -> np.n
     -------
     ndarray complex128, shape (n_px, n_px)
     """
-    path = Path(path)
     if not pixel_um > 0:
         raise InputError(path, f"pixel size must be > 0 um, got {pixel_um!r}")
-    if not path.exists():
-        raise InputError(path, "reference file not found")
-    try:
-        if path.suffix.lower() == ".npy":
-            data = np.load(path, allow_pickle=False)
-        elif path.suffix.lower() in (".tif", ".tiff"):
-            data = tifffile.imread(path)
-        else:
-            raise InputError(path, "reference file must be .npy or .tif")
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(path, f"cannot read reference file ({type(exc).__name__}: {exc})") from None
-    data = np.asarray(data)
-    if data.ndim != 2:
-        raise InputError(path, f"reference image must be 2-D, got shape {data.shape}")
-    if data.dtype.kind not in "uifc":
-        raise InputError(path, f"reference image must be numeric, got {data.dtype}")
-    data = data.astype(np.complex128)
-    if not np.all(np.isfinite(data)):
-        raise InputError(path, "reference image contains NaN or inf")
-    m = int(round(fov_um / pixel_um))
-    if m < 2 or m > min(data.shape):
-        raise InputError(path, f"image {data.shape[1]}x{data.shape[0]} px of {pixel_um:g} um does not cover the "
-                               f"{fov_um:g} um field of view ({m} px needed)")
-    r0, c0 = (data.shape[0] - m) // 2, (data.shape[1] - m) // 2
-    return fourier_resample(data[r0 : r0 + m, c0 : c0 + m], n_px)
+    return reference_from_image(read_reference_image(path)[0], pixel_um, fov_um, n_px, path)

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metrology"
 LAYERS = (
     ("base", ("metrology", "metrology.errors", "metrology.conventions", "metrology.orderings",
               "metrology.parameters", "metrology.measurement", "metrology.toml_input", "metrology.progress",
-              "metrology.tables")),
+              "metrology.tables", "metrology.limits")),
     ("physics", ("metrology.physics",)),
     ("io", ("metrology.io", "metrology.references", "metrology.misalignment", "metrology.simulate", "metrology.render")),
     ("solver", ("metrology.solver",)),

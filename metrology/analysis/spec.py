@@ -11,9 +11,10 @@ from pathlib import Path
 
 from metrology.conventions import ALIGNMENT_NOLL
 from metrology.errors import InputError
-from metrology.toml_input import read_toml
+from metrology.limits import MAX_NAME_CHARS, check_text
+from metrology.toml_input import read_toml_hashed
 from metrology.analysis.figures import cutoff_cyc_per_mm
-from metrology.orderings import lens_families
+from metrology.orderings import MAX_NOLL, lens_families
 from metrology.parameters import BY_PATH, GEOMETRY
 
 FORMAT_VERSION = 1
@@ -71,6 +72,7 @@ class LensSpec:
     validity: Validity = field(default_factory=Validity)
     format_version: int = FORMAT_VERSION
     description: str = ""
+    sha256: str = ""  # of the file's bytes as read ("" when not from a file)
 
     @property
     def cutoff_cyc_per_mm(self) -> float:
@@ -146,6 +148,7 @@ def _parse_lens(data: dict, src) -> LensSpec:
     model = lens.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InputError(src, "'lens.model' must be a non-empty string")
+    check_text(model, src, "'lens.model'", MAX_NAME_CHARS)
     wl = _number(src, lens, "wavelength_nm", "lens.", required=True)
     _check(src, wl > 0, "lens.wavelength_nm", f"must be > 0, got {wl}")
     na = _number(src, lens, "na", "lens.", required=True)
@@ -190,6 +193,7 @@ def _parse_terms(lim: dict, spec: LensSpec, src) -> None:
             raise InputError(src, f"unknown key '{key}' (term keys are Noll indices, e.g. \"11\")") from None
         if j < 1 or str(j) != name.strip():
             raise InputError(src, f"unknown key '{key}' (term keys are Noll indices >= 5)")
+        _check(src, j <= MAX_NOLL, key, f"is beyond the largest Noll index {MAX_NOLL} a station can fit")
         _check(src, j not in ALIGNMENT_NOLL, key, "is an alignment term (Noll 1-4), never a lens limit")
         v = _number(src, term, name, "limits.term.")
         _check(src, v > 0, key, f"must be > 0 waves, got {v}")
@@ -251,4 +255,7 @@ def load_spec(path) -> LensSpec:
         Missing/unreadable file, TOML syntax error, unknown key, impossible limit (naming the key).
     """
     p = Path(path)
-    return parse_spec(read_toml(p, "specification"), p)
+    data, sha256 = read_toml_hashed(p, "specification")
+    spec = parse_spec(data, p)
+    spec.sha256 = sha256
+    return spec

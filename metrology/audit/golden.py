@@ -41,7 +41,8 @@ import numpy as np
 
 from metrology.conventions import ALIGNMENT_NOLL, COVERAGE_FACTOR
 from metrology.errors import InputError
-from metrology.toml_input import read_toml
+from metrology.orderings import MAX_NOLL
+from metrology.toml_input import read_toml_hashed
 
 _REQUIRED = ("id", "serial", "wavelength_nm", "na", "issuer", "date", "zernike")
 _OPTIONAL = ("station", "coverage_factor", "note")
@@ -70,6 +71,7 @@ class GoldenCertificate:
     station: str = ""
     note: str = ""
     path: str = ""
+    sha256: str = ""  # of the file's bytes as read ("" when not from a file)
 
 
 class TermClosure(NamedTuple):
@@ -175,8 +177,8 @@ def certificate_from_dict(data: dict, source="certificate") -> GoldenCertificate
             noll = int(str(key))
         except ValueError:
             raise InputError(source, f"{where}: key must be a Noll index (integer >= 5)") from None
-        if noll < 1:
-            raise InputError(source, f"{where}: Noll indices start at 1")
+        if not 1 <= noll <= MAX_NOLL:
+            raise InputError(source, f"{where}: Noll indices run from 1 to {MAX_NOLL}")
         if noll in ALIGNMENT_NOLL:
             raise InputError(source, f"{where}: Noll {noll} is an alignment term (piston/tilt/defocus), "
                                      "not a certifiable lens figure")
@@ -212,7 +214,10 @@ def load_certificate(path) -> GoldenCertificate:
         Naming the file and the key: unreadable file, TOML syntax error, unknown key, bad value.
     """
     path = Path(path)
-    return certificate_from_dict(read_toml(path, "certificate"), source=path)
+    data, sha256 = read_toml_hashed(path, "certificate")
+    cert = certificate_from_dict(data, source=path)
+    cert.sha256 = sha256
+    return cert
 
 
 def _pair(source, noll, v):

@@ -70,6 +70,35 @@ def file_sha256(path, role: str = "input") -> str:
     return h.hexdigest()
 
 
+def read_bounded(path, role: str, max_bytes: int) -> bytes:
+    """A file's bytes, read once, refusing files larger than ``max_bytes``.
+
+    What is parsed and what is hashed are then the same bytes (a file swapped on disk between a
+    read and a hash cannot be recorded under the other file's SHA-256).
+
+    Raises
+    ------
+    InputError
+        Naming the file: missing, a folder, unreadable, or too large.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, f"{role} file not found")
+    if path.is_dir():
+        raise InputError(path, f"is a folder, not a {role} file")
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise InputError(path, f"{role} file is {size} bytes (at most {max_bytes})")
+            data = fh.read(size + 1)  # (read(n) reserves n bytes first: never the limit itself)
+    except OSError as exc:
+        raise InputError(path, f"cannot read {role} file: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise InputError(path, f"{role} file is larger than {max_bytes} bytes")
+    return data
+
+
 def safe_file_name(text: str, default: str = "unnamed") -> str:
     """``text`` as a file-name part: runs of characters other than ``A-Z a-z 0-9 . _ -`` become one
     ``_``, leading and trailing ``_`` are dropped; ``default`` when nothing is left."""

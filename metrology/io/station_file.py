@@ -14,9 +14,12 @@ from dataclasses import replace as dc_replace
 from pathlib import Path
 
 from metrology.errors import InputError
+from metrology.limits import (
+    MAX_FRAME_PX, MAX_LED_SIDE, MAX_NAME_CHARS, MAX_OBJECT_PX, MAX_UPSAMPLING, MAX_VALIDITY_DAYS, text_problem,
+)
 from metrology.orderings import MAX_NOLL
 from metrology.parameters import BY_PATH, TRACKED
-from metrology.toml_input import parse_toml, read_toml
+from metrology.toml_input import parse_toml, read_toml_hashed
 
 FORMAT_VERSION = 1
 PIXEL_QUADRATURE = 2
@@ -63,8 +66,17 @@ def _margin(v):
     return None if 0 <= v <= 4096 else f"must be in [0, 4096] camera pixels, got {v}"
 
 
+def _in(lo, hi):
+    """Check of an integer in ``lo..hi`` (the upper bounds of :mod:`metrology.limits`)."""
+    return lambda v: None if lo <= v <= hi else f"must be in {lo}..{hi}, got {v}"
+
+
+def _days(v):
+    return None if 0 < v <= MAX_VALIDITY_DAYS else f"must be in (0, {MAX_VALIDITY_DAYS:g}] days, got {v:g}"
+
+
 def _frame(v):
-    return None if v >= 8 and v % 2 == 0 else f"must be even and >= 8, got {v}"
+    return None if 8 <= v <= MAX_FRAME_PX and v % 2 == 0 else f"must be even and in 8..{MAX_FRAME_PX}, got {v}"
 
 
 def _bits(v):
@@ -79,17 +91,17 @@ def _order(v):
     return None if v in ("raster", "spiral") else f"must be 'raster' or 'spiral', got {v!r}"
 
 
-def _nonempty(v):
-    return None if v.strip() else "must not be empty"
+def _station_id(v):
+    return text_problem(v, MAX_NAME_CHARS, allow_empty=False)
 
 
 # (section, key) -> (attribute, kind, default, check). Section "" is the top level.
 SCHEMA = {
     ("", "format_version"): ("format_version", "int", FORMAT_VERSION, None),
-    ("station", "id"): ("station_id", "str", REQUIRED, _nonempty),
+    ("station", "id"): ("station_id", "str", REQUIRED, _station_id),
     ("station", "description"): ("description", "str", "", None),
-    ("led_array", "rows"): ("led_rows", "int", REQUIRED, _ge1),
-    ("led_array", "cols"): ("led_cols", "int", REQUIRED, _ge1),
+    ("led_array", "rows"): ("led_rows", "int", REQUIRED, _in(1, MAX_LED_SIDE)),
+    ("led_array", "cols"): ("led_cols", "int", REQUIRED, _in(1, MAX_LED_SIDE)),
     ("led_array", "pitch_mm"): ("led_pitch_mm", "float", REQUIRED, _gt0),
     ("led_array", "distance_mm"): ("led_distance_mm", "float", REQUIRED, _gt0),
     ("led_array", "center_row"): ("led_center_row", "float", None, None),
@@ -109,13 +121,13 @@ SCHEMA = {
     ("led_array", "spectral_fwhm_nm"): ("spectral_fwhm_nm", "float", 0.0, _ge0),
     ("led_array", "emission_exponent"): ("emission_exponent", "float", 0.0, None),
     ("lens", "vignetting"): ("vignetting", "triple", None, _vignetting),
-    ("reconstruction", "upsampling"): ("upsampling", "int", None, _ge1),
+    ("reconstruction", "upsampling"): ("upsampling", "int", None, _in(1, MAX_UPSAMPLING)),
     ("reconstruction", "zernike_terms"): ("zernike_terms", "int", 36, _zterms),
     ("reconstruction", "margin_px"): ("margin_px", "int", None, _margin),
     ("reconstruction", "tile_center_mm"): ("tile_center_mm", "pair", (0.0, 0.0), None),
     ("slide", "thickness_mm"): ("slide_thickness_mm", "float", 0.0, _ge0),
     ("slide", "index"): ("slide_index", "float", 1.52, _ge1),
-    ("calibration", "validity_days"): ("validity_days", "float", 30.0, _gt0),
+    ("calibration", "validity_days"): ("validity_days", "float", 30.0, _days),
 }
 SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration", "uncertainty")
 
@@ -219,6 +231,7 @@ class StationDescription:
     uncertainty: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     source: str = field(default="", compare=False)
+    sha256: str = field(default="", compare=False)  # of the file's bytes as read ("" when not from a file)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -298,6 +311,7 @@ class StationDescription:
         """A copy with ``changes`` applied and validated again (e.g. ``frame_px=32``)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
+        values["sha256"] = changes.get("sha256", "")  # a changed description is no longer the file read
         if "frame_px" in changes and "upsampling" not in changes:
             values["upsampling"] = None  # recompute the minimum for the new frame
         return _finish(values, self.source or "<station>")
@@ -432,6 +446,9 @@ def _finish(values: dict, source) -> StationDescription:
     auto = values["upsampling"] is None
     if auto:
         values["upsampling"] = 1
+    elif values["frame_px"] * values["upsampling"] > MAX_OBJECT_PX:
+        raise InputError(source, f"reconstruction.upsampling: the reconstruction grid camera.frame_px x upsampling = "
+                                 f"{values['frame_px'] * values['upsampling']} px exceeds {MAX_OBJECT_PX} px")
     desc = StationDescription(**values)
     # sampling: the pupil must fit in a frame, the widest illumination in the reconstruction grid
     # lazy: torch loads only when a model is needed (start-up time)
@@ -441,7 +458,7 @@ def _finish(values: dict, source) -> StationDescription:
         geometry = desc.geometry()
         na_ill = max_nominal_illumination_na(geometry)
         if auto:
-            for ups in range(1, 65):
+            for ups in range(1, min(MAX_UPSAMPLING, MAX_OBJECT_PX // values["frame_px"]) + 1):
                 try:
                     dc_replace(geometry, upsampling=ups).check_sampling(na_ill)
                     break
@@ -475,7 +492,8 @@ def load_station(path) -> StationDescription:
         message names the file and the key.
     """
     path = Path(path)
-    return _finish(_parse(read_toml(path, "station file"), path), path)
+    data, sha256 = read_toml_hashed(path, "station file")
+    return dc_replace(_finish(_parse(data, path), path), sha256=sha256)
 
 
 def parse_station(text: str, source="<station>") -> StationDescription:
