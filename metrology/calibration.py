@@ -17,7 +17,8 @@ store (:func:`metrology.audit.status.station_status`) and turns its verdict INCO
 last calibration failed or expired, or when the station drifted since (see ``docs/calibration.md``).
 
 Exit codes: 0 closure passed, 1 closure failed (recorded as a failed calibration), 2 bad input
-(raised as :class:`~metrology.errors.InputError` before anything is measured or recorded).
+(raised as :class:`~metrology.errors.InputError` before anything is measured or recorded), 4 an
+internal error at the command line (e.g. the store locked when the record is appended).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from metrology.audit.store import AuditStore, parse_utc
 from metrology.conventions import CONVENTIONS_TEXT, COVERAGE_FACTOR
 from metrology.errors import InputError
 from metrology.io.files import safe_file_name
-from metrology.pipeline import audit_store_path, check_output_dir, load_inputs, measure
+from metrology.limits import MAX_NAME_CHARS, check_text
+from metrology.pipeline import audit_store_path, check_output_dir, load_inputs, measure, prepare_audit_store
 from metrology.report.document import finite_or_none, write_json_atomic
 
 EXIT = {True: 0, False: 1}
@@ -196,7 +198,8 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     cert = load_certificate(golden_path)
     loaded = load_inputs(capture, station, None, reference)
     check_certificate(cert, loaded.station, golden_path)
-    AuditStore(store_path).close()  # a foreign or corrupt store fails now, before the fit
+    check_text(operator, "--operator", "operator name", MAX_NAME_CHARS)
+    prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
 
     fit, measurement = measure(loaded, mode, max_iterations, progress, frozen=tuple(frozen), device=device)
     closure = closure_check(measured_from_measurement(measurement), cert,

@@ -3,12 +3,15 @@
 The Python API: :func:`inspect` returns an :class:`InspectionResult` without writing anything;
 :func:`write_report` writes its PDF and JSON (and, with an audit store, :func:`record` appends the
 inspection record); :func:`run_inspection` (the CLI's single capture) composes them. The result
-document is built in :mod:`metrology.report.result`. Exit codes: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2, bad
-input, is raised as InputError before any file is written).
+document is built in :mod:`metrology.report.result`. The PDF, the JSON and the audit record are
+written as one unit (:mod:`metrology.io.results`). Exit codes: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2, bad
+input, is raised as InputError before any file is written; a failure to write or record the results
+leaves nothing and is an internal error, 4, at the command line).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,9 +28,13 @@ from metrology.audit.drift import check_and_record
 from metrology.audit.status import record_inspection
 from metrology.audit.store import AuditStore
 from metrology.io.files import safe_file_name
-from metrology.pipeline import Timer, audit_store_path, check_output_dir, load_inputs, measure, station_status
-from metrology.report.document import write_json_atomic
-from metrology.report.pdf import write_inspection_report
+from metrology.io.results import new_unit, recover, write_unit
+from metrology.limits import MAX_NAME_CHARS, MAX_SERIAL_CHARS, check_text
+from metrology.pipeline import (
+    Timer, audit_store_path, check_output_dir, load_inputs, measure, prepare_audit_store, station_status,
+)
+from metrology.report.document import document_bytes
+from metrology.report.pdf import render_inspection_report
 from metrology.report.plots import ReportArrays
 from metrology.report.result import build_document, figures_of_merit
 
@@ -158,13 +165,22 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     ------
     InputError
         Bad input, before the fit; the message names the file and the problem.
+
+    Notes
+    -----
+    With an audit store, the store is proved writable and its hash chain verified from the stored
+    checkpoint before the fit (:func:`metrology.pipeline.prepare_audit_store`): a broken chain makes
+    the station status ``"untrusted"`` and the verdict INCONCLUSIVE.
     """
     timer = Timer()
     now = now or datetime.now(timezone.utc)
+    check_text(operator, "--operator", "operator name", MAX_NAME_CHARS)
+    if serial is not None:
+        check_text(serial, "--serial", "lens serial", MAX_SERIAL_CHARS, allow_empty=False)
     loaded = load_inputs(capture, station, spec, reference)
     store_path = audit_store_path(audit_db)
     if store_path is not None:
-        AuditStore(store_path).close()  # a foreign or corrupt store fails now, before the fit
+        prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
     serial_used = serial or loaded.capture.lens_serial or "unknown-serial"
     timer.lap("load")
     fit, measurement = measure(loaded, mode, max_iterations, progress, device=device)
@@ -182,61 +198,122 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     return InspectionResult(doc, arrays, measurement, status, now)
 
 
-def write_report(result: InspectionResult, out_dir="reports", *, audit_db=None) -> tuple:
-    """Write ``<station>_<serial>_<UTC>.pdf`` and ``.json`` into ``out_dir``, atomically.
+def write_report(result: InspectionResult, out_dir="reports", *, audit_db=None, notify=None) -> tuple:
+    """Write ``<station>_<serial>_<UTC>_<token>.pdf`` and ``.json`` into ``out_dir`` with the audit
+    record, as one unit (:func:`metrology.io.results.write_unit`).
 
-    The PDF is written first and the JSON last, so a JSON file means a complete run. With
-    ``audit_db`` the inspection record (and any drift alarm) is appended between the two: when the
-    store cannot be written, the PDF is removed again and nothing claims the run was recorded.
+    Unfinished results that killed runs left in ``out_dir`` are first completed or removed
+    (:func:`recover_results`). Both files are then written under temporary names, the inspection
+    record that names them and their SHA-256 is appended (the commit), and both get their final
+    names; ``token`` (8 random hex digits, the record's ``result.id``) keeps concurrent runs apart.
+    Drift alarms are evaluated after the commit (not for an untrusted store). ``notify(line)``
+    receives the recovery notes and warnings.
 
     Returns
     -------
     pdf_path, json_path : Path
+
+    Raises
+    ------
+    metrology.io.results.ResultsNotWritten
+        The files could not be written or the record not appended (a full disk, a locked store):
+        nothing was kept.
     """
+    notify = notify or (lambda line: None)
     out = check_output_dir(out_dir)
-    pdf_path, json_path = out / f"{result.file_stem}.pdf", out / f"{result.file_stem}.json"
+    store_path = audit_store_path(audit_db)
+    for line in recover_results(out, store_path):
+        notify(line)
     doc = result.document
     t0 = time.perf_counter()
-    write_inspection_report(doc, result.arrays, pdf_path)
+    pdf = render_inspection_report(doc, result.arrays)
     doc["timings_s"]["report"] = float(time.perf_counter() - t0)
-    try:
-        store_path = audit_store_path(audit_db)
-        if store_path is not None:
-            record(result, store_path)
-        write_json_atomic(json_path, doc)
-    except BaseException:
-        pdf_path.unlink(missing_ok=True)
-        raise
-    return pdf_path, json_path
+    contents = {".pdf": pdf, ".json": document_bytes(doc)}
+    unit = new_unit(out, result.file_stem, contents,
+                    info={"store": None if store_path is None else str(store_path), "station_id": doc["station"]["id"]})
+    commit = None
+    if store_path is not None:
+        def commit():
+            _append_inspection(result, store_path, _result_ref(unit, contents))
+    paths = write_unit(unit, contents, commit)
+    if store_path is not None:
+        try:
+            _check_alarms(result, store_path)
+        except Exception as exc:  # noqa: BLE001 - the report stands; the alarm check is reported, not fatal
+            notify(f"warning: drift alarms not evaluated ({type(exc).__name__}: {exc})")
+    return paths[".pdf"], paths[".json"]
 
 
-def record(result: InspectionResult, audit_db) -> None:
-    """Append the inspection record of ``result`` to the audit store, then any new drift alarm."""
+def _result_ref(unit, contents: dict) -> dict:
+    """The ``result`` field of the audit record: the unit's id, file names and their SHA-256."""
+    return {"id": unit.token, "files": {s.lstrip("."): p.name for s, p in unit.files.items()},
+            "sha256": {s.lstrip("."): hashlib.sha256(data).hexdigest() for s, data in contents.items()}}
+
+
+def recover_results(out: Path, store_path) -> list:
+    """Complete or remove the results that killed runs left in ``out`` (one line per unit settled).
+
+    A unit counts as committed when its audit record exists: looked up by its id in the store it
+    names (that of this run, or another SQLite file that exists; any other: left alone).
+    """
+
+    def committed(state):
+        where, token = (state.get("info") or {}).get("store"), state.get("token")
+        if where is None:
+            return False  # no store: only a final file shows a commit, and none exists
+        if (store_path is None or where != str(store_path)) and ("://" in where or not Path(where).is_file()):
+            return None
+        with AuditStore(where, create=False) as store:
+            return any((r.content.get("result") or {}).get("id") == token
+                       for r in store.records(station_id=(state.get("info") or {}).get("station_id"),
+                                              kind="inspection"))
+
+    return recover(out, committed)
+
+
+def record(result: InspectionResult, audit_db, result_files: dict | None = None) -> None:
+    """Append the inspection record of ``result`` to the audit store, then any new drift alarm.
+
+    ``result_files``: the ``result`` field naming the files the record commits (``id``, ``files``,
+    ``sha256``; :func:`write_report` fills it). Drift alarms are not evaluated when the store
+    failed its integrity check (the records they read cannot be trusted).
+    """
+    _append_inspection(result, audit_db, result_files)
+    _check_alarms(result, audit_db)
+
+
+def _append_inspection(result: InspectionResult, audit_db, result_files: dict | None) -> None:
     doc = result.document
-    station_id = doc["station"]["id"]
     zern = {t["noll"]: (t["value_waves"], t["U_waves"]) for t in doc["zernike"] if not t["alignment"]}
     with AuditStore(audit_db) as store:
         record_inspection(
-            store, station_id, operator=doc["operator"], software_version=__version__,
+            store, doc["station"]["id"], operator=doc["operator"], software_version=__version__,
             inputs={i["role"]: i["sha256"] for i in doc["inputs"]}, misalignment=result.measurement.station,
             serial=doc["lens"]["serial"], zernike=zern,
             figures={k: doc["figures_of_merit"][k] for k in ("rms_waves", "strehl")},
-            verdict=result.verdict, status=result.status, now=result.created,
+            verdict=result.verdict, status=result.status, now=result.created, result=result_files,
         )
-        check_and_record(store, station_id)
+
+
+def _check_alarms(result: InspectionResult, audit_db) -> None:
+    if result.status.get("status") == "untrusted":  # alarms read the records: only a sound chain
+        return
+    with AuditStore(audit_db) as store:
+        check_and_record(store, result.document["station"]["id"])
 
 
 def run_inspection(capture, station, spec, *, reference=None, serial=None, operator="", out_dir="reports",
                    audit_db=None, mode="known", max_iterations=None, progress=None, now=None,
-                   device="auto") -> InspectionOutcome:
+                   device="auto", notify=None) -> InspectionOutcome:
     """Inspect one capture: validate, reconstruct, analyse, decide, write the PDF and JSON, record.
 
     :func:`inspect` then :func:`write_report` with the audit store; the output folder is checked
-    first, so that an unwritable one fails before the fit.
+    first, so that an unwritable one fails before the fit. ``notify(line)`` receives the recovery
+    notes and warnings of :func:`write_report`.
     """
     check_output_dir(out_dir)
     result = inspect(capture, station, spec, reference=reference, serial=serial, operator=operator,
                      audit_db=audit_db, mode=mode, max_iterations=max_iterations, progress=progress, now=now,
                      device=device)
-    pdf_path, json_path = write_report(result, out_dir, audit_db=audit_db)
+    pdf_path, json_path = write_report(result, out_dir, audit_db=audit_db, notify=notify)
     return InspectionOutcome(result.document, pdf_path, json_path, result.exit_code)

@@ -8,6 +8,7 @@ and the problem.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -28,9 +29,11 @@ from metrology.physics import StationModel
 from metrology.physics.illumination import max_nominal_illumination_na
 from metrology.limits import MAX_SEED
 from metrology.references import CATALOGUE, read_reference_image, reference_from_image, reference_transmission
-from metrology.solver import NoiseModel, reconstruct
+from metrology.measurement import Identifiability, Measurement, SolverReport
+from metrology.solver import FitResult, NoiseModel, reconstruct
 from metrology.solver.schedule import station_schedule
-from metrology.solver.device import compute_device
+from metrology.solver.device import compute_device, device_label
+from metrology.solver.reconstruct import prepare
 from metrology.solver.uncertainty import measurement_from_fit
 
 
@@ -180,6 +183,35 @@ def margin_for(loaded: LoadedInputs, mode: str) -> int:
     return max(4, int(round(AUTO_MARGIN_FRACTION * loaded.geometry.frame_px)))
 
 
+NON_FINITE_LOSS = 1e30
+"""The value the solver's objective gives a NaN or infinite loss (so that a line search reads it as
+"much worse"): a loss this large reported to the progress callback means the fit is not finite."""
+
+
+class NonFiniteFit(Exception):
+    """The fit's loss is not a finite number: raised from the progress callback at the first report
+    (the solver's start, then every round), so the fit stops in its first round instead of running
+    its whole budget on NaN. :func:`measure` turns it into a measurement with nothing measured."""
+
+    def __init__(self, iteration: int, loss: float):
+        self.iteration, self.loss = int(iteration), float(loss)
+        where = "at the start of the fit" if self.iteration == 0 else f"at iteration {self.iteration}"
+        super().__init__(f"the fit stopped: its loss is not a finite number {where} (NaN or infinity: "
+                         "data the station model cannot represent, e.g. constant or nearly empty frames)")
+
+
+def _watch_loss(progress):
+    """The progress callback given to the solver: stops a non-finite fit, then reports."""
+
+    def watch(iteration, max_iterations, loss):
+        if not (math.isfinite(loss) and abs(loss) < NON_FINITE_LOSS):
+            raise NonFiniteFit(iteration, loss)
+        if progress is not None:
+            progress(iteration, max_iterations, loss)
+
+    return watch
+
+
 def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | None = None, progress=None,
             frozen=(), frames=None, device: str = "cpu"):
     """Reconstruct and evaluate the uncertainty.
@@ -197,20 +229,54 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     -------
     fit : metrology.solver.FitResult
     measurement : metrology.measurement.Measurement
+        When the loss is not finite (:class:`NonFiniteFit`), nothing is measured: every coefficient
+        and uncertainty NaN, the solver not converged with the reason (:func:`not_measured`), which
+        the verdict turns into INCONCLUSIVE.
     """
     schedule = station_schedule(loaded.geometry, mode, max_iterations)
     if frozen:
         schedule = schedule.without(*frozen)
     model = build_model(loaded, mode).to(compute_device(device))
-    fit = reconstruct(
-        model,
-        loaded.capture.frames if frames is None else frames,
-        noise_for(loaded),
-        schedule,
-        initialise_geometry=not any(p.startswith("illumination.") for p in frozen),
-        progress=progress,
-    )
+    data = loaded.capture.frames if frames is None else frames
+    t0 = time.perf_counter()
+    try:
+        fit = reconstruct(
+            model,
+            data,
+            noise_for(loaded),
+            schedule,
+            initialise_geometry=not any(p.startswith("illumination.") for p in frozen),
+            progress=_watch_loss(progress),
+        )
+    except NonFiniteFit as exc:
+        return not_measured(loaded, mode, schedule, data, str(exc), time.perf_counter() - t0, device)
     return fit, measurement_from_fit(fit, loaded.station.uncertainty)
+
+
+def not_measured(loaded: LoadedInputs, mode: str, schedule, frames, why: str, wall_time_s: float, device="cpu"):
+    """The fit result and measurement of a fit that measured nothing (``why`` says why).
+
+    The model is the nominal one; coefficients, covariance, chi-square and frame residuals are NaN;
+    no station parameter is estimated; the data quality is the capture's.
+    """
+    model = build_model(loaded, mode).to(compute_device(device))
+    noise = noise_for(loaded)
+    data, mask, quality, _background = prepare(model, frames, noise)
+    n_frames, k = data.shape[0], loaded.geometry.zernike_terms
+    fit = FitResult(model=model, schedule=schedule, data=data, mask=mask, noise=noise, quality=quality, history=[],
+                    iterations=0, converged=False, message=why, chi2=math.nan, dof=1,
+                    frame_residuals=np.full(n_frames, np.nan), wall_time_s=wall_time_s,
+                    device=device_label(data.device))
+    solver = SolverReport(mode=schedule.mode, loss_name=schedule.loss, iterations=0, converged=False,
+                          final_loss=math.nan, history=[], reduced_chi2=math.nan,
+                          frame_residuals=fit.frame_residuals, message=why, wall_time_s=wall_time_s)
+    measurement = Measurement(
+        wavelength_nm=loaded.geometry.wavelength_nm, na=loaded.geometry.na,
+        tile_center_mm=tuple(loaded.geometry.tile_center_mm), zernike_waves=np.full(k, np.nan),
+        zernike_cov=np.full((k, k), np.nan), station=[], solver=solver, quality=quality,
+        identifiability=Identifiability(names=[], correlation=np.zeros((0, 0)), condition_number=math.inf),
+    )
+    return fit, measurement
 
 
 def audit_store_path(option) -> Path | str | None:
@@ -221,6 +287,16 @@ def audit_store_path(option) -> Path | str | None:
     if os.environ.get("METROLOGY_AUDIT_DB") or os.environ.get("METROLOGY_SITE_DIR"):
         return default_db_path()
     return None
+
+
+def prepare_audit_store(store_path) -> None:
+    """Open (or create) the audit store, prove it can be written, verify its hash chain from the
+    stored checkpoint and move the checkpoint to the verified head: before the fit, so that a
+    foreign, read-only or corrupt store fails fast and the later checks read few records. A broken
+    chain is not an error here: the station status reports it (``"untrusted"``)."""
+    with AuditStore(store_path) as store:
+        store.check_writable()
+        store.save_checkpoint(store.verify(incremental=True))
 
 
 def station_status(store_path, loaded: LoadedInputs, measurement, now) -> dict:

@@ -188,7 +188,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     if station_status is not None:
         status = str(station_status.get("status", "none"))
         why = station_status.get("reason", "")
-        if status in ("expired", "failed", "drifted"):
+        if status in ("expired", "failed", "drifted", "untrusted"):
             blocking.append(f"station calibration {status}" + (f": {why}" if why else ""))
         elif status == "none":
             warnings.append("no calibration audit store configured" + (f": {why}" if why else ""))
@@ -276,6 +276,9 @@ def judge(measurement: Measurement, spec: LensSpec, station_status: dict | None 
         rows.append(_row(f"MTF at {m.frequency_cyc_per_mm:g} cycles/mm (worst of {az} deg)",
                          f"limits.mtf[{i}].min", "min", m.min, "", figs[f"mtf@{m.frequency_cyc_per_mm:g}"]))
 
+    if not np.all(np.isfinite(c)):  # nothing measured: no limit can be judged, whatever the figures say
+        rows = [LimitResult(r.name, r.kind, r.limit, r.unit, math.nan, math.nan, math.nan, INCONCLUSIVE,
+                            "not measured (the fit gave no finite Zernike coefficients)", r.key) for r in rows]
     blocking, warnings = validity_findings(measurement, spec, station_status)
     failed = [r for r in rows if r.verdict == FAIL]
     open_ = [r for r in rows if r.verdict == INCONCLUSIVE]

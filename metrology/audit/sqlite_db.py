@@ -121,6 +121,9 @@ class SQLiteDatabase(Database):
         committed (the tables are found) or waits for this one.
         """
         if self._has_meta():
+            if not self._con.execute("SELECT count(*) FROM sqlite_master WHERE type='table' "
+                                     "AND name='audit_records'").fetchone()[0]:
+                raise InputError(self.path, "not an audit store (its table audit_records is missing)")
             return False
         if not create:
             raise InputError(self.path, "not an audit store (SQLite file without the audit tables)")

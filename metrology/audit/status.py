@@ -49,6 +49,11 @@ def misalignment_dict(estimates) -> dict:
     return out
 
 
+def _number(x) -> float:
+    """``float(x)``; a result document's ``null`` (nothing measured) as NaN."""
+    return math.nan if x is None else float(x)
+
+
 def _values(misalignment) -> dict:
     """name -> float from any form :func:`misalignment_dict` accepts."""
     return {k: v["value"] for k, v in misalignment_dict(misalignment).items()}
@@ -122,15 +127,28 @@ def station_status(store: AuditStore, station_id: str, now, current_misalignment
     Returns
     -------
     dict
-        ``status`` (``"none"``, ``"valid"``, ``"expired"``, ``"failed"``, ``"drifted"``), ``reason``
-        (one sentence), ``calibrated_utc``, ``valid_until``, ``calibration_seq``, ``golden_lens_id``
-        and ``drift`` (list of exceedances as dicts). Precedence: none, failed, expired, drifted.
+        ``status`` (``"untrusted"``, ``"none"``, ``"valid"``, ``"expired"``, ``"failed"``,
+        ``"drifted"``), ``reason`` (one sentence), ``calibrated_utc``, ``valid_until``,
+        ``calibration_seq``, ``golden_lens_id`` and ``drift`` (list of exceedances as dicts).
+        Precedence: untrusted, none, failed, expired, drifted.
+
+    Notes
+    -----
+    No record is read before the store is verified (:meth:`AuditStore.verified_last_calibration`:
+    the hash chain from the stored checkpoint, and the calibration record itself with its links).
+    A broken chain makes the status ``"untrusted"``, naming the first problems: an edited record
+    can claim anything, a passed calibration valid until 2099 included.
     """
     now_t = parse_utc(now, "now")
-    cal = store.last_calibration(station_id)
+    cal, check = store.verified_last_calibration(station_id)
     out = {"status": "none", "reason": f"no calibration recorded for station {station_id}",
            "calibrated_utc": None, "valid_until": None, "calibration_seq": None,
            "golden_lens_id": None, "drift": []}
+    if not check.ok:
+        shown = "; ".join(check.problems[:3]) + (f" (and {len(check.problems) - 3} more)" if len(check.problems) > 3 else "")
+        out.update(status="untrusted", reason=f"the audit store failed its integrity check, so no calibration "
+                   f"record in it can be trusted: {shown}; run 'metrology audit verify'")
+        return out
     if cal is None:
         return out
     c = cal.content
@@ -202,7 +220,8 @@ def record_calibration(store: AuditStore, station_id: str, operator: str, closur
 
 def record_inspection(store: AuditStore, station_id: str, *, operator: str, software_version: str,
                       inputs, misalignment, serial: str, zernike: dict, figures: dict, verdict: str,
-                      status: dict | None = None, now=None, extra: dict | None = None) -> Record:
+                      status: dict | None = None, now=None, extra: dict | None = None,
+                      result: dict | None = None) -> Record:
     """Append an ``inspection`` record.
 
     Parameters
@@ -214,15 +233,17 @@ def record_inspection(store: AuditStore, station_id: str, *, operator: str, soft
     verdict : {"PASS", "FAIL", "INCONCLUSIVE"}
     status : dict, optional
         The :func:`station_status` of this run.
+    result : dict, optional
+        The result files this record commits: ``{"id", "files": {"pdf", "json"}, "sha256": {"pdf",
+        "json"}}`` (the record is appended before the files get their names; see
+        :mod:`metrology.io.results`).
     """
     if verdict not in ("PASS", "FAIL", "INCONCLUSIVE"):
         raise InputError("verdict", f"must be PASS, FAIL or INCONCLUSIVE, got {verdict!r}")
     z = {}
     for k, v in (zernike or {}).items():
-        if isinstance(v, dict):
-            z[str(int(str(k)))] = {"value": float(v["value"]), "U": float(v["U"])}
-        else:
-            z[str(int(str(k)))] = {"value": float(v[0]), "U": float(v[1])}
+        value, U = (v["value"], v["U"]) if isinstance(v, dict) else (v[0], v[1])
+        z[str(int(str(k)))] = {"value": _number(value), "U": _number(U)}
     content = {
         "operator": str(operator),
         "software_version": str(software_version),
@@ -234,6 +255,8 @@ def record_inspection(store: AuditStore, station_id: str, *, operator: str, soft
     if status is not None:
         content["station_status"] = {k: status.get(k) for k in
                                      ("status", "reason", "calibration_seq", "valid_until")}
+    if result is not None:
+        content["result"] = result
     if extra:
         content["extra"] = extra
     return store.append("inspection", station_id, content, utc=now)

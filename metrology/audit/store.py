@@ -196,6 +196,10 @@ class VerifyResult:
                 + "; ".join(self.problems))
 
 
+class _RolledBack(Exception):
+    """Raised inside a write transaction to roll it back (:meth:`AuditStore.check_writable`)."""
+
+
 _COLS = "seq, station_id, kind, utc, content, content_sha256, prev_sha256, chain_sha256"
 _INITIAL_META = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "head_seq": "0",
                  "head_chain_sha256": GENESIS_SHA256}
@@ -259,6 +263,30 @@ class AuditStore:
         self.close()
 
     # ------------------------------------------------------------------ writing
+    def check_writable(self) -> None:
+        """Fail now, naming the store, when it cannot be written (a read-only file, folder or
+        database): a run that must append a record finds out before it measures anything.
+
+        Raises
+        ------
+        InputError
+            The store is read-only.
+        Exception
+            Anything else, as the database raised it (locked beyond the busy or lock timeout, disk
+            failure, a lost server): not bad input.
+        """
+        try:
+            with self._db.transaction(write=True):  # a real write, rolled back: a read-only store refuses it
+                self._db.execute("UPDATE audit_meta SET value = value WHERE key = 'format'")
+                raise _RolledBack
+        except _RolledBack:
+            return
+        except Exception as exc:
+            text = str(exc).lower()
+            if any(w in text for w in ("readonly", "read-only", "permission denied")):
+                raise InputError(self.location, f"the audit store is read-only ({str(exc).splitlines()[0]})") from None
+            raise
+
     def append(self, kind: str, station_id: str, content: dict, utc=None) -> Record:
         """Append one record atomically and return it.
 
@@ -341,19 +369,40 @@ class AuditStore:
         return self._db.query("SELECT count(*) FROM audit_records")[0][0]
 
     # ------------------------------------------------------------------ integrity
-    def verify(self) -> VerifyResult:
+    def verify(self, incremental: bool = False) -> VerifyResult:
         """Recompute every hash and link; name each record that was edited, deleted or moved.
 
         Detected: a stored field edited (content hash mismatch, or a column that disagrees with the
         hashed envelope), a hash column edited (chain mismatch), a deleted record (gap in seq and a
         broken ``prev`` link; the newest record deleted: head mismatch), records swapped or reordered
         (broken links / chain mismatch at each moved record).
+
+        Parameters
+        ----------
+        incremental : bool
+            Start from the stored checkpoint (:meth:`checkpoint`, the head of the last successful
+            check saved by :meth:`save_checkpoint`): the checkpoint record must still carry the chain
+            hash verified then, and only the records after it are read and checked. The result's
+            ``n_records`` counts the records checked.
         """
         with self._db.transaction():  # one consistent snapshot
-            meta = dict(self._db.query("SELECT key, value FROM audit_meta"))
-            rows = self._db.query(f"SELECT {_COLS} FROM audit_records ORDER BY seq")
-        problems, running = _chain_problems(rows)
-        last_seq = rows[-1][0] if rows else 0
+            return self._verify_snapshot(incremental)
+
+    def _query(self, sql: str, args=()) -> list:
+        return self._db.query(sql, args)
+
+    def _verify_snapshot(self, incremental: bool) -> VerifyResult:
+        """:meth:`verify` inside an open snapshot."""
+        meta = dict(self._query("SELECT key, value FROM audit_meta"))
+        start_seq, start_chain = _checkpoint_of(meta) if incremental else (0, GENESIS_SHA256)
+        problems = []
+        if start_seq:
+            anchor = self._query(f"SELECT {_COLS} FROM audit_records WHERE seq = ?", (start_seq,))
+            problems += _checkpoint_problems(anchor, start_seq, start_chain)
+        rows = self._query(f"SELECT {_COLS} FROM audit_records WHERE seq > ? ORDER BY seq", (start_seq,))
+        more, running = _chain_problems(rows, start_seq, start_chain)
+        problems += more
+        last_seq = rows[-1][0] if rows else start_seq
         head_seq = int(meta.get("head_seq", "-1")) if str(meta.get("head_seq", "")).isdigit() else -1
         head_chain = meta.get("head_chain_sha256", "")
         if head_seq != last_seq or head_chain != running:
@@ -365,6 +414,137 @@ class AuditStore:
                                 f"{head_seq}); records were appended or rewritten outside the store")
         return VerifyResult(ok=not problems, problems=problems, n_records=len(rows),
                             head_seq=last_seq, head_chain_sha256=running)
+
+    def checkpoint(self) -> tuple:
+        """``(seq, chain_sha256)`` of the head at the last successful check saved with
+        :meth:`save_checkpoint`; ``(0, GENESIS_SHA256)`` when none was saved."""
+        return _checkpoint_of(dict(self._query("SELECT key, value FROM audit_meta")))
+
+    def save_checkpoint(self, result: VerifyResult) -> None:
+        """Keep the head of a successful :meth:`verify` as the start of the next incremental one.
+
+        The checkpoint only moves forward, and only to a record that still carries the chain hash
+        verified (a record appended or rewritten since is checked next time). It lives in
+        ``audit_meta`` (``verified_seq``, ``verified_chain_sha256``): whoever can rewrite it can
+        rewrite the head too, the limit the module docstring states.
+        """
+        if not result.ok or result.head_seq <= 0:
+            return
+        with self._db.transaction(write=True):
+            seq, _ = _checkpoint_of(dict(self._query("SELECT key, value FROM audit_meta")))
+            row = self._query("SELECT chain_sha256 FROM audit_records WHERE seq = ?", (result.head_seq,))
+            if result.head_seq > seq and row and row[0][0] == result.head_chain_sha256:
+                for key, value in (("verified_seq", str(result.head_seq)),
+                                   ("verified_chain_sha256", result.head_chain_sha256)):
+                    self._db.execute("INSERT INTO audit_meta (key, value) VALUES (?, ?) "
+                                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def verified_last_calibration(self, station_id: str) -> tuple:
+        """The newest calibration record of ``station_id``, read only after the store was verified.
+
+        In one snapshot: :meth:`verify` from the checkpoint, then the record (among those verified)
+        with its own hashes and its links to the records before and after it checked (it may lie
+        before the checkpoint; an edit with recomputed hashes breaks the next link).
+
+        Returns
+        -------
+        record : Record or None
+        result : VerifyResult
+            ``ok`` False, with the problems, when the chain or the record itself is broken: the
+            record must then not be trusted.
+        """
+        with self._db.transaction():  # one snapshot: the check and the record read
+            result = self._verify_snapshot(incremental=True)
+            rows = self._query(
+                f"SELECT {_COLS} FROM audit_records WHERE station_id = ? AND kind = 'calibration' AND seq <= ? "
+                "ORDER BY seq DESC LIMIT 1", (station_id, result.head_seq))
+            if not rows:
+                return None, result
+            seq = rows[0][0]
+            near = self._query(f"SELECT {_COLS} FROM audit_records WHERE seq IN (?, ?) ORDER BY seq",
+                               (seq - 1, seq + 1))
+        before = [r for r in near if r[0] == seq - 1]
+        after = [r for r in near if r[0] == seq + 1]
+        problems = _record_problems(rows[0], before[0] if before else None, after[0] if after else None,
+                                    result.head_seq, result.head_chain_sha256)
+        if problems:
+            result = VerifyResult(ok=False, problems=result.problems + problems, n_records=result.n_records,
+                                  head_seq=result.head_seq, head_chain_sha256=result.head_chain_sha256)
+        return self._row_to_record(rows[0]), result
+
+
+def _checkpoint_of(meta: dict) -> tuple:
+    """``(seq, chain)`` of the saved checkpoint in the ``audit_meta`` values; genesis if none."""
+    seq, chain = meta.get("verified_seq", "0"), meta.get("verified_chain_sha256", GENESIS_SHA256)
+    return (int(seq), str(chain)) if str(seq).isdigit() else (-1, str(chain))
+
+
+def _checkpoint_problems(anchor: list, seq: int, chain: str) -> list:
+    """Problems of the checkpoint record (``anchor``: its row, or none) against the chain hash that
+    was verified there."""
+    if seq < 0:
+        return ["audit_meta: the verified checkpoint was edited (not a sequence number)"]
+    if not anchor:
+        return [f"record seq {seq}: missing (it was verified as the checkpoint; records deleted)"]
+    _seq, _st, _kind, _utc, text, c_sha, prev, stored_chain = anchor[0]
+    if stored_chain != chain or chain_hash(prev, c_sha) != chain or sha256_hex(text) != c_sha:
+        return [f"record seq {seq}: differs from the verified checkpoint (records up to it were edited "
+                "or rewritten)"]
+    return []
+
+
+def _record_problems(row, before, after, head_seq: int, head_chain: str) -> list:
+    """Problems of one record (``row``) with its neighbours' links (``before``/``after``: their
+    rows, None when absent)."""
+    seq = row[0]
+    problems, _ = _chain_problems([row], seq - 1, before[7] if before else GENESIS_SHA256)
+    if seq > 1 and before is None:
+        problems.append(f"record seq {seq}: the record before it is missing (deleted record)")
+    if after is not None and after[6] != row[7]:
+        problems.append(f"record seq {after[0]}: previous-hash link broken (record seq {seq} before it "
+                        "was edited or rewritten)")
+    if after is None and seq == head_seq and head_chain != row[7]:
+        problems.append(f"record seq {seq}: does not match the store head")
+    return problems
+
+
+def _chain_problems(rows, start_seq: int = 0, start_chain: str = GENESIS_SHA256) -> tuple:
+    """Problems of the stored rows (seq order, following record ``start_seq`` whose chain hash is
+    ``start_chain``), each naming its record; and the recomputed head."""
+    problems = []
+    running = start_chain
+    expected_seq = start_seq + 1
+    for seq, station_id, kind, utc, text, c_sha, prev, chain in rows:
+        where = f"record seq {seq}"
+        if seq != expected_seq:
+            if seq > expected_seq:
+                missing = (f"seq {expected_seq}" if seq == expected_seq + 1
+                           else f"seqs {expected_seq}-{seq - 1}")
+                problems.append(f"{where}: gap before it, {missing} missing (deleted record)")
+            else:
+                problems.append(f"{where}: out of order (expected seq {expected_seq})")
+        expected_seq = seq + 1
+        actual = sha256_hex(text) if isinstance(text, str) else None
+        if actual != c_sha:
+            problems.append(f"{where}: content hash mismatch (a stored field was edited)")
+        else:
+            try:
+                env = json.loads(text)
+                bad = [name for name, col in (("station_id", station_id), ("kind", kind), ("utc", utc))
+                       if env.get(name) != col]
+            except (ValueError, AttributeError):
+                bad = ["content (not JSON)"]
+            if bad:
+                problems.append(f"{where}: column(s) {', '.join(bad)} differ from the hashed content "
+                                "(edited)")
+        if prev != running:
+            problems.append(f"{where}: previous-hash link broken (a record before it was deleted, "
+                            "moved or rewritten, or its prev_sha256 was edited)")
+        if chain_hash(prev, c_sha) != chain:
+            problems.append(f"{where}: chain hash mismatch (its hashes were edited or the record "
+                            "was moved)")
+        running = chain  # resynchronise so that one fault is reported once
+    return problems, running
 
 
 def _chain_problems(rows) -> tuple:

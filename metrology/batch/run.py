@@ -67,8 +67,9 @@ def verdict_line(document: dict, pdf_path) -> str:
     rms = document["figures_of_merit"]["rms_waves"]
     v = document["verdict"]
     why = "" if v["overall"] == "PASS" else f" ({v['reasons'][0]})" if v["reasons"] else ""
-    return (f"{v['overall']} {document['lens']['serial']}: RMS {rms['value']:.4f} +/- {rms['U']:.4f} waves (k=2)"
-            f"{why} -> {pdf_path}")
+    figure = ("RMS not measured" if rms["value"] is None  # a fit that measured nothing (docs/spec.md)
+              else f"RMS {rms['value']:.4f} +/- {rms['U'] or 0.0:.4f} waves (k=2)")
+    return f"{v['overall']} {document['lens']['serial']}: {figure}{why} -> {pdf_path}"
 
 
 def outcome_from_document(job, document: dict, pdf_path, json_path, **extra) -> JobOutcome:

@@ -17,6 +17,7 @@ EXIT_CODES_CALIBRATE = """exit codes:
   0  closure passed (calibration recorded, valid for the station's validity_days)
   1  closure failed (recorded as a failed calibration: inspect is INCONCLUSIVE until recalibrated)
   2  bad input or usage (the message names the file and the problem; nothing recorded)
+  4  internal error (e.g. the audit store locked or failing; the message says what happened)
 """
 
 

@@ -1,8 +1,9 @@
 """``metrology inspect``: the QA station command.
 
 Loads and validates everything first, reconstructs, analyses, decides, and writes
-``<station>_<serial>_<UTC time>.pdf`` and ``.json`` into ``--out`` (default ``reports/``). Prints a
-one-line verdict on stdout; exit code 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input or usage.
+``<station>_<serial>_<UTC time>_<token>.pdf`` and ``.json`` into ``--out`` (default ``reports/``)
+together with the audit record. Prints a one-line verdict on stdout; exit code 0 PASS, 1 FAIL, 3
+INCONCLUSIVE, 2 bad input or usage, 4 internal error.
 
 Batch: several captures, a folder of captures or ``--manifest CSV`` run as a batch (``--jobs N``
 local processes, or ``--executor ray``): one verdict line per capture as it finishes, a summary
@@ -97,6 +98,7 @@ def run(args) -> int:
             args.capture[0], args.station, args.spec, reference=args.reference, serial=args.serial,
             operator=args.operator, out_dir=args.out, audit_db=args.audit_db, mode=args.mode,
             max_iterations=args.max_iterations, progress=lambda i, n, loss: bar(i, n), device=args.device,
+            notify=lambda line: print(f"metrology: {line}", file=sys.stderr),
         )
     print(verdict_line(outcome.document, outcome.pdf_path))
     return outcome.exit_code

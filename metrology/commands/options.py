@@ -7,6 +7,7 @@ EXIT_CODES = """exit codes:
   1  FAIL
   2  bad input or usage (the message names the file and the problem)
   3  INCONCLUSIVE
+  4  internal error (nothing half-done is left; the message says what happened)
 """
 
 

@@ -21,7 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from metrology.errors import InputError
-from metrology.io.files import atomic_write_text
+from metrology.io.files import atomic_write_bytes, read_bounded
+from metrology.limits import MAX_JSON_DEPTH, MAX_RESULT_BYTES, json_depth_exceeds
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "inspection_result.schema.json"
 """Path of the result document's JSON Schema (draft 2020-12)."""
@@ -199,6 +200,12 @@ def validate_document(doc, source="result document", use_jsonschema: bool | None
 
 
 # ---------------------------------------------------------------- reading and writing
+def document_bytes(doc) -> bytes:
+    """A JSON document as UTF-8 bytes (indented, strict JSON: NaN/infinity refused with
+    ``ValueError``), as :func:`write_json_atomic` writes it."""
+    return (json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def write_json_atomic(path, doc) -> Path:
     """Write a JSON document atomically (UTF-8, indented, strict JSON).
 
@@ -216,8 +223,7 @@ def write_json_atomic(path, doc) -> Path:
     Path
         The destination path.
     """
-    text = json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    return atomic_write_text(path, text)
+    return atomic_write_bytes(path, document_bytes(doc))
 
 
 def read_document(path) -> dict:
@@ -226,18 +232,20 @@ def read_document(path) -> dict:
     Raises
     ------
     InputError
-        If the file is missing or unreadable, is not JSON, or fails the schema.
+        If the file is missing or unreadable, larger than :data:`metrology.limits.MAX_RESULT_BYTES`,
+        is not JSON, nests more than :data:`metrology.limits.MAX_JSON_DEPTH` deep, or fails the schema.
     """
     path = Path(path)
+    raw = read_bounded(path, "result", MAX_RESULT_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise InputError(path, f"cannot read: {exc}") from None
-    try:
-        doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(path, "not a result document: JSON nested too deeply") from None
+    if json_depth_exceeds(doc):
+        raise InputError(path, f"not a result document: JSON nested more than {MAX_JSON_DEPTH} deep")
     validate_document(doc, source=path)
     return doc

@@ -395,9 +395,9 @@ def _build(doc, arrays: ReportArrays, fh) -> None:
     template.build(story)
 
 
-def write_inspection_report(doc: dict, arrays: ReportArrays, out_path) -> Path:
-    """Write the three-page A4 PDF inspection report (verdict and lens; station and data; uncertainty
-    budget), atomically.
+def render_inspection_report(doc: dict, arrays: ReportArrays) -> bytes:
+    """The three-page A4 PDF inspection report (verdict and lens; station and data; uncertainty
+    budget), rendered in memory.
 
     Parameters
     ----------
@@ -405,14 +405,11 @@ def write_inspection_report(doc: dict, arrays: ReportArrays, out_path) -> Path:
         Result document (validated against the schema first).
     arrays : ReportArrays
         Arrays behind the figures.
-    out_path : str or path-like
-        Destination ``.pdf``; its folder must exist. On any error nothing is left at ``out_path``
-        (an existing file there is untouched) and no temp file remains.
 
     Returns
     -------
-    Path
-        ``out_path``.
+    bytes
+        The PDF.
 
     Raises
     ------
@@ -423,5 +420,16 @@ def write_inspection_report(doc: dict, arrays: ReportArrays, out_path) -> Path:
     if not isinstance(arrays, ReportArrays):
         raise TypeError(f"arrays must be a ReportArrays, got {type(arrays).__name__}")
     buf = io.BytesIO()
-    _build(doc, arrays, buf)  # render fully in memory first: a failure here writes nothing
-    return atomic_write_bytes(Path(out_path), buf.getvalue())
+    _build(doc, arrays, buf)
+    return buf.getvalue()
+
+
+def write_inspection_report(doc: dict, arrays: ReportArrays, out_path) -> Path:
+    """Write the three-page A4 PDF inspection report (:func:`render_inspection_report`), atomically.
+
+    ``out_path`` is the destination ``.pdf``; its folder must exist. On any error nothing is left
+    at ``out_path`` (an existing file there is untouched) and no temp file remains. Returns
+    ``out_path``.
+    """
+    # render fully in memory first: a failure there writes nothing
+    return atomic_write_bytes(Path(out_path), render_inspection_report(doc, arrays))

@@ -289,9 +289,10 @@ def psf_mtf_png(arrays: ReportArrays, mtf_points=(), width_mm=186.0, height_mm=4
         if arrays.mtf_diffraction is not None:
             ax.plot(arrays.mtf_freq_cyc_per_mm, arrays.mtf_diffraction, color="black", linewidth=0.7,
                     linestyle="--", label="diffraction limit")
+        mtf_points = [p for p in mtf_points if p["value"] is not None]  # null: not measured
         if mtf_points:
             ax.errorbar([p["frequency_cyc_per_mm"] for p in mtf_points], [p["value"] for p in mtf_points],
-                        yerr=[p["U"] for p in mtf_points], fmt="o", markersize=2, color="#3b6ea5",
+                        yerr=[p["U"] or 0.0 for p in mtf_points], fmt="o", markersize=2, color="#3b6ea5",
                         elinewidth=0.6, capsize=1.5, label="reported (± U)")
         ax.set_ylim(0, 1.05)
         ax.grid(linewidth=0.3, color="0.85")

@@ -10,6 +10,8 @@ calibration summary.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from metrology import __version__
@@ -25,9 +27,18 @@ DEFAULT_MTF_FRACTIONS = (0.1, 0.25, 0.5)
 """MTF reported at these fractions of the incoherent cut-off when the spec names no frequency."""
 
 
-def _q(quantity) -> dict:
+def _q(quantity, measured: bool = True) -> dict:
+    """``{"value", "u", "U"}`` of a figure; all null when nothing was measured."""
+    if not measured:
+        return {"value": None, "u": None, "U": None}
     v, u = float(quantity.value), float(quantity.u)
-    return {"value": v, "u": u, "U": COVERAGE_FACTOR * u}
+    return {"value": finite_or_none(v), "u": finite_or_none(u), "U": finite_or_none(COVERAGE_FACTOR * u)}
+
+
+def _capped(x, lo: float, hi: float, if_nan: float) -> float:
+    """``x`` clipped to ``[lo, hi]``; ``if_nan`` when it is NaN (the schema wants a number here)."""
+    x = float(x)
+    return if_nan if np.isnan(x) else float(min(max(x, lo), hi))
 
 
 def conventions_block() -> dict:
@@ -44,7 +55,9 @@ def conventions_block() -> dict:
 
 
 def figures_of_merit(measurement, spec) -> dict:
-    """Lens figures with uncertainties (Monte Carlo over the coefficient covariance)."""
+    """Lens figures with uncertainties (Monte Carlo over the coefficient covariance); every one
+    null when the measurement has no finite coefficients (a fit that measured nothing)."""
+    ok = bool(np.all(np.isfinite(measurement.zernike_waves)))
     c = np.nan_to_num(measurement.zernike_waves)
     cov = np.nan_to_num(measurement.zernike_cov)
     cut = cutoff_cyc_per_mm(measurement.wavelength_nm, measurement.na)
@@ -55,16 +68,16 @@ def figures_of_merit(measurement, spec) -> dict:
     strehl = figs["strehl"]
     s_psf = strehl_psf(c)
     return {
-        "rms_waves": _q(figs["rms_waves"]),
-        "rms_nm": _q(figs["rms_nm"]),
-        "pv_waves": _q(figs["pv_waves"]),
+        "rms_waves": _q(figs["rms_waves"], ok),
+        "rms_nm": _q(figs["rms_nm"], ok),
+        "pv_waves": _q(figs["pv_waves"], ok),
         # the pupil is a Zernike model (no residual map beyond it): PVr = PV + 3 x 0
-        "pvr_waves": _q(figs["pv_waves"]),
-        "strehl": _q(strehl),
-        "strehl_psf": {"value": float(s_psf), "u": float(strehl.u), "U": COVERAGE_FACTOR * float(strehl.u)},
+        "pvr_waves": _q(figs["pv_waves"], ok),
+        "strehl": _q(strehl, ok),
+        "strehl_psf": _q(SimpleNamespace(value=float(s_psf), u=float(strehl.u)), ok),
         "fit_residual_waves": 0.0,
         "mtf": [
-            {"frequency_cyc_per_mm": float(f), **_q(figs[f"mtf@{f:g}"])} for f in freqs
+            {"frequency_cyc_per_mm": float(f), **_q(figs[f"mtf@{f:g}"], ok)} for f in freqs
         ],
     }
 
@@ -175,9 +188,11 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
         "figures_of_merit": figures,
         "station_misalignment": _station_rows(measurement),
         "identifiability": {
-            "condition_number": float(min(ident.condition_number, 1e300)),
-            "max_abs_correlation": float(min(max(ident.max_abs_correlation, 0.0), 1.0)),
-            "strong_pairs": [{"a": a, "b": b, "correlation": float(c)} for a, b, c in ident.strong_pairs[:20]],
+            # capped: a condition number that is not finite is "as bad as it gets", 1e300
+            "condition_number": _capped(ident.condition_number, 0.0, 1e300, 1e300),
+            "max_abs_correlation": _capped(ident.max_abs_correlation, 0.0, 1.0, 1.0),
+            "strong_pairs": [{"a": a, "b": b, "correlation": float(c)} for a, b, c in ident.strong_pairs[:20]
+                             if np.isfinite(c)],
             "unidentifiable": list(ident.unidentifiable),
         },
         "data_quality": {
