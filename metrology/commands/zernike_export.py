@@ -31,7 +31,8 @@ import numpy as np
 
 from metrology.errors import InputError
 from metrology.io.files import atomic_write_text
-from metrology.orderings import fringe_to_nm, nm_to_ansi, nm_to_fringe, noll_to_fringe_coefficients
+from metrology.limits import one_line
+from metrology.orderings import MAX_NOLL, fringe_to_nm, nm_to_ansi, nm_to_fringe, noll_to_fringe_coefficients, noll_to_nm
 from metrology.report.document import read_document
 
 FORMATS = ("csv", "zemax-fringe", "zemax-standard")
@@ -59,11 +60,13 @@ def _terms(doc: dict) -> list:
 
 
 def _header(doc: dict, title: str) -> list[str]:
+    """Comment lines; text from the document goes through :func:`metrology.limits.one_line` (a line
+    break in a serial must not start an uncommented line of coefficients)."""
     lens = doc["lens"]
     return [
         f"# {title}",
-        f"# lens {lens['model']} serial {lens['serial']}; result created {doc['created_utc']} by "
-        f"{doc['software']['name']} {doc['software']['version']}",
+        f"# lens {one_line(lens['model'])} serial {one_line(lens['serial'])}; result created {doc['created_utc']} by "
+        f"{one_line(doc['software']['name'])} {one_line(doc['software']['version'])}",
         f"# coefficients in waves at wavelength {doc['wavelength_nm']:g} nm "
         f"(multiply by {doc['wavelength_nm']:g} for nm of wavefront)",
         f"# normalisation radius: the pupil edge at NA {doc['na']:g} (rho = |f| / (NA / lambda) = 1); in Zemax "
@@ -159,9 +162,25 @@ def export_zernike(doc: dict, fmt: str) -> str:
     return _WRITERS[fmt](doc)
 
 
+def check_terms(doc: dict, source) -> None:
+    """The document's Zernike rows must be distinct Noll indices 1..MAX_NOLL with their own ``(n, m)``
+    (the schema checks the types, this the meaning), or InputError naming ``source``."""
+    seen = set()
+    for t in doc["zernike"]:
+        j = t["noll"]
+        if not 1 <= j <= MAX_NOLL:
+            raise InputError(source, f"zernike: Noll index {j} outside 1..{MAX_NOLL}")
+        if j in seen:
+            raise InputError(source, f"zernike: Noll {j} listed twice")
+        if (t["n"], t["m"]) != noll_to_nm(j):
+            raise InputError(source, f"zernike: Noll {j} is (n, m) = {noll_to_nm(j)}, the file says ({t['n']}, {t['m']})")
+        seen.add(j)
+
+
 def run(args) -> int:
     """Read, validate and export a result; return 0 (``InputError`` on a bad file -> exit 2)."""
     doc = read_document(args.result)
+    check_terms(doc, args.result)
     text = export_zernike(doc, args.format)
     if args.out is None:
         sys.stdout.write(text)
