@@ -217,35 +217,9 @@ def _row(name, key, kind, limit, unit, q, scale=1.0) -> LimitResult:
     return LimitResult(name, kind, float(limit), unit, float(value), float(u), float(U), dec, reason, key)
 
 
-def judge(measurement: Measurement, spec: LensSpec, station_status: dict | None = None,
-          n_draws: int = N_DRAWS, seed: int = SEED) -> Verdict:
-    """Judge a measurement against a lens specification.
-
-    Parameters
-    ----------
-    measurement : Measurement
-        Noll coefficients (waves) and covariance; alignment terms Noll 1-4 are excluded.
-    spec : LensSpec
-    station_status : dict, optional
-        From calibration audits: ``{"status": "valid"|"expired"|"failed"|"none"|"drifted",
-        "reason": str}``; ``"none"`` (no audit store) only warns.
-    n_draws, seed : int
-        Monte Carlo settings of :mod:`metrology.analysis.propagation`.
-
-    Returns
-    -------
-    Verdict
-    """
-    c = np.asarray(measurement.zernike_waves, dtype=float)
-    cov = np.asarray(measurement.zernike_cov, dtype=float)
-    k = c.size
-    fams = [f for f in spec.family_max if family_indices(f, k)]
-    figs = derived_figures(
-        np.nan_to_num(c), np.nan_to_num(cov), measurement.wavelength_nm, measurement.na,
-        pv=spec.pv_waves_max is not None, strehl=spec.strehl_min is not None,
-        mtf_frequencies_cyc_per_mm=[m.frequency_cyc_per_mm for m in spec.mtf],
-        families=fams, terms=[j for j in spec.term_max if j <= k], n_draws=n_draws, seed=seed,
-    )
+def _limit_rows(spec: LensSpec, figs: dict, k: int, fams: list) -> list:
+    """One :class:`LimitResult` per limit of ``spec`` from the derived figures ``figs`` of a
+    ``k``-term measurement (families in ``fams`` and terms beyond ``k`` are not measured)."""
     rows = []
     if spec.rms_waves_max is not None:
         rows.append(_row("RMS wavefront error (alignment removed)", "limits.rms_waves_max", "max",
@@ -276,6 +250,39 @@ def judge(measurement: Measurement, spec: LensSpec, station_status: dict | None 
         rows.append(_row(f"MTF at {m.frequency_cyc_per_mm:g} cycles/mm (worst of {az} deg)",
                          f"limits.mtf[{i}].min", "min", m.min, "", figs[f"mtf@{m.frequency_cyc_per_mm:g}"]))
 
+    return rows
+
+
+def judge(measurement: Measurement, spec: LensSpec, station_status: dict | None = None,
+          n_draws: int = N_DRAWS, seed: int = SEED) -> Verdict:
+    """Judge a measurement against a lens specification.
+
+    Parameters
+    ----------
+    measurement : Measurement
+        Noll coefficients (waves) and covariance; alignment terms Noll 1-4 are excluded.
+    spec : LensSpec
+    station_status : dict, optional
+        From calibration audits: ``{"status": "valid"|"expired"|"failed"|"none"|"drifted",
+        "reason": str}``; ``"none"`` (no audit store) only warns.
+    n_draws, seed : int
+        Monte Carlo settings of :mod:`metrology.analysis.propagation`.
+
+    Returns
+    -------
+    Verdict
+    """
+    c = np.asarray(measurement.zernike_waves, dtype=float)
+    cov = np.asarray(measurement.zernike_cov, dtype=float)
+    k = c.size
+    fams = [f for f in spec.family_max if family_indices(f, k)]
+    figs = derived_figures(
+        np.nan_to_num(c), np.nan_to_num(cov), measurement.wavelength_nm, measurement.na,
+        pv=spec.pv_waves_max is not None, strehl=spec.strehl_min is not None,
+        mtf_frequencies_cyc_per_mm=[m.frequency_cyc_per_mm for m in spec.mtf],
+        families=fams, terms=[j for j in spec.term_max if j <= k], n_draws=n_draws, seed=seed,
+    )
+    rows = _limit_rows(spec, figs, k, fams)
     if not np.all(np.isfinite(c)):  # nothing measured: no limit can be judged, whatever the figures say
         rows = [LimitResult(r.name, r.kind, r.limit, r.unit, math.nan, math.nan, math.nan, INCONCLUSIVE,
                             "not measured (the fit gave no finite Zernike coefficients)", r.key) for r in rows]
