@@ -132,3 +132,76 @@ def test_shift_only_drift_is_detected(tmp_path):
     loaded = SimpleNamespace(station=small_station())
     status = station_status(db, loaded, SimpleNamespace(station=state(0.5)), T0 + timedelta(days=1))
     assert status["status"] == "drifted"  # 0.5 mm > shift limit 0.05 mm
+
+
+# ------------------------------------------------------------------ a tampered store (issue 15)
+def _tamper(db, seq, edit, rehash=False):
+    """Edit record ``seq``'s content in the SQLite file as an attacker with write access would;
+    ``rehash``: also recompute its content and chain hashes (the next record's link then breaks)."""
+    import sqlite3
+
+    from metrology.audit.store import canonical_json, chain_hash, sha256_hex
+
+    con = sqlite3.connect(db)
+    text, prev = con.execute("SELECT content, prev_sha256 FROM audit_records WHERE seq = ?", (seq,)).fetchone()
+    env = json.loads(text)
+    edit(env["data"])
+    new = canonical_json(env)
+    con.execute("UPDATE audit_records SET content = ? WHERE seq = ?", (new, seq))
+    if rehash:
+        c = sha256_hex(new)
+        con.execute("UPDATE audit_records SET content_sha256 = ?, chain_sha256 = ? WHERE seq = ?",
+                    (c, chain_hash(prev, c), seq))
+    con.commit()
+    con.close()
+
+
+def _pass_until_2099(content):
+    content["passed"] = True
+    content["valid_until"] = "2099-01-01T00:00:00.000000Z"
+
+
+@pytest.mark.parametrize("rehash", [False, True])
+def test_tampered_calibration_record_makes_inspect_inconclusive(case, tmp_path, rehash):
+    """A failed golden-lens calibration edited to passed, valid until 2099, never gives PASS: the
+    chain is verified before the record is trusted (on main: PASS, exit 0, status 'valid')."""
+    db = tmp_path / "audit.sqlite"
+    cal = calibrate(case, db, capture="misaligned", frozen=GEOMETRY_PATHS)
+    assert cal.exit_code == 1
+    if rehash:  # a later record, so that a rewrite with recomputed hashes breaks its link
+        with AuditStore(db) as store:
+            store.append("alarm", STATION_ID, {"text": "maintenance"}, utc=T0 + timedelta(hours=1))
+    _tamper(db, cal.record.seq, _pass_until_2099, rehash=rehash)
+    out = inspect(case, db, tmp_path / "reports", T0 + timedelta(days=1))
+    calib = out.document["station"]["calibration"]
+    assert calib["status"] == "untrusted", calib
+    assert "integrity check" in calib["reason"] and f"seq {cal.record.seq}" in calib["reason"]
+    assert out.document["verdict"]["overall"] == "INCONCLUSIVE" and out.exit_code == 3
+    assert any("station calibration untrusted" in r for r in out.document["verdict"]["reasons"])
+
+
+def test_checkpointed_verification_reads_only_new_records_and_still_checks_the_calibration(case, tmp_path):
+    """After an inspection the verified head is the checkpoint: the next check reads only the
+    records after it, and the calibration record before it is still checked on its own."""
+    from metrology.pipeline import prepare_audit_store
+
+    db = tmp_path / "audit.sqlite"
+    cal = calibrate(case, db)
+    with AuditStore(db) as store:
+        for i in range(50):
+            store.append("alarm", STATION_ID, {"i": i}, utc=T0 + timedelta(minutes=i + 1))
+    prepare_audit_store(db)  # what inspect does before the fit: verify, then save the checkpoint
+    with AuditStore(db) as store:
+        assert store.checkpoint()[0] == len(store) == 51
+        store.append("alarm", STATION_ID, {"i": 50}, utc=T0 + timedelta(hours=2))
+        result = store.verify(incremental=True)
+        assert result.ok and result.n_records == 1  # only the record after the checkpoint
+        record, check = store.verified_last_calibration(STATION_ID)
+        assert check.ok and record.seq == cal.record.seq
+    _tamper(db, cal.record.seq, lambda c: c.update(valid_until="2099-01-01T00:00:00.000000Z"), rehash=True)
+    with AuditStore(db) as store:
+        assert store.verify(incremental=True).ok  # the records after the checkpoint are intact ...
+        record, check = store.verified_last_calibration(STATION_ID)
+        assert not check.ok and any(f"seq {cal.record.seq + 1}" in p for p in check.problems), check.problems
+    out = inspect(case, db, tmp_path / "reports", T0 + timedelta(days=1))  # ... but the record is not trusted
+    assert out.document["station"]["calibration"]["status"] == "untrusted" and out.exit_code == 3
