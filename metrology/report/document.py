@@ -40,7 +40,10 @@ def load_schema() -> dict:
 
 def finite_or_none(x) -> float | None:
     """``float(x)``, or None (JSON ``null``) when it is NaN or infinite: the one way every result and
-    calibration document writes a non-finite number (strict JSON has no NaN)."""
+    calibration document writes a non-finite number (strict JSON has no NaN); None stays None
+    (a figure not computed, as in a fit that measured nothing)."""
+    if x is None:
+        return None
     x = float(x)
     return x if math.isfinite(x) else None
 
