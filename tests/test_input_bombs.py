@@ -224,3 +224,22 @@ def test_a_large_real_capture_loads_fast_and_once(tmp_path, tiny):
         tracemalloc.stop()
     assert seconds < 5 * MAX_SECONDS and peak < 2.5 * frames.nbytes, (seconds, peak / 2**20)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_docs_list_every_limit_and_every_exit_code():
+    """docs/formats.md names every bound of metrology.limits (and the three kept elsewhere); README
+    and docs/formats.md list the exit codes, 4 (internal error) included; so does --help."""
+    import metrology.limits as limits
+    from metrology.commands.options import EXIT_CODES
+
+    formats = (FIXTURES.parent / "docs" / "formats.md").read_text()
+    readme = (FIXTURES.parent / "README.md").read_text()
+    names = [n for n in dir(limits) if n.startswith("MAX_")]
+    assert len(names) >= 15
+    for name in names + ["MAX_TEXT_FILE_BYTES", "MAX_REFERENCE_FILE_BYTES", "MAX_NOLL"]:
+        assert f"`{name}`" in formats or f".{name}`" in formats, name
+    for text in (formats, readme):
+        for code in ("0", "1", "2", "3", "4"):
+            assert f"\n| {code} |" in text, code
+        assert "internal error" in text
+    assert "4" in EXIT_CODES and "internal error" in EXIT_CODES
