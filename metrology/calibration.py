@@ -34,9 +34,10 @@ from metrology.audit.store import AuditStore, parse_utc
 from metrology.conventions import CONVENTIONS_TEXT, COVERAGE_FACTOR
 from metrology.errors import InputError
 from metrology.io.files import safe_file_name
+from metrology.io.results import new_unit, write_unit
 from metrology.limits import MAX_NAME_CHARS, check_text
 from metrology.pipeline import audit_store_path, check_output_dir, load_inputs, measure, prepare_audit_store
-from metrology.report.document import finite_or_none, write_json_atomic
+from metrology.report.document import document_bytes, finite_or_none
 
 EXIT = {True: 0, False: 1}
 """Exit code by closure outcome (passed -> 0, failed -> 1)."""
@@ -165,7 +166,8 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
         Audit store; default ``$METROLOGY_AUDIT_DB`` / ``$METROLOGY_SITE_DIR``. A calibration must be
         recorded, so having none is an input error.
     out_dir : str or Path, optional
-        Folder for the JSON summary ``calibration_<station>_<UTC>.json`` (written atomically).
+        Folder for the JSON summary ``calibration_<station>_<UTC>_<token>.json`` (written
+        atomically; a random token in the name).
     reference : str, optional
         Reference sample (as ``inspect --reference``; default from the capture).
     mode, max_iterations, progress, device
@@ -219,8 +221,9 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     summary_path = None
     if out is not None:
         stamp = now_t.strftime("%Y%m%dT%H%M%SZ")
-        name = f"calibration_{safe_file_name(station_id, 'station')}_{stamp}.json"
-        summary_path = write_json_atomic(out / name, summary)
+        # a random token in the name: two calibrations of a station in one second never collide
+        unit = new_unit(out, f"calibration_{safe_file_name(station_id, 'station')}_{stamp}", (".json",))
+        summary_path = write_unit(unit, {".json": document_bytes(summary)})[".json"]
     return CalibrationOutcome(closure, record, status, measurement, summary, summary_path,
                               EXIT[bool(closure.passed)])
 

@@ -170,12 +170,18 @@ def _nested_json(depth):
     return json.loads("[" * depth + "]" * depth)
 
 
-@pytest.mark.parametrize("case", ["serial-newline", "nested-metadata"])
+@pytest.mark.parametrize("case", ["serial-newline", "nested-metadata", "exposure-1e308"])
 def test_capture_metadata_injection_is_refused(tiny, tmp_path, capsys, case):
+    """A newline in the capture's serial, metadata nested 100,000 deep, an exposure of 1e308 s (a
+    NaN fit after minutes on main)."""
     capture, station = tiny
     bad = tmp_path / "bad.tif"
     if case == "serial-newline":
         _with_metadata(capture, bad, lens_serial="LENS-1\nPASS")
+    elif case == "exposure-1e308":
+        frames = read_capture(capture).metadata()["frames"]
+        frames[0]["exposure_s"] = 1e308
+        _with_metadata(capture, bad, frames=frames)
     else:  # 100000 nested arrays: a RecursionError on main
         cap = read_capture(capture)
         text = json.dumps(cap.metadata())[:-1] + ', "deep": ' + "[" * 100000 + "]" * 100000 + "}"

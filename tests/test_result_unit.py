@@ -175,3 +175,21 @@ def test_a_failed_commit_keeps_nothing(tmp_path):
     with pytest.raises(ResultsNotWritten, match="nothing was kept"):
         write_unit(unit, {".pdf": b"a", ".json": b"b"}, commit)
     assert _visible(tmp_path) == []
+
+
+def test_recover_removes_stale_temporaries_only(tmp_path):
+    """An atomic write killed mid-way leaves ``.<name>.<random>.tmp``: removed once it is an hour
+    old (no live write takes that long), a fresh one left to its writer."""
+    import os
+    import time
+
+    from metrology.io.results import STALE_TEMP_S, recover
+
+    stale, fresh = tmp_path / ".LENS.pdf.k2j3.tmp", tmp_path / ".LENS.json.x9q1.tmp"
+    stale.write_bytes(b"half a PDF")
+    fresh.write_bytes(b"half a JSON")
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    notes = recover(tmp_path)
+    assert not stale.exists() and fresh.exists()
+    assert len(notes) == 1 and stale.name in notes[0]
