@@ -170,7 +170,8 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     -----
     With an audit store, the store is proved writable and its hash chain verified from the stored
     checkpoint before the fit (:func:`metrology.pipeline.prepare_audit_store`): a broken chain makes
-    the station status ``"untrusted"`` and the verdict INCONCLUSIVE.
+    the station status ``"untrusted"`` and the verdict INCONCLUSIVE. No record is appended; only
+    the verification checkpoint in the store's ``audit_meta`` moves forward.
     """
     timer = Timer()
     now = now or datetime.now(timezone.utc)

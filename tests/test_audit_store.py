@@ -320,3 +320,55 @@ def test_postgresql_connection_errors_name_the_url_without_password():
     assert "cannot connect" in str(err.value) and time.time() - t < 10
     with pytest.raises(InputError, match="unsupported audit database URL"):
         AuditStore("mysql://qa@127.0.0.1/audit")
+
+
+# ------------------------------------------------------------------ checkpoint and trust (issue 15)
+def test_checkpointed_verification_and_trusted_calibration(db):
+    """On both databases: the verified head is kept as the checkpoint; the next check reads only
+    the records after it; a calibration record before it, edited with its own hashes recomputed,
+    is still caught by the record's own check (the next record's link) and never trusted."""
+    from metrology.audit.status import station_status
+
+    with AuditStore(db, create=False) as s:
+        assert s.checkpoint()[0] == 0
+        s.check_writable()
+        s.save_checkpoint(s.verify(incremental=True))
+        assert s.checkpoint()[0] == N
+        s.append("inspection", "st-A", _content(7), utc="2025-01-07T10:00:00Z")
+        result = s.verify(incremental=True)
+        assert result.ok and result.n_records == 1 and result.head_seq == N + 1
+        cal, check = s.verified_last_calibration("st-A")
+        assert check.ok and cal.seq == 5
+    text, prev = raw_query(db, "SELECT content, prev_sha256 FROM audit_records WHERE seq = 5")[0]
+    env = json.loads(text)
+    env["data"]["valid_until"] = "2099-01-01T00:00:00.000000Z"
+    new = canonical_json(env)
+    c = sha256_hex(new)
+    raw_exec(db, "UPDATE audit_records SET content = ?, content_sha256 = ?, chain_sha256 = ? WHERE seq = 5",
+             (new, c, chain_hash(prev, c)))
+    with AuditStore(db, create=False) as s:
+        assert s.verify(incremental=True).ok  # the records after the checkpoint are intact ...
+        cal, check = s.verified_last_calibration("st-A")
+        assert not check.ok and _names(check.problems, 6), check.problems  # ... the record is not
+        status = station_status(s, "st-A", "2025-01-08T00:00:00Z", {}, {})
+    assert status["status"] == "untrusted" and "seq 6" in status["reason"]
+
+
+def test_checkpoint_edited_or_rewritten_is_caught(db):
+    with AuditStore(db, create=False) as s:
+        s.save_checkpoint(s.verify())
+    raw_exec(db, "UPDATE audit_records SET content_sha256 = ? WHERE seq = 3", ("0" * 64,))
+    with AuditStore(db, create=False) as s:
+        # the checkpoint record itself is intact; a record before it is not: the full check names it,
+        # the incremental one trusts what it verified before (and audit verify always runs in full)
+        assert s.verify(incremental=True).ok and _names(s.verify().problems, 3)
+    raw_exec(db, "UPDATE audit_records SET chain_sha256 = ? WHERE seq = ?", ("f" * 64, N))
+    with AuditStore(db, create=False) as s:
+        result = s.verify(incremental=True)
+    assert not result.ok and any("differs from the verified checkpoint" in p for p in result.problems)
+
+
+def test_missing_records_table_is_not_an_audit_store(db):
+    raw_exec(db, "DROP TABLE audit_records")
+    with pytest.raises(InputError, match="audit_records"):
+        AuditStore(db, create=False)

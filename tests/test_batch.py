@@ -84,9 +84,9 @@ def test_folder_batch_in_two_processes_then_resume(first_run, capsys):
     table = stdout[stdout.index("#  capture"):]
     for name in ("lens-001.tif", "lens-004.tif", "lens-005-truncated.tif", "lens-006-other-station.tif"):
         assert name in table
-    # nothing half-written: 4 PDF + 4 JSON named <station>_<serial>_<UTC>, no temporary files
+    # nothing half-written: 4 PDF + 4 JSON named <station>_<serial>_<UTC>_<token>, no temporary files
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) == 8 and all(re.fullmatch(r"bench-4x-15x15_LENS-00[1-4]_\d{8}T\d{6}Z\.(pdf|json)", f)
+    assert len(files) == 8 and all(re.fullmatch(r"bench-4x-15x15_LENS-00[1-4]_\d{8}T\d{6}Z_[0-9a-f]{8}\.(pdf|json)", f)
                                    for f in files), files
     with AuditStore(db, create=False) as store:
         recs = store.records(kind="inspection")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-import metrology.audit.store as store_module
+import metrology.audit.sqlite_db as sqlite_db
 import metrology.inspection as inspection
 import metrology.pipeline as pipeline
 from metrology.audit.store import AuditStore
@@ -87,7 +87,7 @@ def _lock(db):
 
 
 def test_store_locked_before_the_fit_exits_4_at_once(tiny, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", 0.3)
     db, out = tmp_path / "audit.sqlite", tmp_path / "out"
     AuditStore(db).close()
     holder = _lock(db)
@@ -105,7 +105,7 @@ def test_store_locked_before_the_fit_exits_4_at_once(tiny, tmp_path, capsys, mon
 def test_store_locked_at_the_commit_leaves_no_pdf_and_no_json(tiny, tmp_path, capsys, monkeypatch):
     """The store is locked by another writer after the fit, when the record is appended: on main the
     PDF and the JSON were already written (a PASS PDF with no audit record) and the run exited 1."""
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(sqlite_db, "BUSY_TIMEOUT_S", 0.3)
     db, out = tmp_path / "audit.sqlite", tmp_path / "out"
     AuditStore(db).close()
     holders = []

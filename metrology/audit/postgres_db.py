@@ -118,6 +118,8 @@ class PostgresDatabase(Database):
         """Check for the audit tables; create them under the store's lock when allowed."""
         tables = self._tables()
         if "audit_meta" in tables:
+            if "audit_records" not in tables:
+                raise InputError(self.location, "not an audit store (its table audit_records is missing)")
             return
         if not create:
             raise InputError(self.location, "no audit store in this database schema (no audit tables)")

@@ -547,44 +547,6 @@ def _chain_problems(rows, start_seq: int = 0, start_chain: str = GENESIS_SHA256)
     return problems, running
 
 
-def _chain_problems(rows) -> tuple:
-    """Problems of the stored rows (seq order), each naming its record; and the recomputed head."""
-    problems = []
-    running = GENESIS_SHA256
-    expected_seq = 1
-    for seq, station_id, kind, utc, text, c_sha, prev, chain in rows:
-        where = f"record seq {seq}"
-        if seq != expected_seq:
-            if seq > expected_seq:
-                missing = (f"seq {expected_seq}" if seq == expected_seq + 1
-                           else f"seqs {expected_seq}-{seq - 1}")
-                problems.append(f"{where}: gap before it, {missing} missing (deleted record)")
-            else:
-                problems.append(f"{where}: out of order (expected seq {expected_seq})")
-        expected_seq = seq + 1
-        actual = sha256_hex(text) if isinstance(text, str) else None
-        if actual != c_sha:
-            problems.append(f"{where}: content hash mismatch (a stored field was edited)")
-        else:
-            try:
-                env = json.loads(text)
-                bad = [name for name, col in (("station_id", station_id), ("kind", kind), ("utc", utc))
-                       if env.get(name) != col]
-            except (ValueError, AttributeError):
-                bad = ["content (not JSON)"]
-            if bad:
-                problems.append(f"{where}: column(s) {', '.join(bad)} differ from the hashed content "
-                                "(edited)")
-        if prev != running:
-            problems.append(f"{where}: previous-hash link broken (a record before it was deleted, "
-                            "moved or rewritten, or its prev_sha256 was edited)")
-        if chain_hash(prev, c_sha) != chain:
-            problems.append(f"{where}: chain hash mismatch (its hashes were edited or the record "
-                            "was moved)")
-        running = chain  # resynchronise so that one fault is reported once
-    return problems, running
-
-
 def open_database(location, create: bool, initial_meta: dict):
     """The database at ``location``: PostgreSQL for a URL, else an SQLite file."""
     if is_database_url(location):
