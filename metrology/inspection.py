@@ -130,7 +130,8 @@ class InspectionResult:
 
     @property
     def file_stem(self) -> str:
-        """``<station>_<serial>_<UTC>``: the result files' name without extension."""
+        """``<station>_<serial>_<UTC>``: the result files' name without extension and without the
+        unit's random token (:func:`write_report` appends ``_<token>``)."""
         doc = self.document
         return (f"{safe_file_name(doc['station']['id'])}_{safe_file_name(doc['lens']['serial'])}_"
                 f"{self.created.strftime('%Y%m%dT%H%M%SZ')}")
