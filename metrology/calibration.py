@@ -36,7 +36,9 @@ from metrology.errors import InputError
 from metrology.io.files import safe_file_name
 from metrology.io.results import new_unit, write_unit
 from metrology.limits import MAX_NAME_CHARS, check_text
-from metrology.pipeline import audit_store_path, check_output_dir, load_inputs, measure, prepare_audit_store
+from metrology.pipeline import (audit_store_path, check_output_dir, ensure_output_dir, load_inputs, measure,
+                                prepare_audit_store)
+from metrology.progress import reporter
 from metrology.report.document import document_bytes, finite_or_none
 
 EXIT = {True: 0, False: 1}
@@ -47,9 +49,6 @@ WAVELENGTH_TOLERANCE_NM = 0.5
 
 NA_TOLERANCE = 1e-3
 """Largest difference between the certificate's and the station's NA."""
-
-NO_STORE = "calibrate needs an audit store: pass --audit-db or set METROLOGY_AUDIT_DB"
-
 
 @dataclass
 class CalibrationOutcome:
@@ -163,8 +162,8 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     operator : str
         Who calibrated (recorded).
     audit_db : str or Path, optional
-        Audit store; default ``$METROLOGY_AUDIT_DB`` / ``$METROLOGY_SITE_DIR``. A calibration must be
-        recorded, so having none is an input error.
+        Audit store; default as every command (:func:`metrology.pipeline.audit_store_path`), created
+        when missing.
     out_dir : str or Path, optional
         Folder for the JSON summary ``calibration_<station>_<UTC>_<token>.json`` (written
         atomically; a random token in the name).
@@ -185,25 +184,25 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     Raises
     ------
     InputError
-        Before anything is measured or recorded: no audit store configured, unreadable or foreign
-        store, missing or malformed capture / station / certificate, certificate not matching the
-        station (wavelength, NA, Zernike terms), unwritable output folder.
+        Before anything is measured or recorded: an unreadable or foreign audit store, missing or
+        malformed capture / station / certificate, certificate not matching the station
+        (wavelength, NA, Zernike terms), unwritable output folder.
     """
+    rep = reporter(progress)
+    rep.stage("load inputs")
     store_path = audit_store_path(audit_db)
-    if store_path is None:
-        raise InputError("--audit-db", NO_STORE)
     now_t = parse_utc(now, "now") if now is not None else datetime.now(timezone.utc)
-    out = check_output_dir(out_dir) if out_dir is not None else None
     golden_path = Path(golden)
     if not golden_path.is_file():
         raise InputError(golden_path, "golden certificate file not found")
     cert = load_certificate(golden_path)
-    loaded = load_inputs(capture, station, None, reference)
+    loaded = load_inputs(capture, station, None, reference, mode=mode)
     check_certificate(cert, loaded.station, golden_path)
     check_text(operator, "--operator", "operator name", MAX_NAME_CHARS)
+    out = check_output_dir(out_dir) if out_dir is not None else None
     prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
-
-    fit, measurement = measure(loaded, mode, max_iterations, progress, frozen=tuple(frozen), device=device)
+    fit, measurement = measure(loaded, mode, max_iterations, rep, frozen=tuple(frozen), device=device)
+    rep.stage("closure and audit record")
     closure = closure_check(measured_from_measurement(measurement), cert,
                             wavelength_nm=measurement.wavelength_nm, source=loaded.capture_path)
     inputs = {i["role"]: i["sha256"] for i in loaded.inputs}
@@ -222,7 +221,8 @@ def run_calibration(capture, station, golden, *, operator: str = "", audit_db=No
     if out is not None:
         stamp = now_t.strftime("%Y%m%dT%H%M%SZ")
         # a random token in the name: two calibrations of a station in one second never collide
-        unit = new_unit(out, f"calibration_{safe_file_name(station_id, 'station')}_{stamp}", (".json",))
+        unit = new_unit(ensure_output_dir(out), f"calibration_{safe_file_name(station_id, 'station')}_{stamp}",
+                        (".json",))
         summary_path = write_unit(unit, {".json": document_bytes(summary)})[".json"]
     return CalibrationOutcome(closure, record, status, measurement, summary, summary_path,
                               EXIT[bool(closure.passed)])

@@ -22,7 +22,7 @@ import argparse
 import sys
 
 from metrology import __version__
-from metrology.commands import audit, calibrate, demo, inspect, simulate, zernike_export
+from metrology.commands import audit, calibrate, demo, inspect, simulate, wavefront_export, zernike_export
 from metrology.commands.options import EXIT_CODES
 from metrology.errors import InputError
 from metrology.limits import one_line
@@ -30,7 +30,7 @@ from metrology.limits import one_line
 EXIT_INTERNAL = 4
 """Exit code of an internal error (distinct from every verdict)."""
 
-COMMANDS = (simulate, inspect, demo, zernike_export, calibrate, audit)
+COMMANDS = (simulate, inspect, demo, zernike_export, wavefront_export, calibrate, audit)
 """The sub-command modules, in ``--help`` order (each imports its heavy modules only when it runs)."""
 
 

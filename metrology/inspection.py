@@ -1,19 +1,22 @@
-"""One inspection end to end: validate, measure, judge, then the report arrays and the files.
+"""One inspection end to end: validate, measure, judge, record, then the report files.
 
 The Python API: :func:`inspect` returns an :class:`InspectionResult` without writing anything;
 :func:`write_report` writes its PDF and JSON (and, with an audit store, :func:`record` appends the
-inspection record); :func:`run_inspection` (the CLI's single capture) composes them. The result
-document is built in :mod:`metrology.report.result`. The PDF, the JSON and the audit record are
-written as one unit (:mod:`metrology.io.results`). Exit codes: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2, bad
-input, is raised as InputError before any file is written; a failure to write or record the results
-leaves nothing and is an internal error, 4, at the command line).
+inspection record that commits them); :func:`run_inspection` (the CLI's single capture) composes
+them and always records: the store is ``--audit-db`` or the default of
+:func:`metrology.pipeline.audit_store_path`. The result document is built in
+:mod:`metrology.report.result`. The PDF, the JSON (and the sample, when asked) and the audit record
+are written as one unit (:mod:`metrology.io.results`); page 1 and the JSON state the record's seq
+and the chain hash it extends. Exit codes: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2, bad input, is raised
+as InputError before any file is written; a failure to write or record the results leaves nothing
+and is an internal error, 4, at the command line).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,22 +24,24 @@ import numpy as np
 import torch
 
 from metrology import __version__
-from metrology.analysis.figures import mtf_curve, psf
+from metrology.analysis.figures import cutoff_cyc_per_mm, mtf_azimuths, mtf_diffraction_limited, psf
+from metrology.analysis.propagation import MTF_AZIMUTHS_DEG
 from metrology.analysis.verdict import judge
 from metrology.analysis.wavefront import wavefront_map
 from metrology.audit.drift import check_and_record
 from metrology.audit.status import record_inspection
-from metrology.audit.store import AuditStore
+from metrology.audit.store import AuditStore, HeadMoved
 from metrology.io.files import safe_file_name
-from metrology.io.results import new_unit, recover, write_unit
+from metrology.io.results import ResultsNotWritten, new_unit, recover, write_unit
 from metrology.limits import MAX_NAME_CHARS, MAX_SERIAL_CHARS, check_text
-from metrology.pipeline import (
-    Timer, audit_store_path, check_output_dir, load_inputs, measure, prepare_audit_store, station_status,
-)
+from metrology.pipeline import (Timer, audit_store_path, check_output_dir, ensure_output_dir, load_inputs, measure,
+                                prepare_audit_store, station_status)
+from metrology.progress import reporter
 from metrology.report.document import document_bytes
 from metrology.report.pdf import render_inspection_report
 from metrology.report.plots import ReportArrays
 from metrology.report.result import build_document, figures_of_merit
+from metrology.report.sample_files import check_sample_format, sample_bytes
 
 EXIT = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
 
@@ -47,6 +52,8 @@ class InspectionOutcome:
     pdf_path: Path
     json_path: Path
     exit_code: int
+    sample_path: Path | None = None
+    extra: dict = field(default_factory=dict)
 
 
 def build_arrays(fit, measurement):
@@ -58,7 +65,7 @@ def build_arrays(fit, measurement):
     p0, _ = psf(np.zeros_like(c), n_pupil=64, pad=4)
     half = p.shape[0] // 2
     w = 24
-    curve = mtf_curve(c, measurement.wavelength_nm, measurement.na, n_points=61)
+    nu = np.linspace(0.0, 1.0, 61)
     with torch.no_grad():
         pred = model().cpu().numpy()
         t = model.sample.transmission().cpu().numpy()
@@ -78,9 +85,11 @@ def build_arrays(fit, measurement):
         psf=p[half - w : half + w, half - w : half + w],
         psf_pixel_um=pix * g.wavelength_um / measurement.na,
         psf_diffraction=p0[half - w : half + w, half - w : half + w],
-        mtf_freq_cyc_per_mm=curve["frequency_cyc_per_mm"],
-        mtf=np.minimum(curve["mtf_x"], curve["mtf_y"]),
-        mtf_diffraction=curve["mtf_diffraction_limited"],
+        mtf_freq_cyc_per_mm=nu * cutoff_cyc_per_mm(measurement.wavelength_nm, measurement.na),
+        # the judged MTF is the worst of these azimuths: the curve shows the same quantity
+        mtf=mtf_azimuths(c, nu, MTF_AZIMUTHS_DEG).min(axis=0),
+        mtf_diffraction=mtf_diffraction_limited(nu),
+        mtf_label="worst of " + "/".join(f"{a:g}" for a in MTF_AZIMUTHS_DEG) + " deg azimuth",
         sample_amplitude=np.abs(t),
         sample_phase=np.angle(t),
         sample_pixel_um=g.object_pixel_um,
@@ -137,8 +146,26 @@ class InspectionResult:
                 f"{self.created.strftime('%Y%m%dT%H%M%SZ')}")
 
 
+def report_id(station_id: str, now: datetime, inputs: list) -> str:
+    """``<station>-<UTC yyyymmddThhmmssZ>-<8 hex>``: the hex is the start of the SHA-256 of the
+    station, the time and the input hashes, so two reports never share an ID unless they come from
+    the same files on the same station in the same second."""
+    h = hashlib.sha256(f"{station_id}|{now.isoformat()}".encode())
+    for item in inputs:
+        h.update(f"|{item['role']}:{item['sha256']}".encode())
+    return f"{safe_file_name(station_id, 'station')}-{now.strftime('%Y%m%dT%H%M%SZ')}-{h.hexdigest()[:8]}"
+
+
+def _existing_store(store_path):
+    """``store_path`` if a store is there (or it is a database URL), else None: reading the
+    calibration status never creates a store."""
+    if store_path is None or isinstance(store_path, str) or Path(store_path).exists():
+        return store_path
+    return None
+
+
 def inspect(capture, station, spec, *, reference=None, serial=None, operator="", audit_db=None, mode="known",
-            max_iterations=None, progress=None, now=None, device="auto") -> InspectionResult:
+            max_iterations=None, progress=None, now=None, device="auto", create_store=False) -> InspectionResult:
     """Inspect one capture and return the result; no file is written.
 
     Parameters
@@ -146,21 +173,27 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     capture, station, spec : str or Path
         Capture TIFF, station description and lens specification (docs/formats.md, docs/spec.md).
     reference : str, optional
-        Reference sample: catalogue ``ID[:seed=N]`` or a ``.npy`` map (default: from the capture).
+        Reference sample: catalogue ``ID[:seed=N]`` or a ``.npy`` map (default: from the capture;
+        none needed in blind mode).
     serial, operator : str, optional
         Lens serial (default: from the capture) and operator name for the report.
     audit_db : str or Path, optional
         Audit store (SQLite file or ``postgresql://`` URL) read for the station's calibration
-        status; default as the CLI (``$METROLOGY_AUDIT_DB``, ``$METROLOGY_SITE_DIR``, else none).
-        Nothing is recorded here: see :func:`record`.
+        status; default as every command (:func:`metrology.pipeline.audit_store_path`); a store that
+        does not exist yet gives status ``"none"`` and is not created. Nothing is recorded here:
+        see :func:`record`.
     mode : {"known", "prior", "blind"}
     max_iterations : int, optional
-    progress : callable ``(i, n, loss)``, optional
+    progress : Progress or callable ``(i, n, loss)``, optional
+        Stages and iterations (:func:`metrology.progress.reporter`).
     now : datetime, optional
         Time of the run (default now, UTC).
     device : str
         Where the fit runs: ``auto`` (default, as the CLI: a CUDA GPU when torch sees one), ``cpu``,
         ``cuda[:N]``.
+    create_store : bool
+        Create the audit store when it does not exist (the CLI: every inspection is recorded);
+        default False (the API reads an existing store only).
 
     Raises
     ------
@@ -174,42 +207,54 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     the station status ``"untrusted"`` and the verdict INCONCLUSIVE. No record is appended; only
     the verification checkpoint in the store's ``audit_meta`` moves forward.
     """
+    rep = reporter(progress)
     timer = Timer()
     now = now or datetime.now(timezone.utc)
+    rep.stage("load inputs")
     check_text(operator, "--operator", "operator name", MAX_NAME_CHARS)
     if serial is not None:
         check_text(serial, "--serial", "lens serial", MAX_SERIAL_CHARS, allow_empty=False)
-    loaded = load_inputs(capture, station, spec, reference)
+    loaded = load_inputs(capture, station, spec, reference, mode=mode)
     store_path = audit_store_path(audit_db)
+    if not create_store:
+        store_path = _existing_store(store_path)
     if store_path is not None:
         prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
     serial_used = serial or loaded.capture.lens_serial or "unknown-serial"
     timer.lap("load")
-    fit, measurement = measure(loaded, mode, max_iterations, progress, device=device)
+    fit, measurement = measure(loaded, mode, max_iterations, rep, device=device)
     timer.lap("reconstruct")
+    rep.stage("analyse (verdict, figures of merit)")
     status = station_status(store_path, loaded, measurement, now)
     verdict = judge(measurement, loaded.spec, status)
     figures = figures_of_merit(measurement, loaded.spec)
     arrays = build_arrays(fit, measurement)
     timer.lap("analyse")
     doc = build_document(loaded, measurement, verdict, status, figures, timer.sections, serial_used, operator, now,
-                         fit.device)
+                         fit.device, report_id=report_id(loaded.station.station_id, now, loaded.inputs),
+                         covariance=measurement.zernike_cov)
     # the options as given: with the input hashes they identify the run (batch resume)
     doc["extensions"] = {"run": {"mode": mode, "reference": reference, "reference_used": loaded.reference_label,
                                  "serial": serial, "max_iterations": max_iterations}}
     return InspectionResult(doc, arrays, measurement, status, now)
 
 
-def write_report(result: InspectionResult, out_dir="reports", *, audit_db=None, notify=None) -> tuple:
-    """Write ``<station>_<serial>_<UTC>_<token>.pdf`` and ``.json`` into ``out_dir`` with the audit
-    record, as one unit (:func:`metrology.io.results.write_unit`).
+def write_report(result: InspectionResult, out_dir="reports", *, audit_db=None, notify=None,
+                 export_sample=None) -> tuple:
+    """Write ``<station>_<serial>_<UTC>_<token>.pdf`` and ``.json`` (and the sample) into
+    ``out_dir`` with the audit record, as one unit (:func:`metrology.io.results.write_unit`).
 
     Unfinished results that killed runs left in ``out_dir`` are first completed or removed
-    (:func:`recover_results`). Both files are then written under temporary names, the inspection
-    record that names them and their SHA-256 is appended (the commit), and both get their final
+    (:func:`recover_results`). The files are then written under temporary names, the inspection
+    record that names them and their SHA-256 is appended (the commit), and they get their final
     names; ``token`` (8 random hex digits, the record's ``result.id``) keeps concurrent runs apart.
-    Drift alarms are evaluated after the commit (not for an untrusted store). ``notify(line)``
-    receives the recovery notes and warnings.
+    Page 1 of the PDF and the JSON state the record's seq and the chain hash it extends
+    (``audit_record``), read from the store before the files are made; the record is appended only
+    onto that head (:func:`_write_unit`). Drift alarms are evaluated after the commit (not for an
+    untrusted store). ``notify(line)`` receives the recovery notes and warnings. ``export_sample``
+    (``"tif"`` or ``"h5"``) adds the reconstructed sample with its pixel size to the unit
+    (:mod:`metrology.report.sample_files`). Without ``audit_db`` nothing is recorded and
+    ``audit_record`` is null.
 
     Returns
     -------
@@ -222,28 +267,74 @@ def write_report(result: InspectionResult, out_dir="reports", *, audit_db=None, 
         nothing was kept.
     """
     notify = notify or (lambda line: None)
-    out = check_output_dir(out_dir)
-    store_path = audit_store_path(audit_db)
+    t0 = time.perf_counter()
+    out = ensure_output_dir(check_output_dir(out_dir))
+    store_path = audit_store_path(audit_db) if audit_db is not None else None
     for line in recover_results(out, store_path):
         notify(line)
-    doc = result.document
-    t0 = time.perf_counter()
-    pdf = render_inspection_report(doc, result.arrays)
-    doc["timings_s"]["report"] = float(time.perf_counter() - t0)
-    contents = {".pdf": pdf, ".json": document_bytes(doc)}
-    unit = new_unit(out, result.file_stem, contents,
-                    info={"store": None if store_path is None else str(store_path), "station_id": doc["station"]["id"]})
-    commit = None
-    if store_path is not None:
-        def commit():
-            _append_inspection(result, store_path, _result_ref(unit, contents))
-    paths = write_unit(unit, contents, commit)
+    paths = _write_unit(result, out, store_path, export_sample, t0)
     if store_path is not None:
         try:
             _check_alarms(result, store_path)
         except Exception as exc:  # noqa: BLE001 - the report stands; the alarm check is reported, not fatal
             notify(f"warning: drift alarms not evaluated ({type(exc).__name__}: {exc})")
     return paths[".pdf"], paths[".json"]
+
+
+HEAD_ATTEMPTS = 5
+"""How often the files are made again when other writers keep appending to the audit store."""
+
+
+def _write_unit(result: InspectionResult, out: Path, store_path, export_sample, t0: float) -> dict:
+    """Make the unit's files and write them with the record as the commit; suffix -> final path.
+
+    The record carries the files' SHA-256, so its own chain hash cannot be in them: they state the
+    seq it will have and the chain hash it extends, read from the store's head, and the record is
+    appended only onto that head (:class:`~metrology.audit.store.HeadMoved` otherwise: nothing is
+    kept and the files are made again for the new head).
+    """
+    doc = result.document
+    for attempt in range(HEAD_ATTEMPTS):
+        head = None
+        if store_path is not None:
+            with AuditStore(store_path) as store:
+                head = store.head()
+            doc["audit_record"] = {"store": _store_label(store_path), "seq": head[0] + 1,
+                                   "previous_chain_sha256": head[1]}
+        else:
+            doc["audit_record"] = None
+        suffixes = (".pdf", ".json") + ((f"_sample.{export_sample}",) if export_sample else ())
+        unit = new_unit(out, result.file_stem, suffixes, info={
+            "store": None if store_path is None else str(store_path), "station_id": doc["station"]["id"]})
+        contents = {}
+        if export_sample is not None:
+            key = f"_sample.{export_sample}"
+            contents[key] = sample_bytes(export_sample, result.arrays, doc)
+            doc["outputs"] = [{"role": "sample", "path": str(unit.files[key]),
+                               "sha256": hashlib.sha256(contents[key]).hexdigest()}]
+        contents[".pdf"] = render_inspection_report(doc, result.arrays, report_started=t0)
+        doc["timings_s"]["report"] = float(time.perf_counter() - t0)
+        contents[".json"] = document_bytes(doc)
+        commit = None
+        if store_path is not None:
+            def commit(unit=unit, contents=contents, head=head):
+                _append_inspection(result, store_path, _result_ref(unit, contents), head)
+        try:
+            return write_unit(unit, contents, commit)
+        except ResultsNotWritten as exc:
+            if not isinstance(exc.__cause__, HeadMoved) or attempt == HEAD_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _store_label(store_path) -> str:
+    """The store as written into the result: a file path, or a database URL without its password."""
+    if isinstance(store_path, str) and "://" in store_path:
+        # lazy: the PostgreSQL backend loads only for a database URL
+        from metrology.audit.postgres_db import redact
+
+        return redact(store_path)
+    return str(store_path)
 
 
 def _result_ref(unit, contents: dict) -> dict:
@@ -284,7 +375,7 @@ def record(result: InspectionResult, audit_db, result_files: dict | None = None)
     _check_alarms(result, audit_db)
 
 
-def _append_inspection(result: InspectionResult, audit_db, result_files: dict | None) -> None:
+def _append_inspection(result: InspectionResult, audit_db, result_files: dict | None, head=None) -> None:
     doc = result.document
     zern = {t["noll"]: (t["value_waves"], t["U_waves"]) for t in doc["zernike"] if not t["alignment"]}
     with AuditStore(audit_db) as store:
@@ -294,6 +385,7 @@ def _append_inspection(result: InspectionResult, audit_db, result_files: dict | 
             serial=doc["lens"]["serial"], zernike=zern,
             figures={k: doc["figures_of_merit"][k] for k in ("rms_waves", "strehl")},
             verdict=result.verdict, status=result.status, now=result.created, result=result_files,
+            extra={"report_id": (doc.get("report") or {}).get("id")}, expect_head=head,
         )
 
 
@@ -306,16 +398,24 @@ def _check_alarms(result: InspectionResult, audit_db) -> None:
 
 def run_inspection(capture, station, spec, *, reference=None, serial=None, operator="", out_dir="reports",
                    audit_db=None, mode="known", max_iterations=None, progress=None, now=None,
-                   device="auto", notify=None) -> InspectionOutcome:
-    """Inspect one capture: validate, reconstruct, analyse, decide, write the PDF and JSON, record.
+                   device="auto", notify=None, export_sample=None) -> InspectionOutcome:
+    """Inspect one capture: validate, reconstruct, analyse, decide, record, write the PDF and JSON.
 
-    :func:`inspect` then :func:`write_report` with the audit store; the output folder is checked
-    first, so that an unwritable one fails before the fit. ``notify(line)`` receives the recovery
-    notes and warnings of :func:`write_report`.
+    :func:`inspect` then :func:`write_report` with the audit store (``audit_db`` or the default
+    store of every command: every inspection is recorded). Everything is validated first, the
+    output folder included (without creating it: bad input leaves nothing, not even ``out_dir``).
+    ``progress``: a :class:`metrology.progress.Progress` (stages and iterations) or a plain callable.
+    ``notify(line)`` receives the recovery notes and warnings of :func:`write_report`.
     """
     check_output_dir(out_dir)
+    if export_sample is not None:
+        check_sample_format(export_sample)
+    store_path = audit_store_path(audit_db)
     result = inspect(capture, station, spec, reference=reference, serial=serial, operator=operator,
-                     audit_db=audit_db, mode=mode, max_iterations=max_iterations, progress=progress, now=now,
-                     device=device)
-    pdf_path, json_path = write_report(result, out_dir, audit_db=audit_db, notify=notify)
-    return InspectionOutcome(result.document, pdf_path, json_path, result.exit_code)
+                     audit_db=store_path, mode=mode, max_iterations=max_iterations, progress=progress, now=now,
+                     device=device, create_store=True)
+    reporter(progress).stage("record and write the report")
+    pdf_path, json_path = write_report(result, out_dir, audit_db=store_path, notify=notify,
+                                       export_sample=export_sample)
+    sample = next((Path(o["path"]) for o in result.document.get("outputs") or [] if o["role"] == "sample"), None)
+    return InspectionOutcome(result.document, pdf_path, json_path, result.exit_code, sample)

@@ -21,11 +21,12 @@ import torch
 from metrology.analysis.spec import load_spec
 from metrology.audit.status import misalignment_dict
 from metrology.audit.status import station_status as status_of
-from metrology.audit.store import AuditStore, default_db_path
+from metrology.audit.store import AuditStore, resolve_db_path
 from metrology.errors import InputError
 from metrology.io.capture import read_capture, relative_exposure
 from metrology.io.station_file import load_station
 from metrology.physics import StationModel
+from metrology.progress import reporter
 from metrology.physics.illumination import max_nominal_illumination_na
 from metrology.limits import MAX_SEED
 from metrology.references import CATALOGUE, read_reference_image, reference_from_image, reference_transmission
@@ -47,7 +48,7 @@ class LoadedInputs:
     station: object  # metrology.io.station_file.StationDescription
     geometry: object  # metrology.physics.StationGeometry
     reference_label: str
-    reference: np.ndarray  # complex (N, N) on the reconstruction grid
+    reference: np.ndarray | None  # complex (N, N) on the reconstruction grid; None in blind mode without one
     inputs: list = field(default_factory=list)  # [{"role", "path", "sha256"}]
     spec_path: Path | None = None
     spec: object = None  # metrology.analysis.spec.LensSpec
@@ -114,8 +115,15 @@ def resolve_reference(reference, capture, station, geometry):
     return path.name, t, {"path": str(path), "sha256": sha256}
 
 
-def load_inputs(capture, station, spec=None, reference=None) -> LoadedInputs:
-    """Load and validate the capture, the station description, the spec and the reference."""
+BLIND_REFERENCE_LABEL = "none (blind mode: the sample is reconstructed, no reference is used)"
+
+
+def load_inputs(capture, station, spec=None, reference=None, mode: str = "known") -> LoadedInputs:
+    """Load and validate the capture, the station description, the spec and the reference.
+
+    In blind mode the reference sample is not used: none needs to be named (a ``--reference`` given
+    anyway is still loaded and checked, and hashed into the report).
+    """
     station_path = _require_file(station, "station")
     capture_path = _require_file(capture, "capture")
     spec_path = _require_file(spec, "spec") if spec is not None else None
@@ -128,7 +136,10 @@ def load_inputs(capture, station, spec=None, reference=None) -> LoadedInputs:
         geometry.check_sampling(max_nominal_illumination_na(geometry))
     except ValueError as exc:
         raise InputError(station_path, str(exc)) from None
-    label, transmission, ref_file = resolve_reference(reference, cap, st, geometry)
+    if mode == "blind" and reference is None:
+        label, transmission, ref_file = BLIND_REFERENCE_LABEL, None, None
+    else:
+        label, transmission, ref_file = resolve_reference(reference, cap, st, geometry)
     # every input is hashed from the very bytes that were parsed (each file is read once)
     inputs = [
         {"role": "capture", "path": str(capture_path), "sha256": cap.sha256},
@@ -218,6 +229,9 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
 
     Parameters
     ----------
+    progress : Progress or callable, optional
+        Stages (``fit: start``, ``fit: iterations``, ``uncertainty``) and iterations
+        (:func:`metrology.progress.reporter`); a plain callable gets ``(iteration, max, loss)``.
     frozen : sequence of str
         Parameter paths held at nominal (e.g. every misalignment path, to show the leak).
     frames : ndarray, optional
@@ -233,12 +247,22 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
         and uncertainty NaN, the solver not converged with the reason (:func:`not_measured`), which
         the verdict turns into INCONCLUSIVE.
     """
+    rep = reporter(progress)
     schedule = station_schedule(loaded.geometry, mode, max_iterations)
     if frozen:
         schedule = schedule.without(*frozen)
     model = build_model(loaded, mode).to(compute_device(device))
     data = loaded.capture.frames if frames is None else frames
     t0 = time.perf_counter()
+    rep.stage("fit: start (geometry search, first sample estimate)")
+    started = []
+
+    def on_iteration(i, total, loss):
+        if not started:  # the solver's first callback (iteration 0) ends its start
+            started.append(True)
+            rep.stage("fit: iterations (staged L-BFGS rounds, then Gauss-Newton polish)", total)
+        rep(i, total, loss)
+
     try:
         fit = reconstruct(
             model,
@@ -246,10 +270,11 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
             noise_for(loaded),
             schedule,
             initialise_geometry=not any(p.startswith("illumination.") for p in frozen),
-            progress=_watch_loss(progress),
+            progress=_watch_loss(on_iteration),
         )
     except NonFiniteFit as exc:
         return not_measured(loaded, mode, schedule, data, str(exc), time.perf_counter() - t0, device)
+    rep.stage("uncertainty (Jacobian, covariance, budget)")
     return fit, measurement_from_fit(fit, loaded.station.uncertainty)
 
 
@@ -279,14 +304,8 @@ def not_measured(loaded: LoadedInputs, mode: str, schedule, frames, why: str, wa
     return fit, measurement
 
 
-def audit_store_path(option) -> Path | str | None:
-    """The audit store to use: ``--audit-db``, else ``$METROLOGY_AUDIT_DB`` or ``$METROLOGY_SITE_DIR``;
-    None when none is configured (the report then says so). A ``postgresql://`` URL stays text."""
-    if option:
-        return str(option) if "://" in str(option) else Path(option)
-    if os.environ.get("METROLOGY_AUDIT_DB") or os.environ.get("METROLOGY_SITE_DIR"):
-        return default_db_path()
-    return None
+audit_store_path = resolve_db_path
+"""The audit store every command uses (:func:`metrology.audit.store.resolve_db_path`)."""
 
 
 def prepare_audit_store(store_path) -> None:
@@ -300,27 +319,48 @@ def prepare_audit_store(store_path) -> None:
 
 
 def station_status(store_path, loaded: LoadedInputs, measurement, now) -> dict:
-    """Calibration status of the station for this run (``"none"`` without an audit store)."""
+    """Calibration status of the station for this run (:func:`metrology.audit.status.station_status`;
+    ``"none"`` without an audit store), with ``required``: whether the station demands a valid
+    calibration (``calibration.required``)."""
     if store_path is None:
-        return {"status": "none", "reason": "no audit store configured (--audit-db)", "calibrated_utc": None,
-                "valid_until": None}
+        return {"status": "none", "reason": "no audit store yet", "calibrated_utc": None, "valid_until": None,
+                "required": bool(loaded.station.calibration_required)}
     with AuditStore(store_path) as store:
         current = {k: v["value"] if isinstance(v, dict) else v for k, v in misalignment_dict(measurement.station).items()}
-        return status_of(store, loaded.station.station_id, now, current, loaded.station.drift_limits)
+        status = status_of(store, loaded.station.station_id, now, current, loaded.station.drift_limits)
+    status["required"] = bool(loaded.station.calibration_required)
+    return status
 
 
 def check_output_dir(out_dir) -> Path:
-    """Create ``out_dir`` if needed and prove it is writable (fail fast, before the fit).
+    """Prove that ``out_dir`` can be written (fail fast, before the fit) without creating it.
 
     The probe is a new file of a random name created exclusively (``O_EXCL``: a planted file or
-    symbolic link of that name makes the probe fail, it is never followed or truncated).
+    symbolic link of that name makes the probe fail, it is never followed or truncated) in the
+    folder, or in its nearest existing parent when it does not exist yet; the folder itself is
+    created only when the results are written (:func:`ensure_output_dir`), so bad input or a failed
+    run leaves no empty folder behind.
     """
+    out = Path(out_dir)
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(20, "a file is in the way", str(probe))
+        fd, name = tempfile.mkstemp(prefix=".metrology-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise InputError(out, f"output folder is not writable ({exc.strerror or exc})") from None
+    return out
+
+
+def ensure_output_dir(out_dir) -> Path:
+    """Create ``out_dir`` (and its parents) for writing the results."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".metrology-write-test-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
     except OSError as exc:
         raise InputError(out, f"output folder is not writable ({exc.strerror or exc})") from None
     return out
@@ -332,6 +372,11 @@ class Timer:
     def __init__(self):
         self.sections = {}
         self._t = time.perf_counter()
+
+    @property
+    def last_lap(self) -> float:
+        """``time.perf_counter()`` at the end of the last section (the start of the running one)."""
+        return self._t
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()

@@ -1,8 +1,23 @@
-"""Shared fixtures: audit stores on both databases (``tests/audit_backends.py``)."""
+"""Shared fixtures: audit stores on both databases (``tests/audit_backends.py``), and the session's
+own default audit store.
+
+Every command records into an audit store, by default ``~/.metrology/audit.sqlite``: the tests must
+never touch the user's store, so the whole session points ``METROLOGY_AUDIT_DB`` at a store of its
+own (tests that check the defaults set their own environment with ``monkeypatch``).
+"""
 
 import pytest
 
 from tests.audit_backends import BACKENDS, StoreFactory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_audit_store(tmp_path_factory):
+    """``METROLOGY_AUDIT_DB`` -> a store in the session's temporary folder (no site folder)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("METROLOGY_AUDIT_DB", str(tmp_path_factory.mktemp("audit-session") / "audit.sqlite"))
+        mp.delenv("METROLOGY_SITE_DIR", raising=False)
+        yield
 
 
 @pytest.fixture(params=BACKENDS)

@@ -96,13 +96,16 @@ def _zernike_terms(scale: float) -> list:
     return out
 
 
-def example_document(verdict: str = "PASS") -> dict:
+def example_document(verdict: str = "PASS", invalid: bool = False) -> dict:
     """A complete, schema-valid result document whose overall verdict is ``verdict``.
 
     Parameters
     ----------
     verdict : {"PASS", "FAIL", "INCONCLUSIVE"}
         The overall verdict wanted; the lens aberrations are scaled so that the decision rule gives it.
+    invalid : bool
+        Make the measurement not valid (solver not converged): the overall verdict is then
+        INCONCLUSIVE whatever the limits say, and ``verdict.valid`` is false.
 
     Returns
     -------
@@ -123,7 +126,7 @@ def example_document(verdict: str = "PASS") -> dict:
     pv = float(np.nanmax(wmap) - np.nanmin(wmap))
     cutoff = 2 * na / (wavelength_nm * 1e-6)  # cycles/mm
     mtf_points = []
-    for f in (100.0, 200.0, 400.0, 600.0):
+    for f in (200.0, 100.0, 400.0, 600.0):  # the spec's MTF frequency first (limits.mtf[0])
         nu = f / cutoff
         diff = 2 / math.pi * (math.acos(nu) - nu * math.sqrt(1 - nu * nu))
         value = diff * (1 - 0.6 * (1 - strehl))
@@ -136,19 +139,24 @@ def example_document(verdict: str = "PASS") -> dict:
         "Astigmatism (Z5, Z6) magnitude": ("max", 0.05, "waves", astig, 0.002),
         "Coma (Z7, Z8) magnitude": ("max", 0.04, "waves", coma, 0.0018),
         "Primary spherical Z11": ("max", 0.05, "waves", abs(terms[10]["value_waves"]), terms[10]["u_waves"]),
-        "MTF at 200 cycles/mm": ("min", 0.45, "", mtf_points[1]["value"], 0.01),
+        "MTF at 200 cycles/mm": ("min", 0.45, "", mtf_points[0]["value"], 0.01),
     }
+    keys = ["limits.rms_waves_max", "limits.strehl_min", "limits.family.astigmatism", "limits.family.coma",
+            "limits.term.11", "limits.mtf[0].min"]
     limits = []
-    for name, (kind, limit, unit, value, u) in measured.items():
+    for key, (name, (kind, limit, unit, value, u)) in zip(keys, measured.items()):
         limit, value, u = round(limit, 6), round(value, 6), round(u, 6)
         v, why = _decide(kind, limit, value, _K * u)
         limits.append({"name": name, "kind": kind, "limit": limit, "unit": unit, "value": value, "u": u,
-                       "U": _K * u, "verdict": v, "reason": why})
+                       "U": _K * u, "verdict": v, "reason": why, "key": key})
     verdicts = {lim["verdict"] for lim in limits}
     overall = "FAIL" if "FAIL" in verdicts else "INCONCLUSIVE" if "INCONCLUSIVE" in verdicts else "PASS"
     reasons = [f"{lim['name']}: {lim['verdict']} ({lim['value']:.4g} ± {lim['U']:.2g} {lim['unit']} vs "
                f"{lim['kind']} {lim['limit']:.4g}; {lim['reason']})".replace("  ", " ")
                for lim in limits if lim["verdict"] != "PASS"]
+    if invalid:
+        overall = "INCONCLUSIVE"
+        reasons = ["measurement not valid: solver did not converge (maximum iterations reached)"]
     station = [
         ("illumination.shift_mm[0]", "LED shift x", "mm", 0.142, 0.004),
         ("illumination.shift_mm[1]", "LED shift y", "mm", -0.087, 0.004),
@@ -173,7 +181,7 @@ def example_document(verdict: str = "PASS") -> dict:
         "inputs": [
             {"role": "capture", "path": "captures/SN-2026-00417.tif", "sha256": "3f" * 32},
             {"role": "station", "path": "stations/QA-STATION-03.json", "sha256": "a1b2c3d4" * 8},
-            {"role": "spec", "path": "specs/OBJ-10x-0.25.json", "sha256": "0123456789abcdef" * 4},
+            {"role": "spec", "path": "specs/OBJ-10x-0.25.toml", "sha256": "0123456789abcdef" * 4},
             {"role": "reference", "path": "reference/usaf-phase-target.npz", "sha256": "e7" * 32},
         ],
         "conventions": {
@@ -205,9 +213,16 @@ def example_document(verdict: str = "PASS") -> dict:
         "solver": {"mode": "prior", "loss": "poisson", "iterations": len(history), "converged": True,
                    "final_loss": history[-1], "reduced_chi2": 1.07, "history": history,
                    "message": "relative loss change below 1e-6"},
-        "verdict": {"overall": overall, "reasons": reasons, "limits": limits},
+        "verdict": {"overall": overall, "reasons": reasons, "limits": limits, "valid": not invalid},
         "timings_s": {"load": 0.8, "reconstruct": 41.2, "analyse": 0.6, "report": 1.9},
         "uncertainty_budget": _example_budget(),
+        "report": {"id": "QA-STATION-03-20261126T120000Z-1a2b3c4d",
+                   "spec": {"file": "OBJ-10x-0.25.toml", "revision": "C", "sha256": "0123456789abcdef" * 4,
+                            "wavelength_band_nm": [520.0, 540.0]}},
+        "audit_record": {"store": "/var/lib/metrology/audit.sqlite", "seq": 4711,
+                         "previous_chain_sha256": "c0ffee00" * 8},
+        "zernike_covariance": {"noll": [t["noll"] for t in terms], "unit": "waves^2",
+                               "matrix": [[t["u_waves"] ** 2 if t is r else 0.0 for t in terms] for r in terms]},
     }
 
 

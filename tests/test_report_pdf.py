@@ -1,4 +1,4 @@
-"""The two-page A4 PDF inspection report: pages, size, text, colours, layout limits, atomic write."""
+"""The A4 PDF inspection report: pages, size, text, colours, layout limits, atomic write."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ import subprocess
 import numpy as np
 import pytest
 
-import metrology.report.pdf as pdf_module
+import metrology.report.page_station as station_page
 from metrology.orderings import noll_to_nm, zernike_family, zernike_name
 from metrology.errors import InputError
 from tests.report_example import example_arrays, example_document
-from metrology.report.pdf import VERDICT_COLOURS, format_value_u, write_inspection_report
+from metrology.report.pdf import PAGES, VERDICT_COLOURS, format_value_u, write_inspection_report
 from metrology.report.plots import ReportArrays, pupil_phase_png
 
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
 A4_MM = (210.0, 297.0)
+N_PAGES = len(PAGES)
 
 
 def _need(tool):
@@ -65,15 +66,15 @@ def rendered(tmp_path_factory):
 
 
 @pytest.mark.parametrize("verdict", VERDICTS)
-def test_three_a4_pages(rendered, verdict, tmp_path):
+def test_a4_pages(rendered, verdict, tmp_path):
     _, pdf, _ = rendered[verdict]
     media = re.findall(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", pdf.read_bytes())
-    assert len(media) == 3
+    assert len(media) == N_PAGES
     for w, h in media:
         assert float(w) == pytest.approx(A4_MM[0] / 25.4 * 72, abs=0.5)
         assert float(h) == pytest.approx(A4_MM[1] / 25.4 * 72, abs=0.5)
     pages = _pages_png(pdf, tmp_path)
-    assert len(pages) == 3
+    assert len(pages) == N_PAGES
     for page in pages:
         w, h = _png_size(page)
         assert abs(w - A4_MM[0] / 25.4 * 20) <= 1 and abs(h - A4_MM[1] / 25.4 * 20) <= 1
@@ -82,7 +83,8 @@ def test_three_a4_pages(rendered, verdict, tmp_path):
 @pytest.mark.parametrize("verdict", VERDICTS)
 def test_text_content(rendered, verdict):
     doc, pdf, _ = rendered[verdict]
-    p1, p2 = _page_text(pdf, 1), _page_text(pdf, 2)
+    texts = [_page_text(pdf, i) for i in range(1, N_PAGES + 1)]
+    p1, p3 = texts[0], texts[2]
     assert verdict in p1.split()
     assert doc["lens"]["serial"] in p1 and doc["lens"]["model"] in p1
     assert doc["station"]["id"] in p1 and doc["operator"] in p1
@@ -95,11 +97,11 @@ def test_text_content(rendered, verdict):
     else:
         assert "Why " + verdict in p1
     for m in doc["station_misalignment"]:
-        assert m["label"] in p2
+        assert m["label"] in p3
     conventions = _squash(doc["conventions"]["text"])
-    for i, text in enumerate((p1, p2, _page_text(pdf, 3)), start=1):
+    for i, text in enumerate(texts, start=1):
         assert conventions in text, f"conventions footer missing on page {i}"
-        assert f"page {i} of 3" in text
+        assert f"page {i} of {N_PAGES}" in text
         for item in doc["inputs"]:
             assert f"{item['role']} {item['sha256'][:12]} ({os.path.basename(item['path'])})" in text
             assert item["sha256"] not in text  # short form only
@@ -107,10 +109,11 @@ def test_text_content(rendered, verdict):
 
 @pytest.mark.parametrize("verdict", VERDICTS)
 def test_budget_page_names_the_largest_contribution(rendered, verdict):
-    """Page 3: the RMS wavefront's GUM budget (every source with its share), the largest contribution
+    """Page 4: the RMS wavefront's GUM budget (every source with its share), the largest contribution
     named, the coefficient table, the station constants' uncertainties and the data-uncertainty line."""
     doc, pdf, _ = rendered[verdict]
-    p3 = _page_text(pdf, 3)
+    p3 = _page_text(pdf, 4)
+    assert f"page 4 of {N_PAGES}" in p3
     budget = doc["uncertainty_budget"]
     assert "Uncertainty budget" in p3
     largest = next(r["label"] for r in budget["rms_waves"]["rows"] if r["source"] == budget["rms_waves"]["largest"])
@@ -148,7 +151,7 @@ def test_failure_mid_build_leaves_no_file(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(pdf_module, "frames_png", broken)
+    monkeypatch.setattr(station_page, "frames_png", broken)
     with pytest.raises(RuntimeError, match="figure failed"):
         write_inspection_report(doc, arrays, tmp_path / "report.pdf")
     assert list(tmp_path.iterdir()) == []
@@ -199,14 +202,15 @@ def _crowded_document():
     return doc
 
 
-def test_crowded_document_still_fits_three_pages(tmp_path):
+def test_crowded_document_keeps_its_pages(tmp_path):
     doc = _crowded_document()
     arrays = ReportArrays(pupil_phase_waves=example_arrays(example_document("FAIL")).pupil_phase_waves)
     pdf = write_inspection_report(doc, arrays, tmp_path / "report.pdf")
-    assert len(_pages_png(pdf, tmp_path)) == 3  # shrunk to fit, never spilled onto a fourth page
-    p1, p2 = _page_text(pdf, 1), _page_text(pdf, 2)
-    assert "Extra limit number 19" in p1 and "page 1 of 3" in p1
-    assert "FLAG7" in p2 and "and 12 more flags" in p2 and "page 2 of 3" in p2
+    assert len(_pages_png(pdf, tmp_path)) == N_PAGES  # shrunk to fit, never spilled onto another page
+    p1, p2, p3 = (_page_text(pdf, i) for i in (1, 2, 3))
+    assert "Extra limit number 19" in p1 and f"page 1 of {N_PAGES}" in p1
+    assert "secondary spherical" in p2 and " 45 " in p2  # every Zernike term of the table, up to Noll 45
+    assert "FLAG7" in p3 and "and 12 more flags" in p3 and f"page 3 of {N_PAGES}" in p3
 
 
 def test_pupil_map_puts_plus_y_down():

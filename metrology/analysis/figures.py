@@ -252,3 +252,24 @@ def mtf_curve(coeffs, wavelength_nm: float | None = None, na: float | None = Non
     if wavelength_nm is not None and na is not None:
         out["frequency_cyc_per_mm"] = nu * cutoff_cyc_per_mm(wavelength_nm, na)
     return out
+
+
+def mtf_azimuths(coeffs, frequencies_norm, azimuths_deg=(0.0, 45.0, 90.0, 135.0), amplitude=None,
+                 n_pupil: int = 128, remove=ALIGNMENT_NOLL) -> np.ndarray:
+    """MTF along several azimuths from one OTF (the judged MTF is their minimum, ``docs/spec.md``).
+
+    Parameters
+    ----------
+    coeffs : array_like, shape (K,)
+        Noll coefficients, waves.
+    frequencies_norm : array_like, shape (F,)
+        Frequencies in units of the cut-off ``2 NA / lambda``.
+    azimuths_deg : sequence of float, length A
+        Directions of the frequency vector, from +x towards +y.
+
+    Returns
+    -------
+    ndarray, shape (A, F)
+    """
+    o = otf(coeffs, amplitude, n_pupil, remove)
+    return np.stack([_sample_mtf(o, int(n_pupil), frequencies_norm, float(a)) for a in azimuths_deg])

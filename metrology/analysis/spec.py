@@ -53,6 +53,7 @@ class Validity:
     max_station_misalignment: MisalignmentLimits = field(default_factory=MisalignmentLimits)
     wavelength_tolerance_nm: float = 1.0
     na_tolerance: float = 0.005
+    require_calibration: bool = False
 
 
 @dataclass
@@ -72,6 +73,17 @@ class LensSpec:
     validity: Validity = field(default_factory=Validity)
     format_version: int = FORMAT_VERSION
     description: str = ""
+    revision: str = ""
+    wavelength_band_nm: tuple | None = None  # (min, max): the spec holds for measurements in this band
+
+    def wavelength_ok(self, wavelength_nm: float) -> bool:
+        """Whether a measurement at ``wavelength_nm`` may be judged by this spec: inside
+        ``wavelength_band_nm`` when the spec states one, else within ``validity.wavelength_tolerance_nm``
+        of ``wavelength_nm``."""
+        if self.wavelength_band_nm is not None:
+            lo, hi = self.wavelength_band_nm
+            return lo <= wavelength_nm <= hi
+        return abs(wavelength_nm - self.wavelength_nm) <= self.validity.wavelength_tolerance_nm
     sha256: str = ""  # of the file's bytes as read ("" when not from a file)
 
     @property
@@ -121,12 +133,16 @@ def _check(src, ok: bool, key: str, problem: str) -> None:
 
 def parse_spec(data: dict, src="<spec>") -> LensSpec:
     """Build a :class:`LensSpec` from a parsed TOML dict (``src`` names the source in errors)."""
-    _keys(src, data, "", {"format_version", "lens", "limits", "validity"})
+    _keys(src, data, "", {"format_version", "revision", "lens", "limits", "validity"})
     fv = data.get("format_version")
     if fv != FORMAT_VERSION:
         raise InputError(src, f"'format_version' must be {FORMAT_VERSION}, got {fv!r}")
+    revision = data.get("revision", "")
+    if not isinstance(revision, str):
+        raise InputError(src, f"'revision' must be a string, got {revision!r}")
 
     spec = _parse_lens(data, src)
+    spec.revision = revision.strip()
     lim = _table(src, data, "limits", "")
     _parse_limits(lim, spec, src)
     _parse_terms(lim, spec, src)
@@ -144,7 +160,7 @@ def _parse_lens(data: dict, src) -> LensSpec:
     lens = _table(src, data, "lens", "")
     if "lens" not in data:
         raise InputError(src, "missing table [lens]")
-    _keys(src, lens, "lens.", {"model", "wavelength_nm", "na", "description"})
+    _keys(src, lens, "lens.", {"model", "wavelength_nm", "wavelength_band_nm", "na", "description"})
     model = lens.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InputError(src, "'lens.model' must be a non-empty string")
@@ -156,7 +172,23 @@ def _parse_lens(data: dict, src) -> LensSpec:
     desc = lens.get("description", "")
     if not isinstance(desc, str):
         raise InputError(src, "'lens.description' must be a string")
-    return LensSpec(path=str(src), model=model, wavelength_nm=wl, na=na, description=desc)
+    return LensSpec(path=str(src), model=model, wavelength_nm=wl, na=na, description=desc,
+                    wavelength_band_nm=_band(src, lens, wl))
+
+
+def _band(src, lens: dict, wl: float):
+    """``lens.wavelength_band_nm = [min, max]``: the band the spec holds for; it contains ``wavelength_nm``."""
+    band = lens.get("wavelength_band_nm")
+    if band is None:
+        return None
+    key = "lens.wavelength_band_nm"
+    ok = (isinstance(band, list) and len(band) == 2
+          and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in band))
+    _check(src, ok, key, f"must be [min, max] in nm, got {band!r}")
+    lo, hi = float(band[0]), float(band[1])
+    _check(src, 0 < lo < hi, key, f"must satisfy 0 < min < max, got [{lo:g}, {hi:g}]")
+    _check(src, lo <= wl <= hi, key, f"[{lo:g}, {hi:g}] must contain lens.wavelength_nm = {wl:g}")
+    return (lo, hi)
 
 
 def _parse_limits(lim: dict, spec: LensSpec, src) -> None:
@@ -224,7 +256,12 @@ def _parse_validity(data: dict, v: Validity, src) -> None:
     val = _table(src, data, "validity", "")
     _keys(src, val, "validity.", {"max_reduced_chi2", "max_saturated_fraction", "max_condition_number",
                                   "max_station_misalignment", "wavelength_tolerance_nm", "na_tolerance",
-                                  "min_effective_data_fraction"})
+                                  "min_effective_data_fraction", "require_calibration"})
+    if "require_calibration" in val:
+        if not isinstance(val["require_calibration"], bool):
+            raise InputError(src, f"'validity.require_calibration' must be true or false, got "
+                                  f"{val['require_calibration']!r}")
+        v.require_calibration = val["require_calibration"]
     for key, lo_ok, text in (
         ("max_reduced_chi2", lambda x: x > 0, "must be > 0"),
         ("max_saturated_fraction", lambda x: 0 <= x <= 1, "must be in [0, 1]"),

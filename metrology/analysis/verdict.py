@@ -179,24 +179,39 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
         if value > mx:
             blocking.append(f"station misalignment {key} = {value:.3g} beyond the validity limit {mx:g}")
 
-    if abs(measurement.wavelength_nm - spec.wavelength_nm) > v.wavelength_tolerance_nm:
-        blocking.append(f"wavelength {measurement.wavelength_nm:g} nm does not match the specification's "
-                        f"{spec.wavelength_nm:g} nm")
+    if not spec.wavelength_ok(measurement.wavelength_nm):
+        where = (f"band {spec.wavelength_band_nm[0]:g}-{spec.wavelength_band_nm[1]:g} nm" if spec.wavelength_band_nm
+                 else f"{spec.wavelength_nm:g} nm (+/- {v.wavelength_tolerance_nm:g} nm)")
+        blocking.append(f"wavelength {measurement.wavelength_nm:g} nm is outside the specification's {where}")
     if abs(measurement.na - spec.na) > v.na_tolerance:
         blocking.append(f"NA {measurement.na:g} does not match the specification's {spec.na:g}")
 
     if station_status is not None:
-        status = str(station_status.get("status", "none"))
-        why = station_status.get("reason", "")
-        if status in ("expired", "failed", "drifted", "untrusted"):
-            blocking.append(f"station calibration {status}" + (f": {why}" if why else ""))
-        elif status == "none":
-            warnings.append("no calibration audit store configured" + (f": {why}" if why else ""))
-        elif status != "valid":
-            blocking.append(f"station calibration status unknown ({status!r})")
+        _calibration_findings(station_status, v.require_calibration, blocking, warnings)
     if not np.all(np.isfinite(measurement.zernike_waves)) or not np.all(np.isfinite(measurement.zernike_cov)):
         blocking.append("non-finite Zernike coefficients or covariance")
     return blocking, warnings
+
+
+def _calibration_findings(station_status: dict, spec_requires: bool, blocking: list, warnings: list) -> None:
+    """The station's calibration status as a finding: expired, failed, drifted or untrusted (a store
+    failing its integrity check) block; ``none`` (never calibrated) blocks when the spec (``validity.require_calibration``) or the station
+    (``calibration.required``, carried as ``station_status["required"]``) requires a calibration,
+    else it warns."""
+    status = str(station_status.get("status", "none"))
+    why = station_status.get("reason", "")
+    required = bool(spec_requires or station_status.get("required", False))
+    if status in ("expired", "failed", "drifted", "untrusted"):
+        blocking.append(f"station calibration {status}" + (f": {why}" if why else ""))
+    elif status == "none":
+        text = "station not calibrated" + (f" ({why})" if why else "")
+        if required:
+            who = "the specification" if spec_requires else "the station"
+            blocking.append(f"{text}; {who} requires a valid calibration")
+        else:
+            warnings.append(text)
+    elif status != "valid":
+        blocking.append(f"station calibration status unknown ({status!r})")
 
 
 # ----------------------------------------------------------------------------- judge

@@ -3,7 +3,7 @@
 Contents: title, station, date range; the integrity check in words; calibration history; summary of
 inspections by verdict; recorded alarms; a trend chart per station parameter and golden-lens term
 (centre line, +/-3 sigma limits, EWMA and its limits, alarms marked); a footer on every page with
-:data:`metrology.conventions.CONVENTIONS_TEXT` and the page number.
+:data:`metrology.conventions.CONVENTIONS_TEXT` and "page i of n".
 
 matplotlib and reportlab are imported inside :func:`write_audit_report`, so importing this module is
 cheap and has no side effects.
@@ -22,6 +22,7 @@ from metrology.audit.store import AuditStore, format_utc, parse_utc, utc_now
 from metrology.conventions import CONVENTIONS_TEXT
 from metrology.errors import InputError
 from metrology.io.files import atomic_write_bytes, safe_file_name
+from metrology.report.layout import numbered_canvas
 
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
 
@@ -32,8 +33,17 @@ def _short(utc) -> str:
 
 def _chart_png(name, unit, series, chart, since_text, rules, n_baseline) -> tuple:
     """PNG bytes of one trend chart and the alarms shown on it."""
+    fig, alarms = chart_figure(name, unit, series, chart, since_text, rules, n_baseline)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue(), alarms
+
+
+def chart_figure(name, unit, series, chart, since_text, rules, n_baseline) -> tuple:
+    """The matplotlib ``Figure`` of one trend chart (records on an integer seq axis) and its alarms."""
     # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     seqs, utcs = series.seqs, series.utcs
     shown = [i for i, u in enumerate(utcs) if since_text is None or u >= since_text]
@@ -67,10 +77,11 @@ def _chart_png(name, unit, series, chart, since_text, rules, n_baseline) -> tupl
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=5.5, loc="upper left", ncol=6, frameon=False)
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if x:
+        ax.set_xlim(min(x) - 1, max(x) + 1)  # one record: seq - 1 .. seq + 1, never 0.96 .. 1.04
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue(), alarms
+    return fig, alarms
 
 
 class _Kit:
@@ -261,16 +272,18 @@ def write_audit_report(store: AuditStore, station_id: str, since=None, out_dir="
         para = Paragraph(escape(CONVENTIONS_TEXT), kit.foot)
         w, h = para.wrap(doc.width - 2.0 * cm, 3 * cm)
         para.drawOn(canvas, doc.leftMargin, 0.9 * cm)
-        canvas.setFont("Helvetica", 7)
-        canvas.drawRightString(doc.leftMargin + doc.width, 0.9 * cm, f"page {doc.page}")
         canvas.drawString(doc.leftMargin, A4[1] - 1.0 * cm, f"Calibration audit - station {station_id}")
         canvas.restoreState()
+
+    def page_number(canvas, page, n_pages):
+        canvas.setFont("Helvetica", 7)
+        canvas.drawRightString(A4[0] - 1.5 * cm, 0.9 * cm, f"page {page} of {n_pages}")
 
     buf = io.BytesIO()
     doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=1.5 * cm, rightMargin=1.5 * cm,
                             topMargin=1.5 * cm, bottomMargin=2.6 * cm,
                             title=f"Calibration audit {station_id}", author=f"metrology {__version__}")
-    doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
+    doc.build(story, onFirstPage=on_page, onLaterPages=on_page, canvasmaker=numbered_canvas(page_number))
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:

@@ -221,7 +221,7 @@ def record_calibration(store: AuditStore, station_id: str, operator: str, closur
 def record_inspection(store: AuditStore, station_id: str, *, operator: str, software_version: str,
                       inputs, misalignment, serial: str, zernike: dict, figures: dict, verdict: str,
                       status: dict | None = None, now=None, extra: dict | None = None,
-                      result: dict | None = None) -> Record:
+                      result: dict | None = None, expect_head=None) -> Record:
     """Append an ``inspection`` record.
 
     Parameters
@@ -237,6 +237,8 @@ def record_inspection(store: AuditStore, station_id: str, *, operator: str, soft
         The result files this record commits: ``{"id", "files": {"pdf", "json"}, "sha256": {"pdf",
         "json"}}`` (the record is appended before the files get their names; see
         :mod:`metrology.io.results`).
+    expect_head : (int, str), optional
+        Append only onto this store head (:meth:`AuditStore.append`).
     """
     if verdict not in ("PASS", "FAIL", "INCONCLUSIVE"):
         raise InputError("verdict", f"must be PASS, FAIL or INCONCLUSIVE, got {verdict!r}")
@@ -259,4 +261,4 @@ def record_inspection(store: AuditStore, station_id: str, *, operator: str, soft
         content["result"] = result
     if extra:
         content["extra"] = extra
-    return store.append("inspection", station_id, content, utc=now)
+    return store.append("inspection", station_id, content, utc=now, expect_head=expect_head)

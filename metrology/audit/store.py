@@ -157,6 +157,14 @@ def default_db_path():
     return (Path(site) if site else Path.home() / ".metrology") / "audit.sqlite"
 
 
+def resolve_db_path(option=None):
+    """The audit store every command uses: ``option`` (``--audit-db``: a file path, or a
+    ``postgresql://`` URL returned as text) if given, else :func:`default_db_path`."""
+    if not option:
+        return default_db_path()
+    return str(option) if is_database_url(str(option)) else Path(option)
+
+
 # --------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class Record:
@@ -203,6 +211,10 @@ class _RolledBack(Exception):
 _COLS = "seq, station_id, kind, utc, content, content_sha256, prev_sha256, chain_sha256"
 _INITIAL_META = {"format": STORE_FORMAT, "schema_version": str(SCHEMA_VERSION), "head_seq": "0",
                  "head_chain_sha256": GENESIS_SHA256}
+
+
+class HeadMoved(RuntimeError):
+    """Another writer appended to the store after the caller read its head (``append(expect_head=)``)."""
 
 
 class AuditStore:
@@ -287,7 +299,13 @@ class AuditStore:
                 raise InputError(self.location, f"the audit store is read-only ({str(exc).splitlines()[0]})") from None
             raise
 
-    def append(self, kind: str, station_id: str, content: dict, utc=None) -> Record:
+    def head(self) -> tuple:
+        """``(seq, chain SHA-256)`` of the last record (``(0, genesis)`` for an empty store)."""
+        meta = dict(self._db.query(
+            "SELECT key, value FROM audit_meta WHERE key IN ('head_seq', 'head_chain_sha256')"))
+        return int(meta["head_seq"]), str(meta["head_chain_sha256"])
+
+    def append(self, kind: str, station_id: str, content: dict, utc=None, expect_head=None) -> Record:
         """Append one record atomically and return it.
 
         Parameters
@@ -298,6 +316,10 @@ class AuditStore:
             Plain data (see docs/audit.md for each kind's fields); stored as canonical JSON.
         utc : datetime or str, optional
             Time of the run; default now.
+        expect_head : (int, str), optional
+            Append only if the store's head is still this ``(seq, chain SHA-256)`` (checked in the
+            same transaction), else raise :class:`HeadMoved` and append nothing: for result files
+            that state the record's seq and the chain it extends before the record exists.
         """
         if kind not in KINDS:
             raise InputError("audit record kind", f"{kind!r} is not one of {', '.join(KINDS)}")
@@ -314,6 +336,8 @@ class AuditStore:
                 "SELECT key, value FROM audit_meta WHERE key IN ('head_seq', 'head_chain_sha256')"))
             seq = int(meta["head_seq"]) + 1
             prev = meta["head_chain_sha256"]
+            if expect_head is not None and (seq - 1, prev) != (int(expect_head[0]), str(expect_head[1])):
+                raise HeadMoved(f"the audit store's head moved from seq {expect_head[0]} to seq {seq - 1}")
             chain = chain_hash(prev, c_sha)
             db.execute(f"INSERT INTO audit_records ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (seq, station_id, kind, utc_text, text, c_sha, prev, chain))

@@ -1,17 +1,10 @@
-"""``metrology audit``: verify the audit store, list its history, write the audit PDF.
+"""``metrology audit``: create, verify and list the audit store, and write the audit PDF.
 
-::
-
-    metrology audit verify [--audit-db P]
-    metrology audit list [--station ID] [--since DATE] [--kind KIND] [--json] [--audit-db P]
-    metrology audit report --station ID [--since DATE] --out DIR [--audit-db P]
-
-The store is ``--audit-db`` if given (an SQLite file or a ``postgresql://`` URL), else
-``$METROLOGY_AUDIT_DB``, else ``$METROLOGY_SITE_DIR/audit.sqlite``, else ``~/.metrology/audit.sqlite``.
-These commands never create a store: a missing one is an input error (exit 2).
-
-Exit codes: 0 success (verify: chain intact); 1 verify found problems (each printed, naming the
-record seq); 2 bad input (missing or foreign store file, bad date, unwritable output folder).
+Actions: init (create the store; an existing store is left untouched and reported), verify (check
+the hash chain), list (the history as a table, or --json), report (the audit PDF of a station). The
+store is --audit-db if given (an SQLite file or a postgresql:// URL), else $METROLOGY_AUDIT_DB, else
+$METROLOGY_SITE_DIR/audit.sqlite, else ~/.metrology/audit.sqlite: the same default as inspect and
+calibrate. Only init creates a store: for the other actions a missing one is an input error.
 """
 
 from __future__ import annotations
@@ -20,20 +13,39 @@ import argparse
 import dataclasses
 import json
 
-from metrology.audit.store import KINDS, AuditStore, default_db_path, parse_utc
+from metrology.audit.store import KINDS, AuditStore, parse_utc, resolve_db_path
+from metrology.commands.options import add_audit_option
 from metrology.errors import InputError
 from metrology.tables import format_table
 
 
-def _db_option(p):
-    p.add_argument("--audit-db", metavar="PATH", default=None,
-                   help="audit store: SQLite file or postgresql:// URL; default $METROLOGY_AUDIT_DB, "
-                        "$METROLOGY_SITE_DIR/audit.sqlite or ~/.metrology/audit.sqlite")
+EXIT_CODES_AUDIT = """exit codes:
+  0  success (verify: chain intact)
+  1  verify found problems (each printed, naming the record seq)
+  2  bad input (missing or foreign store, bad date, unwritable output folder)
+"""
 
 
 def _open(args) -> AuditStore:
-    path = args.audit_db if args.audit_db else default_db_path()
-    return AuditStore(path, create=False)
+    return AuditStore(resolve_db_path(args.audit_db), create=False)
+
+
+def run_init(args) -> int:
+    """Create the store (with its folder); an existing audit store is verified and left as it is."""
+    path = resolve_db_path(args.audit_db)
+    try:
+        AuditStore(path, create=False).close()
+        existed = True
+    except InputError:  # none yet (a foreign or broken one fails again just below, with its reason)
+        existed = False
+    with AuditStore(path, create=True) as store:
+        res = store.verify()
+    if existed:
+        print(f"audit store {path} already exists: {res.n_records} records, head seq {res.head_seq}"
+              f"{'' if res.ok else ', CHAIN PROBLEMS (run metrology audit verify)'}")
+    else:
+        print(f"created audit store {path}")
+    return 0
 
 
 def _since(args):
@@ -102,12 +114,17 @@ def run_report(args) -> int:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``metrology audit`` and its sub-commands ``verify``, ``list``, ``report``."""
     p = subparsers.add_parser(
-        "audit", help="verify, list and report the calibration audit store",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "audit", help="create, verify, list and report the calibration audit store",
+        description=__doc__.split("\n\n", 1)[1], epilog=EXIT_CODES_AUDIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="audit_command", metavar="ACTION")
 
+    i = sub.add_parser("init", help="create the audit store (the default one, or --audit-db)")
+    add_audit_option(i)
+    i.set_defaults(func=run_init)
+
     v = sub.add_parser("verify", help="check the hash chain; exit 1 naming each bad record")
-    _db_option(v)
+    add_audit_option(v)
     v.set_defaults(func=run_verify)
 
     ls = sub.add_parser("list", help="print the history as a table")
@@ -116,14 +133,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ls.add_argument("--kind", choices=KINDS, default=None, help="only this record kind")
     ls.add_argument("--json", action="store_true",
                     help="print the records as a JSON array (seq, kind, station_id, utc, content and hashes)")
-    _db_option(ls)
+    add_audit_option(ls)
     ls.set_defaults(func=run_list)
 
     r = sub.add_parser("report", help="write the audit PDF of a station and print its path")
     r.add_argument("--station", metavar="ID", required=True, help="station id")
     r.add_argument("--since", metavar="DATE", default=None, help="from this date/time (UTC, ISO 8601)")
     r.add_argument("--out", metavar="DIR", required=True, help="output folder (created if missing)")
-    _db_option(r)
+    add_audit_option(r)
     r.set_defaults(func=run_report)
 
     def _usage(args):

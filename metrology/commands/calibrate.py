@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from metrology.commands.options import add_device_option, check_device
+from metrology.commands.options import add_audit_option, add_device_option, check_device
 
 EXIT_CODES_CALIBRATE = """exit codes:
   0  closure passed (calibration recorded, valid for the station's validity_days)
@@ -34,8 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--golden", required=True, metavar="CERT.toml",
                    help="golden lens certificate (docs/calibration.md)")
     p.add_argument("--operator", default="", metavar="NAME", help="operator name (recorded)")
-    p.add_argument("--audit-db", default=None, metavar="PATH",
-                   help="audit store (default $METROLOGY_AUDIT_DB or $METROLOGY_SITE_DIR/audit.sqlite; required)")
+    add_audit_option(p)
     p.add_argument("--reference", default=None, metavar="SAMPLE",
                    help="reference sample: catalogue ID[:seed=N] or a .npy map (default: from the capture)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the JSON summary (optional)")
@@ -46,14 +45,14 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     # lazy: the command's modules load only when it runs (start-up time of the CLI)
     from metrology.calibration import one_line, run_calibration
-    from metrology.progress import ProgressBar
+    from metrology.progress import Progress
 
     check_device(args)  # an unusable device fails now, before anything is read or fitted
 
-    with ProgressBar(0, "calibrating") as bar:
+    with Progress("calibrate") as progress:
         outcome = run_calibration(
             args.capture, args.station, args.golden, operator=args.operator, audit_db=args.audit_db,
-            out_dir=args.out, reference=args.reference, progress=lambda i, n, loss: bar(i, n), device=args.device,
+            out_dir=args.out, reference=args.reference, progress=progress, device=args.device,
         )
     print(one_line(outcome))
     return outcome.exit_code

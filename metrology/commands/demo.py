@@ -1,8 +1,9 @@
 """``metrology demo``: a whole inspection on the embedded default.
 
 Simulates a capture of the reference sample through the demo lens on the demo station (files
-shipped in ``metrology/data/``, copies of ``fixtures/``), inspects it against the demo spec and
-writes the report to ``--out`` (default ``reports/``), printing where it is.
+shipped in metrology/data/, copies of fixtures/), inspects it against the demo spec and writes the
+report to --out (default reports/), printing where it is. The inspection is recorded in
+DIR/demo-audit.sqlite unless --audit-db names another store.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="reports", metavar="DIR", help="output folder (default reports/)")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated capture (default 1)")
     p.add_argument("--lens", default=None, metavar="L.toml", help="another lens description")
+    p.add_argument("--audit-db", default=None, metavar="PATH",
+                   help="audit store for the demo's record (default DIR/demo-audit.sqlite: a demo never "
+                        "writes into the station's store)")
     add_device_option(p)
     p.set_defaults(func=run)
 
@@ -40,7 +44,7 @@ def run(args) -> int:
     from metrology.io.lens_file import load_lens
     from metrology.io.station_file import load_station
     from metrology.pipeline import check_output_dir
-    from metrology.progress import ProgressBar
+    from metrology.progress import Progress
     from metrology.simulate import draw_misalignment, simulate_capture
 
     check_device(args)
@@ -49,15 +53,16 @@ def run(args) -> int:
     lens = load_lens(args.lens or DATA / DEMO_FILES["lens"])
     station = load_station(station_path)
     truth = draw_misalignment(np.random.default_rng([args.seed, 1]), n_leds=len(station.led_list()))
-    with ProgressBar(len(station.led_list()), "simulating") as bar:
-        capture, _ = simulate_capture(station, lens.coefficients(), truth, seed=args.seed, lens=lens, progress=bar)
-    with tempfile.TemporaryDirectory() as tmp:
-        cap_path = Path(tmp) / "demo-capture.tif"
-        write_capture(cap_path, capture)
-        with ProgressBar(0, "reconstructing") as bar:
+    audit_db = args.audit_db or Path(args.out) / "demo-audit.sqlite"
+    with Progress("demo") as progress:
+        progress.stage("simulating the capture", len(station.led_list()))
+        capture, _ = simulate_capture(station, lens.coefficients(), truth, seed=args.seed, lens=lens,
+                                      progress=progress)
+        with tempfile.TemporaryDirectory() as tmp:
+            cap_path = Path(tmp) / "demo-capture.tif"
+            write_capture(cap_path, capture)
             outcome = run_inspection(cap_path, station_path, DATA / DEMO_FILES["spec"], out_dir=args.out,
-                                     operator="demo", progress=lambda i, n, loss: bar(i, n),
-                                     device=args.device)
+                                     operator="demo", progress=progress, device=args.device, audit_db=audit_db)
     print(verdict_line(outcome.document, outcome.pdf_path))
     print(f"report: {outcome.pdf_path}\nresult: {outcome.json_path}")
     return outcome.exit_code

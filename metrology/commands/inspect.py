@@ -1,15 +1,16 @@
 """``metrology inspect``: the QA station command.
 
 Loads and validates everything first, reconstructs, analyses, decides, and writes
-``<station>_<serial>_<UTC time>_<token>.pdf`` and ``.json`` into ``--out`` (default ``reports/``)
-together with the audit record. Prints a one-line verdict on stdout; exit code 0 PASS, 1 FAIL, 3
-INCONCLUSIVE, 2 bad input or usage, 4 internal error.
+<station>_<serial>_<UTC time>_<token>.pdf and .json into --out (default reports/) together with the
+audit record (one unit: all or nothing). Prints a one-line verdict on stdout and its progress
+(stage, iteration, ETA) on stderr; exit code 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input or usage, 4
+internal error.
 
-Batch: several captures, a folder of captures or ``--manifest CSV`` run as a batch (``--jobs N``
-local processes, or ``--executor ray``): one verdict line per capture as it finishes, a summary
-table, and the worst outcome as exit code (2 any capture not inspected > 3 any INCONCLUSIVE > 1 any
-FAIL > 0 all PASS). Captures whose result already exists in ``--out`` with the same input hashes are
-skipped (docs/batch.md).
+Batch: several captures, a folder of captures or --manifest CSV run as a batch (--jobs N local
+processes, or --executor ray): one verdict line per capture as it finishes, a summary table, and the
+worst outcome as exit code (2 any capture not inspected > 3 any INCONCLUSIVE > 1 any FAIL > 0 all
+PASS). Captures whose result already exists in --out with the same input hashes are skipped
+(docs/batch.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import os
 import sys
 
-from metrology.commands.options import EXIT_CODES, add_device_option, check_device
+from metrology.commands.options import EXIT_CODES, add_audit_option, add_device_option, check_device
 
 BATCH_EXIT_CODES = """batch exit code (the worst capture, worst first):
   2  a capture could not be inspected (its line names the file and the problem)
@@ -46,12 +47,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--serial", default=None, metavar="ID", help="lens serial (default: from the capture)")
     p.add_argument("--operator", default="", metavar="NAME", help="operator name for the report")
     p.add_argument("--out", default="reports", metavar="DIR", help="output folder (default reports/)")
-    p.add_argument("--audit-db", default=None, metavar="PATH|URL",
-                   help="audit store: SQLite file or postgresql:// URL (default $METROLOGY_AUDIT_DB or "
-                        "$METROLOGY_SITE_DIR/audit.sqlite; none if unset)")
+    add_audit_option(p)
     p.add_argument("--mode", choices=("known", "prior", "blind"), default="known",
                    help="reference sample known (default), used as a prior, or unknown")
     p.add_argument("--max-iterations", type=int, default=None, metavar="N", help="solver iterations (default per mode)")
+    p.add_argument("--export-sample", choices=("tif", "h5"), default=None,
+                   help="also write the reconstructed sample with its pixel size (<stem>_sample.tif or .h5)")
     add_device_option(p)
     b = p.add_argument_group("batch")
     b.add_argument("--manifest", default=None, metavar="CSV",
@@ -91,14 +92,14 @@ def run(args) -> int:
     # lazy: a single capture loads neither the batch executors nor Ray
     from metrology.batch.run import verdict_line
     from metrology.inspection import run_inspection
-    from metrology.progress import ProgressBar
+    from metrology.progress import Progress
 
-    with ProgressBar(0, "reconstructing") as bar:
+    with Progress("inspect") as progress:
         outcome = run_inspection(
             args.capture[0], args.station, args.spec, reference=args.reference, serial=args.serial,
             operator=args.operator, out_dir=args.out, audit_db=args.audit_db, mode=args.mode,
-            max_iterations=args.max_iterations, progress=lambda i, n, loss: bar(i, n), device=args.device,
-            notify=lambda line: print(f"metrology: {line}", file=sys.stderr),
+            max_iterations=args.max_iterations, progress=progress, device=args.device,
+            export_sample=args.export_sample, notify=lambda line: print(f"metrology: {line}", file=sys.stderr),
         )
     print(verdict_line(outcome.document, outcome.pdf_path))
     return outcome.exit_code

@@ -22,3 +22,13 @@ def check_device(args) -> None:
     from metrology.solver.device import compute_device  # lazy: torch, start-up time of every command
 
     compute_device(args.device)
+
+
+AUDIT_HELP = ("audit store: SQLite file or postgresql:// URL; default $METROLOGY_AUDIT_DB, else "
+              "$METROLOGY_SITE_DIR/audit.sqlite, else ~/.metrology/audit.sqlite (the same for every command; "
+              "'metrology audit init' creates it)")
+
+
+def add_audit_option(parser) -> None:
+    """``--audit-db``: the audit store, with the one default every command shares."""
+    parser.add_argument("--audit-db", default=None, metavar="PATH|URL", help=AUDIT_HELP)

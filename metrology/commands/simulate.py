@@ -67,7 +67,7 @@ def run(args) -> int:
     from metrology.io import atomic_write_text, write_capture
     from metrology.io.lens_file import load_lens
     from metrology.io.station_file import load_station
-    from metrology.progress import ProgressBar
+    from metrology.progress import Progress
     from metrology.references import CATALOGUE
     from metrology.simulate import simulate_capture
 
@@ -94,7 +94,8 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(out, f"cannot create output folder: {exc.strerror or exc}") from None
-    with ProgressBar(len(leds), "simulate") as bar:
+    with Progress("simulate") as bar:
+        bar.stage("simulating frames", len(leds))
         capture, truth = simulate_capture(
             station, coeffs, truth_in, seed=args.seed, reference=args.reference, photons=args.photons,
             hot_pixel_fraction=args.hot_pixels, progress=bar, lens=lens, leds=leds,

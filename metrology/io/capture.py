@@ -1,7 +1,7 @@
 """Capture files: one multi-page TIFF, one page per frame, JSON metadata in page 0.
 
-Layout (full specification in ``docs/formats.md``): page ``j`` holds frame ``j`` (``uint16``
-counts, or ``float32`` for HDR-merged data), all pages square and of the same size; the first
+Layout (full specification in ``docs/formats.md``): page ``j`` holds frame ``j`` (``uint8`` or
+``uint16`` counts, or ``float32`` for HDR-merged data), all pages square and of the same size; the first
 page's ``ImageDescription`` tag holds ASCII JSON::
 
     {"format": "metrology-capture", "format_version": 1, "station_id": ..., "lens_serial": ...,
@@ -36,7 +36,7 @@ from metrology.limits import (
 
 FORMAT_NAME = "metrology-capture"
 FORMAT_VERSION = 1
-FRAME_DTYPES = (np.dtype(np.uint16), np.dtype(np.float32))
+FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 _STANDARD_KEYS = (
     "format", "format_version", "station_id", "lens_serial", "lens_model", "reference_sample",
     "wavelength_nm", "created_utc", "frames",
@@ -56,7 +56,7 @@ class Capture:
 
     Attributes
     ----------
-    frames : ndarray, shape (J, n, n), uint16 or float32
+    frames : ndarray, shape (J, n, n), uint8, uint16 or float32
         Frame ``j`` in counts.
     leds : list of (int, int)
         Board ``(row, col)`` of the LED lit for each frame.
@@ -146,7 +146,7 @@ def _validate(source, frames: np.ndarray, leds, exposure) -> None:
     if h != w:
         raise InputError(source, f"frames must be square, got {h}x{w}")
     if frames.dtype not in FRAME_DTYPES:
-        raise InputError(source, f"frame dtype must be uint16 or float32, got {frames.dtype}")
+        raise InputError(source, f"frame dtype must be uint8, uint16 or float32, got {frames.dtype}")
     if len(leds) != j:
         raise InputError(source, f"{j} frames but {len(leds)} LEDs in the metadata frame list")
     if len(exposure) != j:

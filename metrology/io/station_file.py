@@ -128,6 +128,7 @@ SCHEMA = {
     ("slide", "thickness_mm"): ("slide_thickness_mm", "float", 0.0, _ge0),
     ("slide", "index"): ("slide_index", "float", 1.52, _ge1),
     ("calibration", "validity_days"): ("validity_days", "float", 30.0, _days),
+    ("calibration", "required"): ("calibration_required", "bool", False, None),
 }
 SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration", "uncertainty")
 
@@ -227,6 +228,7 @@ class StationDescription:
     slide_thickness_mm: float = 0.0
     slide_index: float = 1.52
     validity_days: float = 30.0
+    calibration_required: bool = False  # inspections are INCONCLUSIVE unless the calibration is valid
     drift_limits: dict = field(default_factory=lambda: {DRIFT_PATHS[k]: v for k, v in DEFAULT_DRIFT_LIMITS.items()})
     uncertainty: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -293,8 +295,9 @@ class StationDescription:
     def check_capture(self, capture, source="capture") -> None:
         """Raise :class:`InputError` (naming ``source``) if ``capture`` does not fit this station.
 
-        Checks the station ID, the frame size, that every LED is on the board, and the wavelength
-        (when the capture states one, to 0.5 nm).
+        Checks the station ID, the frame size, that every LED is on the board, that integer frames
+        can hold the camera's bit depth (8-bit frames need ``camera.bit_depth <= 8``), and the
+        wavelength (when the capture states one, to 0.5 nm).
         """
         if capture.station_id != self.station_id:
             raise InputError(source, f"capture is from station {capture.station_id!r}, not {self.station_id!r}")
@@ -303,6 +306,10 @@ class StationDescription:
         for j, (r, c) in enumerate(capture.leds):
             if not (0 <= r < self.led_rows and 0 <= c < self.led_cols):
                 raise InputError(source, f"frame {j}: LED ({r}, {c}) is not on the {self.led_rows}x{self.led_cols} board")
+        itemsize_bits = 8 * capture.frames.dtype.itemsize
+        if capture.frames.dtype.kind == "u" and self.bit_depth > itemsize_bits:
+            raise InputError(source, f"{capture.frames.dtype} frames hold at most {itemsize_bits} bits, the station's "
+                                     f"camera.bit_depth is {self.bit_depth} (saturation would be missed)")
         wl = capture.wavelength_nm
         if wl is not None and abs(wl - self.wavelength_nm) > 0.5:
             raise InputError(source, f"capture wavelength {wl:g} nm differs from the station's {self.wavelength_nm:g} nm")
@@ -357,6 +364,10 @@ def _convert(source, name: str, kind: str, value):
     if kind == "str":
         if not isinstance(value, str):
             raise InputError(source, f"{name} must be a string, got {value!r}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InputError(source, f"{name} must be true or false, got {value!r}")
         return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):

@@ -62,6 +62,8 @@ class ReportArrays:
     led_scale : ndarray, shape (J,), optional
         Learned data-uncertainty scale ``s_j`` of each LED's frame (1: the noise model;
         :mod:`metrology.solver.weights`).
+    mtf_label : str
+        What ``mtf`` is (its azimuth), for the legend, e.g. ``"worst of 0/45/90/135 deg azimuth"``.
     """
 
     pupil_phase_waves: np.ndarray
@@ -80,6 +82,7 @@ class ReportArrays:
     led_brightness: np.ndarray | None = None
     led_residual: np.ndarray | None = None
     led_scale: np.ndarray | None = None
+    mtf_label: str = "azimuth 0 deg (x)"
 
     def __post_init__(self):
         self.pupil_phase_waves = np.asarray(self.pupil_phase_waves, dtype=float)
@@ -112,6 +115,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+figure = _figure
+"""A matplotlib ``Figure`` of ``(width_mm, height_mm)`` on its own Agg canvas (for the page modules)."""
+png_bytes = _png
+"""PNG bytes of a figure at :data:`DPI`."""
+
+
 def _style(ax, title=None):
     ax.tick_params(labelsize=_FONT - 1, length=2, pad=1)
     if title:
@@ -130,6 +139,11 @@ def _colorbar(fig, mappable, ax, label=None):
     if label:
         cb.set_label(label, fontsize=_FONT - 1, labelpad=1)
     return cb
+
+
+FONT = _FONT
+style = _style
+colorbar = _colorbar
 
 
 def _image(fig, ax, img, extent, title, cmap="gray", label=None, vmin=None, vmax=None, xlabel=None,
@@ -243,7 +257,7 @@ def zernike_bars_png(terms, wavelength_nm: float, width_mm=186.0, height_mm=62.0
 
 
 # ------------------------------------------------------------------ page 2
-def psf_mtf_png(arrays: ReportArrays, mtf_points=(), width_mm=186.0, height_mm=46.0) -> bytes:
+def psf_mtf_png(arrays: ReportArrays, mtf_points=(), width_mm=186.0, height_mm=46.0, mtf_limits=()) -> bytes:
     """PSF image (log scale), PSF x-profile and MTF, each against the diffraction limit.
 
     Parameters
@@ -252,6 +266,8 @@ def psf_mtf_png(arrays: ReportArrays, mtf_points=(), width_mm=186.0, height_mm=4
         Uses ``psf``, ``psf_diffraction``, ``psf_pixel_um``, ``mtf*``.
     mtf_points : list of dict
         ``doc["figures_of_merit"]["mtf"]`` entries, drawn as points with U error bars.
+    mtf_limits : list of (float, float)
+        ``(frequency cycles/mm, minimum MTF)`` of the specification, drawn as limit markers.
 
     Returns
     -------
@@ -269,7 +285,7 @@ def psf_mtf_png(arrays: ReportArrays, mtf_points=(), width_mm=186.0, height_mm=4
         ext = _extent(psf.shape, arrays.psf_pixel_um)
         img = np.log10(np.clip(psf / max(float(psf.max()), 1e-30), 1e-4, None))
         _image(fig, axes[0], img, ext, f"PSF, log10 (peak = Strehl {psf.max():.3f})", cmap="magma",
-               xlabel="x (um)", ylabel="y (um), +y down")
+               label="log10 of I / diffraction-limited peak", xlabel="x (um)", ylabel="y (um), +y down")
         row = psf.shape[0] // 2
         xs = (np.arange(psf.shape[1]) - psf.shape[1] // 2) * arrays.psf_pixel_um
         ax = axes[1]
@@ -285,7 +301,8 @@ def psf_mtf_png(arrays: ReportArrays, mtf_points=(), width_mm=186.0, height_mm=4
     if arrays.mtf is None or arrays.mtf_freq_cyc_per_mm is None:
         _missing(ax, "MTF")
     else:
-        ax.plot(arrays.mtf_freq_cyc_per_mm, arrays.mtf, color="#c0504d", linewidth=0.9, label="measured")
+        ax.plot(arrays.mtf_freq_cyc_per_mm, arrays.mtf, color="#c0504d", linewidth=0.9,
+                label=f"measured, {arrays.mtf_label}")
         if arrays.mtf_diffraction is not None:
             ax.plot(arrays.mtf_freq_cyc_per_mm, arrays.mtf_diffraction, color="black", linewidth=0.7,
                     linestyle="--", label="diffraction limit")
@@ -294,9 +311,14 @@ def psf_mtf_png(arrays: ReportArrays, mtf_points=(), width_mm=186.0, height_mm=4
             ax.errorbar([p["frequency_cyc_per_mm"] for p in mtf_points], [p["value"] for p in mtf_points],
                         yerr=[p["U"] or 0.0 for p in mtf_points], fmt="o", markersize=2, color="#3b6ea5",
                         elinewidth=0.6, capsize=1.5, label="reported (± U)")
+        for i, (f, lo) in enumerate(mtf_limits):
+            ax.plot([f, f], [lo, lo], marker="_", markersize=9, markeredgewidth=1.4, color="#1e8e3e",
+                    linestyle="none", label="spec minimum" if i == 0 else None)
+            ax.annotate("min", (f, lo), xytext=(2, -7), textcoords="offset points", fontsize=_FONT - 2,
+                        color="#1e8e3e")
         ax.set_ylim(0, 1.05)
         ax.grid(linewidth=0.3, color="0.85")
-        _style(ax, "MTF")
+        _style(ax, "MTF (object side)")
         ax.set_xlabel("spatial frequency (cycles/mm)", fontsize=_FONT - 1, labelpad=1)
         ax.legend(fontsize=_FONT - 1.5, frameon=False)
     return _png(fig)
@@ -318,12 +340,12 @@ def sample_led_png(arrays: ReportArrays, width_mm=186.0, height_mm=44.0) -> byte
     else:
         ext = _extent(arrays.sample_amplitude.shape, arrays.sample_pixel_um)
         _image(fig, axes[0], arrays.sample_amplitude, ext, "Reference sample, amplitude", xlabel="x (um)",
-               ylabel="y (um), +y down")
+               ylabel="y (um), +y down", label="|t| (transmission)")
         _image(fig, axes[1], arrays.sample_phase, ext, "Reference sample, phase", cmap="twilight",
                label="rad", xlabel="x (um)")
     for ax, values, title, cmap, label in (
-        (axes[2], arrays.led_brightness, "LED brightness (relative)", "viridis", None),
-        (axes[3], arrays.led_residual, "LED residual (RMS / noise sigma)", "inferno", None),
+        (axes[2], arrays.led_brightness, "LED brightness (relative)", "viridis", "relative to nominal"),
+        (axes[3], arrays.led_residual, "LED residual (RMS / noise sigma)", "inferno", "RMS residual / sigma"),
     ):
         if arrays.led_xy_mm is None or values is None:
             _missing(ax, title)
@@ -369,39 +391,78 @@ def frames_png(frames: dict, width_mm=128.0, height_mm=62.0) -> bytes:
         res = meas - model
         rlim = float(np.max(np.abs(res))) or 1.0
         ext = [0, meas.shape[1], meas.shape[0], 0]
-        _image(fig, axes[0], meas, ext, "measured", vmin=lo, vmax=hi)
-        _image(fig, axes[1], model, ext, "modelled", vmin=lo, vmax=hi)
-        _image(fig, axes[2], res, ext, "residual (meas. - model)", cmap="RdBu_r", vmin=-rlim, vmax=rlim)
+        _image(fig, axes[0], meas, ext, "measured", vmin=lo, vmax=hi, label="counts")
+        _image(fig, axes[1], model, ext, "modelled", vmin=lo, vmax=hi, label="counts")
+        _image(fig, axes[2], res, ext, "residual (meas. - model)", cmap="RdBu_r", vmin=-rlim, vmax=rlim,
+               label="counts")
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
     return _png(fig)
 
 
-def convergence_png(history, width_mm=56.0, height_mm=62.0) -> bytes:
-    """Solver loss per iteration (log scale).
+def convergence_figure(history, width_mm=56.0, height_mm=62.0, polish_steps: int = 0):
+    """Solver loss per outer round (a ``Figure``; :func:`convergence_png` renders it).
+
+    Rounds are numbered 1..R on an integer axis; a log axis is used only when the loss spans more
+    than a decade, and every tick label is distinct (the decimals follow the tick spacing).
+    """
+    # lazy: matplotlib and reportlab load only when a report is drawn (start-up time)
+    from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullFormatter
+
+    fig = _figure(width_mm, height_mm)
+    fig.set_layout_engine("constrained", w_pad=0.01, h_pad=0.01)
+    ax = fig.add_subplot()
+    hist = None if history is None else np.asarray(history, dtype=float)
+    if hist is None or hist.size == 0 or not np.isfinite(hist).any():
+        _missing(ax, "Loss history")
+        return fig
+    rounds = np.arange(1, hist.size + 1)
+    ax.plot(rounds, hist, color="#3b6ea5", linewidth=0.9, marker="o", markersize=1.8)
+    finite = hist[np.isfinite(hist)]
+    if finite.min() > 0 and finite.max() / finite.min() > 10.0:
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        lo, hi = float(finite.min()), float(finite.max())
+        pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi), 1e-12) * 1e-6
+        ax.set_ylim(lo - pad, hi + pad)
+        ticks = [t for t in MaxNLocator(5).tick_values(lo - pad, hi + pad) if lo - pad <= t <= hi + pad]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FixedFormatter(distinct_labels(ticks)))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+    ax.set_xlim(0.5, hist.size + 0.5)
+    ax.grid(linewidth=0.3, color="0.85")
+    extra = f" then {polish_steps} Gauss-Newton steps" if polish_steps else ""
+    _style(ax, f"Convergence: {hist.size} outer rounds{extra}")
+    ax.set_xlabel("outer round", fontsize=_FONT - 1, labelpad=1)
+    ax.set_ylabel("loss", fontsize=_FONT - 1, labelpad=1)
+    return fig
+
+
+def distinct_labels(ticks) -> list:
+    """Tick labels with as many decimals as the spacing needs, so no two labels are equal."""
+    ticks = np.asarray(ticks, dtype=float)
+    if ticks.size < 2:
+        return [f"{t:.6g}" for t in ticks]
+    step = float(np.min(np.abs(np.diff(ticks))))
+    decimals = max(0, int(np.ceil(-np.log10(step))) + 1) if step > 0 else 6
+    labels = [f"{t:.{decimals}f}" for t in ticks]
+    while len(set(labels)) < len(labels) and decimals < 15:
+        decimals += 1
+        labels = [f"{t:.{decimals}f}" for t in ticks]
+    return labels
+
+
+def convergence_png(history, width_mm=56.0, height_mm=62.0, polish_steps: int = 0) -> bytes:
+    """Solver loss per outer round (see :func:`convergence_figure`).
 
     Returns
     -------
     bytes
         PNG image.
     """
-    fig = _figure(width_mm, height_mm)
-    ax = fig.add_axes([0.22, 0.15, 0.72, 0.73])
-    hist = None if history is None else np.asarray(history, dtype=float)
-    if hist is None or hist.size == 0:
-        _missing(ax, "Loss history")
-        return _png(fig)
-    it = np.arange(hist.size)
-    positive = np.all(hist[np.isfinite(hist)] > 0)
-    ax.plot(it, hist, color="#3b6ea5", linewidth=0.9)
-    if positive:
-        ax.set_yscale("log")
-    ax.grid(linewidth=0.3, color="0.85")
-    _style(ax, "Convergence")
-    ax.set_xlabel("iteration", fontsize=_FONT - 1, labelpad=1)
-    ax.set_ylabel("loss", fontsize=_FONT - 1, labelpad=1)
-    return _png(fig)
+    return _png(convergence_figure(history, width_mm, height_mm, polish_steps))
 
 
 def led_scale_png(arrays: ReportArrays, width_mm=186.0, height_mm=52.0) -> bytes:

@@ -10,13 +10,14 @@ calibration summary.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 
 from metrology import __version__
 from metrology.analysis.budget import budget_document
-from metrology.analysis.figures import cutoff_cyc_per_mm, strehl_psf
+from metrology.analysis.figures import cutoff_cyc_per_mm
+from metrology.analysis.lens_detail import report_figures
 from metrology.analysis.propagation import derived_figures
 from metrology.analysis.wavefront import zernike_table
 from metrology.conventions import CONVENTIONS_TEXT, COVERAGE_FACTOR, DECISION_RULE
@@ -56,7 +57,12 @@ def conventions_block() -> dict:
 
 def figures_of_merit(measurement, spec) -> dict:
     """Lens figures with uncertainties (Monte Carlo over the coefficient covariance); every one
-    null when the measurement has no finite coefficients (a fit that measured nothing)."""
+    null when the measurement has no finite coefficients (a fit that measured nothing).
+
+    ``strehl`` is the on-axis Strehl ratio (pupil integral, the judged one); ``strehl_psf`` the peak
+    of the sampled PSF with its own uncertainty; ``pvr_waves`` Evans' robust PV and
+    ``fit_residual_waves`` the residual it adds (:func:`metrology.analysis.lens_detail.report_figures`).
+    """
     ok = bool(np.all(np.isfinite(measurement.zernike_waves)))
     c = np.nan_to_num(measurement.zernike_waves)
     cov = np.nan_to_num(measurement.zernike_cov)
@@ -65,21 +71,44 @@ def figures_of_merit(measurement, spec) -> dict:
         round(f * cut, 1) for f in DEFAULT_MTF_FRACTIONS
     ]
     figs = derived_figures(c, cov, measurement.wavelength_nm, measurement.na, mtf_frequencies_cyc_per_mm=freqs)
-    strehl = figs["strehl"]
-    s_psf = strehl_psf(c)
+    extra = report_figures(c, cov, pv=figs["pv_waves"])
     return {
         "rms_waves": _q(figs["rms_waves"], ok),
         "rms_nm": _q(figs["rms_nm"], ok),
         "pv_waves": _q(figs["pv_waves"], ok),
-        # the pupil is a Zernike model (no residual map beyond it): PVr = PV + 3 x 0
-        "pvr_waves": _q(figs["pv_waves"], ok),
-        "strehl": _q(strehl, ok),
-        "strehl_psf": _q(SimpleNamespace(value=float(s_psf), u=float(strehl.u)), ok),
-        "fit_residual_waves": 0.0,
+        "pvr_waves": _q(extra["pvr_waves"], ok),
+        "strehl": _q(figs["strehl"], ok),
+        "strehl_psf": _q(extra["strehl_psf"], ok),
+        "fit_residual_waves": float(extra["fit_residual_waves"]) if ok else 0.0,
         "mtf": [
             {"frequency_cyc_per_mm": float(f), **_q(figs[f"mtf@{f:g}"], ok)} for f in freqs
         ],
     }
+
+
+def float32_value(x) -> float:
+    """``x`` with the digits a float32 holds: ``0.1`` for the NA a float32 model reports as
+    ``0.10000000149011612`` (the shortest decimal that reads back to the same float32)."""
+    return float(str(np.float32(x)))
+
+
+def covariance_block(cov) -> dict:
+    """``zernike_covariance``: the coefficient covariance (waves^2), Noll 1..K, null where not finite."""
+    cv = np.asarray(cov, dtype=float)
+    return {"noll": list(range(1, cv.shape[0] + 1)), "unit": "waves^2",
+            "matrix": [[finite_or_none(x) for x in row] for row in cv]}
+
+
+def report_block(report_id: str, loaded) -> dict:
+    """``report``: the report ID and the specification file, revision and hash it was judged against."""
+    spec = loaded.spec
+    entry = next((i for i in loaded.inputs if i["role"] == "spec"), None)
+    spec_block = None
+    if spec is not None and entry is not None:
+        band = list(spec.wavelength_band_nm) if spec.wavelength_band_nm else None
+        spec_block = {"file": Path(entry["path"]).name, "revision": spec.revision, "sha256": entry["sha256"],
+                      "wavelength_band_nm": band}
+    return {"id": report_id, "spec": spec_block}
 
 
 def _zernike_rows(measurement) -> list:
@@ -134,17 +163,18 @@ def _verdict_block(verdict) -> dict:
     return {
         "overall": verdict.overall,
         "reasons": list(verdict.reasons) + [f"warning: {w}" for w in verdict.warnings],
+        "valid": bool(verdict.valid),
         "limits": [
             {"name": r.name, "kind": r.kind, "limit": float(r.limit), "unit": r.unit,
              "value": finite_or_none(r.value), "u": finite_or_none(r.u), "U": finite_or_none(r.U),
-             "verdict": r.verdict, "reason": r.reason}
+             "verdict": r.verdict, "reason": r.reason, "key": r.key}
             for r in verdict.limits
         ],
     }
 
 
 def build_document(loaded, measurement, verdict, status, figures, timings, serial, operator, now,
-                   compute_device: str = "cpu") -> dict:
+                   compute_device: str = "cpu", report_id: str | None = None, covariance=None) -> dict:
     """The result document (schema ``metrology/schemas/inspection_result.schema.json``).
 
     Parameters
@@ -165,11 +195,15 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
         Creation time (UTC).
     compute_device : str
         Where the fit ran (``software.compute_device``).
+    report_id : str, optional
+        The report ID (``report.id``); the block is left out without one.
+    covariance : ndarray, shape (K, K), optional
+        Coefficient covariance for ``zernike_covariance`` (left out without one).
     """
     cap = loaded.capture
     ident = measurement.identifiability
     q = measurement.quality
-    return {
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "software": {"name": "lens-metrology", "version": __version__, "compute_device": compute_device},
         "created_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -181,9 +215,9 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
             "calibrated_utc": status.get("calibrated_utc"), "valid_until": status.get("valid_until")}},
         "inputs": loaded.inputs,
         "conventions": conventions_block(),
-        "wavelength_nm": float(measurement.wavelength_nm),
-        "na": float(measurement.na),
-        "tile_center_mm": [float(x) for x in measurement.tile_center_mm],
+        "wavelength_nm": float32_value(measurement.wavelength_nm),
+        "na": float32_value(measurement.na),
+        "tile_center_mm": [float32_value(x) for x in measurement.tile_center_mm],
         "zernike": _zernike_rows(measurement),
         "figures_of_merit": figures,
         "station_misalignment": _station_rows(measurement),
@@ -205,3 +239,9 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
         "timings_s": {k: float(timings.get(k, 0.0)) for k in ("load", "reconstruct", "analyse", "report")},
         "uncertainty_budget": budget_document(measurement),
     }
+    if report_id is not None:
+        doc["report"] = report_block(report_id, loaded)
+        doc["audit_record"] = None
+    if covariance is not None:
+        doc["zernike_covariance"] = covariance_block(covariance)
+    return doc
