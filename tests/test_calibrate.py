@@ -21,7 +21,7 @@ import pytest
 
 from metrology.audit.status import station_status
 from metrology.audit.store import AuditStore, parse_utc
-from metrology.calibration import NO_STORE, one_line, run_calibration
+from metrology.calibration import one_line, run_calibration
 from metrology.cli import main
 from metrology.errors import InputError
 from metrology.solver.schedule import GEOMETRY_PATHS
@@ -135,14 +135,23 @@ def test_misalignment_frozen_at_nominal_fails_closure(frozen_run, case):
 
 
 # ------------------------------------------------------------------ bad input (no fit)
-def test_no_audit_store_is_a_usage_error(case, tmp_path, monkeypatch, capsys):
+def test_every_command_shares_one_audit_store_default(tmp_path, monkeypatch, capsys):
+    """calibrate no longer needs --audit-db: calibrate, inspect and audit resolve the same default
+    store, which ``metrology audit init`` creates (issue 17)."""
+    from metrology.audit.store import default_db_path
+    from metrology.pipeline import audit_store_path
+
     monkeypatch.delenv("METROLOGY_AUDIT_DB", raising=False)
     monkeypatch.delenv("METROLOGY_SITE_DIR", raising=False)
-    with pytest.raises(InputError, match="calibrate needs an audit store"):
-        run_calibration(case["aligned"], case["station"], case["golden"])
-    code = main(["calibrate", str(case["aligned"]), "--station", str(case["station"]), "--golden",
-                 str(case["golden"])])
-    assert code == 2 and NO_STORE in capsys.readouterr().err
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = tmp_path / ".metrology" / "audit.sqlite"
+    assert audit_store_path(None) == default_db_path() == store
+    assert main(["audit", "verify"]) == 2 and "audit.sqlite" in capsys.readouterr().err  # not created yet
+    assert main(["audit", "init"]) == 0 and f"created audit store {store}" in capsys.readouterr().out
+    assert main(["audit", "verify"]) == 0
+    assert main(["audit", "init"]) == 0 and "already exists: 0 records" in capsys.readouterr().out
+    monkeypatch.setenv("METROLOGY_SITE_DIR", str(tmp_path / "site"))
+    assert audit_store_path(None) == tmp_path / "site" / "audit.sqlite"
 
 
 def test_env_audit_store_is_used(case, tmp_path, monkeypatch):

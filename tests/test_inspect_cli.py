@@ -153,13 +153,13 @@ def test_good_lens_passes_and_report_is_complete(tmp_path, good_capture, capsys)
     if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
         pytest.skip("poppler-utils not installed")
     pages = subprocess.run(["pdftoppm", "-r", "20", "-png", pdf, tmp_path / "page"], capture_output=True)
-    assert pages.returncode == 0 and len(list(tmp_path.glob("page*.png"))) == 3
+    assert pages.returncode == 0 and len(list(tmp_path.glob("page*.png"))) == 4
     text = subprocess.run(["pdftotext", "-layout", pdf, "-"], capture_output=True, text=True).stdout
     assert "PASS" in text and doc["lens"]["serial"] in text and "T. Est" in text
     for row in doc["verdict"]["limits"]:
         assert row["name"].split(" (")[0][:20] in text, row["name"]
     assert text.count("Noll ordering") >= 3  # conventions footer on every page
-    # the GUM budget: the RMS wavefront's largest source is named on page 3 and in the JSON, and the
+    # the GUM budget: the RMS wavefront's largest source is named on page 4 and in the JSON, and the
     # station constants' uncertainties (the station file's defaults here) enter U
     budget = doc["uncertainty_budget"]
     rms = budget["rms_waves"]

@@ -36,7 +36,10 @@ def test_schema_is_valid_draft_2020_12():
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema")
     assert schema["additionalProperties"] is False
-    assert set(schema["required"]) == set(schema["properties"]) - {"extensions"}
+    # optional blocks: results written before issue 17 (report ID, audit record, covariance, further
+    # outputs) still validate
+    optional = {"extensions", "report", "audit_record", "zernike_covariance", "outputs"}
+    assert set(schema["required"]) == set(schema["properties"]) - optional
     assert SCHEMA_PATH.name == "inspection_result.schema.json"
 
 

@@ -225,20 +225,22 @@ def test_cli_simulate_bad_inputs_exit_2(tmp_path, capsys):
     assert rc == 2 and "unknown misalignment parameter 'illumination.shift'" in capsys.readouterr().err
 
 
-def test_progress_bar_draws_only_when_asked(monkeypatch):
+def test_progress_is_silenced_or_forced_by_the_environment(monkeypatch):
     import io
 
-    from metrology.progress import ProgressBar
+    from metrology.progress import Progress
 
     stream = io.StringIO()
-    monkeypatch.delenv("METROLOGY_PROGRESS", raising=False)
-    with ProgressBar(3, "x", stream=stream) as bar:
-        bar.update()
+    monkeypatch.setenv("METROLOGY_PROGRESS", "0")
+    with Progress("sim", stream=stream) as progress:
+        progress.stage("simulate", 3)
+        progress(3, 3)
     assert stream.getvalue() == ""
-    monkeypatch.setenv("METROLOGY_PROGRESS", "1")
-    with ProgressBar(3, "sim", stream=stream) as bar:
-        bar(3, 3)
-    assert "sim [" in stream.getvalue() and "3/3" in stream.getvalue()
+    monkeypatch.setenv("METROLOGY_PROGRESS", "1")  # a terminal bar even on a non-terminal stream
+    with Progress("sim", stream=stream) as progress:
+        progress.stage("simulate", 3)
+        progress(3, 3)
+    assert "sim: simulate" in stream.getvalue() and "3/3" in stream.getvalue()
 
 
 def test_pixel_integration_model_quadrature_matches_the_exact_box(small):

@@ -44,16 +44,23 @@ def audit_text(doc) -> str:
     return f"seq {rec['seq']} after chain {rec['previous_chain_sha256'][:16]}... ({Path(rec['store']).name})"
 
 
+SPANNED_ROWS = (3, 4)
+"""Rows of :func:`identification_rows` whose value spans the three value columns (the report ID
+and the specification do not fit one column and must not be interleaved with another cell)."""
+
+
 def identification_rows(doc) -> list:
-    """The identification table, four columns ``(label, value, label, value)`` per row."""
+    """The identification table, four columns ``(label, value, label, value)`` per row; the rows
+    :data:`SPANNED_ROWS` hold one value spanning the row."""
     cal = doc["station"]["calibration"]
     report_id = (doc.get("report") or {}).get("id", "n/a")
     return [
         ["Lens model", doc["lens"]["model"], "Serial", doc["lens"]["serial"]],
         ["Operator", doc["operator"] or "-", "Date (UTC)", doc["created_utc"]],
         ["Station", doc["station"]["id"], "Calibration", f"{cal['status']} - {cal['reason']}"],
-        ["Report ID", report_id, "Audit record", audit_text(doc)],
-        ["Specification", spec_text(doc), "Software", _software(doc)],
+        ["Report ID", report_id, "", ""],
+        ["Specification", spec_text(doc), "", ""],
+        ["Audit record", audit_text(doc), "Software", _software(doc)],
         ["Wavelength / NA", f"{doc['wavelength_nm']:g} nm / {doc['na']:g}", "Tile centre",
          f"({doc['tile_center_mm'][0]:g}, {doc['tile_center_mm'][1]:g}) mm"],
     ]
@@ -77,7 +84,9 @@ def _banner(doc, st, width_mm):
              for a, b, c, d in identification_rows(doc)]
     grey = colors.HexColor("#f2f2f2")
     right = table(cells, [21, 47, 21, 51], header=False, style_cmds=[
-        ("BACKGROUND", (0, 0), (0, -1), grey), ("BACKGROUND", (2, 0), (2, -1), grey)]
+        ("BACKGROUND", (0, 0), (0, -1), grey), ("BACKGROUND", (2, 0), (2, -1), grey),
+        *[("SPAN", (1, r), (3, r)) for r in SPANNED_ROWS],
+        *[("BACKGROUND", (1, r), (3, r), colors.white) for r in SPANNED_ROWS]]
         + ([("BACKGROUND", (3, 2), (3, 2), colors.HexColor(TINTS["INCONCLUSIVE"]))]
            if cal["status"] != "valid" else []))
     return table([[verdict_cell, right]], [left_w, right_w], header=False, style_cmds=[
