@@ -41,7 +41,7 @@ def assert_bad_input(code, err, out_dir, needle):
     lines = [line for line in err.strip().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("metrology: error:"), err
     assert needle in lines[0], (needle, lines[0])
-    assert not out_dir.exists() or not any(out_dir.iterdir()), "no report may be left behind"
+    assert not out_dir.exists(), "bad input creates nothing, not even the output folder (issue 17)"
 
 
 def test_missing_capture(tmp_path, good_capture, capsys):
@@ -150,6 +150,14 @@ def test_good_lens_passes_and_report_is_complete(tmp_path, good_capture, capsys)
     assert doc["software"]["compute_device"] == device_label(compute_device("auto"))
     pdf = next(out.glob("*.pdf"))
     assert pdf.name.startswith(f"{doc['station']['id']}_{doc['lens']['serial']}_")  # station id in the name
+    # issue 17: what other tools read from the JSON
+    assert doc["na"] == 0.1 and '"na": 0.1,' in next(out.glob("*.json")).read_text()  # not 0.10000000149011612
+    assert all(lim["key"].startswith("limits.") for lim in doc["verdict"]["limits"]), doc["verdict"]["limits"]
+    cov = np.array(doc["zernike_covariance"]["matrix"])
+    assert doc["zernike_covariance"]["noll"] == [t["noll"] for t in doc["zernike"]]
+    assert np.allclose(cov, cov.T) and np.allclose(np.sqrt(np.diag(cov))[4:], [t["u_waves"] for t in doc["zernike"]][4:])
+    assert doc["audit_record"]["seq"] >= 1 and len(doc["audit_record"]["chain_sha256"]) == 64
+    assert doc["report"]["id"].startswith(doc["station"]["id"])
     if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
         pytest.skip("poppler-utils not installed")
     pages = subprocess.run(["pdftoppm", "-r", "20", "-png", pdf, tmp_path / "page"], capture_output=True)

@@ -30,7 +30,7 @@ def small_capture(dtype=np.uint16, j=5, n=16, seed=0):
 
 
 # ---------------------------------------------------------------- capture
-@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])  # uint8: 8-bit cameras (issue 17)
 def test_capture_round_trip_is_exact(tmp_path, dtype):
     cap = small_capture(dtype)
     path = write_capture(tmp_path / "c.tif", cap)
@@ -250,3 +250,19 @@ def test_lens_list_form_and_errors(tmp_path):
         with pytest.raises(InputError) as err:
             load_lens(p)
         assert str(p) in str(err.value) and fragment in str(err.value), str(err.value)
+
+
+def test_blind_mode_needs_no_reference_name(tmp_path):
+    """A capture from another station may name no catalogue reference: blind mode does not use one
+    (issue 17); known mode still needs it and says so."""
+    from dataclasses import replace
+
+    from metrology.pipeline import BLIND_REFERENCE_LABEL, load_inputs
+
+    path = write_capture(tmp_path / "c.tif", replace(read_capture(CAPTURE), reference_sample=""))
+    station = CAPTURE.parent / "station.toml"
+    loaded = load_inputs(path, station, mode="blind")
+    assert loaded.reference is None and loaded.reference_label == BLIND_REFERENCE_LABEL
+    assert [i["role"] for i in loaded.inputs] == ["capture", "station"]
+    with pytest.raises(InputError, match="reference"):
+        load_inputs(path, station, mode="known")

@@ -1,5 +1,6 @@
 """Decision rule and judge(): PASS / FAIL / INCONCLUSIVE, and validity blocks."""
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -188,3 +189,48 @@ def test_unmeasured_term_is_inconclusive(spec):
     row = [r for r in v.limits if r.key == "limits.term.22"][0]
     assert row.verdict == "INCONCLUSIVE" and "not measured" in row.reason
     assert v.overall == "INCONCLUSIVE"
+
+
+# ------------------------------------------------------------------ issue 17: calibration policy, wavelength band
+def _spec_with(extra_lens="", extra_validity=""):
+    text = SPEC.read_text().replace('description = "4x plan achromat, on-axis acceptance test"',
+                                    'description = "4x plan achromat, on-axis acceptance test"\n' + extra_lens)
+    text = text.replace("[validity]", "[validity]\n" + extra_validity)
+    return parse_spec(tomllib.loads(text), "spec.toml")
+
+
+@pytest.mark.parametrize("who", ["spec", "station"])
+def test_required_calibration_blocks_an_uncalibrated_station(who):
+    spec = _spec_with(extra_validity="require_calibration = true" if who == "spec" else "")
+    status = {"status": "none", "reason": "no calibration recorded", "required": who == "station"}
+    v = judge(_measurement(_lens_coeffs("good")), spec, status, n_draws=200)
+    assert v.overall == "INCONCLUSIVE" and not v.valid
+    owner = "the specification" if who == "spec" else "the station"
+    assert any("station not calibrated" in r and f"{owner} requires a valid calibration" in r for r in v.reasons)
+    relaxed = judge(_measurement(_lens_coeffs("good")), _spec_with(), {**status, "required": False}, n_draws=200)
+    assert relaxed.overall == "PASS" and any("not calibrated" in w for w in relaxed.warnings)
+
+
+def test_require_calibration_must_be_a_boolean():
+    from metrology.errors import InputError
+
+    with pytest.raises(InputError, match="validity.require_calibration' must be true or false"):
+        _spec_with(extra_validity='require_calibration = "yes"')
+
+
+def test_spec_valid_over_a_wavelength_band():
+    band = _spec_with(extra_lens="wavelength_band_nm = [500.0, 540.0]")
+    assert band.wavelength_band_nm == (500.0, 540.0)
+    v = judge(_measurement(_lens_coeffs("good"), wavelength_nm=530.0), band, n_draws=200)
+    assert v.overall == "PASS", v.reasons  # 10 nm from 520 nm, inside the stated band
+    v = judge(_measurement(_lens_coeffs("good"), wavelength_nm=545.0), band, n_draws=200)
+    assert v.overall == "INCONCLUSIVE" and any("outside the specification's band 500-540 nm" in r for r in v.reasons)
+
+
+@pytest.mark.parametrize("band, text", [("[530.0, 540.0]", "must contain lens.wavelength_nm = 520"),
+                                        ("[540.0, 500.0]", "0 < min < max"), ("[500.0]", "[min, max]")])
+def test_bad_wavelength_band_is_an_input_error(band, text):
+    from metrology.errors import InputError
+
+    with pytest.raises(InputError, match=re.escape(text)):
+        _spec_with(extra_lens=f"wavelength_band_nm = {band}")
