@@ -260,7 +260,7 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     def on_iteration(i, total, loss):
         if not started:  # the solver's first callback (iteration 0) ends its start
             started.append(True)
-            rep.stage("fit: iterations (staged L-BFGS rounds, then Gauss-Newton polish)", total)
+            rep.stage("fit: iterations (staged L-BFGS rounds, then Gauss-Newton polish)", total, early_stop=True)
         rep(i, total, loss)
 
     try:

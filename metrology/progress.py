@@ -87,6 +87,8 @@ class Progress:
         self._last_line = -1e9
         self._pending = False
         self._printed = False
+        self._early_stop = False
+        self._updated = False
         self._bar = None
         self._stop = threading.Event()
         self._thread = None
@@ -95,11 +97,13 @@ class Progress:
             self._thread.start()
 
     # ------------------------------------------------------------------ reporting
-    def stage(self, name: str, total: int | None = None) -> None:
-        """Start stage ``name`` (``total`` iterations when known); prints a line at once."""
+    def stage(self, name: str, total: int | None = None, early_stop: bool = False) -> None:
+        """Start stage ``name`` (``total`` iterations when known; ``early_stop``: the stage may end
+        before ``total``, as a converging solver does, so the ETA is an upper bound)."""
         with self._lock:
             self._close_bar()
             self._stage, self._total, self._i, self._loss = str(name), total, None, None
+            self._early_stop = bool(early_stop)
             self._stage_t0 = time.monotonic()
             self._pending = True
             if self.mode == "bar":
@@ -113,6 +117,7 @@ class Progress:
                 if self._bar is not None:
                     self._bar.total = self._total
             self._i, self._loss = int(i), (None if loss is None else float(loss))
+            self._updated = True
             if self._bar is not None:
                 self._bar.n = self._i
                 if self._loss is not None:
@@ -155,13 +160,15 @@ class Progress:
                 text += f", loss {self._loss:.6g}"
             if self._total and self._i > 0 and self._i < self._total:
                 per = (time.monotonic() - self._stage_t0) / self._i
-                text += f", ETA <= {_hms(per * (self._total - self._i))} (stops early when converged)"
+                eta = _hms(per * (self._total - self._i))
+                text += f", ETA <= {eta} (stops early when converged)" if self._early_stop else f", ETA {eta}"
         return text
 
     def _line(self, suffix: str = "") -> None:
         self._write(f"{self._prefix()} {self._status()}{suffix}")
         self._pending = False
         self._printed = True
+        self._updated = False
 
     def _maybe_line(self, heartbeat: bool = False) -> None:
         """Plain mode: the stage's first line after :data:`QUIET_S`, then one per ``interval_s``."""
@@ -170,7 +177,8 @@ class Progress:
             if now - self._stage_t0 >= QUIET_S:
                 self._line()
         elif now - self._last_line >= self.interval_s:
-            self._line(" (still running)" if heartbeat else "")
+            # "still running": nothing new since the last line (a stage that reports no iterations)
+            self._line(" (still running)" if heartbeat and not self._updated else "")
 
     def _write(self, text: str) -> None:
         try:
@@ -207,7 +215,7 @@ class Progress:
 class _Silent:
     """A reporter that reports nothing."""
 
-    def stage(self, name: str, total: int | None = None) -> None:
+    def stage(self, name: str, total: int | None = None, early_stop: bool = False) -> None:
         pass
 
     def __call__(self, i: int, total: int | None = None, loss: float | None = None) -> None:

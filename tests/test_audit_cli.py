@@ -174,3 +174,14 @@ def test_audit_layer_imports_no_torch():
             "print(bad); sys.exit(bool(bad))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("command", ["inspect", "demo", "simulate", "zernike-export", "wavefront-export", "calibrate",
+                                     "audit", "audit init"])
+def test_help_has_no_raw_restructured_text(command):
+    """--help is read in a terminal: no ``literal`` quotes, :: blocks or :func: roles (issue 17)."""
+    out = subprocess.run([sys.executable, "-m", "metrology", *command.split(), "--help"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and out.stdout.startswith("usage:")
+    for raw in ("``", "::", ":func:", ":mod:", ":data:"):
+        assert raw not in out.stdout, (raw, out.stdout)

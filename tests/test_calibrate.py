@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +215,23 @@ def test_help_lists_calibrate(capsys):
     assert main(["calibrate", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--golden" in text and "closure" in text
+
+
+def test_golden_fixture_capture_is_ready_for_calibrate():
+    """fixtures/captures/golden-4x is the certificate's lens on the 4x bench (issue 17: `calibrate`
+    can be tried from the README): inputs and certificate load and match, no fit needed here."""
+    from metrology.audit.golden import load_certificate
+    from metrology.calibration import check_certificate
+    from metrology.pipeline import load_inputs
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "fixtures" / "captures" / "golden-4x"
+    cert_path = root / "fixtures" / "golden" / "golden-4x-010.toml"
+    cert = load_certificate(cert_path)
+    loaded = load_inputs(folder / "capture.tif", folder / "station.toml")
+    check_certificate(cert, loaded.station, cert_path)
+    assert loaded.capture.lens_serial == cert.serial
+    truth = json.loads((folder / "truth.json").read_text())
+    lens = dict(enumerate(truth["pupil.zernike_waves"], start=1))
+    for j, (value, _) in cert.coefficients.items():
+        assert lens[j] == pytest.approx(value, abs=1e-12), j

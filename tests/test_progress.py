@@ -1,7 +1,7 @@
 """Progress of a long command (issue 17): stage lines on a piped stderr, never silent for 10 s.
 
-The fit is slowed down (a silent start longer than 10 s, then one second per iteration) so that the
-heartbeat and the iteration lines are both exercised in a real ``metrology inspect`` run whose
+The fit is slowed down (a silent start longer than 10 s, then two seconds per iteration) so that the
+heartbeat and the iteration lines (with their ETA) are both exercised in a real ``metrology inspect`` run whose
 stderr is a pipe, as in a log file or a CI job.
 """
 
@@ -28,7 +28,7 @@ def slowed(*args, progress=None, **kw):
     time.sleep(11.0)  # a start that reports nothing for longer than 10 s
 
     def slow_progress(i, total, loss):
-        time.sleep(1.0)
+        time.sleep(2.0)
         progress(i, total, loss)
 
     return fit(*args, progress=slow_progress, **kw)
@@ -52,7 +52,7 @@ def test_piped_inspect_prints_stage_lines_at_least_every_10_s(capture, tmp_path)
     env.pop("METROLOGY_PROGRESS_INTERVAL", None)
     cmd = [sys.executable, "-c", SLOWED_INSPECT, "inspect", str(cap), "--station", str(station), "--spec",
            str(FIXTURES / "specs" / "plan-4x-010.toml"), "--out", str(tmp_path / "out"), "--audit-db",
-           str(tmp_path / "audit.sqlite"), "--max-iterations", "4"]
+           str(tmp_path / "audit.sqlite"), "--max-iterations", "6"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     arrivals = []
     for line in proc.stderr:  # as the lines arrive: the pipe is read while the command runs
@@ -89,3 +89,22 @@ def test_terminal_stream_gets_a_bar_and_a_quick_stage_prints_nothing():
     with Progress("inspect", stream=piped) as p:
         p.stage("load inputs")  # ends before QUIET_S: an input error stays the one line on stderr
     assert piped.getvalue() == ""
+
+
+def test_plain_lines_say_still_running_only_when_nothing_arrived(monkeypatch):
+    import metrology.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "QUIET_S", 0.05)
+    piped = io.StringIO()
+    with Progress("simulate", stream=piped, interval_s=0.2) as p:
+        p.stage("simulating frames", 20)
+        for i in range(1, 11):  # iterations keep arriving: lines carry them, never "still running"
+            time.sleep(0.06)
+            p(i, 20)
+        busy = piped.getvalue()
+        time.sleep(0.7)  # then a silent stretch: the heartbeat says so
+    lines = busy.splitlines()
+    assert lines and not any("still running" in line for line in lines), lines
+    assert any(re.search(r"simulating frames: \d+/20, ETA \d:\d\d:\d\d$", line) for line in lines), lines
+    assert "stops early" not in busy  # only a converging solver's stage has an upper-bound ETA
+    assert "(still running)" in piped.getvalue()[len(busy):]
