@@ -9,13 +9,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import metrology.report.plots as plots
 from metrology.report.layout import TINTS
-from metrology.report.pdf import write_inspection_report
+from metrology.report.pdf import PAGES, write_inspection_report
 from tests.report_example import example_arrays, example_document
 
 DEMO_HISTORY = [1.0075809955596924, 0.9651818871498108, 0.9609497785568237, 0.9590950012207031,
@@ -205,3 +206,22 @@ def test_every_colour_bar_has_a_unit(tmp_path, monkeypatch):
     assert len(bars) >= 9
     missing = [ax.get_title() or str(ax) for ax in bars if not ax._colorbar.ax.get_ylabel().strip()]
     assert not missing, missing
+
+
+# ------------------------------------------------------------------ the pages shown in the docs
+def test_docs_show_the_rendered_demo_and_inconclusive_pages():
+    """docs/report.md shows the committed PNG pages (scripts/render_report_images.py): every demo
+    page, and the INCONCLUSIVE report's page 1 without a green PASS or red FAIL cell."""
+    import matplotlib.image as mpimg
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    linked = re.findall(r"\(images/([\w.-]+\.png)\)", (docs / "report.md").read_text())
+    assert linked and all((docs / "images" / name).is_file() for name in linked), linked
+    demo = sorted((docs / "images").glob("demo-page-*.png"))
+    assert [p.name for p in demo] == [f"demo-page-{i}.png" for i in range(1, len(PAGES) + 1)]
+    demo1 = mpimg.imread(docs / "images" / "demo-page-1.png")[..., :3]
+    inconclusive1 = mpimg.imread(docs / "images" / "inconclusive-page-1.png")[..., :3]
+    # a verdict cell is hundreds of pixels at 60 dpi; a few stray ones are anti-aliased map colours
+    assert _tint_pixels(demo1, TINTS["PASS"]) > 1000
+    assert _tint_pixels(inconclusive1, TINTS["PASS"]) + _tint_pixels(inconclusive1, TINTS["FAIL"]) < 20
+    assert _tint_pixels(inconclusive1, TINTS["NOT TRUSTED"], atol=0.005) > 1000  # not the header grey
