@@ -1,5 +1,6 @@
 """`metrology inspect`: exit codes, bad input, verdicts on simulated captures, the written files (issues 4, 5)."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -158,6 +159,12 @@ def test_good_lens_passes_and_report_is_complete(tmp_path, good_capture, capsys)
     assert np.allclose(cov, cov.T) and np.allclose(np.sqrt(np.diag(cov))[4:], [t["u_waves"] for t in doc["zernike"]][4:])
     assert doc["audit_record"]["seq"] >= 1 and len(doc["audit_record"]["chain_sha256"]) == 64
     assert doc["report"]["id"].startswith(doc["station"]["id"])
+    # the exports carry the GUM budget's U: each term's u is its budget's combined u (issue 14)
+    code, csv_text, _ = run_cli(["zernike-export", next(out.glob("*.json")), "--format", "csv"], capsys)
+    rows = {int(r["noll"]): r for r in csv.DictReader(ln for ln in csv_text.splitlines() if not ln.startswith("#"))}
+    for b in doc["uncertainty_budget"]["zernike"]:
+        assert float(rows[b["noll"]]["U_waves"]) == pytest.approx(2 * b["u"], rel=1e-9)
+        assert rows[b["noll"]]["largest_source"]
     if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
         pytest.skip("poppler-utils not installed")
     pages = subprocess.run(["pdftoppm", "-r", "20", "-png", pdf, tmp_path / "page"], capture_output=True)

@@ -103,11 +103,13 @@ def test_csv_carries_metadata_u_and_marks_the_alignment_terms(result, capsys):
     meta, rows = _read_csv(out.out)
     head = "\n".join(meta)
     for text in (doc["lens"]["serial"], doc["station"]["id"], doc["created_utc"], doc["report"]["id"],
-                 "wavelength_nm: 530", "U = k u with k = 2", "+y down"):
+                 "wavelength_nm: 530", "combined standard uncertainty of the GUM budget", "U = k u with k = 2",
+                 "+y down"):
         assert text in head, text
     assert list(rows[0]) == ["noll", "ansi", "fringe", "n", "m", "name", "status", "value_waves", "u_waves",
-                             "U_waves", "value_nm", "U_nm"]
+                             "U_waves", "value_nm", "U_nm", "largest_source"]
     by_noll = {int(r["noll"]): r for r in rows}
+    assert by_noll[5]["largest_source"] == "Wavelength (LED centroid)"  # the example's budget of Noll 5
     assert (by_noll[5]["ansi"], by_noll[5]["fringe"], by_noll[5]["n"], by_noll[5]["m"]) == ("3", "6", "2", "-2")
     for t in doc["zernike"]:
         r = by_noll[t["noll"]]
@@ -118,6 +120,9 @@ def test_csv_carries_metadata_u_and_marks_the_alignment_terms(result, capsys):
             assert (float(r["value_waves"]), float(r["u_waves"]), float(r["U_waves"])) == (
                 t["value_waves"], t["u_waves"], t["U_waves"])
             assert float(r["value_nm"]) == pytest.approx(t["value_waves"] * 530.0, rel=1e-5)
+            budget = next((b for b in doc["uncertainty_budget"]["zernike"] if b["noll"] == t["noll"]), None)
+            want = "" if budget is None else next(x["label"] for x in budget["rows"] if x["source"] == budget["largest"])
+            assert r["largest_source"] == want
 
 
 def test_csv_round_trip_rebuilds_the_wavefront(result, capsys):

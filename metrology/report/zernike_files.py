@@ -2,8 +2,9 @@
 
 ``csv``
     ``#`` metadata lines (lens, serial, station, report ID, time, wavelength, NA, normalisation,
-    frame, coverage factor), then one row per term in Noll order: ``noll, ansi, fringe, n, m, name,
-    status, value_waves, u_waves, U_waves, value_nm, U_nm``. Lens terms have ``status = measured``;
+    frame, the uncertainty: the combined u of the GUM budget), then one row per term in Noll order:
+    ``noll, ansi, fringe, n, m, name, status, value_waves, u_waves, U_waves, value_nm, U_nm,
+    largest_source`` (the largest contribution of the term's budget). Lens terms have ``status = measured``;
     the alignment terms (Noll 1-4) have ``status = alignment`` and empty values: they are removed
     from the pupil and reported as the sample's position and defocus, never measured as 0 +/- 0.
 
@@ -64,7 +65,9 @@ def metadata_lines(doc: dict) -> list[str]:
         f"tile_center_mm: ({doc['tile_center_mm'][0]:g}, {doc['tile_center_mm'][1]:g})",
         "# normalisation: Noll (unit RMS on the unit disk), radius = the pupil edge at the NA (|f| = NA / lambda)",
         "# frame: x along image columns, y along image rows (+y down), theta from +x towards +y",
-        f"# uncertainty: u standard, U = k u with k = {doc['conventions']['coverage_factor']}",
+        f"# uncertainty: u = combined standard uncertainty of the GUM budget (noise and learned data uncertainty, "
+        f"model mismatch, station constants: uncertainty_budget in the result JSON), U = k u with k = "
+        f"{doc['conventions']['coverage_factor']}",
     ]
 
 
@@ -74,17 +77,28 @@ def format_csv(doc: dict) -> str:
     buf.write("\n".join(metadata_lines(doc)) + "\n")
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["noll", "ansi", "fringe", "n", "m", "name", "status", "value_waves", "u_waves", "U_waves",
-                "value_nm", "U_nm"])
+                "value_nm", "U_nm", "largest_source"])
     lam = doc["wavelength_nm"]
+    largest = _largest_sources(doc)
     for t in sorted(doc["zernike"], key=lambda t: t["noll"]):
         n, m = t["n"], t["m"]
         ids = [t["noll"], nm_to_ansi(n, m), nm_to_fringe(n, m), n, m, t["name"]]
         if t["alignment"]:
-            w.writerow(ids + ["alignment"] + [""] * 5)
+            w.writerow(ids + ["alignment"] + [""] * 6)
             continue
         v, u, U = _number(t["value_waves"]), _number(t["u_waves"]), _number(t["U_waves"])
-        w.writerow(ids + ["measured", repr(v), repr(u), repr(U), f"{v * lam:.6g}", f"{U * lam:.6g}"])
+        w.writerow(ids + ["measured", repr(v), repr(u), repr(U), f"{v * lam:.6g}", f"{U * lam:.6g}",
+                          largest.get(t["noll"], "")])
     return buf.getvalue()
+
+
+def _largest_sources(doc: dict) -> dict:
+    """Noll -> label of the largest contribution in the coefficient's GUM budget (empty without one)."""
+    out = {}
+    for b in (doc.get("uncertainty_budget") or {}).get("zernike", []):
+        labels = {r["source"]: r["label"] for r in b["rows"]}
+        out[b["noll"]] = labels.get(b["largest"], b["largest"])
+    return out
 
 
 def noll_vector(doc: dict) -> np.ndarray:
