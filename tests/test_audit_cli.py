@@ -149,7 +149,31 @@ def test_report_pdf(db, tmp_path, capsys):
     for i in range(1, n_pages + 1):
         page = subprocess.run(["pdftotext", "-f", str(i), "-l", str(i), str(pdf), "-"],
                               capture_output=True, text=True, check=True).stdout
-        assert f"page {i}" in page and "Noll ordering" in page  # footer on every page
+        assert f"page {i} of {n_pages}" in page and "Noll ordering" in page  # footer on every page
+
+
+def test_one_record_is_charted_on_integer_seq_ticks(tmp_path, monkeypatch):
+    """A station with a single calibration: the record axis shows seq numbers, not 0.96 ... 1.04."""
+    import metrology.audit.report_pdf as report_pdf
+
+    figures = []
+    original = report_pdf.chart_figure
+
+    def keep(*args):
+        fig, alarms = original(*args)
+        figures.append(fig)
+        return fig, alarms
+
+    monkeypatch.setattr(report_pdf, "chart_figure", keep)
+    path = build_history(tmp_path / "audit.sqlite", n_runs=1)
+    with AuditStore(path) as s:
+        report_pdf.write_audit_report(s, STATION, out_dir=tmp_path / "r")
+    assert figures
+    for fig in figures:
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_report_shows_failed_integrity(tmp_path, new_store):

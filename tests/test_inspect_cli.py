@@ -188,9 +188,17 @@ def test_good_lens_passes_and_report_is_complete(tmp_path, good_capture, capsys)
 def test_bad_lens_fails(tmp_path, small, capsys):
     station, leds = small
     capture, st, _ = simulate_to(tmp_path / "bad", station, lens_coefficients(0.15, 2), seed=2, leds=leds)
-    code, line, doc = _inspect(capture, st, SPEC, tmp_path / "out", capsys)
+    code, line, doc = _inspect(capture, st, SPEC, tmp_path / "out", capsys, "--export-sample", "tif")
     assert code == 1 and line.startswith("FAIL"), line
     assert any(r["verdict"] == "FAIL" for r in doc["verdict"]["limits"])
+    # the reconstructed sample beside the report, with its pixel size, listed with its hash (issue 17)
+    (sample,) = doc["outputs"]
+    path = tmp_path / "out" / sample["path"].split("/")[-1]
+    assert sample["role"] == "sample" and path.name.endswith("_sample.tif") and path.is_file()
+    with tifffile.TiffFile(path) as tf:
+        meta = json.loads(tf.pages[0].description)
+        assert len(tf.pages) == 2 and tf.pages[0].asarray().dtype == np.float32
+    assert meta["pixel_um"] > 0 and meta["report_id"] == doc["report"]["id"]
 
 
 def test_lens_at_the_limit_is_inconclusive(tmp_path, small, capsys):
