@@ -233,3 +233,25 @@ def test_solver_stopped_early_never_passes(tmp_path, good_capture, capsys):
     assert not doc["solver"]["converged"]
     assert code == 3 and doc["verdict"]["overall"] == "INCONCLUSIVE", line
     assert any("converge" in r for r in doc["verdict"]["reasons"])
+
+
+def test_8bit_capture_is_inspected(tmp_path, capsys):
+    """An 8-bit camera's capture (uint8 frames, camera.bit_depth = 8) goes through inspect; a 12-bit
+    station cannot take 8-bit frames (its saturation level would be missed) (issue 17)."""
+    from dataclasses import replace
+
+    from metrology.io import write_capture
+
+    station = bench_station(32).replace(bit_depth=8)
+    capture, st, _ = simulate_to(tmp_path / "sim", station, lens_coefficients(0.03, 1), seed=1, leds=centre_leds(5),
+                                 photons=1e3)
+    cap = read_capture(capture)
+    assert cap.frames.max() <= 255
+    cap8 = write_capture(tmp_path / "capture8.tif", replace(cap, frames=cap.frames.astype(np.uint8)))
+    assert read_capture(cap8).frames.dtype == np.uint8
+    code, line, doc = _inspect(cap8, st, SPEC, tmp_path / "out", capsys, "--max-iterations", "5")
+    assert code in (0, 1, 3) and doc["lens"]["serial"] in line  # a short fit: the path, not the verdict
+    st12 = tmp_path / "st12.toml"
+    st12.write_text(st.read_text().replace("bit_depth = 8", "bit_depth = 12"))
+    code, _, err = run_cli(["inspect", cap8, "--station", st12, "--spec", SPEC, "--out", tmp_path / "o12"], capsys)
+    assert_bad_input(code, err, tmp_path / "o12", "camera.bit_depth is 12")
