@@ -13,6 +13,7 @@ Hypothesis runs derandomized (the same examples in every run, no example databas
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import math
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metrology.cli import main
+from metrology.commands.zernike_export import notes_path
 from metrology.io.capture import read_capture
 from tests.report_example import example_document
 from tests.sim_cases import FIXTURES, bench_station, centre_leds, lens_coefficients, simulate_to
@@ -271,7 +273,7 @@ def test_result_documents(base, tmp_path):
     @fuzz_settings(N_RESULT)
     @given(edits=st.lists(st.tuples(st.sampled_from(paths), st.sampled_from(["set", "set", "delete"]), JSON_VALUE),
                           min_size=1, max_size=3),
-           fmt=st.sampled_from(["csv", "zemax-fringe", "zemax-standard"]),
+           fmt=st.sampled_from(["csv", "opticstudio-fringe", "opticstudio-standard"]),
            raw=st.sampled_from([None, None, None, None, b"", b"\xff\xfe", b"[" * 100000, b'{"a": 1e999}', b"null"]))
     def example(edits, fmt, raw):
         doc = json.loads(json.dumps(doc0))
@@ -292,13 +294,17 @@ def test_result_documents(base, tmp_path):
             return
         path.write_bytes(data)
         out.unlink(missing_ok=True)
-        code, stdout, err = run(["zernike-export", path, "--format", fmt, "--out", out])
+        radius = ["--norm-radius-mm", "1.5"] if fmt.startswith("opticstudio") else []
+        code, stdout, err = run(["zernike-export", path, "--format", fmt, "--out", out, *radius])
         check_refused(code, err, path)
         assert code in (0, 2)
         if code == 2:
             assert not out.exists()
         else:  # every line a comment or a row of coefficients: no text from the file starts a line
             assert_rows(out.read_text(), fmt)
+            if fmt != "csv":  # the notes beside the DAT: comments only
+                notes = notes_path(out).read_text().splitlines()
+                assert all(line.startswith("#") for line in notes), [ln for ln in notes if not ln.startswith("#")]
         COUNTS["result"] = COUNTS.get("result", 0) + 1
 
     example()
@@ -307,17 +313,21 @@ def test_result_documents(base, tmp_path):
 
 def assert_rows(text: str, fmt: str) -> None:
     lines = [line for line in text.splitlines() if not line.startswith("#")]
-    if fmt == "csv":
+    if fmt == "csv":  # numbers, but for the name, the status, the largest budget source; alignment rows empty
         header = lines.pop(0).split(",")
         assert header[0] == "noll"
-        for line in lines:
-            fields = line.split(",")
+        text_columns = {"name", "status", "largest_source"}
+        for fields in csv.reader(lines):
+            line = ",".join(fields)
             assert len(fields) == len(header) and fields[0].isdigit(), line
-            assert all(_is_number(fields[i]) for i in range(len(header)) if header[i] != "name"), line
-    else:
-        for line in lines:
-            name, value = line.split(" ")
-            assert name[0] == "Z" and name[1:].isdigit() and _is_number(value), line
+            status = fields[header.index("status")]
+            assert status in ("measured", "alignment"), line
+            numbers = [fields[i] for i in range(len(header)) if header[i] not in text_columns]
+            assert all(_is_number(x) or (status == "alignment" and x == "") for x in numbers[:5]), line
+            assert all(_is_number(x) or x == "" for x in numbers[5:]), line
+    else:  # the OpticStudio DAT: N, the radius, then N coefficients, one number per line
+        assert all(_is_number(line) for line in lines), lines
+        assert lines[0].isdigit() and len(lines) == int(lines[0]) + 2, lines[:3]
 
 
 def _is_number(text: str) -> bool:

@@ -8,6 +8,7 @@ with nothing half-written; a fit that measures nothing ends in an INCONCLUSIVE r
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -49,8 +50,12 @@ def inspect_args(capture, station, out, *extra, spec=SPEC):
     return ["inspect", capture, "--station", station, "--spec", spec, "--out", out, *extra]
 
 
+PROGRESS_LINE = re.compile(r"^[a-z-]+ \d\d:\d\d:\d\d \+\d+:\d\d:\d\d ")
+"""A progress line on a piped stderr (metrology.progress): stages of a run that got past its inputs."""
+
+
 def one_line_error(err, prefix="metrology: error:"):
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith(prefix), err
     assert "Traceback" not in err
     return lines[0]

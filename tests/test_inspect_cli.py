@@ -1,6 +1,7 @@
 """`metrology inspect`: exit codes, bad input, verdicts on simulated captures, the written files (issues 4, 5)."""
 
 import csv
+import hashlib
 import json
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from metrology.audit.store import AuditStore
 from metrology.cli import main
 from metrology.io.capture import read_capture
 from metrology.report.document import validate_document
@@ -157,7 +159,14 @@ def test_good_lens_passes_and_report_is_complete(tmp_path, good_capture, capsys)
     cov = np.array(doc["zernike_covariance"]["matrix"])
     assert doc["zernike_covariance"]["noll"] == [t["noll"] for t in doc["zernike"]]
     assert np.allclose(cov, cov.T) and np.allclose(np.sqrt(np.diag(cov))[4:], [t["u_waves"] for t in doc["zernike"]][4:])
-    assert doc["audit_record"]["seq"] >= 1 and len(doc["audit_record"]["chain_sha256"]) == 64
+    # the record committing the result: the seq the files state, onto the chain hash they state, and
+    # the files' SHA-256 in it (issue 15's unit)
+    rec = doc["audit_record"]
+    with AuditStore(rec["store"], create=False) as store:
+        (committed,) = [r for r in store.records(kind="inspection") if r.seq == rec["seq"]]
+    assert committed.prev_sha256 == rec["previous_chain_sha256"]
+    assert committed.content["result"]["sha256"]["json"] == hashlib.sha256(
+        next(out.glob("*.json")).read_bytes()).hexdigest()
     assert doc["report"]["id"].startswith(doc["station"]["id"])
     # the exports carry the GUM budget's U: each term's u is its budget's combined u (issue 14)
     code, csv_text, _ = run_cli(["zernike-export", next(out.glob("*.json")), "--format", "csv"], capsys)

@@ -32,6 +32,7 @@ import numpy as np
 from metrology.analysis.wavefront import grid_coordinates, wavefront_map
 from metrology.conventions import CONVENTIONS_TEXT
 from metrology.io.files import atomic_write_bytes, atomic_write_text
+from metrology.limits import one_line
 from metrology.report.sample_files import h5_bytes
 from metrology.report.zernike_files import noll_vector
 
@@ -84,7 +85,7 @@ def wavefront_csv(arrays: dict, meta: dict) -> str:
     """CSV text: ``# key: value`` lines, then ``x, y, wavefront_waves`` inside the pupil."""
     buf = io.StringIO()
     for key, value in meta.items():
-        buf.write(f"# {key}: {json.dumps(value) if isinstance(value, list) else value}\n")
+        buf.write(f"# {key}: {json.dumps(value) if isinstance(value, list) else one_line(value)}\n")
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["x", "y", "wavefront_waves"])
     wf = arrays["wavefront_waves"]

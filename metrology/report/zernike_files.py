@@ -41,6 +41,7 @@ import math
 
 import numpy as np
 
+from metrology.limits import one_line
 from metrology.orderings import fringe_to_nm, nm_to_ansi, nm_to_fringe, nm_to_noll, noll_norm, noll_to_nm
 
 FORMATS = ("csv", "opticstudio-standard", "opticstudio-fringe")
@@ -58,9 +59,10 @@ def metadata_lines(doc: dict) -> list[str]:
     """``# key: value`` lines describing the result a file was made from."""
     report = doc.get("report") or {}
     return [
-        f"# lens: {doc['lens']['model']}; serial: {doc['lens']['serial']}",
-        f"# station: {doc['station']['id']}; report ID: {report.get('id', 'n/a')}; created (UTC): {doc['created_utc']}",
-        f"# software: {doc['software']['name']} {doc['software']['version']}",
+        f"# lens: {one_line(doc['lens']['model'])}; serial: {one_line(doc['lens']['serial'])}",
+        f"# station: {one_line(doc['station']['id'])}; report ID: {one_line(report.get('id', 'n/a'))}; "
+        f"created (UTC): {one_line(doc['created_utc'])}",
+        f"# software: {one_line(doc['software']['name'])} {one_line(doc['software']['version'])}",
         f"# wavelength_nm: {doc['wavelength_nm']:g}; na: {doc['na']:g}; "
         f"tile_center_mm: ({doc['tile_center_mm'][0]:g}, {doc['tile_center_mm'][1]:g})",
         "# normalisation: Noll (unit RMS on the unit disk), radius = the pupil edge at the NA (|f| = NA / lambda)",
@@ -163,7 +165,8 @@ def opticstudio_notes(doc: dict, kind: str, norm_radius_mm: float, y_axis: str =
     flip = ("converted to OpticStudio's +y up: y -> -y, every sine term (m < 0) negated, so OpticStudio's "
             "wavefront map shows the picture of this report's pupil map" if y_axis == "up" else
             "not converted: y along image rows (+y down), as in this report")
-    lines = [f"# OpticStudio {surface} extra data for {doc['lens']['model']} serial {doc['lens']['serial']}"]
+    lines = [f"# OpticStudio {surface} extra data for {one_line(doc['lens']['model'])} "
+             f"serial {one_line(doc['lens']['serial'])}"]
     lines += metadata_lines(doc)[1:4]
     lines += [
         f"# surface: {surface}; set Diffract Order = 1; import the DAT into the surface's extra data",
