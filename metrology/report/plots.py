@@ -474,7 +474,9 @@ def led_scale_png(arrays: ReportArrays, width_mm=186.0, height_mm=52.0) -> bytes
     bytes
         PNG image.
     """
-    from matplotlib.colors import LogNorm  # lazy: matplotlib loads only when a report is drawn (start-up time)
+    # lazy: matplotlib loads only when a report is drawn (start-up time)
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     fig = _figure(width_mm, height_mm)
     axes = [fig.add_axes([0.06 + i * 0.5, 0.18, 0.32, 0.68]) for i in range(2)]
@@ -493,5 +495,9 @@ def led_scale_png(arrays: ReportArrays, width_mm=186.0, height_mm=52.0) -> bytes
         _style(ax, title)
         ax.set_xlabel("LED x (mm)", fontsize=_FONT - 1, labelpad=1)
         ax.set_ylabel("LED y (mm), +y down", fontsize=_FONT - 1, labelpad=1)
-        _colorbar(fig, sc, ax, "s_j" if log else "sigma")
+        cb = _colorbar(fig, sc, ax, "s_j" if log else "sigma")
+        if log:  # plain numbers at 1, 2, 5, 10, ... (the default wrote a lone "2 x 10^0" on a narrow range)
+            cb.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            cb.ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            cb.ax.yaxis.set_minor_formatter(NullFormatter())
     return _png(fig)
