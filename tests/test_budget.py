@@ -21,7 +21,7 @@ import torch
 from metrology.physics import StationModel
 from metrology.references import reference_transmission
 from metrology.solver import NoiseModel, default_schedule, reconstruct
-from metrology.solver.budget import _moved, _residual, constant_sensitivities
+from metrology.solver.budget import _moved, _residual, constant_sensitivities, residual_scale
 from metrology.solver.jacobian import psd_inverse
 from metrology.solver.uncertainty import measurement_from_fit
 from tests.sim_cases import misaligned_capture
@@ -40,8 +40,7 @@ def fit():
 
 def _gradient(fit, model) -> torch.Tensor:
     """``J^T W r`` over the fit's columns at ``model`` (float64, the budget's residual and weights)."""
-    data, mask = fit.data.double(), fit.mask.double()
-    scale = mask if fit.weights is None else mask / torch.sqrt(fit.weights.pixel_variance(torch.float64))
+    data, scale = fit.data.double().cpu(), residual_scale(fit)
     cols = fit.columns
     params = {p: model.parameter(p) for p in set(cols.paths)}
     for p in params.values():

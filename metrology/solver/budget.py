@@ -128,6 +128,12 @@ def _residual(model, data, noise, scale) -> torch.Tensor:
     return whitened_residual(model(), data, noise, model.camera.background_counts) * scale
 
 
+def residual_scale(fit) -> torch.Tensor:
+    """The fit's ``mask / sqrt(v)`` (learned data variances) in float64 on the CPU, where the budget runs."""
+    mask = fit.mask.double().cpu()
+    return mask if fit.weights is None else mask / torch.sqrt(fit.weights.pixel_variance(torch.float64).cpu())
+
+
 def applicable_constants(fit) -> list:
     """The constants that move this fit: the LED distance only when it was not fitted, the slide only
     when there is one, the emitter size only when non-zero, the spectral width only when modelled,
@@ -162,8 +168,7 @@ def constant_sensitivities(fit, names=None) -> list:
     if names is None:
         names = applicable_constants(fit)
     data = fit.data.double().cpu()
-    mask = fit.mask.double().cpu()
-    scale = mask if fit.weights is None else mask / torch.sqrt(fit.weights.pixel_variance(torch.float64).cpu())
+    scale = residual_scale(fit)
     inverse = psd_inverse(fit.jtj.double())
     cols = fit.columns
     params = {p: base.parameter(p) for p in set(cols.paths)}

@@ -241,24 +241,29 @@ def _chi_square_dof(model, data, mask, noise, schedule, weighting: Weighting):
             pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts, model.camera.background_counts,
             weighting.pixel,
         )
-    n_free = sum(_free_elements(model, p) for p in schedule.parameters)
+    sample_parts = sum(p.path.startswith("sample.field") for p in schedule.parameters)
+    n_free = sum(_free_elements(model, p) for p in schedule.parameters if not p.path.startswith("sample.field"))
+    n_free += sample_parts * _sample_dof(model) if sample_parts else 0
     if weighting.weights is not None:
         n_free += int((weighting.weights.variance > 1.0).sum())  # the fitted (not floored) variances
     return chi2, per_frame, chi2_w, int(mask.sum().item()) - n_free
 
 
 def _free_elements(model, spec) -> int:
-    """Degrees of freedom a free parameter takes from the data. A sample grid value is not one: the
-    frames constrain the sample's spectrum only inside the synthetic aperture (the union of the
-    LEDs' shifted pupils, :meth:`~metrology.physics.StationModel.spectrum_coverage`), and only over
-    the frame's area, not the modelled margin's. Counted per part (real, imaginary) as the covered
-    spectrum cells times ``(frame / field)^2``. Counting every grid value made the reduced chi-square
-    of a blind fit with a margin come out ~50000 on a fit whose frames are explained to ~1.3 sigma."""
-    if spec.path.startswith("sample.field"):
-        g = model.geometry
-        covered = int((model.spectrum_coverage() > 0.5).sum())
-        return round(covered * (g.frame_px / g.field_px) ** 2)
+    """Free elements of a system parameter (a free sample part: :func:`_sample_dof`)."""
     return len(spec.indices) if spec.indices is not None else model.parameter(spec.path).numel()
+
+
+def _sample_dof(model) -> int:
+    """Degrees of freedom one part (real or imaginary) of a free sample takes from the data. A sample
+    grid value is not one: the frames constrain the sample's spectrum only inside the synthetic
+    aperture (the union of the LEDs' shifted pupils, :meth:`~metrology.physics.StationModel.spectrum_coverage`),
+    and only over the frame's area, not the modelled margin's: the covered spectrum cells times
+    ``(frame / field)^2``. Counting every grid value made the reduced chi-square of a blind fit with a
+    margin come out ~50000 on a fit whose frames are explained to ~1.3 sigma."""
+    g = model.geometry
+    covered = int((model.spectrum_coverage() > 0.5).sum())
+    return round(covered * (g.frame_px / g.field_px) ** 2)
 
 
 def _exclude_blank_frames(model, data, mask, quality, background, noise) -> None:
