@@ -4,11 +4,15 @@ Run from the repository root (the data live outside the project, ../shared/data/
 
     python benchmarks/bench_real_data.py [--crop 64] [--iterations 25] [--colours red green blue]
     python benchmarks/bench_real_data.py --cross-check   # + PtyLab and a simulated control (bench extra)
+    python benchmarks/bench_real_data.py --ablation --crop 32   # issue-14 physics on/off + residual analysis
+    python benchmarks/bench_real_data.py --crops --crop 32      # LED geometry of two crops vs their U
 
 Prints, per colour: the axis-mapping evidence (bright-field set, defocus-shift matrix), the blind
 reconstruction's sample defocus against the dataset's known defocus, the lens Zernikes (Noll 5..K,
-waves and nm) and their differences between colours, the resolution before (bright-field frame)
-and after (reconstruction), and the machine. ``--cross-check`` adds, per colour, the defocus an
+waves and nm) and their differences between colours, the resolution (bright-field NA / lambda, the
+synthetic aperture, and what the reconstruction carries above a floor it cannot fake:
+:func:`resolution`; two more fits per colour on the interleaved LED halves unless ``--no-halves``),
+and the machine. ``--ablation`` and ``--crops``: :mod:`real_data_studies`. ``--cross-check`` adds, per colour, the defocus an
 independent solver (PtyLab 0.3.7, free pixel pupil, several starting defocus values) settles at on
 the same patch, and a control: a simulated capture of this very station with the sample at the
 dataset's known defocus, reconstructed by both solvers. See docs/real-data.md for what the numbers
@@ -31,67 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import ptylab_adapter as pa  # noqa: E402  (numpy only; PtyLab and h5py are imported when a run starts)
 
+from metrology.analysis import resolution as ra  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "uconn-bloodsmear"
 DESCRIPTION = ROOT / "fixtures" / "foreign" / "uconn-bloodsmear.toml"
 COLOURS = ("red", "green", "blue")
 ZERNIKE_TERMS = 15
 CROSS_CHECK_STARTS = (-55.0, -15.0, 10.0, 0.0)  # um; PtyLab's starting pupil defocus (the last is reported)
-
-
-# ------------------------------------------------------------------------------ resolution
-def radial_power(image: np.ndarray, pixel_um: float):
-    """Radially averaged power spectrum of a mean-removed, Hann-windowed square image.
-
-    Returns ``(f, p)``: ring centre frequencies (cycles/um) and mean power per ring.
-    """
-    n = image.shape[0]
-    w = np.hanning(n)
-    x = (image - image.mean()) * w[:, None] * w[None, :]
-    p = np.abs(np.fft.fftshift(np.fft.fft2(x))) ** 2
-    u = np.arange(n) - n // 2
-    r = np.hypot(u[:, None], u[None, :])
-    ring = np.round(r).astype(int)
-    keep = ring < n // 2
-    sums = np.bincount(ring[keep], weights=p[keep])
-    counts = np.bincount(ring[keep])
-    f = np.arange(len(sums)) / (n * pixel_um)
-    return f, sums / np.maximum(counts, 1)
-
-
-def spectral_support(image: np.ndarray, pixel_um: float, factor: float = 10.0, floor_power: float | None = None) -> float:
-    """Spectral support radius (cycles/um): the highest ring whose power exceeds ``factor`` x floor.
-
-    ``floor_power`` defaults to the median power of the outer 15 % of rings (noise). Comparing two
-    images, pass the same absolute floor (e.g. that of the reconstruction) so both see one threshold.
-    """
-    f, p = radial_power(image, pixel_um)
-    floor = np.median(p[int(0.85 * len(p)) :]) if floor_power is None else floor_power
-    above = np.nonzero(p[1:] > factor * floor)[0]
-    return float(f[1 + above.max()]) if above.size else 0.0
-
-
-def edge_width_um(image: np.ndarray, pixel_um: float) -> float:
-    """Median 10-90 % width (um) of the sharpest edges: contrast / steepest slope.
-
-    ``width = 0.8 * (p95 - p5) / g`` with ``g`` the 99th percentile of the gradient magnitude
-    (intensity per um); a blurred image has shallower slopes for the same contrast.
-    """
-    gy, gx = np.gradient(image.astype(np.float64), pixel_um)
-    g = np.percentile(np.hypot(gx, gy), 99)
-    lo, hi = np.percentile(image, [5, 95])
-    return float(0.8 * (hi - lo) / max(g, 1e-30))
-
-
-def fourier_upsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Band-limited interpolation by zero-padding the spectrum (same field of view)."""
-    n = image.shape[0]
-    m = n * factor
-    s = np.fft.fftshift(np.fft.fft2(image))
-    big = np.zeros((m, m), dtype=complex)
-    c = (m - n) // 2
-    big[c : c + n, c : c + n] = s
-    return np.fft.ifft2(np.fft.ifftshift(big)).real * factor**2
 
 
 # ------------------------------------------------------------------------------ reconstruction
@@ -110,18 +61,23 @@ def minimal_upsampling(geometry):
 
 def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_leds: int | None = None,
                        zernike_terms: int = ZERNIKE_TERMS, defocus_start_um: float = 0.0,
-                       hold_defocus_um: float | None = None) -> dict:
+                       hold_defocus_um: float | None = None, led_parity: int | None = None) -> dict:
     """Blind reconstruction of one colour on the centre ``crop_px`` patch; plain results dict.
 
     ``hold_defocus_um``: hold the sample defocus at this value (not fitted) for a misfit profile.
+    ``led_parity``: fit only the LEDs whose board ``row + col`` has this parity (0 or 1: the two
+    interleaved halves, each spanning the whole synthetic aperture, for :func:`resolution`).
     """
     from metrology.pipeline import foreign_noise
     from metrology.physics import StationModel
     from metrology.solver import default_schedule, reconstruct
 
-    capture, station, background = real_patch(colour, crop_px)
-    leds = capture.leds if n_leds is None else capture.leds[:n_leds]
-    frames = capture.frames[: len(leds)]
+    capture, station, _ = real_patch(colour, crop_px)
+    keep = list(range(len(capture.leds) if n_leds is None else n_leds))
+    if led_parity is not None:
+        keep = [i for i in keep if sum(capture.leds[i]) % 2 == led_parity]
+    leds = [capture.leds[i] for i in keep]
+    frames = capture.frames[keep]
     geometry = minimal_upsampling(station.replace(zernike_terms=zernike_terms).geometry(leds))
     model = StationModel(geometry)
     with torch.no_grad():
@@ -134,7 +90,8 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
     res = reconstruct(model, frames, noise, schedule)
     wall = time.perf_counter() - t0
     t = model.sample.transmission().detach().cpu().numpy()
-    bf_amp = np.sqrt(np.clip(frames[0] - background, 0, None))
+    with torch.no_grad():
+        illumination_na = model.illumination.spatial_frequencies().double().norm(dim=-1) * geometry.wavelength_um
     return {
         "colour": colour,
         "wavelength_nm": station.wavelength_nm,
@@ -149,7 +106,8 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
         "object_pixel_um": geometry.object_pixel_um,
         "pixel_um": geometry.pixel_um,
         "upsampling": geometry.upsampling,
-        "bright_field_amplitude": bf_amp,
+        "na": geometry.na,
+        "illumination_na_max": float(illumination_na.max()),
         "init": "sqrt of the mean bright-field frame, then alternating projections",
         "station_state": model.station_state(),
         "n_leds": len(leds),
@@ -157,20 +115,25 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
     }
 
 
-def resolution(result: dict) -> dict:
-    """Resolution before (bright-field amplitude) and after (reconstructed amplitude)."""
-    ups = result["upsampling"]
-    after = np.abs(result["transmission"])
-    before = fourier_upsample(result["bright_field_amplitude"], ups)
+def resolution(result: dict, halves: tuple | None = None) -> dict:
+    """Resolution of a blind reconstruction from measures its artefact texture cannot fake
+    (:mod:`metrology.analysis.resolution`): the spectral SNR of the complex transmission against
+    the floor beyond the synthetic aperture ``(NA + NA_illumination_max) / lambda``, and, given the
+    two reconstructions from interleaved LED halves (:func:`reconstruct_colour` with
+    ``led_parity`` 0 and 1), their Fourier ring correlation (half-bit). The bright field's coherent
+    cutoff ``NA / lambda`` is the "before" (its camera grid has no room beyond it for a floor).
+    (Issue 7 printed a 10-90 % edge width here: it read the reconstruction's texture as resolution.)
+    """
+    lam = result["wavelength_nm"] * 1e-3
+    cutoff = ra.synthetic_aperture_cutoff(result["na"], result["illumination_na_max"], lam)
     px = result["object_pixel_um"]
-    f_after, p_after = radial_power(after / after.mean(), px)
-    floor = np.median(p_after[int(0.85 * len(p_after)) :])
-    return {
-        "support_before": spectral_support(before / before.mean(), px, floor_power=floor),
-        "support_after": spectral_support(after / after.mean(), px, floor_power=floor),
-        "edge_before_um": edge_width_um(before, px),
-        "edge_after_um": edge_width_um(after, px),
-    }
+    snr = ra.spectral_snr_resolution(result["transmission"], px, cutoff)
+    out = {"bright_field_cpum": result["na"] / lam, "cutoff_cpum": cutoff, "snr_cpum": snr.frequency_cpum,
+           "frc_cpum": None}
+    if halves is not None:
+        out["frc_cpum"] = ra.frc_resolution(halves[0]["transmission"], halves[1]["transmission"], px,
+                                            cutoff).frequency_cpum
+    return out
 
 
 # ------------------------------------------------------------------------------ cross-check
@@ -304,6 +267,10 @@ def offset_sign_evidence(capture, station) -> dict:
     return out
 
 
+def _period(f_cpum: float) -> str:
+    return f"period {1 / f_cpum:.2f} um" if f_cpum > 0 else "nothing above the floor"
+
+
 def machine() -> str:
     return (f"{platform.node()} {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
             f"torch={torch.__version__} threads={torch.get_num_threads()} python={platform.python_version()}")
@@ -314,13 +281,27 @@ def main(argv=None) -> int:
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=25)
     ap.add_argument("--colours", nargs="+", default=list(COLOURS))
+    ap.add_argument("--no-halves", action="store_true",
+                    help="skip the two interleaved-LED-half fits (the FRC resolution) per colour")
+    ap.add_argument("--crops", action="store_true",
+                    help="only the LED geometry of two crops of each capture (blind) against their combined U")
+    ap.add_argument("--ablation", action="store_true",
+                    help="only the physics ablation (each issue-14 term on/off) and the all-on fit's residual analysis")
     ap.add_argument("--cross-check", action="store_true",
                     help="also PtyLab on the same patches and a simulated control at the known defocus (bench extra)")
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"data folder {DATA} absent: nothing to benchmark")
         return 0
-    print("machine:", machine())
+    print("machine:", machine(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    if args.ablation:
+        return ablation(args.colours, args.crop, args.iterations)
+    if args.crops:
+        import real_data_studies as rs  # lazy: the studies import this module
+
+        for colour in args.colours:
+            rs.crop_agreement(colour, args.crop, args.iterations)
+        return 0
     results = {}
     for colour in args.colours:
         ev = mapping_evidence(colour)
@@ -330,14 +311,18 @@ def main(argv=None) -> int:
         print(f"  edge-LED brightness vs predicted NA, Kendall tau: {ev['offset_sign']}")
         r = reconstruct_colour(colour, args.crop, args.iterations)
         results[colour] = r
-        res = resolution(r)
+        halves = None if args.no_halves else tuple(reconstruct_colour(colour, args.crop, args.iterations, led_parity=p)
+                                                   for p in (0, 1))
+        res = resolution(r, halves)
         r["resolution"] = res
         print(f"  blind ({r['init']}), {r['n_leds']} LEDs, {args.crop}px crop, {r['iterations']} it, {r['wall_s']:.0f} s: "
               f"{r['message']}; reduced chi2 {r['reduced_chi2']:.2f}")
         print(f"  defocus recovered {r['defocus_um']:+.1f} um   known (theirs) {r['known_defocus_um']:+.1f} um")
-        print(f"  spectral support: bright field {res['support_before']:.3f} -> reconstruction {res['support_after']:.3f} cycles/um "
-              f"(NA/lambda = {0.1 / (r['wavelength_nm'] * 1e-3):.3f})")
-        print(f"  edge width (10-90 %): bright field {res['edge_before_um']:.2f} um -> reconstruction {res['edge_after_um']:.2f} um")
+        frc = "not run" if res["frc_cpum"] is None else f"{res['frc_cpum']:.3f} cycles/um ({_period(res['frc_cpum'])})"
+        print(f"  resolution: bright field NA/lambda {res['bright_field_cpum']:.3f} cycles/um ({_period(res['bright_field_cpum'])}); "
+              f"synthetic aperture {res['cutoff_cpum']:.3f} ({_period(res['cutoff_cpum'])}); measured: spectral SNR >= 3 "
+              f"over the floor beyond the aperture {res['snr_cpum']:.3f} ({_period(res['snr_cpum'])}), "
+              f"FRC of interleaved LED halves {frc}")
         print(f"  station: {r['station_state']}")
         print(f"  on a search bound: {len(r['at_bounds'])} ({', '.join(r['at_bounds'][:4])}{' ...' if len(r['at_bounds']) > 4 else ''})")
     print("\nLens Zernikes (Noll 5..%d; defocus, tilt, piston removed), nm of OPD:" % ZERNIKE_TERMS)
@@ -352,6 +337,18 @@ def main(argv=None) -> int:
             print(f"  {cs[i]}-{cs[k]}: " + " ".join(f"{x:6.1f}" for x in d) + f"   RMS diff {np.sqrt(np.mean(d**2)):.1f} nm")
     if args.cross_check:
         cross_check(results, args.crop, args.iterations)
+    return 0
+
+
+def ablation(colours, crop_px: int, iterations: int) -> int:
+    """Print the ablation table and the all-on fit's residual analysis per colour
+    (:mod:`real_data_studies`)."""
+    import real_data_studies as rs
+
+    for colour in colours:
+        rows = rs.ablation_rows(colour, crop_px, iterations)
+        rs.print_ablation(colour, rows, crop_px, rows[0]["capture"].wavelength_nm)
+        rs.print_residuals(colour, rs.residual_analysis(rows[0]["model"], rows[0]["fit"], rows[0]["capture"].frames))
     return 0
 
 

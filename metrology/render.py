@@ -22,7 +22,11 @@ model (``GUIDE.md``, "Avoid the inverse crime"):
 * **two-circle vignetting**: the pupil amplitude is the stop intersected with a second, shifted
   circle (another aperture of the lens seen from an off-axis field point);
 * **LED angular emission**: brightness ``cos^(n + 3)`` of the illumination angle (Lambertian-like
-  emitter ``cos^n`` times the ``cos^3`` of distance and obliquity on the sample plane).
+  emitter ``cos^n`` times the ``cos^3`` of distance and obliquity on the sample plane);
+* **spherical illumination** (optional): each LED's wave is the exact spherical wave from its
+  position, so the illumination angle changes across the field (two crops of one frame see
+  different angles, as on a real station); without it the whole field sees the plane wave of the
+  tile centre.
 
 Conventions are those of the model: the pupil centre sees the object's frequency ``+k_j``; pixel
 ``(0, 0)`` of the frame sits at ``x = y = 0`` of the reference map's central crop.
@@ -64,6 +68,9 @@ class RealPhysics:
         brightness).
     true_na, true_pixel_um, true_magnification, true_pitch_mm, true_distance_mm : float or None
         Station constants as they really are (None: as the station file states).
+    spherical_illumination : bool
+        Illuminate with each LED's exact spherical wave (the angle varies across the field; the
+        tile centre ``station.tile_center_mm`` is the frame's centre); no slide allowed.
     """
 
     margin: float = 0.5
@@ -79,6 +86,7 @@ class RealPhysics:
     true_magnification: float | None = None
     true_pitch_mm: float | None = None
     true_distance_mm: float | None = None
+    spherical_illumination: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -174,6 +182,20 @@ def _camera_frame(spectrum, k, cutoff, fov_large, grid, box2, crop, zernike_here
     return inten[c0 * q : (c0 + n) * q : q, c0 * q : (c0 + n) * q : q]
 
 
+def _spherical_residual(position_mm, k, lam_um: float, x_um: np.ndarray, y_um: np.ndarray, tile_mm) -> np.ndarray:
+    """``exp(i 2 pi (psi + k.x))`` on the sample grid: the LED's spherical wave ``exp(i 2 pi psi)``,
+    ``psi = r / lambda`` (``r`` the distance from the LED), divided by the plane wave
+    ``exp(-i 2 pi k.x)`` of the tile centre (``k = -grad psi`` there: the pupil centre sees the
+    object's frequency ``+k``), which :func:`_camera_frame` applies as the spectrum's shift.
+    ``x_um, y_um``: positions from the tile centre (um)."""
+    dx = (tile_mm[0] - position_mm[0]) * 1e3 + x_um
+    dy = (tile_mm[1] - position_mm[1]) * 1e3 + y_um
+    dz = -position_mm[2] * 1e3
+    r = np.sqrt(dx**2 + dy**2 + dz**2)
+    r0 = math.sqrt(((tile_mm[0] - position_mm[0]) * 1e3) ** 2 + ((tile_mm[1] - position_mm[1]) * 1e3) ** 2 + dz**2)
+    return np.exp(2j * math.pi * ((r - r0) / lam_um + (k[0] * x_um + k[1] * y_um)))
+
+
 def _station_as_true(station, physics: RealPhysics):
     """The station with its constants as they really are (for geometry), via ``replace``."""
     changes = {}
@@ -224,6 +246,10 @@ def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zerni
     ramp = np.exp(-2j * math.pi * (l_all[None, :] / fov_large * pos[0] + l_all[:, None] / fov_large * pos[1]))
     spectrum = spectrum * ramp
     geo = _station_as_true(station, physics)
+    if physics.spherical_illumination and station.slide_thickness_mm > 0:
+        raise ValueError("spherical_illumination is rendered without a slide")
+    shifted = np.fft.ifft2(spectrum) if physics.spherical_illumination else None  # the sample at its true place
+    s_um = np.arange(m_side) * (fov_large / m_side) - ((n_large - n) // 2 + 0.5 * n) * pixel  # from the tile centre
     u = ((np.arange(physics.emitter_points) + 0.5) / physics.emitter_points - 0.5) * station.led_size_mm
     emitters = [(a, b) for b in u for a in u] if station.led_size_mm > 0 and physics.emitter_points > 1 else [(0.0, 0.0)]
     zw = np.asarray(zernike_waves, dtype=float)
@@ -240,11 +266,16 @@ def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zerni
         zl = zw * (lam0 / lam_nm)  # same optical path difference, in waves at this wavelength
         # the illumination geometry at this wavelength (k scales with 1/lambda)
         geo_l = geo.replace(wavelength_nm=float(lam_nm))
-        ks = [illumination_frequencies(geo_l, led_positions_mm(geo_l, leds, truth, e)) for e in emitters]
+        positions = [led_positions_mm(geo_l, leds, truth, e) for e in emitters]
+        ks = [illumination_frequencies(geo_l, p) for p in positions]  # at the tile centre
         for j in range(len(leds)):
             acc = np.zeros((n, n))
-            for k in ks:
-                acc += _camera_frame(spectrum, k[j], cutoff, fov_large, grid, box2, (c0, n, q), zl,
+            for k, p in zip(ks, positions):
+                spec_j = spectrum
+                if physics.spherical_illumination:
+                    spec_j = np.fft.fft2(shifted * _spherical_residual(p[j], k[j], lam_um, s_um[None, :], s_um[:, None],
+                                                                        geo.tile_center_mm))
+                acc += _camera_frame(spec_j, k[j], cutoff, fov_large, grid, box2, (c0, n, q), zl,
                                      truth["sample.defocus_um"], lam_um, la, physics.vignetting)
             out[j] += wl * acc / len(ks)
             if progress is not None:
