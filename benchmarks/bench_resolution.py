@@ -64,8 +64,8 @@ def reconstruct_target(station, leds, frames, iterations: int):
     t = model.sample.transmission().detach().cpu().numpy()
     t = t[m : t.shape[0] - m, m : t.shape[1] - m] if m else t
     with torch.no_grad():
-        na_ill = float((model.illumination.spatial_frequencies().double().norm(dim=-1) * g.wavelength_um).max())
-    return t, fit, na_ill
+        k = model.illumination.spatial_frequencies().double().numpy()
+    return t, fit, float(np.hypot(k[:, 0], k[:, 1]).max() * g.wavelength_um), float(np.abs(k).max() * g.wavelength_um)
 
 
 def main(argv=None) -> int:
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     leds = [(r, c) for r in range(7 - h, 8 + h) for c in range(7 - h, 8 + h)]
     frames, patches, blanks = target_capture(station, leds)
     t0 = time.process_time()
-    t, fit, na_ill = reconstruct_target(station, leds, frames, args.iterations)
+    t, fit, na_ill, na_axis = reconstruct_target(station, leds, frames, args.iterations)
     px = station.camera_pixel_um / station.magnification / station.upsampling
     lam = station.wavelength_nm * 1e-3
     cutoff = ra.synthetic_aperture_cutoff(station.na, na_ill, lam)
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         print(f"  period {r.patch.period_um:4.1f} um, {r.patch.angle_deg:4.0f} deg: modulation {r.modulation:.3f}, "
               f"floor {r.floor:.4f}, coherence {r.coherence:.2f}, within the aperture {r.within_aperture}: "
               f"{'resolved' if r.resolved else 'not resolved'}")
-    print(f"resolved period {res.resolved_period_um} um; theoretical lambda / (NA + NA_ill) {res.theoretical_period_um:.2f} um; "
+    print(f"resolved period {res.resolved_period_um} um; theoretical lambda / (NA + NA_ill) {res.theoretical_period_um:.2f} um "
+          f"(corner LEDs), {lam / (station.na + na_axis):.2f} um for bars along the axes (the gratings here); "
           f"bright field lambda / NA {lam / station.na:.2f} um; spectral SNR of the transmission up to "
           f"{snr.frequency_cpum:.3f} cycles/um (period {1 / max(snr.frequency_cpum, 1e-9):.2f} um)")
     return 0

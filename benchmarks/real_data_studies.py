@@ -178,7 +178,7 @@ CROP_GEOMETRY = ("illumination.shift_mm[0]", "illumination.shift_mm[1]", "illumi
 """What a blind fit measures of the LED array (it holds the distance and the tilt)."""
 
 
-def crop_fit(colour: str, row0: int, col0: int, crop_px: int, iterations: int) -> dict:
+def crop_fit(colour: str, row0: int, col0: int, crop_px: int, iterations: int, margin_px: int | None = None) -> dict:
     """Blind all-on fit of the ``crop_px`` crop at ``(row0, col0)`` of the full real frame, its tile
     centre moved to the crop's centre (``tile_center_mm``: x along columns, y along rows); per
     :data:`CROP_GEOMETRY` parameter ``(value, u total, u of the fit part)``, and the fit's figures."""
@@ -195,7 +195,10 @@ def crop_fit(colour: str, row0: int, col0: int, crop_px: int, iterations: int) -
     sub = dataclasses.replace(capture, frames=np.ascontiguousarray(
         capture.frames[:, row0 : row0 + crop_px, col0 : col0 + crop_px]))
     station = station.replace(frame_px=crop_px, tile_center_mm=tile)
-    model, fit, cpu, _ = fit_real(sub, station, configuration(colour, crop_px, frozenset()), iterations)
+    config = configuration(colour, crop_px, frozenset())
+    if margin_px is not None:
+        config["station"]["margin_px"] = margin_px
+    model, fit, cpu, _ = fit_real(sub, station, config, iterations)
     meas = measurement_from_fit(fit, station.uncertainty)
     cov_fit = covariance(fit)[0].double().cpu().numpy()
     index = {name: i for i, name in enumerate(fit.columns.names)}
@@ -206,14 +209,16 @@ def crop_fit(colour: str, row0: int, col0: int, crop_px: int, iterations: int) -
     return out
 
 
-def crop_agreement(colour: str, crop_px: int, iterations: int, frame_px: int = 128) -> None:
+def crop_agreement(colour: str, crop_px: int, iterations: int, frame_px: int = 128, margin_px: int | None = None) -> None:
     """Print the blind geometry of two crops of one real capture (centred on the frame's quarter
     points on its diagonal: half a frame apart in x and in y) and its difference against the
     combined U (k = 2) of the two, total and of the fit part alone."""
     q = frame_px // 4
     corners = ((q - crop_px // 2,) * 2, (3 * q - crop_px // 2,) * 2)
-    a, b = (crop_fit(colour, r, c, crop_px, iterations) for r, c in corners)
-    print(f"\n[{colour}] two {crop_px}px crops at (row, col) {corners[0]} and {corners[1]} of one capture, blind, all on; "
+    a, b = (crop_fit(colour, r, c, crop_px, iterations, margin_px) for r, c in corners)
+    margin = max(4, round(crop_px / 8)) if margin_px is None else margin_px
+    print(f"\n[{colour}] two {crop_px}px crops at (row, col) {corners[0]} and {corners[1]} of one capture, blind, all on "
+          f"(margin {margin} px); "
           f"tiles {np.round(a['tile_mm'], 4).tolist()} / {np.round(b['tile_mm'], 4).tolist()} mm")
     for fit, name in ((a, "A"), (b, "B")):
         print(f"  {name}: reduced chi2 {fit['chi2_noise']:.1f} (noise) / {fit['chi2']:.2f} (learned), converged "

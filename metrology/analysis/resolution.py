@@ -210,7 +210,8 @@ def grating_resolution(image, pixel_um: float, patches, blank_centers_um, *, cut
 def ring_spectrum(image, pixel_um: float, other=None):
     """Ring sums of a Hann-windowed, mean-removed square image's spectrum.
 
-    Returns ``(f, power, cross, count)`` per integer ring: ring frequency (cycles/um), mean ``|A|^2``,
+    Returns ``(f, power, cross, count)`` per integer ring out to the grid's corners (the rings beyond
+    the Nyquist frequency are partial): ring frequency (cycles/um), mean ``|A|^2``,
     the sums ``(sum |A|^2, sum |B|^2, sum Re A B*)`` when ``other`` is given (else None), and cells.
     Complex images (a transmission) are allowed.
     """
@@ -226,7 +227,7 @@ def ring_spectrum(image, pixel_um: float, other=None):
     fa = spec(a)
     u = np.arange(n) - n // 2
     ring = np.round(np.hypot(u[:, None], u[None, :])).astype(int)
-    keep = ring < n // 2
+    keep = ring >= 0  # every ring the grid holds, out to its corners (the outer ones partial)
     count = np.bincount(ring[keep])
     ring_sum = lambda v: np.bincount(ring[keep], weights=v[keep])  # noqa: E731
     power = ring_sum(np.abs(fa) ** 2) / np.maximum(count, 1)
@@ -272,7 +273,8 @@ def spectral_snr_resolution(image, pixel_um: float, cutoff_cpum: float, *, snr: 
                             start_cpum: float | None = None) -> SpectralResolution:
     """Highest frequency band of ``image`` whose ring power stands ``snr`` x above the floor, the
     floor being the median ring power beyond the synthetic aperture (``1.05 cutoff`` to ``0.95``
-    Nyquist), where no frame carries signal and what is there is the reconstruction's own texture.
+    x the grid's corner frequency), where no frame carries signal and what is there is the
+    reconstruction's own texture.
 
     The band counts only in a contiguous run from ``start_cpum`` (default 5 % of the cutoff) and
     never beyond ``cutoff_cpum``: texture beyond the aperture raises the floor and can only lower
@@ -284,10 +286,10 @@ def spectral_snr_resolution(image, pixel_um: float, cutoff_cpum: float, *, snr: 
         When fewer than 3 rings lie beyond the aperture (the grid cannot show the floor).
     """
     f, power, _, _ = ring_spectrum(image, pixel_um)
-    nyquist = 0.5 / pixel_um
-    beyond = (f > 1.05 * cutoff_cpum) & (f < 0.95 * nyquist)
+    corner = 0.5 * math.sqrt(2.0) / pixel_um  # the grid's highest frequency (its corners)
+    beyond = (f > 1.05 * cutoff_cpum) & (f < 0.95 * corner)
     if beyond.sum() < 3:
-        raise ValueError(f"the grid (Nyquist {nyquist:.3f} cycles/um) has no room beyond the synthetic aperture "
+        raise ValueError(f"the grid (corner frequency {corner:.3f} cycles/um) has no room beyond the synthetic aperture "
                          f"({cutoff_cpum:.3f} cycles/um) to measure the floor; use a finer grid or the FRC of two halves")
     floor = float(np.median(power[beyond]))
     ratio = (power - floor) / max(floor, 1e-300)
