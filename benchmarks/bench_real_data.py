@@ -117,7 +117,8 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
 
 def resolution(result: dict, halves: tuple | None = None) -> dict:
     """Resolution of a blind reconstruction from measures its artefact texture cannot fake
-    (:mod:`metrology.analysis.resolution`): the spectral SNR of the complex transmission against
+    (:mod:`metrology.analysis.resolution`), on the amplitude (a blind fit's phase carries a linear
+    ramp it trades with the LED shift, different in each half): the spectral SNR against
     the floor beyond the synthetic aperture ``(NA + NA_illumination_max) / lambda``, and, given the
     two reconstructions from interleaved LED halves (:func:`reconstruct_colour` with
     ``led_parity`` 0 and 1), their Fourier ring correlation (half-bit). The bright field's coherent
@@ -127,14 +128,15 @@ def resolution(result: dict, halves: tuple | None = None) -> dict:
     lam = result["wavelength_nm"] * 1e-3
     cutoff = ra.synthetic_aperture_cutoff(result["na"], result["illumination_na_max"], lam)
     px = result["object_pixel_um"]
+    amplitude = np.abs(result["transmission"])  # a blind fit's phase carries a ramp it trades with the LED shift
     try:
-        snr = ra.spectral_snr_resolution(result["transmission"], px, cutoff).frequency_cpum
+        snr = ra.spectral_snr_resolution(amplitude, px, cutoff).frequency_cpum
     except ValueError as exc:  # the grid has no room beyond the aperture for the floor
         print(f"  spectral SNR not measured: {exc}")
         snr = 0.0
     out = {"bright_field_cpum": result["na"] / lam, "cutoff_cpum": cutoff, "snr_cpum": snr, "frc_cpum": None}
     if halves is not None:
-        out["frc_cpum"] = ra.frc_resolution(halves[0]["transmission"], halves[1]["transmission"], px,
+        out["frc_cpum"] = ra.frc_resolution(np.abs(halves[0]["transmission"]), np.abs(halves[1]["transmission"]), px,
                                             cutoff).frequency_cpum
     return out
 
