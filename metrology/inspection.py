@@ -36,8 +36,10 @@ from metrology.io.results import ResultsNotWritten, new_unit, recover, write_uni
 from metrology.limits import MAX_NAME_CHARS, MAX_SERIAL_CHARS, check_text
 from metrology.pipeline import (Timer, audit_store_path, check_output_dir, ensure_output_dir, load_inputs, measure,
                                 prepare_audit_store, station_status)
+from metrology.pipeline_field import measure_field
 from metrology.progress import reporter
 from metrology.report.document import document_bytes
+from metrology.report.field_result import field_block
 from metrology.report.pdf import render_inspection_report
 from metrology.report.plots import ReportArrays
 from metrology.report.result import build_document, figures_of_merit
@@ -222,7 +224,14 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
         prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
     serial_used = serial or loaded.capture.lens_serial or "unknown-serial"
     timer.lap("load")
-    fit, measurement = measure(loaded, mode, max_iterations, rep, device=device)
+    field_measurement, layout = None, loaded.station.field_layout
+    if layout is None:
+        fit, measurement = measure(loaded, mode, max_iterations, rep, device=device)
+    else:  # full field: the tile nearest the axis drives the single-tile report and verdict
+        field_measurement = measure_field(loaded, mode, max_iterations, rep, device=device)
+        loaded = field_measurement.loaded[field_measurement.central]
+        fit, measurement = field_measurement.fits[field_measurement.central], field_measurement.measurements[
+            field_measurement.central]
     timer.lap("reconstruct")
     rep.stage("analyse (verdict, figures of merit)")
     status = station_status(store_path, loaded, measurement, now)
@@ -233,6 +242,8 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     doc = build_document(loaded, measurement, verdict, status, figures, timer.sections, serial_used, operator, now,
                          fit.device, report_id=report_id(loaded.station.station_id, now, loaded.inputs),
                          covariance=measurement.zernike_cov)
+    if field_measurement is not None:
+        doc["field"] = field_block(layout, loaded.station, field_measurement)
     # the options as given: with the input hashes they identify the run (batch resume)
     doc["extensions"] = {"run": {"mode": mode, "reference": reference, "reference_used": loaded.reference_label,
                                  "serial": serial, "max_iterations": max_iterations}}

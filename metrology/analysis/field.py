@@ -226,3 +226,18 @@ def fit_field_curvature(tiles: list) -> LinearFit:
     y = np.array([t.defocus_um for t in tiles], dtype=np.float64)
     u = np.array([max(t.defocus_u, 1e-9) for t in tiles])
     return gls(a, y, np.diag(u**2), ["z0_um", "tilt_x_um", "tilt_y_um", "curvature_um"])
+
+
+def w220_from_curvature(curvature: tuple, w222: tuple | None, na: float, wavelength_nm: float) -> tuple:
+    """Hopkins' ``W220`` (waves, ``(value, u)``) from the field curvature of the tiles' sample defocus.
+
+    A sample defocus ``z`` (um) is a pupil phase of ``-z (1 - sqrt(1 - NA^2)) / lambda`` waves at the
+    pupil edge (the sign of ``sample.defocus_um``, :mod:`metrology.conventions`): the tiles' best
+    focus follows the medial surface, ``W220 + W222 / 2`` of ``|H|^2 rho^2``, so
+    ``W220 = -c (1 - sqrt(1 - NA^2)) / lambda - W222 / 2`` with ``c`` the curvature (um at ``|H| = 1``)
+    and ``W222`` from the field model (``None``: taken as 0 with no uncertainty).
+    """
+    per_um = (1.0 - math.sqrt(1.0 - na * na)) / (wavelength_nm * 1e-3)
+    c, uc = curvature
+    w, uw = (0.0, 0.0) if w222 is None else w222
+    return -c * per_um - w / 2.0, math.hypot(uc * per_um, uw / 2.0)
