@@ -166,6 +166,16 @@ def _existing_store(store_path):
     return None
 
 
+def _measure(loaded, mode, max_iterations, rep, device):
+    """``(loaded, fit, measurement, field_measurement)``: one tile's fit, or a full-field capture's
+    tiles (:func:`metrology.pipeline_field.measure_field`) with the tile nearest the axis driving
+    the single-tile report and verdict (its inputs, fit and measurement returned)."""
+    if loaded.station.field_layout is None:
+        return (loaded, *measure(loaded, mode, max_iterations, rep, device=device), None)
+    fm = measure_field(loaded, mode, max_iterations, rep, device=device)
+    return fm.loaded[fm.central], fm.fits[fm.central], fm.measurements[fm.central], fm
+
+
 def inspect(capture, station, spec, *, reference=None, serial=None, operator="", audit_db=None, mode="known",
             max_iterations=None, progress=None, now=None, device="auto", create_store=False) -> InspectionResult:
     """Inspect one capture and return the result; no file is written.
@@ -224,14 +234,8 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
         prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
     serial_used = serial or loaded.capture.lens_serial or "unknown-serial"
     timer.lap("load")
-    field_measurement, layout = None, loaded.station.field_layout
-    if layout is None:
-        fit, measurement = measure(loaded, mode, max_iterations, rep, device=device)
-    else:  # full field: the tile nearest the axis drives the single-tile report and verdict
-        field_measurement = measure_field(loaded, mode, max_iterations, rep, device=device)
-        loaded = field_measurement.loaded[field_measurement.central]
-        fit, measurement = field_measurement.fits[field_measurement.central], field_measurement.measurements[
-            field_measurement.central]
+    layout = loaded.station.field_layout
+    loaded, fit, measurement, field_measurement = _measure(loaded, mode, max_iterations, rep, device)
     timer.lap("reconstruct")
     rep.stage("analyse (verdict, figures of merit)")
     status = station_status(store_path, loaded, measurement, now)
