@@ -120,8 +120,10 @@ def combine_station(measurements: list) -> dict:
 
 
 def measure_field(loaded: LoadedInputs, mode: str = "known", max_iterations=None, progress=None,
-                  device: str = "cpu") -> FieldMeasurement:
+                  device: str = "cpu", frozen=()) -> FieldMeasurement:
     """Fit every tile of a full-field capture, then the lens across the field.
+
+    ``frozen``: parameter paths held at nominal in every tile (:func:`metrology.pipeline.measure`).
 
     The field model needs the tiles to separate its terms (a 3 x 3 grid does); distortion needs
     the reference layout (known and prior modes). A part that cannot be fitted is left ``None``
@@ -133,7 +135,7 @@ def measure_field(loaded: LoadedInputs, mode: str = "known", max_iterations=None
     fits, measurements = [], []
     for i, (tile, tile_loaded) in enumerate(zip(tiles, per_tile)):
         rep.stage(f"tile {i + 1}/{len(tiles)} ({tile.name}, H = ({tile.h[0]:+.2f}, {tile.h[1]:+.2f}))")
-        fit, m = measure(tile_loaded, mode, max_iterations, rep, device=device)
+        fit, m = measure(tile_loaded, mode, max_iterations, rep, frozen=frozen, device=device)
         fits.append(fit)
         measurements.append(m)
     central = int(np.argmin([math.hypot(*t.h) for t in tiles]))

@@ -41,8 +41,8 @@ def field_truth_zernike(station, lens, tiles, per_field_noise_waves: float = 0.0
 
 def simulate_full_frame(station, lens, truth: dict | None = None, *, seed: int = 0, reference: str = "random-broadband",
                         reference_seed: int = 0, photons: float = 2e4, leds=None, noise: bool = True,
-                        per_field_noise_waves: float = 0.0, oversample: int = 2, led_subsources: int = 9,
-                        exposure_s: float = 0.01, progress=None):
+                        per_field_noise_waves: float = 0.0, per_field_noise_seed: int = 0, oversample: int = 2,
+                        led_subsources: int = 9, exposure_s: float = 0.01, progress=None):
     """Simulate a full-field capture of ``station`` (a station with ``[field]``) through ``lens``.
 
     Parameters
@@ -57,6 +57,8 @@ def simulate_full_frame(station, lens, truth: dict | None = None, *, seed: int =
         As :func:`metrology.simulate.simulate_capture`.
     per_field_noise_waves : float
         Standard deviation of independent per-block noise on every lens Zernike term (waves).
+    per_field_noise_seed : int
+        Seed of that noise (a property of the lens: keep it fixed across captures of one lens).
     progress : callable ``progress(i, total)``, optional
         Called after each block.
 
@@ -77,7 +79,7 @@ def simulate_full_frame(station, lens, truth: dict | None = None, *, seed: int =
     mis = check_misalignment(truth or {}, len(leds))
     pixel_um = station.camera_pixel_um / station.magnification
     blocks = layout.blocks(pixel_um, station.tile_center_mm)
-    z = field_truth_zernike(station, lens, blocks, per_field_noise_waves, seed)
+    z = field_truth_zernike(station, lens, blocks, per_field_noise_waves, per_field_noise_seed)
     log_amp = lens.apodisation_coefficients() if lens.apodisation else None
     tile = layout.tile_px
     fine = reference_transmission(reference, station.fov_um, tile * station.upsampling * int(oversample),
@@ -104,7 +106,7 @@ def simulate_full_frame(station, lens, truth: dict | None = None, *, seed: int =
         "station_id": station.station_id, "lens_model": lens.model, "lens_serial": lens.serial,
         "leds": [list(rc) for rc in leds], "relative_exposure": rel.tolist(), "photons": float(photons),
         "oversample": int(oversample), "led_subsources": int(led_subsources), "noise": bool(noise),
-        "per_field_noise_waves": float(per_field_noise_waves),
+        "per_field_noise_waves": float(per_field_noise_waves), "per_field_noise_seed": int(per_field_noise_seed),
         "field.lens_terms": {k: (list(v) if isinstance(v, tuple) else v) for k, v in lens.field_terms.items()},
         "field.blocks": [{"origin_px": list(bl.origin_px), "center_mm": list(bl.center_mm), "h": list(bl.h),
                           "zernike_waves": z[b].tolist()} for b, bl in enumerate(blocks)],

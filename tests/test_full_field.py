@@ -167,3 +167,32 @@ def test_full_field_station_estimates(inspected):
         assert abs(station[name]["value"] - value) < max(4 * station[name]["u"], 0.01), name
     assert "sample.position_um[0]" not in station  # the pose varies across the field
     assert math.isfinite(result.document["field"]["tiles"][0]["sample_defocus_um"]["value"])
+
+
+def test_full_field_pdf_page_rendered_and_read(inspected, tmp_path):
+    # lazy: the API facade loads the application layer by name
+    import shutil
+    import subprocess
+
+    import metrology
+
+    if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
+        pytest.skip("pdftotext/pdftoppm (poppler-utils) are not installed")
+    result, _, _ = inspected
+    pdf, json_file = metrology.write_report(result, tmp_path)
+    assert document_errors(json.loads(Path(json_file).read_text(encoding="utf-8"))) == []
+    text = subprocess.run(["pdftotext", "-f", "5", "-l", "5", str(pdf), "-"], check=True, capture_output=True,
+                          text=True).stdout
+    text = " ".join(text.split())
+    assert "Lens across the field" in text and "page 5 of 5" in text
+    for fragment in ("Hopkins W131", "Hopkins W220", "Distortion at |H| = 1", "Calibrated magnification", "r0c0", "r2c2"):
+        assert fragment in text, fragment
+    w222 = result.document["field"]["model"]["seidel_waves"]["W222"]
+    assert f"{w222['value']:.3f}"[:4] in text  # the table prints the fitted W222
+    subprocess.run(["pdftoppm", "-f", "5", "-l", "5", "-r", "30", "-png", str(pdf), str(tmp_path / "p")], check=True)
+    (page,) = sorted(tmp_path.glob("p*.png"))
+    # lazy: matplotlib reads the page back
+    from matplotlib.image import imread
+
+    img = imread(page)
+    assert img.shape[0] > img.shape[1] > 200 and img[..., :3].std() > 0.05  # an A4 page with a drawn figure
