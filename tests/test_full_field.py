@@ -196,3 +196,26 @@ def test_full_field_pdf_page_rendered_and_read(inspected, tmp_path):
 
     img = imread(page)
     assert img.shape[0] > img.shape[1] > 200 and img[..., :3].std() > 0.05  # an A4 page with a drawn figure
+
+
+def test_zernike_export_at_a_field_point(inspected, tmp_path, capsys):
+    result, truth, _ = inspected
+    doc_path = tmp_path / "r.json"
+    doc_path.write_text(json.dumps(result.document), encoding="utf-8")
+    corner = result.document["field"]["tiles"][8]["h"]  # r2c2
+    out = tmp_path / "z.csv"
+    assert main(["zernike-export", str(doc_path), "--format", "csv", "--field", f"{corner[0]},{corner[1]}",
+                 "--out", str(out)]) == 0
+    rows = {int(r.split(",")[0]): r.split(",") for r in out.read_text().splitlines() if r[:1].isdigit()}
+    # the model at the corner tile: near the simulated lens there (0.02 waves of nothing unmodelled)
+    true_corner = next(b for b in truth["field.blocks"] if b["origin_px"] == [64, 64])["zernike_waves"]
+    for noll in (5, 6, 7, 8, 11):
+        assert float(rows[noll][7]) == pytest.approx(true_corner[noll - 1], abs=max(2 * float(rows[noll][9]), 2e-3))
+    assert f"tile_center_mm: ({corner[0] * 0.075:g}" in out.read_text()
+    assert main(["zernike-export", str(doc_path), "--format", "csv", "--field", "3,0"]) == 2
+    assert "extrapolates beyond the measured tiles" in capsys.readouterr().err
+    single = dict(result.document)
+    del single["field"]
+    doc_path.write_text(json.dumps(single), encoding="utf-8")
+    assert main(["zernike-export", str(doc_path), "--format", "csv", "--field", "0,0"]) == 2
+    assert "has no full-field model" in capsys.readouterr().err

@@ -4,6 +4,7 @@ distortion and field curvature (``docs/full-field.md``; schema
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from metrology.analysis.field import w220_from_curvature
 from metrology.analysis.figures import rms_waves
 from metrology.conventions import COVERAGE_FACTOR
+from metrology.field_terms import design_matrix, field_basis
 from metrology.report.document import finite_or_none
 
 METHOD = ("per-tile fits (each tile its own geometry and station estimates), station parameters combined "
@@ -111,3 +113,41 @@ def field_block(layout, station, field_measurement) -> dict:
                      "chi2": finite_or_none(v["chi2"]), "tiles": v["tiles"]} for k, v in fm.station.items()],
         "notes": list(fm.notes),
     }
+
+
+def field_point_document(doc: dict, h) -> dict:
+    """A copy of the result ``doc`` whose lens terms are the field model's at field point ``h``
+    ``(Hx, Hy)`` (value and u from the model's Birge-scaled covariance), ``tile_center_mm`` the
+    point's field position, and no per-term budget (the model's u replaces it): what
+    ``zernike-export --field`` writes.
+
+    Raises
+    ------
+    ValueError
+        ``doc`` has no full-field model, or ``h`` lies beyond the measured tiles (|H| more than 10 %
+        past the outermost tile's).
+    """
+    f = doc.get("field") or {}
+    model = f.get("model")
+    if not model:
+        raise ValueError("the result has no full-field model (inspect a full-field capture: docs/full-field.md)")
+    h = np.asarray(h, dtype=np.float64)
+    reach = max(math.hypot(*t["h"]) for t in f["tiles"])
+    if math.hypot(*h) > 1.1 * reach + 1e-9:
+        raise ValueError(f"|H| = {math.hypot(*h):.3g} extrapolates beyond the measured tiles (outermost |H| {reach:.3g})")
+    by_name = {c.name: c for c in field_basis(model["noll_last"])}
+    columns = [by_name[c["name"]] for c in model["columns"]]
+    theta = np.array([c["value"] for c in model["columns"]], dtype=np.float64)
+    cov = np.array(model["covariance"], dtype=np.float64)
+    a = design_matrix(columns, h[None, :], model["noll_last"], model["noll_first"])[0]
+    values, u = a @ theta, np.sqrt(np.clip(np.diag(a @ cov @ a.T), 0, None))
+    out = copy.deepcopy(doc)
+    radius = f["layout"]["field_radius_mm"]
+    out["tile_center_mm"] = [float(h[0] * radius), float(h[1] * radius)]
+    out["uncertainty_budget"] = {}
+    for row in out["zernike"]:
+        i = row["noll"] - model["noll_first"]
+        if not row["alignment"] and 0 <= i < len(values):
+            row["value_waves"], row["u_waves"] = float(values[i]), float(u[i])
+            row["U_waves"] = float(COVERAGE_FACTOR * u[i])
+    return out
