@@ -94,6 +94,7 @@ def main():
         fm, seconds = trial(station, lens, 100 + i, args.per_field_noise, lens_seed)
         rows.append(_row(fm, station, seconds))
         print(f"trial {i}: {seconds:.0f} s, chi2/dof {rows[-1]['chi2'] / rows[-1]['dof']:.2f}, "
+              f"scatter {rows[-1]['scatter_waves']:.4f} w, "
               f"W040 {rows[-1]['seidel']['W040'][0]:.4f} W131 {rows[-1]['seidel']['W131'][0]:.4f} "
               f"W222 {rows[-1]['seidel']['W222'][0]:.4f} W220 {rows[-1]['w220'][0]:.4f}", flush=True)
         if args.part == "separation":
@@ -110,9 +111,11 @@ def _row(fm, station, seconds) -> dict:
     curv = w220_from_curvature(fm.curvature.value("curvature_um"), fm.model.seidel["W222"], station.na,
                                station.wavelength_nm)
     return {"values": dict(zip(fit.names, fit.values.tolist())), "u": dict(zip(fit.names, fit.u.tolist())),
-            "chi2": fit.chi2, "dof": fit.dof, "seidel": fm.model.seidel, "w220": curv,
+            "chi2": fm.model.chi2, "dof": fm.model.dof, "seidel": fm.model.seidel, "w220": curv,
             "distortion_edge": fm.distortion["distortion_percent_edge"], "seconds": seconds,
-            "station": fm.station}
+            "station": fm.station, "scatter_waves": fm.model.scatter_waves,
+            "tiles": [{"name": t.name, "zernike": m.zernike_waves.tolist(), "u": m.zernike_u.tolist(),
+                       "converged": bool(m.solver.converged)} for t, m in zip(fm.tiles, fm.measurements)]}
 
 
 def report(rows, frozen_rows, truth):

@@ -67,7 +67,7 @@ def test_synthetic_lens_is_recovered_exactly():
     cov = np.array([np.eye(K) * 1e-6] * len(GRID_H))
     model = fit_field_model(_tiles(c, cov), K)
     np.testing.assert_allclose(model.fit.values, theta, atol=1e-10)
-    assert model.fit.chi2 < 1e-12 and model.fit.dof == len(GRID_H) * (K - 4) - len(cols)
+    assert model.chi2 < 1e-12 and model.dof == len(GRID_H) * (K - 4) - len(cols) and model.scatter_waves == 0
     for t, h in enumerate(GRID_H):
         value, _ = model.evaluate(np.array(h))
         np.testing.assert_allclose(value, c[t, 4:], atol=1e-10)
@@ -105,7 +105,7 @@ def test_covariance_and_chi_square_against_monte_carlo():
         noisy[:, 4:] += (chol @ rng.normal(0, 1, len(big))).reshape(len(GRID_H), lens)
         model = fit_field_model(_tiles(noisy, blocks, budget, names), K)
         fits.append(model.fit.values)
-        chi2.append(model.fit.chi2)
+        chi2.append(model.chi2)  # against the tiles' own u (before any per-field scatter)
     fits = np.array(fits)
     predicted = fit_field_model(_tiles(c, blocks, budget, names), K).fit.cov
     u_pred = np.sqrt(np.diag(predicted))
@@ -149,3 +149,28 @@ def test_field_curvature_recovered():
                       3.0 + 0.5 * h[0] - 0.2 * h[1] + 4.0 * (h[0] ** 2 + h[1] ** 2), 0.1) for i, h in enumerate(GRID_H)]
     fit = fit_field_curvature(tiles)
     np.testing.assert_allclose(fit.values, [3.0, 0.5, -0.2, 4.0], atol=1e-10)
+
+
+def test_per_field_scatter_is_estimated_and_covered():
+    """A lens that is not exactly the field model (independent per-field noise tau on every term of
+    every tile) and tiles whose own u differ tenfold: tau is found, and u covers the errors."""
+    cols = field_basis(K)
+    theta, c = _truth(cols, seed=7)
+    rng = np.random.default_rng(11)
+    own = [np.eye(K) * (s * 1e-4) ** 2 for s in rng.uniform(1, 10, len(GRID_H))]
+    tau, z, taus = 0.004, [], []
+    for _ in range(300):
+        noisy = c.copy()
+        noisy[:, 4:] += rng.normal(0, tau, noisy[:, 4:].shape)
+        for t, v in enumerate(own):
+            noisy[t, 4:] += rng.normal(0, np.sqrt(v[4, 4]), K - 4)
+        model = fit_field_model(_tiles(noisy, own), K)
+        taus.append(model.scatter_waves)
+        z.append((model.fit.values - theta) / model.fit.u)
+    z = np.array(z)
+    assert np.median(taus) == pytest.approx(tau, rel=0.15)
+    assert np.sqrt(np.mean(z**2)) == pytest.approx(1.0, abs=0.15)
+    assert np.mean(np.abs(z) <= 2) > 0.9
+    # without the scatter (tiles' own u alone) the same errors are many u wide
+    plain = fit_field_model(_tiles(c, own), K)
+    assert plain.scatter_waves == 0.0 and plain.chi2 < 1e-12

@@ -10,8 +10,9 @@ found (lateral position, defocus). Nothing here imports the physics or the solve
 * :func:`fit_field_model`: Zernike coefficients as functions of ``H`` in the basis of
   :func:`metrology.field_terms.field_basis` (Hopkins' terms of a rotationally symmetric lens plus
   the nodal terms of a misaligned element); covariance of the fitted columns, chi-square of the
-  field model and the Birge-scaled covariance when the model does not explain the tiles within
-  their uncertainty. The tiles' own coefficients are the "free per-tile" result beside it.
+  field model, and the per-field scatter the model does not explain (:func:`per_field_scatter`,
+  added to every tile's variance when the chi-square exceeds its degrees of freedom). The tiles'
+  own coefficients are the "free per-tile" result beside it.
 * :func:`fit_distortion`: the tiles' sample positions (known reference layout) against ``H``:
   common offset, magnification error, image rotation and third-order distortion (% vs field).
 * :func:`fit_field_curvature`: the tiles' sample defocus against ``H``: common focus, image-plane
@@ -24,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import brentq
 
 from metrology.field_terms import design_matrix, field_basis, seidel_from_columns
 
@@ -122,15 +124,20 @@ def _data_covariance(tiles: list, first: int, last: int) -> np.ndarray:
 
 @dataclass
 class FieldModel:
-    """The fitted field model: ``fit`` (the columns of ``columns``), the lens terms it covers
-    (Noll ``first..last``) and the Hopkins coefficients derived from it (``seidel``: name ->
-    ``(value, u)`` waves)."""
+    """The fitted field model: ``fit`` (the columns of ``columns``, weighted with the per-field
+    scatter), the lens terms it covers (Noll ``first..last``), the Hopkins coefficients derived from
+    it (``seidel``: name -> ``(value, u)`` waves), ``chi2`` and ``dof`` of the field model against
+    the tiles' own uncertainties, and ``scatter_waves``: the per-field scatter ``tau`` (waves per
+    term and tile) the model does not explain (:func:`per_field_scatter`)."""
 
     columns: list
     fit: LinearFit
     first: int
     last: int
     seidel: dict
+    chi2: float = math.nan
+    dof: int = 0
+    scatter_waves: float = 0.0
 
     def evaluate(self, h) -> tuple:
         """Noll ``first..last`` coefficients and their covariance at field point ``h`` (2,):
@@ -161,13 +168,38 @@ def fit_field_model(tiles: list, n_terms: int, columns=None, first: int = 5) -> 
     y = np.concatenate([np.asarray(t.zernike_waves, dtype=np.float64)[first - 1 : n_terms] for t in tiles])
     if len(y) <= len(columns):
         raise ValueError(f"{len(tiles)} tiles give {len(y)} coefficients for {len(columns)} field terms: use more tiles")
-    fit = gls(a, y, _data_covariance(tiles, first, n_terms), [c.name for c in columns])
+    names = [c.name for c in columns]
+    v = _data_covariance(tiles, first, n_terms)
+    plain = gls(a, y, v, names)
+    tau = per_field_scatter(a, y, v, names, plain)
+    fit = plain if tau == 0 else gls(a, y, v + tau**2 * np.eye(len(y)), names)
     vals = dict(zip(fit.names, fit.values))
     us = dict(zip(fit.names, fit.u))
     seidel = {k: (v, abs(seidel_from_columns({key: us[key]})[k]))
               for key in ("const.Z11", "W131", "W222") if key in vals
               for k, v in seidel_from_columns({key: vals[key]}).items()}
-    return FieldModel(columns, fit, first, n_terms, seidel)
+    return FieldModel(columns, fit, first, n_terms, seidel, plain.chi2, plain.dof, tau)
+
+
+def per_field_scatter(a, y, v, names, plain: LinearFit) -> float:
+    """The per-field scatter ``tau`` (waves): the standard deviation of an independent term added
+    to every tile's every coefficient so that the field model's chi-square equals its degrees of
+    freedom (Paule-Mandel's random-effects estimator); 0 when the tiles' own uncertainties already
+    explain the residuals. A real lens is not exactly a low-order function of H (per-field Zernike
+    noise, manufacturing scatter): without ``tau`` the weights would follow the tiles' own tiny
+    uncertainties and the estimates would jump with them; with it, every tile counts by its own
+    uncertainty plus the scatter, and ``u`` includes the scatter.
+    """
+    if plain.dof <= 0 or plain.chi2 <= plain.dof:
+        return 0.0
+    hi = float(np.mean(plain.residuals**2)) * 4.0 + 1e-30
+
+    def excess(tau2):
+        return gls(a, y, v + tau2 * np.eye(len(y)), names).chi2 - plain.dof
+
+    while excess(hi) > 0:
+        hi *= 4.0
+    return math.sqrt(brentq(excess, 0.0, hi, xtol=1e-16, rtol=1e-6))
 
 
 def fit_distortion(tiles: list, field_radius_mm: float) -> dict:

@@ -63,8 +63,9 @@ def _model(model) -> dict | None:
     return {
         "noll_first": model.first, "noll_last": model.last,
         "columns": [{"name": n, "label": labels[n], **_q(v, u)} for n, v, u in zip(fit.names, fit.values, fit.u)],
-        "chi2": finite_or_none(fit.chi2), "dof": int(fit.dof),
-        "birge_ratio": finite_or_none(math.sqrt(fit.chi2 / fit.dof)) if fit.dof > 0 else None,
+        "chi2": finite_or_none(model.chi2), "dof": int(model.dof),
+        "birge_ratio": finite_or_none(math.sqrt(model.chi2 / model.dof)) if model.dof > 0 else None,
+        "scatter_waves": finite_or_none(model.scatter_waves),
         "seidel_waves": {k: _q(v, u) for k, (v, u) in model.seidel.items()},
         "covariance": [[finite_or_none(float(x)) for x in row] for row in np.asarray(fit.cov_scaled)],
     }

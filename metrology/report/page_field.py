@@ -123,7 +123,8 @@ def summary_rows(doc: dict) -> list:
     rows.append(("Calibrated magnification", _q(None if d is None else d["calibrated_magnification"]), ""))
     rows.append(("Image rotation", _q(None if d is None else d["rotation_deg"]), "deg"))
     if model is not None:
-        rows.append(("Field model chi-square / dof", f"{model['chi2']:.1f} / {model['dof']}", ""))
+        rows.append(("Field model chi-square / dof (tiles' own u)", f"{model['chi2']:.1f} / {model['dof']}", ""))
+        rows.append(("Per-field scatter not explained by the model", f"{model['scatter_waves']:.4f}", "waves"))
     return rows
 
 
