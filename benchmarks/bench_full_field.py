@@ -73,7 +73,7 @@ def trial(station, lens, seed: int, noise: float, lens_seed: int, frozen=()):
         loaded = load_inputs(Path(tmp) / "c.tif", Path(tmp) / "s.toml", None, None, mode="known")
         t0 = time.perf_counter()
         fm = measure_field(loaded, "known", frozen=frozen)
-    return fm, time.perf_counter() - t0
+    return fm, time.perf_counter() - t0, mis
 
 
 def main():
@@ -91,14 +91,14 @@ def main():
     rows, frozen_rows = [], []
     for i in range(args.trials):
         lens_seed = 0 if args.part == "separation" else 1000 + i
-        fm, seconds = trial(station, lens, 100 + i, args.per_field_noise, lens_seed)
-        rows.append(_row(fm, station, seconds))
+        fm, seconds, mis = trial(station, lens, 100 + i, args.per_field_noise, lens_seed)
+        rows.append(_row(fm, station, seconds, mis))
         print(f"trial {i}: {seconds:.0f} s, chi2/dof {rows[-1]['chi2'] / rows[-1]['dof']:.2f}, "
               f"scatter {rows[-1]['scatter_waves']:.4f} w, "
               f"W040 {rows[-1]['seidel']['W040'][0]:.4f} W131 {rows[-1]['seidel']['W131'][0]:.4f} "
               f"W222 {rows[-1]['seidel']['W222'][0]:.4f} W220 {rows[-1]['w220'][0]:.4f}", flush=True)
         if args.part == "separation":
-            fz, seconds = trial(station, lens, 100 + i, args.per_field_noise, lens_seed, frozen=GEOMETRY)
+            fz, seconds, _ = trial(station, lens, 100 + i, args.per_field_noise, lens_seed, frozen=GEOMETRY)
             frozen_rows.append(dict(zip(fz.model.fit.names, fz.model.fit.values.tolist())) if fz.model else {})
             print(f"  frozen at nominal: {seconds:.0f} s", flush=True)
     report(rows, frozen_rows, truth)
@@ -106,7 +106,22 @@ def main():
         Path(args.out).write_text(json.dumps({"rows": rows, "frozen": frozen_rows, "truth": truth}, indent=1))
 
 
-def _row(fm, station, seconds) -> dict:
+LED_GEOMETRY = {"illumination.shift_mm[0]": ("illumination.shift_mm", 0), "illumination.shift_mm[1]":
+                ("illumination.shift_mm", 1), "illumination.rotation_deg": ("illumination.rotation_deg", None),
+                "illumination.distance_error_mm": ("illumination.distance_error_mm", None)}
+
+
+def _station_errors(fm, mis) -> dict:
+    """|error| of the LED geometry: the tiles combined, and the central tile alone (one-tile fit)."""
+    central = {e.name: e.value for e in fm.measurements[fm.central].station}
+    out = {}
+    for name, (path, i) in LED_GEOMETRY.items():
+        true = float(np.asarray(mis[path]).reshape(-1)[0 if i is None else i])
+        out[name] = {"combined": abs(fm.station[name]["value"] - true), "central": abs(central[name] - true)}
+    return out
+
+
+def _row(fm, station, seconds, mis) -> dict:
     fit = fm.model.fit
     curv = w220_from_curvature(fm.curvature.value("curvature_um"), fm.model.seidel["W222"], station.na,
                                station.wavelength_nm)
@@ -114,6 +129,7 @@ def _row(fm, station, seconds) -> dict:
             "chi2": fm.model.chi2, "dof": fm.model.dof, "seidel": fm.model.seidel, "w220": curv,
             "distortion_edge": fm.distortion["distortion_percent_edge"], "seconds": seconds,
             "station": fm.station, "scatter_waves": fm.model.scatter_waves,
+            "station_errors": _station_errors(fm, mis),
             "tiles": [{"name": t.name, "zernike": m.zernike_waves.tolist(), "u": m.zernike_u.tolist(),
                        "converged": bool(m.solver.converged)} for t, m in zip(fm.tiles, fm.measurements)]}
 
@@ -141,6 +157,12 @@ def report(rows, frozen_rows, truth):
     d = np.array([r["distortion_edge"][0] for r in rows])
     print(f"distortion at the edge (truth 0 %): mean {d.mean():.4f} %, max |value| {np.abs(d).max():.4f} %")
     print(f"time per trial (inspection, 9 tiles): {np.mean([r['seconds'] for r in rows]):.0f} s")
+    if rows and "station_errors" in rows[0]:
+        print("LED geometry, RMS error over the trials: tiles combined vs the central tile alone")
+        for name in LED_GEOMETRY:
+            comb = np.sqrt(np.mean([r["station_errors"][name]["combined"] ** 2 for r in rows]))
+            cent = np.sqrt(np.mean([r["station_errors"][name]["central"] ** 2 for r in rows]))
+            print(f"  {name:<32} combined {comb:.5f}  central tile {cent:.5f}")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from metrology.errors import InputError
-from metrology.limits import MAX_FRAME_PX
+from metrology.limits import MAX_FRAME_PX, MAX_TILES
 
 FIELD_KEYS = ("sensor_px", "tile_px", "overlap_px", "grid", "tiles", "field_radius_mm")
 """Keys of the station file's ``[field]`` section."""
-MAX_TILES = 1024
-"""Tiles of a full-field layout (``field.grid`` rows x cols)."""
 
 
 @dataclass(frozen=True)
