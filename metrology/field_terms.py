@@ -31,9 +31,9 @@ astigmatism ``L H`` (``c6 + i c5 += L (Hx + i Hy)``: the astigmatic node displac
 The fitted basis
 ----------------
 :func:`field_basis` lists the columns of the field model over the lens Noll terms 5..K: every term
-has a constant column (the nodal constants among them), and the field-dependent columns are those
-of Hopkins' expansion up to fifth order in the terms present (``W131`` coma, ``W222`` astigmatism,
-the nodal linear astigmatism (two columns), ``W240`` spherical quadratic in ``|H|``, ``W331`` coma
+has a constant column (the nodal constants among them), and the field-dependent columns of
+Hopkins' third order (``W131`` coma, ``W222`` astigmatism) with the nodal linear astigmatism (two
+columns); on request the fifth-order ``W240`` (spherical quadratic in ``|H|``) and ``W331`` (coma
 cubic). Tilt and defocus (Noll 2-4) are alignment terms of each tile's fit: distortion and field
 curvature are measured from the tiles' sample position and defocus instead
 (:mod:`metrology.analysis.field`).
@@ -121,13 +121,15 @@ def _column_values(kind: str, h: np.ndarray) -> np.ndarray:
     return table[kind]
 
 
-def field_basis(n_terms: int) -> list[FieldColumn]:
-    """The default field model over Noll 5..``n_terms`` (see the module text).
+def field_basis(n_terms: int, fifth_order: bool = False) -> list[FieldColumn]:
+    """The field model over Noll 5..``n_terms`` (see the module text).
 
     Constant columns ``const.Z<j>`` for every lens term; ``W131`` (coma linear in H), ``W222``
-    (astigmatism quadratic), ``astigmatism_linear.x/.y`` (nodal), ``W240`` (spherical quadratic)
-    and ``W331`` (coma cubic), in Zernike units: the column value is the Zernike coefficient
-    (waves) at ``|H| = 1`` (``W131 = 3 sqrt8 x`` column value, ``W222 = 2 sqrt6 x`` column value,
+    (astigmatism quadratic) and ``astigmatism_linear.x/.y`` (nodal); with ``fifth_order`` also
+    ``W240`` (spherical quadratic in H) and ``W331`` (coma cubic), which need tiles at three or
+    more field radii and cost precision on few tiles (``W331`` is nearly collinear with ``W131``
+    on a 3 x 3 grid). Column values are Zernike coefficients (waves) at ``|H| = 1``
+    (``W131 = 3 sqrt8 x`` column value, ``W222 = 2 sqrt6 x`` column value:
     :func:`seidel_from_columns`).
     """
     cols = [FieldColumn(f"const.Z{j}", f"Z{j} constant", ((j, "1"),)) for j in range(5, n_terms + 1)]
@@ -137,9 +139,10 @@ def field_basis(n_terms: int) -> list[FieldColumn]:
         FieldColumn("astigmatism_linear.x", "astigmatism, linear in H (nodal, x)", ((6, "hx"), (5, "hy"))),
         FieldColumn("astigmatism_linear.y", "astigmatism, linear in H (nodal, y)", ((6, "-hy"), (5, "hx"))),
     ]
-    if n_terms >= 11:
-        cols.append(FieldColumn("W240", "spherical, quadratic in H", ((11, "h2"),)))
-    cols.append(FieldColumn("W331", "coma, cubic in H", ((8, "h2hx"), (7, "h2hy"))))
+    if fifth_order:
+        if n_terms >= 11:
+            cols.append(FieldColumn("W240", "spherical, quadratic in H", ((11, "h2"),)))
+        cols.append(FieldColumn("W331", "coma, cubic in H", ((8, "h2hx"), (7, "h2hy"))))
     return cols
 
 

@@ -61,11 +61,12 @@ def _truth(columns, seed=0):
     return theta, c
 
 
-def test_synthetic_lens_is_recovered_exactly():
-    cols = field_basis(K)
+@pytest.mark.parametrize("fifth", [False, True])
+def test_synthetic_lens_is_recovered_exactly(fifth):
+    cols = field_basis(K, fifth_order=fifth)
     theta, c = _truth(cols)
     cov = np.array([np.eye(K) * 1e-6] * len(GRID_H))
-    model = fit_field_model(_tiles(c, cov), K)
+    model = fit_field_model(_tiles(c, cov), K, cols)
     np.testing.assert_allclose(model.fit.values, theta, atol=1e-10)
     assert model.chi2 < 1e-12 and model.dof == len(GRID_H) * (K - 4) - len(cols) and model.scatter_waves == 0
     for t, h in enumerate(GRID_H):
@@ -80,7 +81,7 @@ def test_synthetic_lens_is_recovered_exactly():
 
 
 def test_covariance_and_chi_square_against_monte_carlo():
-    cols = field_basis(K)
+    cols = field_basis(K, fifth_order=True)
     theta, c = _truth(cols, seed=3)
     rng = np.random.default_rng(5)
     lens = K - 4
@@ -103,11 +104,11 @@ def test_covariance_and_chi_square_against_monte_carlo():
     for _ in range(800):
         noisy = c.copy()
         noisy[:, 4:] += (chol @ rng.normal(0, 1, len(big))).reshape(len(GRID_H), lens)
-        model = fit_field_model(_tiles(noisy, blocks, budget, names), K)
+        model = fit_field_model(_tiles(noisy, blocks, budget, names), K, cols)
         fits.append(model.fit.values)
         chi2.append(model.chi2)  # against the tiles' own u (before any per-field scatter)
     fits = np.array(fits)
-    predicted = fit_field_model(_tiles(c, blocks, budget, names), K).fit.cov
+    predicted = fit_field_model(_tiles(c, blocks, budget, names), K, cols).fit.cov
     u_pred = np.sqrt(np.diag(predicted))
     u_mc = fits.std(axis=0)
     np.testing.assert_allclose(u_mc / u_pred, 1.0, atol=0.12)
@@ -115,7 +116,7 @@ def test_covariance_and_chi_square_against_monte_carlo():
     dof = len(GRID_H) * lens - len(cols)
     assert np.mean(chi2) == pytest.approx(dof, rel=0.05)
     # without the shared constants the prediction is too small: the correlation matters
-    alone = fit_field_model(_tiles(c, blocks), K).fit.cov
+    alone = fit_field_model(_tiles(c, blocks), K, cols).fit.cov
     assert np.max(u_mc / np.sqrt(np.diag(alone))) > 1.3
 
 
@@ -124,7 +125,8 @@ def test_tiles_that_cannot_separate_the_terms_are_refused():
     tiles = [TileData(f"t{i}", h, np.zeros(K), np.eye(K) * 1e-6, np.zeros(2), np.ones(2), 0.0, 1.0)
              for i, h in enumerate(ring * 3)]
     with pytest.raises(ValueError, match="const.Z11.*W240|W240.*const.Z11"):
-        fit_field_model(tiles, K)
+        fit_field_model(tiles, K, field_basis(K, fifth_order=True))
+    fit_field_model(tiles, K)  # the third-order basis is separable on one ring
 
 
 def test_distortion_and_magnification_recovered():

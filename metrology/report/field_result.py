@@ -136,7 +136,7 @@ def field_point_document(doc: dict, h) -> dict:
     reach = max(math.hypot(*t["h"]) for t in f["tiles"])
     if math.hypot(*h) > 1.1 * reach + 1e-9:
         raise ValueError(f"|H| = {math.hypot(*h):.3g} extrapolates beyond the measured tiles (outermost |H| {reach:.3g})")
-    by_name = {c.name: c for c in field_basis(model["noll_last"])}
+    by_name = {c.name: c for c in field_basis(model["noll_last"], fifth_order=True)}
     columns = [by_name[c["name"]] for c in model["columns"]]
     theta = np.array([c["value"] for c in model["columns"]], dtype=np.float64)
     cov = np.array(model["covariance"], dtype=np.float64)
