@@ -36,8 +36,10 @@ from metrology.io.results import ResultsNotWritten, new_unit, recover, write_uni
 from metrology.limits import MAX_NAME_CHARS, MAX_SERIAL_CHARS, check_text
 from metrology.pipeline import (Timer, audit_store_path, check_output_dir, ensure_output_dir, load_inputs, measure,
                                 prepare_audit_store, station_status)
+from metrology.pipeline_field import measure_field
 from metrology.progress import reporter
 from metrology.report.document import document_bytes
+from metrology.report.field_result import field_block
 from metrology.report.pdf import render_inspection_report
 from metrology.report.plots import ReportArrays
 from metrology.report.result import build_document, figures_of_merit
@@ -164,6 +166,16 @@ def _existing_store(store_path):
     return None
 
 
+def _measure(loaded, mode, max_iterations, rep, device):
+    """``(loaded, fit, measurement, field_measurement)``: one tile's fit, or a full-field capture's
+    tiles (:func:`metrology.pipeline_field.measure_field`) with the tile nearest the axis driving
+    the single-tile report and verdict (its inputs, fit and measurement returned)."""
+    if loaded.station.field_layout is None:
+        return (loaded, *measure(loaded, mode, max_iterations, rep, device=device), None)
+    fm = measure_field(loaded, mode, max_iterations, rep, device=device)
+    return fm.loaded[fm.central], fm.fits[fm.central], fm.measurements[fm.central], fm
+
+
 def inspect(capture, station, spec, *, reference=None, serial=None, operator="", audit_db=None, mode="known",
             max_iterations=None, progress=None, now=None, device="auto", create_store=False) -> InspectionResult:
     """Inspect one capture and return the result; no file is written.
@@ -222,7 +234,8 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
         prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
     serial_used = serial or loaded.capture.lens_serial or "unknown-serial"
     timer.lap("load")
-    fit, measurement = measure(loaded, mode, max_iterations, rep, device=device)
+    layout = loaded.station.field_layout
+    loaded, fit, measurement, field_measurement = _measure(loaded, mode, max_iterations, rep, device)
     timer.lap("reconstruct")
     rep.stage("analyse (verdict, figures of merit)")
     status = station_status(store_path, loaded, measurement, now)
@@ -233,6 +246,8 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     doc = build_document(loaded, measurement, verdict, status, figures, timer.sections, serial_used, operator, now,
                          fit.device, report_id=report_id(loaded.station.station_id, now, loaded.inputs),
                          covariance=measurement.zernike_cov)
+    if field_measurement is not None:
+        doc["field"] = field_block(layout, loaded.station, field_measurement)
     # the options as given: with the input hashes they identify the run (batch resume)
     doc["extensions"] = {"run": {"mode": mode, "reference": reference, "reference_used": loaded.reference_label,
                                  "serial": serial, "max_iterations": max_iterations}}

@@ -43,6 +43,8 @@ MAX_OBJECT_PX = 8192
 """Side of the reconstruction grid, ``frame_px * upsampling`` (px)."""
 MAX_VALIDITY_DAYS = 3660.0
 """``calibration.validity_days``: ten years."""
+MAX_TILES = 1024
+"""Tiles of a full-field station (``field.grid`` rows x cols)."""
 MAX_SEED = 2**32 - 1
 """Seed of a catalogued reference sample (``--reference ID:seed=N``, ``reference_seed``)."""
 

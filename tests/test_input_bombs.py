@@ -115,7 +115,7 @@ def _ratio_bomb(capture, folder):
 
 
 TIFF_BOMBS = {"pages": (_pages_bomb, "more than 25 frames but 25 LEDs"),
-              "zlib": (_zlib_bomb, "frames are 30000 px"),
+              "zlib": (_zlib_bomb, "frames are 30000x30000 px"),
               "ratio": (_ratio_bomb, "compression ratio")}
 
 

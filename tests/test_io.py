@@ -130,7 +130,12 @@ def test_capture_metadata_errors(tmp_path):
 
 
 def test_capture_shapes(tmp_path):
-    expect_error(write_raw(tmp_path / "r.tif", np.ones((2, 8, 10), np.uint16), good_meta(2)), "square")
+    # a rectangular frame is a full-field capture: read, then refused by a one-tile station
+    rect = read_capture(write_raw(tmp_path / "r.tif", np.ones((2, 8, 10), np.uint16), good_meta(2)))
+    assert rect.frames.shape == (2, 8, 10)
+    station = load_station(STATION_4X).replace(station_id="s")
+    with pytest.raises(InputError, match="frames are 8x10 px, the station's camera.frame_px is 64"):
+        station.check_capture(rect, "r.tif")
     import tifffile
 
     path = tmp_path / "mixed.tif"

@@ -23,13 +23,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "metrology"
 LAYERS = (
     ("base", ("metrology", "metrology.errors", "metrology.conventions", "metrology.orderings",
               "metrology.parameters", "metrology.measurement", "metrology.toml_input", "metrology.progress",
-              "metrology.tables", "metrology.limits")),
+              "metrology.tables", "metrology.limits", "metrology.field_terms")),
     ("physics", ("metrology.physics",)),
-    ("io", ("metrology.io", "metrology.references", "metrology.misalignment", "metrology.simulate", "metrology.render")),
+    ("io", ("metrology.io", "metrology.references", "metrology.misalignment", "metrology.simulate", "metrology.render",
+            "metrology.simulate_field")),
     ("solver", ("metrology.solver",)),
     ("analysis", ("metrology.analysis",)),
     ("edges", ("metrology.report", "metrology.audit")),
-    ("application", ("metrology.pipeline", "metrology.inspection", "metrology.calibration", "metrology.batch")),
+    ("application", ("metrology.pipeline", "metrology.pipeline_field", "metrology.inspection", "metrology.calibration", "metrology.batch")),
     ("cli", ("metrology.cli", "metrology.commands", "metrology.__main__")),
 )
 """Layer name and the modules (or packages) in it, lowest first."""

@@ -70,10 +70,13 @@ def run(args) -> int:
     from metrology.progress import Progress
     from metrology.references import CATALOGUE
     from metrology.simulate import simulate_capture
+    from metrology.simulate_field import simulate_full_frame
 
     station = load_station(args.station)
     lens = load_lens(args.lens)
     if args.frame_px is not None:
+        if station.field_layout is not None:
+            raise InputError("--frame-px", "a full-field station's tile size is its field.tile_px (edit the station file)")
         if args.frame_px < 8 or args.frame_px % 2:
             raise InputError("--frame-px", f"must be even and >= 8, got {args.frame_px}")
         station = station.replace(frame_px=args.frame_px)
@@ -95,11 +98,19 @@ def run(args) -> int:
     except OSError as exc:
         raise InputError(out, f"cannot create output folder: {exc.strerror or exc}") from None
     with Progress("simulate") as bar:
-        bar.stage("simulating frames", len(leds))
-        capture, truth = simulate_capture(
-            station, coeffs, truth_in, seed=args.seed, reference=args.reference, photons=args.photons,
-            hot_pixel_fraction=args.hot_pixels, progress=bar, lens=lens, leds=leds,
-        )
+        if station.field_layout is not None:  # a full sensor frame, the pupil changing across the field
+            if args.hot_pixels:
+                raise InputError("--hot-pixels", "not available for full-field stations yet")
+            bar.stage("simulating full frames (one block of the field at a time)",
+                      len(station.field_layout.blocks(station.fov_um / station.frame_px)))
+            capture, truth = simulate_full_frame(station, lens, truth_in, seed=args.seed, reference=args.reference,
+                                                 photons=args.photons, leds=leds, progress=bar)
+        else:
+            bar.stage("simulating frames", len(leds))
+            capture, truth = simulate_capture(
+                station, coeffs, truth_in, seed=args.seed, reference=args.reference, photons=args.photons,
+                hot_pixel_fraction=args.hot_pixels, progress=bar, lens=lens, leds=leds,
+            )
     try:
         write_capture(out / "capture.tif", capture)
         atomic_write_text(out / "station.toml", station.to_toml())
@@ -107,7 +118,8 @@ def run(args) -> int:
     except OSError as exc:
         raise InputError(out, f"cannot write output: {exc.strerror or exc}") from None
     saturated = int((capture.frames >= station.camera.full_scale).sum())
-    print(f"wrote {out / 'capture.tif'} ({capture.n_frames} frames of {capture.frame_px}x{capture.frame_px}), "
+    rows, cols = capture.frames.shape[-2:]
+    print(f"wrote {out / 'capture.tif'} ({capture.n_frames} frames of {rows}x{cols}), "
           f"{out / 'station.toml'}, {out / 'truth.json'}")
     if saturated:
         print(f"note: {saturated} saturated pixels", file=sys.stderr)

@@ -11,6 +11,7 @@ unless --y-axis down; a notes file <name>.txt beside it states every convention)
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from metrology.errors import InputError
 from metrology.io.files import atomic_write_text
 from metrology.orderings import MAX_NOLL, noll_to_nm
 from metrology.report.document import read_document
+from metrology.report.field_result import field_point_document
 from metrology.report.zernike_files import ALIASES, FORMATS, Y_AXES, export_zernike, opticstudio_notes
 
 
@@ -34,6 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--norm-radius-mm", type=float, default=None, metavar="R",
                    help="OpticStudio normalisation radius in lens units (mm): the beam's semi-diameter at the "
                         "phase surface (required for the opticstudio formats)")
+    p.add_argument("--field", default=None, metavar="HX,HY",
+                   help="full-field results: export the field model's coefficients at the normalised field point "
+                        "H = (HX, HY) instead of the central tile's (docs/full-field.md)")
     p.add_argument("--y-axis", choices=Y_AXES, default="up",
                    help="OpticStudio formats: 'up' converts to OpticStudio's +y up (sine terms negated, "
                         "default), 'down' keeps this report's frame")
@@ -65,6 +70,8 @@ def run(args) -> int:
                                              "the semi-diameter of the beam at the Zernike phase surface")
     doc = read_document(args.result)
     check_terms(doc, args.result)
+    if args.field is not None:
+        doc = _at_field_point(doc, args.field, args.result)
     text = export_zernike(doc, fmt, args.norm_radius_mm, args.y_axis)
     notes = opticstudio_notes(doc, fmt.split("-")[1], args.norm_radius_mm, args.y_axis) if optic else None
     if args.out is None:
@@ -80,6 +87,21 @@ def run(args) -> int:
     except OSError as exc:
         raise InputError(out, f"cannot write: {exc.strerror or exc}") from None
     return 0
+
+
+def _at_field_point(doc: dict, text: str, source) -> dict:
+    """The document at field point ``text`` ("HX,HY"): :func:`field_point_document`, or InputError."""
+    parts = text.split(",")
+    try:
+        h = [float(v) for v in parts]
+    except ValueError:
+        h = []
+    if len(h) != 2 or not all(math.isfinite(v) for v in h):
+        raise InputError("--field", f"expected two numbers HX,HY (normalised field), got {text!r}")
+    try:
+        return field_point_document(doc, h)
+    except ValueError as exc:
+        raise InputError(source if "no full-field" in str(exc) else "--field", str(exc)) from None
 
 
 def notes_path(out: Path) -> Path:

@@ -1,8 +1,8 @@
 """Capture files: one multi-page TIFF, one page per frame, JSON metadata in page 0.
 
 Layout (full specification in ``docs/formats.md``): page ``j`` holds frame ``j`` (``uint8`` or
-``uint16`` counts, or ``float32`` for HDR-merged data), all pages square and of the same size; the first
-page's ``ImageDescription`` tag holds ASCII JSON::
+``uint16`` counts, or ``float32`` for HDR-merged data), all pages of the same size (square for a
+one-tile station, the full sensor frame of a full-field station); the first page's ``ImageDescription`` tag holds ASCII JSON::
 
     {"format": "metrology-capture", "format_version": 1, "station_id": ..., "lens_serial": ...,
      "lens_model": ..., "reference_sample": ..., "wavelength_nm": ..., "created_utc": ...,
@@ -56,7 +56,7 @@ class Capture:
 
     Attributes
     ----------
-    frames : ndarray, shape (J, n, n), uint8, uint16 or float32
+    frames : ndarray, shape (J, rows, cols), uint8, uint16 or float32 (square unless full-field)
         Frame ``j`` in counts.
     leds : list of (int, int)
         Board ``(row, col)`` of the LED lit for each frame.
@@ -143,8 +143,6 @@ def _validate(source, frames: np.ndarray, leds, exposure) -> None:
     j, h, w = frames.shape
     if j == 0:
         raise InputError(source, "no frames")
-    if h != w:
-        raise InputError(source, f"frames must be square, got {h}x{w}")
     if frames.dtype not in FRAME_DTYPES:
         raise InputError(source, f"frame dtype must be uint8, uint16 or float32, got {frames.dtype}")
     if len(leds) != j:
@@ -254,7 +252,7 @@ def checked_pages(source, tf, n_pages: int, file_size: int, dtypes=FRAME_DTYPES)
     """The pages of the open TIFF ``tf``, checked from their headers alone (nothing decoded).
 
     Their number must be ``n_pages`` (at most ``n_pages + 1`` are walked, however many the file
-    chains); every page a square 2-D grey image of the same size (at most :data:`MAX_FRAME_PX`) and
+    chains); every page a 2-D grey image of the same size (at most :data:`MAX_FRAME_PX` a side) and
     sample type (one of ``dtypes``), compressed in a way this reader supports, with data inside the
     file and not shared with another page; the decoded size of all pages within
     :data:`MAX_CAPTURE_BYTES` and :data:`MAX_COMPRESSION_RATIO` times ``file_size``.
@@ -271,16 +269,14 @@ def checked_pages(source, tf, n_pages: int, file_size: int, dtypes=FRAME_DTYPES)
     if len(first.shape) != 2:
         raise InputError(source, f"each page must be a 2-D grey frame, got shape {first.shape}")
     h, w = first.shape
-    if h != w:
-        raise InputError(source, f"frames must be square, got {h}x{w}")
-    if w > MAX_FRAME_PX:
-        raise InputError(source, f"frames are {w} px (at most {MAX_FRAME_PX})")
+    if max(h, w) > MAX_FRAME_PX:
+        raise InputError(source, f"frames are {h}x{w} px (at most {MAX_FRAME_PX} a side)")
     if first.dtype not in dtypes:
         raise InputError(source, f"frame dtype must be {' or '.join(map(str, dtypes))}, got {first.dtype}")
     _check_page_data(source, pages, file_size)
     decoded = len(pages) * h * w * first.dtype.itemsize
     if decoded > MAX_CAPTURE_BYTES:
-        raise InputError(source, f"{len(pages)} frames of {w}x{w} px are {decoded} bytes (at most {MAX_CAPTURE_BYTES})")
+        raise InputError(source, f"{len(pages)} frames of {h}x{w} px are {decoded} bytes (at most {MAX_CAPTURE_BYTES})")
     if decoded > MAX_COMPRESSION_RATIO * file_size:
         raise InputError(source, f"{file_size} bytes claim {decoded} bytes of frames: compression ratio "
                                  f"{decoded / file_size:.0f} > {MAX_COMPRESSION_RATIO:g}")
@@ -356,7 +352,7 @@ def read_capture(path) -> Capture:
     ------
     InputError
         Missing file, not a TIFF, truncated or corrupt TIFF, missing/invalid metadata, frame count
-        different from the LED list, non-square or mismatched frames, a limit exceeded, NaN/inf
+        different from the LED list, mismatched frames, a limit exceeded, NaN/inf
         values, every frame zero. (A single all-zero frame is accepted: the solver flags it as a
         data-quality issue.)
     """

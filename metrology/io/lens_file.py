@@ -11,6 +11,9 @@ Format (``docs/formats.md``, section "Lens description")::
     "5" = 0.03
     [apodisation]                  # optional: Noll coefficients of ln(amplitude)
     "4" = -0.1
+    [field]                        # optional: field-dependent terms (waves; metrology.field_terms)
+    W040 = 0.05                    # Hopkins coefficients W040, W131, W222, W220, W311
+    coma_constant = [0.01, 0.0]    # nodal terms: [cos, sin] Zernike pairs
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from metrology.errors import InputError
+from metrology.field_terms import NODAL_KEYS, SEIDEL_KEYS, field_zernike
 from metrology.orderings import MAX_NOLL
 from metrology.toml_input import read_toml
 
 FORMAT_VERSION = 1
-_TOP_KEYS = {"format_version", "model", "serial", "na", "wavelength_nm", "zernike_waves", "apodisation"}
+_TOP_KEYS = {"format_version", "model", "serial", "na", "wavelength_nm", "zernike_waves", "apodisation", "field"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class LensDescription:
         Noll index -> pupil phase coefficient (waves).
     apodisation : dict int -> float
         Noll index -> coefficient of ``ln A`` (pupil amplitude); empty = uniform.
+    field_terms : dict
+        Field-dependent terms (waves at ``wavelength_nm``): Hopkins ``W040 ... W311`` (floats) and the
+        nodal ``[cos, sin]`` pairs (:mod:`metrology.field_terms`); empty = the same pupil everywhere.
     """
 
     model: str
@@ -52,6 +59,7 @@ class LensDescription:
     wavelength_nm: float | None = None
     zernike_waves: dict = field(default_factory=dict)
     apodisation: dict = field(default_factory=dict)
+    field_terms: dict = field(default_factory=dict)
     source: str = field(default="", compare=False)
 
     @property
@@ -70,6 +78,18 @@ class LensDescription:
             Convert to waves at this wavelength (same optical path; ``c * lambda_lens / lambda``).
         """
         return self._vector(self.zernike_waves, n_terms, wavelength_nm)
+
+    def field_coefficients(self, h, n_terms: int, wavelength_nm: float | None = None) -> np.ndarray:
+        """Pupil phase Noll 1..n_terms (waves) at normalised field points ``h`` (T, 2): the constant
+        :meth:`coefficients` plus the field terms (:func:`metrology.field_terms.field_zernike`),
+        shape (T, n_terms)."""
+        base = self.coefficients(n_terms)
+        seidel = {k: v for k, v in self.field_terms.items() if k in SEIDEL_KEYS}
+        nodal = {k: v for k, v in self.field_terms.items() if k in NODAL_KEYS}
+        out = base[None, :] + field_zernike(np.atleast_2d(h), n_terms, seidel, nodal)
+        if wavelength_nm is not None and self.wavelength_nm is not None:
+            out = out * (self.wavelength_nm / wavelength_nm)
+        return out
 
     def apodisation_coefficients(self, n_terms: int | None = None) -> np.ndarray:
         """``ln A`` coefficients Noll 1..n_terms, shape (n_terms,)."""
@@ -152,5 +172,26 @@ def load_lens(path) -> LensDescription:
     wl = None if wl is None else _number(path, "wavelength_nm", wl, positive=True)
     zw = _coefficient_table(path, "zernike_waves", data.get("zernike_waves", {}))
     ap = _coefficient_table(path, "apodisation", data.get("apodisation", {}))
+    terms = _field_terms(path, data.get("field", {}))
     return LensDescription(model=data["model"], serial=data["serial"], na=na, wavelength_nm=wl,
-                           zernike_waves=zw, apodisation=ap, source=str(path))
+                           zernike_waves=zw, apodisation=ap, field_terms=terms, source=str(path))
+
+
+def _field_terms(source, table) -> dict:
+    """The lens file's ``[field]`` table: Hopkins coefficients (numbers) and nodal pairs (waves)."""
+    if not isinstance(table, dict):
+        raise InputError(source, "[field] must be a table of field-dependent terms")
+    out = {}
+    for key, value in table.items():
+        name = f"field.{key}"
+        if key in SEIDEL_KEYS:
+            out[key] = _number(source, name, value)
+        elif key in NODAL_KEYS:
+            if not isinstance(value, list) or len(value) != 2:
+                raise InputError(source, f"{name} must be a list [cos, sin] of 2 numbers (waves), got {value!r}")
+            out[key] = tuple(_number(source, name, v) for v in value)
+        else:
+            raise InputError(source, f"unknown key '{name}'; known: {', '.join(SEIDEL_KEYS + NODAL_KEYS)}")
+        if max(abs(v) for v in np.atleast_1d(out[key])) > 10:
+            raise InputError(source, f"{name} is implausibly large (|w| > 10 waves)")
+    return out

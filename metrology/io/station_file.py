@@ -14,6 +14,7 @@ from dataclasses import replace as dc_replace
 from pathlib import Path
 
 from metrology.errors import InputError
+from metrology.io.field_layout import FieldLayout, parse_field
 from metrology.limits import (
     MAX_FRAME_PX, MAX_LED_SIDE, MAX_NAME_CHARS, MAX_OBJECT_PX, MAX_UPSAMPLING, MAX_VALIDITY_DAYS, text_problem,
 )
@@ -130,7 +131,7 @@ SCHEMA = {
     ("calibration", "validity_days"): ("validity_days", "float", 30.0, _days),
     ("calibration", "required"): ("calibration_required", "bool", False, None),
 }
-SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration", "uncertainty")
+SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration", "uncertainty", "field")
 
 UNCERTAINTY_KEYS = ("wavelength_nm", "spectral_fwhm_nm", "na", "magnification", "camera_pixel_um", "led_pitch_mm",
                     "led_distance_mm", "led_size_mm", "slide_thickness_mm", "slide_index", "led_tilt_deg")
@@ -231,6 +232,7 @@ class StationDescription:
     calibration_required: bool = False  # inspections are INCONCLUSIVE unless the calibration is valid
     drift_limits: dict = field(default_factory=lambda: {DRIFT_PATHS[k]: v for k, v in DEFAULT_DRIFT_LIMITS.items()})
     uncertainty: dict = field(default_factory=dict)
+    field_layout: FieldLayout | None = None  # [field]: a full-field station (docs/full-field.md); None: one tile
     format_version: int = FORMAT_VERSION
     source: str = field(default="", compare=False)
     sha256: str = field(default="", compare=False)  # of the file's bytes as read ("" when not from a file)
@@ -301,8 +303,13 @@ class StationDescription:
         """
         if capture.station_id != self.station_id:
             raise InputError(source, f"capture is from station {capture.station_id!r}, not {self.station_id!r}")
-        if capture.frame_px != self.frame_px:
-            raise InputError(source, f"frames are {capture.frame_px} px, the station's camera.frame_px is {self.frame_px}")
+        shape = tuple(capture.frames.shape[-2:])
+        if self.field_layout is not None:
+            if shape != tuple(self.field_layout.sensor_px):
+                raise InputError(source, f"frames are {shape[0]}x{shape[1]} px, the station's field.sensor_px is "
+                                         f"{self.field_layout.sensor_px[0]}x{self.field_layout.sensor_px[1]}")
+        elif shape != (self.frame_px, self.frame_px):
+            raise InputError(source, f"frames are {shape[0]}x{shape[1]} px, the station's camera.frame_px is {self.frame_px}")
         for j, (r, c) in enumerate(capture.leds):
             if not (0 <= r < self.led_rows and 0 <= c < self.led_cols):
                 raise InputError(source, f"frame {j}: LED ({r}, {c}) is not on the {self.led_rows}x{self.led_cols} board")
@@ -313,6 +320,18 @@ class StationDescription:
         wl = capture.wavelength_nm
         if wl is not None and abs(wl - self.wavelength_nm) > 0.5:
             raise InputError(source, f"capture wavelength {wl:g} nm differs from the station's {self.wavelength_nm:g} nm")
+
+    def tiles(self) -> list:
+        """The :class:`~metrology.io.field_layout.Tile` list of a full-field station (empty without
+        ``[field]``)."""
+        if self.field_layout is None:
+            return []
+        return self.field_layout.tile_list(self.camera_pixel_um / self.magnification, self.tile_center_mm)
+
+    def tile_station(self, tile) -> "StationDescription":
+        """The single-tile station of one tile of a full-field station: the same station with
+        ``tile_center_mm`` at the tile's centre and no ``[field]`` (its frames are the tile's)."""
+        return self.replace(tile_center_mm=tuple(tile.center_mm), field_layout=None, upsampling=self.upsampling)
 
     def replace(self, **changes) -> "StationDescription":
         """A copy with ``changes`` applied and validated again (e.g. ``frame_px=32``)."""
@@ -332,8 +351,10 @@ class StationDescription:
                 by_section[section].append(f"{key} = {_toml_value(getattr(self, attr))}")
         lines = list(by_section[""])
         for section in SECTIONS:
-            if section != "uncertainty":  # written below, with every constant's value
+            if section not in ("uncertainty", "field"):  # written below
                 lines += ["", f"[{section}]"] + by_section[section]
+        if self.field_layout is not None:
+            lines += ["", "[field]"] + self.field_layout.to_toml_lines()
         lines += ["", "[uncertainty]"] + [f"{k} = {_toml_value(float(v))}" for k, v in self.uncertainty.items()]
         lines += ["", "[calibration.drift_limits]"]
         inverse = {v: k for k, v in DRIFT_PATHS.items()}
@@ -402,13 +423,24 @@ def _parse(data: dict, source) -> dict:
                     for dk in subval:
                         if dk not in DRIFT_PATHS:
                             raise InputError(source, f"unknown key 'calibration.drift_limits.{dk}'")
+                elif key == "field":
+                    break  # checked by parse_field
                 elif key == "uncertainty" and sub not in UNCERTAINTY_KEYS:
                     raise InputError(source, f"unknown key 'uncertainty.{sub}'; known: {', '.join(UNCERTAINTY_KEYS)}")
                 elif key != "uncertainty" and (key, sub) not in SCHEMA:
                     raise InputError(source, f"unknown key '{key}.{sub}'")
         elif ("", key) not in SCHEMA:
             raise InputError(source, f"unknown key '{key}'")
-    values = {}
+    values = {"field_layout": None}
+    if "field" in data:
+        values["field_layout"] = parse_field(data["field"], source)
+        camera = data.setdefault("camera", {})
+        if not isinstance(camera, dict):
+            raise InputError(source, "[camera] must be a table")
+        given = camera.setdefault("frame_px", values["field_layout"].tile_px)
+        if given != values["field_layout"].tile_px:
+            raise InputError(source, f"camera.frame_px ({given!r}) is the tile the model fits in a full-field station: "
+                                     f"leave it out or make it field.tile_px ({values['field_layout'].tile_px})")
     for (section, key), (attr, kind, default, check) in SCHEMA.items():
         name = f"{section}.{key}" if section else key
         table = data if not section else data.get(section, {})

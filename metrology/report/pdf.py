@@ -13,13 +13,15 @@ One function per page, listed in :data:`PAGES` (add a page by adding its functio
    measured vs modelled frames, convergence, timings;
 4. :func:`page_budget` shows where the uncertainty comes from: the GUM budget of the RMS wavefront
    and of every lens coefficient, and the learned data uncertainty per LED
-   (:mod:`metrology.report.budget_page`).
+   (:mod:`metrology.report.budget_page`);
+5. full-field inspections only (a ``field`` block in the document):
+   :func:`~metrology.report.page_field.page_field`, the lens across the field.
 
 A page function is ``page(doc, arrays, styles, width_mm, context) -> list of flowables``; ``context``
 holds what is not in the document (``report_started``: when the report stage began, for the
 timings line). Every page carries a footer with the conventions text, the short hashes of the
 inputs, the report ID and "page i of n". Each page's content sits in a shrink-to-fit frame, so the
-report has exactly ``len(PAGES)`` pages whatever the number of limits, flags or terms. The file is
+report has exactly ``len(pages_for(doc))`` pages whatever the number of limits, flags or terms. The file is
 written atomically: rendered in memory, then :func:`metrology.io.atomic_write_bytes`.
 """
 
@@ -32,6 +34,7 @@ from metrology.io.files import atomic_write_bytes
 from metrology.report.document import validate_document
 from metrology.report.budget_page import budget_page
 from metrology.report.layout import MARGIN_MM, VERDICT_COLOURS, format_value_u, para, png, styles, table
+from metrology.report.page_field import page_field
 from metrology.report.page_lens import page_lens
 from metrology.report.page_station import page_station, station_rows
 from metrology.report.page_summary import page_summary
@@ -52,7 +55,12 @@ def page_budget(doc, arrays, st, width_mm, context) -> list:
 PAGES = (page_summary, page_lens, page_station, page_budget)
 """The report's pages, in order."""
 
-__all__ = ["PAGES", "VERDICT_COLOURS", "format_value_u", "station_rows", "write_inspection_report"]
+
+def pages_for(doc: dict) -> tuple:
+    """The pages of ``doc``'s report: :data:`PAGES`, and the full-field page when it has a ``field`` block."""
+    return PAGES + ((page_field,) if doc.get("field") else ())
+
+__all__ = ["PAGES", "pages_for", "VERDICT_COLOURS", "format_value_u", "station_rows", "write_inspection_report"]
 
 
 def _footer_paragraphs(doc, st):
@@ -103,7 +111,7 @@ def _build(doc, arrays: ReportArrays, fh, context: dict) -> None:
     foot_h = sum(p.wrap(width, page_h)[1] for p in _footer_paragraphs(doc, st)) + 9  # + page-number line
     frame_bottom = margin + foot_h + 2 * mm
     frame_h = page_h - margin - frame_bottom
-    pages = [page(doc, arrays, st, width / mm, context) for page in PAGES]
+    pages = [page(doc, arrays, st, width / mm, context) for page in pages_for(doc)]
     title = f"Lens inspection {doc['lens']['serial']} - {doc['verdict']['overall']}"
     frame = Frame(margin, frame_bottom, width, frame_h, leftPadding=0, rightPadding=0, topPadding=0,
                   bottomPadding=0, id="body")
@@ -122,7 +130,7 @@ def _build(doc, arrays: ReportArrays, fh, context: dict) -> None:
 
 
 def render_inspection_report(doc: dict, arrays: ReportArrays, report_started: float | None = None) -> bytes:
-    """The A4 PDF inspection report (one page per entry of :data:`PAGES`), rendered in memory.
+    """The A4 PDF inspection report (one page per entry of :func:`pages_for`), rendered in memory.
 
     Parameters
     ----------

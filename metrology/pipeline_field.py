@@ -1,0 +1,169 @@
+"""Full-field inspection: cut the full frame into tiles, fit each tile with its own geometry, then
+the lens across the field (application layer; the method is in ``docs/full-field.md``).
+
+First slice: every tile is fitted on its own (its own station estimates, one after the other) and
+the station parameters are combined afterwards (:func:`combine_station`); the joint solve with the
+tiles as a tensor dimension and one set of station parameters is the next step. The lens across
+the field is then fitted by :mod:`metrology.analysis.field` from the tiles' coefficients and their
+covariances (the GUM budget's station constants correlated across tiles).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from metrology.analysis.field import TileData, fit_distortion, fit_field_curvature, fit_field_model
+from metrology.errors import InputError
+from metrology.io.capture import Capture
+from metrology.io.field_layout import tile_reference
+from metrology.pipeline import LoadedInputs, measure
+from metrology.progress import reporter
+
+POSE_NAMES = ("sample.position_um[0]", "sample.position_um[1]", "sample.defocus_um")
+"""Station estimates that vary across the field (the tile's sample pose): distortion and field
+curvature, never combined into one station value."""
+
+
+@dataclass
+class FieldMeasurement:
+    """Everything a full-field inspection measured.
+
+    ``tiles`` (:class:`~metrology.io.field_layout.Tile`), ``loaded`` (one
+    :class:`~metrology.pipeline.LoadedInputs` per tile), ``fits`` and ``measurements`` per tile;
+    ``central``: index of the tile nearest the axis (its measurement drives the single-tile report
+    and verdict); ``model`` (:class:`~metrology.analysis.field.FieldModel` or None),
+    ``distortion`` (dict or None), ``curvature`` (LinearFit or None), ``notes`` (why a part is
+    missing), ``station`` (combined station estimates: name -> dict).
+    """
+
+    tiles: list
+    loaded: list
+    fits: list
+    measurements: list
+    central: int
+    model: object = None
+    distortion: dict | None = None
+    curvature: object = None
+    station: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def tile_inputs(loaded: LoadedInputs) -> list:
+    """One :class:`LoadedInputs` per tile of a full-field capture: the tile's frames (a copy), its
+    single-tile station (exact tile centre) and geometry, and the reference map the tile sees."""
+    st = loaded.station
+    layout = st.field_layout
+    if any(i["role"] == "reference" for i in loaded.inputs):
+        raise InputError("--reference", "a full-field capture needs a catalogue reference sample (a reference map "
+                                        "file covers one tile, not the frame)")
+    out = []
+    for tile in st.tiles():
+        tile_st = st.tile_station(tile)
+        cap = loaded.capture
+        frames = np.ascontiguousarray(layout.cut(cap.frames, tile))
+        tile_cap = Capture(frames=frames, leds=cap.leds, exposure_s=cap.exposure_s, station_id=cap.station_id,
+                           lens_serial=cap.lens_serial, lens_model=cap.lens_model,
+                           reference_sample=cap.reference_sample, wavelength_nm=cap.wavelength_nm,
+                           created_utc=cap.created_utc, extra=dict(cap.extra), sha256=cap.sha256)
+        geometry = replace(loaded.geometry, tile_center_mm=tuple(tile.center_mm))
+        ref = None if loaded.reference is None else tile_reference(loaded.reference, tile, layout.tile_px)
+        out.append(replace(loaded, capture=tile_cap, station=tile_st, geometry=geometry, reference=ref))
+    return out
+
+
+def tile_data(name: str, h, measurement) -> TileData:
+    """The numbers :mod:`metrology.analysis.field` needs from one tile's measurement: the fit's own
+    covariance (``parts.fit`` when the budget is itemised, else the total) and the budget sources."""
+    est = {s.name: s for s in measurement.station}
+    pos = [est.get(f"sample.position_um[{i}]") for i in (0, 1)]
+    dz = est.get("sample.defocus_um")
+    own = measurement.zernike_cov if measurement.parts is None or not measurement.budget else measurement.parts.fit
+    budget = np.array([b.zernike for b in measurement.budget]) if measurement.parts is not None and measurement.budget \
+        else None
+    return TileData(
+        name=name, h=tuple(h), zernike_waves=np.asarray(measurement.zernike_waves), zernike_cov=np.asarray(own),
+        position_um=np.array([p.value if p else math.nan for p in pos]),
+        position_u=np.array([p.u if p else math.nan for p in pos]),
+        defocus_um=dz.value if dz else math.nan, defocus_u=dz.u if dz else math.nan,
+        budget=budget, budget_names=tuple(b.name for b in measurement.budget) if budget is not None else (),
+    )
+
+
+def combine_station(measurements: list) -> dict:
+    """Inverse-variance weighted mean of each station estimate over the tiles (the sample pose
+    excluded: :data:`POSE_NAMES`), with ``u`` from the weights widened by the Birge ratio when the
+    tiles disagree beyond their uncertainties, and the chi-square of that agreement.
+
+    The tiles' estimates share the station constants' errors (the GUM budget); the weighted mean
+    treats them as independent, so ``u`` is the spread-based part only (the joint solve replaces this)."""
+    out = {}
+    names = [s.name for s in measurements[0].station if s.name not in POSE_NAMES]
+    for name in names:
+        vals, us = [], []
+        for m in measurements:
+            s = next((e for e in m.station if e.name == name), None)
+            if s is not None and math.isfinite(s.value) and math.isfinite(s.u) and s.u > 0:
+                vals.append(s.value)
+                us.append(s.u)
+        if not vals:
+            continue
+        w = 1.0 / np.square(us)
+        mean = float(np.sum(w * vals) / np.sum(w))
+        chi2 = float(np.sum(w * (np.asarray(vals) - mean) ** 2))
+        birge = math.sqrt(chi2 / (len(vals) - 1)) if len(vals) > 1 else 1.0
+        out[name] = {"value": mean, "u": float(max(1.0, birge) / math.sqrt(np.sum(w))), "chi2": chi2,
+                     "tiles": len(vals)}
+    return out
+
+
+def measure_field(loaded: LoadedInputs, mode: str = "known", max_iterations=None, progress=None,
+                  device: str = "cpu", frozen=()) -> FieldMeasurement:
+    """Fit every tile of a full-field capture, then the lens across the field.
+
+    ``frozen``: parameter paths held at nominal in every tile (:func:`metrology.pipeline.measure`).
+
+    The field model needs the tiles to separate its terms (a 3 x 3 grid does); distortion needs
+    the reference layout (known and prior modes). A part that cannot be fitted is left ``None``
+    with the reason in ``notes``.
+    """
+    rep = reporter(progress)
+    tiles = loaded.station.tiles()
+    per_tile = tile_inputs(loaded)
+    fits, measurements = [], []
+    for i, (tile, tile_loaded) in enumerate(zip(tiles, per_tile)):
+        rep.stage(f"tile {i + 1}/{len(tiles)} ({tile.name}, H = ({tile.h[0]:+.2f}, {tile.h[1]:+.2f}))")
+        fit, m = measure(tile_loaded, mode, max_iterations, rep, frozen=frozen, device=device)
+        fits.append(fit)
+        measurements.append(m)
+    central = int(np.argmin([math.hypot(*t.h) for t in tiles]))
+    result = FieldMeasurement(tiles, per_tile, fits, measurements, central, station=combine_station(measurements))
+    data = [tile_data(t.name, t.h, m) for t, m in zip(tiles, measurements)]
+    rep.stage("field model (generalised least squares over the tiles)")
+    _fit_parts(result, data, loaded, mode)
+    return result
+
+
+def _fit_parts(result: FieldMeasurement, data: list, loaded: LoadedInputs, mode: str) -> None:
+    """The field model, distortion and field curvature; a part that cannot be fitted leaves a note."""
+    if not all(np.all(np.isfinite(d.zernike_waves)) for d in data):
+        result.notes.append("field model: a tile measured nothing (see its solver message)")
+        return
+    n_terms = loaded.geometry.zernike_terms
+    try:
+        result.model = fit_field_model(data, n_terms)
+    except ValueError as exc:
+        result.notes.append(f"field model: {exc}")
+    try:
+        result.curvature = fit_field_curvature(data)
+    except ValueError as exc:
+        result.notes.append(f"field curvature: {exc}")
+    if mode == "blind":
+        result.notes.append("distortion: needs the reference sample's known layout (known or prior mode)")
+        return
+    try:
+        result.distortion = fit_distortion(data, loaded.station.field_layout.field_radius_mm)
+    except ValueError as exc:
+        result.notes.append(f"distortion: {exc}")

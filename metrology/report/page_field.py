@@ -1,0 +1,157 @@
+"""The full-field page of the inspection report (only when the document has a ``field`` block,
+``docs/full-field.md``): the lens across the field as maps and tables.
+
+Left map: the RMS wavefront of every tile (Noll 5..K) as a coloured square at the tile's field
+position, astigmatism as a line segment along its axis (length proportional to its magnitude) and
+coma as an arrow (direction of ``(c8, c7)``); +y points down as on every map. Right: each tile's
+distortion (%) and sample defocus (um) against ``|H|``, with the field model's curves. Tables: the
+Hopkins coefficients with U, the field model's chi-square, distortion and magnification, field
+curvature, and every tile. Reads only the result document.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from metrology.report.layout import format_value_u, para, png, spacer, table
+from metrology.report.plots import figure, png_bytes
+
+_FONT = 6.5
+
+
+def _coeff(tile: dict, noll: int) -> float:
+    row = next((z for z in tile["zernike"] if z["noll"] == noll), None)
+    return 0.0 if row is None or row["value"] is None else float(row["value"])
+
+
+def _field_map(ax, doc: dict) -> None:
+    """RMS squares, astigmatism segments, coma arrows over the field (H units, +y down)."""
+    tiles = doc["field"]["tiles"]
+    h = np.array([t["h"] for t in tiles], dtype=float)
+    rms = np.array([np.nan if t["rms_waves"] is None else t["rms_waves"] for t in tiles])
+    step = _grid_step(h)
+    sc = ax.scatter(h[:, 0], h[:, 1], c=rms, cmap="viridis", marker="s", s=(step * 160) ** 2 / max(len(tiles), 1) + 60,
+                    edgecolors="0.3", linewidths=0.3)
+    astig = np.array([math.hypot(_coeff(t, 5), _coeff(t, 6)) for t in tiles])
+    coma = np.array([math.hypot(_coeff(t, 7), _coeff(t, 8)) for t in tiles])
+    a_scale = 0.45 * step / max(astig.max(initial=0.0), 1e-12)
+    c_scale = 0.45 * step / max(coma.max(initial=0.0), 1e-12)
+    for t, (hx, hy), mag in zip(tiles, h, astig):
+        axis = 0.5 * math.atan2(_coeff(t, 5), _coeff(t, 6))  # angle of the cos(2 theta) maximum
+        dx, dy = 0.5 * mag * a_scale * math.cos(axis), 0.5 * mag * a_scale * math.sin(axis)
+        ax.plot([hx - dx, hx + dx], [hy - dy, hy + dy], color="crimson", lw=1.2)
+        ax.annotate("", xy=(hx + c_scale * _coeff(t, 8), hy + c_scale * _coeff(t, 7)), xytext=(hx, hy),
+                    arrowprops={"arrowstyle": "->", "color": "white", "lw": 0.9})
+    lim = np.abs(h).max(initial=0.0) + step
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(lim, -lim)  # +y down
+    ax.set_aspect("equal")
+    ax.set_xlabel("Hx", fontsize=_FONT)
+    ax.set_ylabel("Hy (+y down)", fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT - 1)
+    ax.set_title(f"RMS (colour), astigmatism (red, max {astig.max(initial=0):.3f} w), "
+                 f"coma (arrows, max {coma.max(initial=0):.3f} w)", fontsize=_FONT - 0.5)
+    cb = ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+    cb.ax.tick_params(labelsize=_FONT - 1)
+    cb.set_label("RMS wavefront (waves)", fontsize=_FONT - 1)
+
+
+def _grid_step(h: np.ndarray) -> float:
+    """Smallest spacing between tile centres (H units), 0.5 for a single tile."""
+    if len(h) < 2:
+        return 0.5
+    d = np.hypot(*(h[:, None, :] - h[None, :, :]).transpose(2, 0, 1))
+    return float(d[d > 1e-9].min())
+
+
+def _radial_plot(ax, doc: dict) -> None:
+    """Distortion (%) and sample defocus (um) of each tile against |H|."""
+    f = doc["field"]
+    r = np.array([math.hypot(*t["h"]) for t in f["tiles"]])
+    dist = [t["distortion_percent"] for t in f["tiles"]]
+    ok = [i for i, d in enumerate(dist) if d is not None and d["value"] is not None]
+    if ok:
+        ax.errorbar(r[ok], [dist[i]["value"] for i in ok], yerr=[dist[i]["U"] or 0 for i in ok], fmt="o", ms=2.5,
+                    color="C0", lw=0.6, label="distortion (%)")
+        if f["distortion"] is not None:
+            rr = np.linspace(0, max(r.max(), 1e-6), 50)
+            ax.plot(rr, f["distortion"]["distortion_percent_edge"]["value"] * rr**2, color="C0", lw=0.8)
+    ax.set_xlabel("|H|", fontsize=_FONT)
+    ax.set_ylabel("distortion (%)", fontsize=_FONT, color="C0")
+    ax.tick_params(labelsize=_FONT - 1)
+    ax2 = ax.twinx()
+    dz = [t["sample_defocus_um"] for t in f["tiles"]]
+    keep = [i for i, d in enumerate(dz) if d is not None and d["value"] is not None]
+    ax2.errorbar(r[keep], [dz[i]["value"] for i in keep], yerr=[dz[i]["U"] or 0 for i in keep], fmt="s", ms=2.5,
+                 color="C3", lw=0.6)
+    if f["field_curvature"] is not None:
+        fc = f["field_curvature"]
+        rr = np.linspace(0, max(r.max(), 1e-6), 50)
+        ax2.plot(rr, fc["z0_um"]["value"] + fc["curvature_um"]["value"] * rr**2, color="C3", lw=0.8)
+    ax2.set_ylabel("sample defocus (um)", fontsize=_FONT, color="C3")
+    ax2.tick_params(labelsize=_FONT - 1)
+    ax.set_title("Distortion and focus across the field", fontsize=_FONT)
+
+
+def field_png(doc: dict, width_mm=186.0, height_mm=78.0) -> bytes:
+    """The page's figure: the field map and the radial plot, side by side."""
+    fig = figure(width_mm, height_mm)
+    _field_map(fig.add_subplot(1, 2, 1), doc)
+    _radial_plot(fig.add_subplot(1, 2, 2), doc)
+    fig.tight_layout(pad=0.6)
+    return png_bytes(fig)
+
+
+def _q(q: dict | None) -> str:
+    return "n/a" if q is None else format_value_u(q["value"], q["U"])
+
+
+def summary_rows(doc: dict) -> list:
+    """``(quantity, value ± U, unit)`` rows of the field results."""
+    f = doc["field"]
+    rows = [("Quantity", "Value ± U (k = 2)", "Unit")]
+    model = f["model"]
+    for key in ("W040", "W131", "W222"):
+        rows.append((f"Hopkins {key}", _q(None if model is None else model["seidel_waves"].get(key)), "waves"))
+    fc = f["field_curvature"]
+    rows.append(("Hopkins W220 (from field curvature)", _q(None if fc is None else fc["W220_waves"]), "waves"))
+    rows.append(("Field curvature (sample defocus at |H| = 1)", _q(None if fc is None else fc["curvature_um"]), "um"))
+    d = f["distortion"]
+    rows.append(("Distortion at |H| = 1", _q(None if d is None else d["distortion_percent_edge"]), "%"))
+    rows.append(("Calibrated magnification", _q(None if d is None else d["calibrated_magnification"]), ""))
+    rows.append(("Image rotation", _q(None if d is None else d["rotation_deg"]), "deg"))
+    if model is not None:
+        rows.append(("Field model chi-square / dof (tiles' own u)", f"{model['chi2']:.1f} / {model['dof']}", ""))
+        rows.append(("Per-field scatter not explained by the model", f"{model['scatter_waves']:.4f}", "waves"))
+    return rows
+
+
+def tile_rows(doc: dict) -> list:
+    """Per tile: name, H, RMS, astigmatism and coma magnitudes, distortion, defocus."""
+    rows = [("Tile", "H", "RMS (w)", "Astig. (w)", "Coma (w)", "Distortion (%)", "Defocus (um)")]
+    for t in doc["field"]["tiles"]:
+        rows.append((t["name"], f"({t['h'][0]:+.2f}, {t['h'][1]:+.2f})",
+                     "n/a" if t["rms_waves"] is None else f"{t['rms_waves']:.4f}",
+                     f"{math.hypot(_coeff(t, 5), _coeff(t, 6)):.4f}", f"{math.hypot(_coeff(t, 7), _coeff(t, 8)):.4f}",
+                     _q(t["distortion_percent"]), _q(t["sample_defocus_um"])))
+    return rows
+
+
+def page_field(doc, arrays, st, width_mm, context) -> list:
+    """Page 5 (full-field inspections only): the lens across the field."""
+    f = doc["field"]
+    lay = f["layout"]
+    head = (f"Full field: {len(f['tiles'])} tiles of {lay['tile_px']} px on a {lay['sensor_px'][0]} x "
+            f"{lay['sensor_px'][1]} frame, field radius {lay['field_radius_mm']:g} mm (|H| = 1). The pages before "
+            f"show tile {f['central_tile']} (nearest the axis).")
+    out = [para("Lens across the field", st["h"]), para(head, st["body"]), para("Method: " + f["method"], st["small"]),
+           spacer(), png(field_png(doc, width_mm, 78.0), width_mm, 78.0), spacer()]
+    out.append(table([[para(c, st["cellb" if i == 0 else "cell"]) for c in row] for i, row in enumerate(summary_rows(doc))],
+                     [90, 60, 20]))
+    out += [spacer(), table([[para(c, st["cellb" if i == 0 else "small"]) for c in row]
+                             for i, row in enumerate(tile_rows(doc))], [18, 28, 20, 20, 20, 40, 40])]
+    if f["notes"]:
+        out += [spacer(), para("Notes: " + " ".join(f["notes"]), st["small"])]
+    return out

@@ -1,0 +1,221 @@
+"""Full-field stations: the ``[field]`` section, tiles with exact centres, the full-frame simulator and
+an inspection end to end (3 x 3 tiles of 32 px, 25 LEDs: about 75 s on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metrology.cli import main
+from metrology.errors import InputError
+from metrology.field_terms import COMA_PER_W131
+from metrology.io.field_layout import tile_reference
+from metrology.io.lens_file import load_lens
+from metrology.io.station_file import load_station, parse_station
+from metrology.physics.illumination import Illumination
+from metrology.pipeline import load_inputs
+from metrology.pipeline_field import tile_inputs
+from metrology.references import reference_transmission
+from metrology.report.document import document_errors
+from metrology.simulate import illumination_frequencies, led_positions_mm, nominal_misalignment
+
+ROOT = Path(__file__).resolve().parent.parent
+STATION = ROOT / "fixtures/stations/bench-4x-fullfield.toml"
+LENS = ROOT / "fixtures/lenses/field-4x.toml"
+SPEC = ROOT / "fixtures/specs/plan-4x-010.toml"
+FIELD = "[field]\nsensor_px = [96, 100]\ntile_px = 32\ngrid = [3, 3]\nfield_radius_mm = 0.1\n"
+
+
+def _single_tile_text():
+    return load_station(ROOT / "fixtures/stations/bench-4x-15x15.toml").to_toml().replace("frame_px = 64\n", "")
+
+
+def test_field_section_round_trip_and_tiles():
+    st = parse_station(_single_tile_text() + FIELD + "tiles = [[1, 1], [0, 2]]\noverlap_px = 4\n", "s.toml")
+    assert st.frame_px == 32 and st.field_layout.tile_px == 32
+    assert parse_station(st.to_toml()) == st
+    centre, corner = st.tiles()
+    # the 3 x 3 grid (pitch 28 px) is centred on the 96 x 100 sensor; the centre tile sits on the axis
+    assert centre.origin_px == (32, 34) and centre.center_mm == pytest.approx((0.0, 0.0))
+    assert corner.origin_px == (4, 62)
+    pixel_mm = 6.5 / 4.0 * 1e-3
+    assert corner.center_mm == pytest.approx(((62 + 16 - 50) * pixel_mm, (4 + 16 - 48) * pixel_mm))
+    assert corner.h == pytest.approx((corner.center_mm[0] / 0.1, corner.center_mm[1] / 0.1))
+    tile_st = st.tile_station(corner)
+    assert tile_st.field_layout is None and tile_st.tile_center_mm == corner.center_mm
+    frames = np.arange(2 * 96 * 100).reshape(2, 96, 100)
+    np.testing.assert_array_equal(st.field_layout.cut(frames, corner), frames[:, 4:36, 62:94])
+    # a station without [field] is one tile, as before
+    assert load_station(ROOT / "fixtures/stations/bench-4x-15x15.toml").tiles() == []
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ("colour = 1\n", "unknown key 'field.colour'"),
+    ("tiles = [[3, 0]]\n", "field.tiles: [3, 0] is off the 3x3 grid"),
+    ("tiles = [[0, 0], [0, 0]]\n", "lists a tile twice"),
+    ("overlap_px = 32\n", "field.overlap_px must be an integer in 0..31"),
+])
+def test_field_section_errors_name_the_file(extra, fragment):
+    with pytest.raises(InputError, match="^s.toml: .*" + fragment.replace("[", r"\[").replace("]", r"\]")):
+        parse_station(_single_tile_text() + FIELD + extra, "s.toml")
+
+
+@pytest.mark.parametrize("field, fragment", [
+    (FIELD.replace("grid = [3, 3]", "grid = [4, 3]"), "span 128 px, more than the sensor's 96 rows"),
+    (FIELD.replace("field_radius_mm = 0.1", "field_radius_mm = -1"), "field.field_radius_mm must be a number > 0"),
+    (FIELD.replace("tile_px = 32", "tile_px = 33"), "field.tile_px must be even"),
+    (FIELD.replace("sensor_px = [96, 100]\n", ""), "missing required key 'field.sensor_px'"),
+])
+def test_field_layout_errors(field, fragment):
+    with pytest.raises(InputError, match="^s.toml: .*" + fragment.replace("[", r"\[")):
+        parse_station(_single_tile_text() + field, "s.toml")
+    with pytest.raises(InputError, match="camera.frame_px .* field.tile_px"):
+        parse_station(load_station(ROOT / "fixtures/stations/bench-4x-15x15.toml").to_toml() + FIELD, "s.toml")
+
+
+def test_lens_field_terms(tmp_path):
+    lens = load_lens(LENS)
+    assert lens.field_terms["W131"] == 0.08 and lens.field_terms["coma_constant"] == (0.008, -0.005)
+    z = lens.field_coefficients(np.array([[0.5, 0.0], [0.0, 0.0]]), 15)
+    assert z[0, 7] - z[1, 7] == pytest.approx(0.08 * COMA_PER_W131 * 0.5)  # coma grows linearly with Hx
+    assert z[1, 8] == pytest.approx(0.006)  # the constant Zernike terms stay
+    bad = tmp_path / "bad.toml"
+    bad.write_text(LENS.read_text(encoding="utf-8") + "W999 = 1\n", encoding="utf-8")
+    with pytest.raises(InputError, match="unknown key 'field.W999'"):
+        load_lens(bad)
+
+
+def test_each_tile_has_exact_illumination_from_its_own_centre():
+    st = load_station(STATION)
+    corner = st.tiles()[0]
+    geometry = st.tile_station(corner).geometry()
+    assert geometry.tile_center_mm == corner.center_mm
+    with torch.no_grad():
+        k_model = Illumination(geometry, dtype=torch.float64).spatial_frequencies().numpy()
+    leds = st.led_list()
+    k_exact = illumination_frequencies(st.tile_station(corner), led_positions_mm(st, leds, nominal_misalignment(len(leds))))
+    np.testing.assert_allclose(k_model, k_exact, rtol=1e-9, atol=1e-12)
+    k_axis = illumination_frequencies(st, led_positions_mm(st, leds, nominal_misalignment(len(leds))))
+    shift = k_exact - k_axis  # not a common (paraxial) shift: it changes from LED to LED (by 5 % here)
+    assert np.ptp(shift[:, 0]) > 0.03 * np.abs(shift[:, 0]).mean() and np.abs(shift).max() > 1e-3
+
+
+def test_tile_reference_is_the_sample_the_tile_sees():
+    st = load_station(STATION)
+    t = reference_transmission("random-broadband", st.fov_um, 64, seed=0)
+    tile = st.tiles()[5]  # r1c2, origin (32, 64): whole periods of the 32-px sample
+    np.testing.assert_array_equal(tile_reference(t, tile, 32), t)
+    shifted = st.field_layout.tile_at((0, 0), (3, 5), 6.5 / 4)
+    assert tile_reference(t, shifted, 32)[0, 0] == t[6, 10]
+
+
+@pytest.fixture(scope="module")
+def inspected(tmp_path_factory):
+    """A full-frame capture of the fixture lens (random misalignment), inspected with the API."""
+    # lazy: the API facade loads the application layer by name
+    import metrology
+
+    out = tmp_path_factory.mktemp("ff")
+    assert main(["simulate", "--station", str(STATION), "--lens", str(LENS), "--out", str(out),
+                 "--misalignment", "random", "--seed", "3"]) == 0
+    result = metrology.inspect(out / "capture.tif", out / "station.toml", SPEC, device="cpu")
+    return result, json.loads((out / "truth.json").read_text(encoding="utf-8")), out
+
+
+def test_full_field_inspection_recovers_the_lens_across_the_field(inspected):
+    result, truth, _ = inspected
+    f = result.document["field"]
+    assert document_errors(result.document) == []
+    assert f["notes"] == [] and len(f["tiles"]) == 9 and f["central_tile"] == "r1c1"
+    seidel = f["model"]["seidel_waves"]
+    for key in ("W040", "W131", "W222"):  # within U and within 0.006 waves of the truth
+        assert abs(seidel[key]["value"] - truth["field.lens_terms"][key]) < max(seidel[key]["U"], 1e-3), key
+        assert abs(seidel[key]["value"] - truth["field.lens_terms"][key]) < 0.006, key
+    cols = {c["name"]: c for c in f["model"]["columns"]}
+    assert cols["const.Z8"]["value"] == pytest.approx(0.008, abs=0.001)  # nodal constant coma
+    assert cols["const.Z7"]["value"] == pytest.approx(-0.005, abs=0.001)
+    assert cols["const.Z9"]["value"] == pytest.approx(0.006, abs=0.001)
+    assert f["model"]["chi2"] / f["model"]["dof"] < 3
+    w220 = f["field_curvature"]["W220_waves"]
+    assert abs(w220["value"] - 0.05) < max(w220["U"], 0.005)
+    assert f["field_curvature"]["curvature_um"]["value"] < 0  # W222 / 2 + W220 > 0: the focus moves towards -z
+
+
+def test_full_field_distortion_and_magnification(inspected):
+    result, truth, _ = inspected
+    d = result.document["field"]["distortion"]
+    assert abs(d["distortion_percent_edge"]["value"]) < max(d["distortion_percent_edge"]["U"], 0.01)  # no W311
+    # W131's tilt part (W131 H / 3 of Noll 2/3) moves each tile's image: a sample shift of
+    # -2 c2 / (NA / lambda) um, linear in H: the magnification error the fit reports
+    c2_per_h = truth["field.lens_terms"]["W131"] / 3
+    expected = -2 * c2_per_h / (0.1 / 0.52) / 75.0
+    assert d["magnification_error"]["value"] == pytest.approx(expected, abs=max(d["magnification_error"]["U"], 2e-4))
+    assert d["calibrated_magnification"]["value"] == pytest.approx(4.0 * (1 + d["magnification_error"]["value"]))
+
+
+def test_full_field_station_estimates(inspected):
+    result, truth, _ = inspected
+    station = {s["name"]: s for s in result.document["field"]["station"]}
+    for name, value in (("illumination.shift_mm[0]", truth["illumination.shift_mm"][0]),
+                        ("illumination.shift_mm[1]", truth["illumination.shift_mm"][1]),
+                        ("illumination.rotation_deg", truth["illumination.rotation_deg"])):
+        assert abs(station[name]["value"] - value) < max(4 * station[name]["u"], 0.01), name
+    assert "sample.position_um[0]" not in station  # the pose varies across the field
+    assert math.isfinite(result.document["field"]["tiles"][0]["sample_defocus_um"]["value"])
+
+
+def test_full_field_pdf_page_rendered_and_read(inspected, tmp_path):
+    # lazy: the API facade loads the application layer by name
+    import shutil
+    import subprocess
+
+    import metrology
+
+    if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
+        pytest.skip("pdftotext/pdftoppm (poppler-utils) are not installed")
+    result, _, _ = inspected
+    pdf, json_file = metrology.write_report(result, tmp_path)
+    assert document_errors(json.loads(Path(json_file).read_text(encoding="utf-8"))) == []
+    text = subprocess.run(["pdftotext", "-f", "5", "-l", "5", str(pdf), "-"], check=True, capture_output=True,
+                          text=True).stdout
+    text = " ".join(text.split())
+    assert "Lens across the field" in text and "page 5 of 5" in text
+    for fragment in ("Hopkins W131", "Hopkins W220", "Distortion at |H| = 1", "Calibrated magnification", "r0c0", "r2c2"):
+        assert fragment in text, fragment
+    w222 = result.document["field"]["model"]["seidel_waves"]["W222"]
+    assert f"{w222['value']:.3f}"[:4] in text  # the table prints the fitted W222
+    subprocess.run(["pdftoppm", "-f", "5", "-l", "5", "-r", "30", "-png", str(pdf), str(tmp_path / "p")], check=True)
+    (page,) = sorted(tmp_path.glob("p*.png"))
+    # lazy: matplotlib reads the page back
+    from matplotlib.image import imread
+
+    img = imread(page)
+    assert img.shape[0] > img.shape[1] > 200 and img[..., :3].std() > 0.05  # an A4 page with a drawn figure
+
+
+def test_zernike_export_at_a_field_point(inspected, tmp_path, capsys):
+    result, truth, _ = inspected
+    doc_path = tmp_path / "r.json"
+    doc_path.write_text(json.dumps(result.document), encoding="utf-8")
+    corner = result.document["field"]["tiles"][8]["h"]  # r2c2
+    out = tmp_path / "z.csv"
+    assert main(["zernike-export", str(doc_path), "--format", "csv", "--field", f"{corner[0]},{corner[1]}",
+                 "--out", str(out)]) == 0
+    rows = {int(r.split(",")[0]): r.split(",") for r in out.read_text().splitlines() if r[:1].isdigit()}
+    # the model at the corner tile: near the simulated lens there (0.02 waves of nothing unmodelled)
+    true_corner = next(b for b in truth["field.blocks"] if b["origin_px"] == [64, 64])["zernike_waves"]
+    for noll in (5, 6, 7, 8, 11):
+        assert float(rows[noll][7]) == pytest.approx(true_corner[noll - 1], abs=max(2 * float(rows[noll][9]), 2e-3))
+    assert f"tile_center_mm: ({corner[0] * 0.075:g}" in out.read_text()
+    assert main(["zernike-export", str(doc_path), "--format", "csv", "--field", "3,0"]) == 2
+    assert "extrapolates beyond the measured tiles" in capsys.readouterr().err
+    single = dict(result.document)
+    del single["field"]
+    doc_path.write_text(json.dumps(single), encoding="utf-8")
+    assert main(["zernike-export", str(doc_path), "--format", "csv", "--field", "0,0"]) == 2
+    assert "has no full-field model" in capsys.readouterr().err
