@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import ptylab_adapter as pa  # noqa: E402  (numpy only; PtyLab and h5py are imported when a run starts)
+from common import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -319,9 +319,8 @@ def cpu_table(rows) -> str:
 def machine_line() -> str:
     import torch
 
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{gpu}, "
-            f"torch {torch.__version__} threads {torch.get_num_threads()}, python {platform.python_version()}")
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"machine: {machine()}{gpu}"
 
 
 def fmt(v, spec=".4f"):

@@ -94,13 +94,7 @@ def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS
             message = f"not converged: iteration budget spent with a {eq.worst:.2g} sigma step left"
         elif message is None:
             step += 1
-            after = _best_step(model, specs, evaluate, eq.jtj, eq.jtr, eq.delta)
-            if after is not None:
-                def reweigh(lin=lin):  # the variances at the current point, the Hessian under them
-                    moved = weighting.update(model, data, mask, noise)
-                    return moved, _normal_equations(lin.rescaled(weighting.residual_scale(mask)), model, priors).jtj
-
-                after = _quasi_newton_steps(model, specs, evaluate, reweigh, float(mask.sum()))
+            after = _step(model, data, mask, noise, specs, evaluate, weighting, priors, lin, eq)
             if after is None and eq.worst < 2 * POLISH_TOLERANCE:
                 # the predicted loss decrease is below the loss's floating-point resolution
                 message = f"converged at numerical precision ({eq.worst:.2g} sigma step left)"
@@ -115,6 +109,21 @@ def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS
             meat = lin.meat() + (eq.jtj - eq.data_jtj) if eq.finite else eq.jtj  # the prior's rows are exact
             per_group = {"leds": lin.per_group(groups), "regions": lin.per_block(SPATIAL_BLOCKS)}
             return message.startswith("converged"), (eq.jtj, meat), lin.columns, per_group, message, step
+
+
+def _step(model, data, mask, noise, specs, evaluate, weighting, priors, lin, eq) -> float | None:
+    """The best Gauss-Newton candidate from ``eq`` (:func:`_best_step`), then quasi-Newton steps on
+    ``lin`` (:func:`_quasi_newton_steps`); the loss after them, None if no candidate lowers it."""
+    after = _best_step(model, specs, evaluate, eq.jtj, eq.jtr, eq.delta)
+    if after is None:
+        return None
+
+    def reweigh():  # the variances re-estimated at the current point: their largest change
+        return weighting.update(model, data, mask, noise)
+
+    # J^T W J of ``lin`` under the variances now
+    reweigh.hessian = lambda: _normal_equations(lin.rescaled(weighting.residual_scale(mask)), model, priors).jtj
+    return _quasi_newton_steps(model, specs, evaluate, reweigh, float(mask.sum()))
 
 
 @dataclass
@@ -163,7 +172,7 @@ DAMPINGS = (1e-2, 1e-1, 1.0, 10.0)
 """Levenberg-Marquardt dampings (relative to the diagonal of ``J^T W J``) of a step's candidates."""
 QUASI_DAMPINGS = (1e-2, 1e-1)
 """The dampings of a quasi-Newton step's candidates (the larger ones rarely win there)."""
-CHEAP_STEPS = 8
+CHEAP_STEPS = 6
 """Quasi-Newton steps per linearisation that reuse its ``J^T J`` (secant-updated) with a fresh gradient."""
 QUASI_WEIGHT_CHANGE = 0.05
 """Largest relative change of a learned variance under which the quasi-Newton steps keep their
@@ -188,12 +197,14 @@ def _quasi_newton_steps(model, specs, evaluate, reweigh, n_valid: float) -> floa
     """Steps that reuse a linearisation after its Gauss-Newton step, alternated with the learned
     data variances (moving a frame's brightness changes its residuals, hence its variances).
 
-    Each step re-estimates the variances at the current point; ``reweigh()`` returns their
-    largest relative change and the linearisation's ``J^T W J`` under them (a rescale, no new
-    Jacobian). The step takes a fresh gradient ``J^T W r`` (one backward pass) and that ``J^T W J``
+    Each step re-estimates the variances at the current point (``reweigh()`` returns their
+    largest relative change); when they moved by more than :data:`QUASI_WEIGHT_CHANGE`,
+    ``reweigh.hessian()`` gives the linearisation's ``J^T W J`` under them (a rescale, no new
+    Jacobian) and the secant updates start again. The step takes a fresh gradient ``J^T W r`` (one backward pass) and that ``J^T W J``
     corrected by BFGS secant updates from the previous step under the same variances
     (``y = g - g_prev`` over the step ``s``; skipped unless ``s^T y > 0``, which keeps it positive
-    definite), and keeps the best of the full, half and quarter step.
+    definite), and keeps the best of the full, half and quarter step and the
+    :data:`QUASI_DAMPINGS` Levenberg-Marquardt steps.
 
     Stops when the predicted step is below :data:`QUASI_TARGET` x :data:`POLISH_TOLERANCE`
     standard deviations with variances that moved by less than :data:`QUASI_WEIGHT_CHANGE` (the
@@ -209,9 +220,9 @@ def _quasi_newton_steps(model, specs, evaluate, reweigh, n_valid: float) -> floa
     x0 = g0 = hess = None
     loss = None
     for _ in range(CHEAP_STEPS):
-        moved, fresh = reweigh()
-        if hess is None or moved > QUASI_WEIGHT_CHANGE:
-            hess, x0, g0 = fresh, None, None  # a new objective: no secant pair across it
+        moved = reweigh()
+        if hess is None or moved > QUASI_WEIGHT_CHANGE:  # a new objective: no secant pair across it
+            hess, x0, g0 = reweigh.hessian(), None, None
         loss, g = _loss_and_gradient(model, specs, evaluate, n_valid)
         if g is None:
             break
