@@ -2,8 +2,10 @@
 
 After the staged L-BFGS rounds (:mod:`metrology.solver.reconstruct`), :func:`polish` takes
 Gauss-Newton steps on the system parameters until the remaining step is below
-:data:`POLISH_TOLERANCE` standard deviations of every parameter with the learned data variances
-settled: that is the convergence test of every mode. At the final point it returns what the
+:data:`POLISH_TOLERANCE` standard deviations of every parameter, from a fresh linearisation
+with the learned data variances re-estimated at that point: that is the convergence test of every
+mode. Between linearisations, quasi-Newton steps reuse the last one (the Jacobian is most of the
+polish's cost). At the final point it returns what the
 uncertainty evaluation needs (:mod:`metrology.solver.uncertainty`): the posterior information
 ``J^T W J`` (data with the learned variances, plus the priors), the sandwich meat ``J^T W S W J``,
 and the per-LED-group and per-image-region normal equations of the linearised jackknifes.
@@ -173,7 +175,8 @@ DAMPINGS = (1e-2, 1e-1, 1.0, 10.0)
 QUASI_DAMPINGS = (1e-2, 1e-1)
 """The dampings of a quasi-Newton step's candidates (the larger ones rarely win there)."""
 CHEAP_STEPS = 6
-"""Quasi-Newton steps per linearisation that reuse its ``J^T J`` (secant-updated) with a fresh gradient."""
+"""Quasi-Newton steps per linearisation that reuse its ``J^T W J`` (secant-updated) with a fresh
+gradient."""
 QUASI_WEIGHT_CHANGE = 0.05
 """Largest relative change of a learned variance under which the quasi-Newton steps keep their
 secant updates (and may stop)."""
@@ -193,15 +196,16 @@ def remaining_step_sigma(model, specs, evaluate, jtj, n_valid: float) -> float:
     return _step_sigma(inv @ g, inv)
 
 
-def _quasi_newton_steps(model, specs, evaluate, reweigh, n_valid: float) -> float | None:
+def _quasi_newton_steps(model, specs, evaluate, reweigh, n_valid: float) -> float:
     """Steps that reuse a linearisation after its Gauss-Newton step, alternated with the learned
     data variances (moving a frame's brightness changes its residuals, hence its variances).
 
     Each step re-estimates the variances at the current point (``reweigh()`` returns their
     largest relative change); when they moved by more than :data:`QUASI_WEIGHT_CHANGE`,
     ``reweigh.hessian()`` gives the linearisation's ``J^T W J`` under them (a rescale, no new
-    Jacobian) and the secant updates start again. The step takes a fresh gradient ``J^T W r`` (one backward pass) and that ``J^T W J``
-    corrected by BFGS secant updates from the previous step under the same variances
+    Jacobian) and the secant updates start again. The step takes a fresh gradient ``J^T W r``
+    (one backward pass) and that ``J^T W J`` corrected by BFGS secant updates from the previous
+    step under the same variances
     (``y = g - g_prev`` over the step ``s``; skipped unless ``s^T y > 0``, which keeps it positive
     definite), and keeps the best of the full, half and quarter step and the
     :data:`QUASI_DAMPINGS` Levenberg-Marquardt steps.
