@@ -96,5 +96,5 @@ def test_an_offmodel_polish_converges_with_fewer_jacobian_rebuilds(offmodel, mon
     # before issue 18's polish: 13 rebuilds in the polish, "not converged: iteration budget spent
     # with a 9.2 sigma step left", Noll 5-15 error 0.0110 waves, LED shift error 56 um
     assert result["converged"], result["message"]
-    assert len(calls) <= 9
+    assert len(calls) <= 10
     assert result["error_5_15"] < 0.0105

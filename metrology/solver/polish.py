@@ -96,7 +96,7 @@ def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS
             message = f"not converged: iteration budget spent with a {eq.worst:.2g} sigma step left"
         elif message is None:
             step += 1
-            after = _step(model, data, mask, noise, specs, evaluate, weighting, priors, lin, eq)
+            after = _step(model, specs, evaluate, eq, float(mask.sum()))
             if after is None and eq.worst < 2 * POLISH_TOLERANCE:
                 # the predicted loss decrease is below the loss's floating-point resolution
                 message = f"converged at numerical precision ({eq.worst:.2g} sigma step left)"
@@ -113,19 +113,11 @@ def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS
             return message.startswith("converged"), (eq.jtj, meat), lin.columns, per_group, message, step
 
 
-def _step(model, data, mask, noise, specs, evaluate, weighting, priors, lin, eq) -> float | None:
+def _step(model, specs, evaluate, eq, n_valid: float) -> float | None:
     """The best Gauss-Newton candidate from ``eq`` (:func:`_best_step`), then quasi-Newton steps on
-    ``lin`` (:func:`_quasi_newton_steps`); the loss after them, None if no candidate lowers it."""
+    its ``J^T W J`` (:func:`_quasi_newton_steps`); the loss after them, None if no candidate lowers it."""
     after = _best_step(model, specs, evaluate, eq.jtj, eq.jtr, eq.delta)
-    if after is None:
-        return None
-
-    def reweigh():  # the variances re-estimated at the current point: their largest change
-        return weighting.update(model, data, mask, noise)
-
-    # J^T W J of ``lin`` under the variances now
-    reweigh.hessian = lambda: _normal_equations(lin.rescaled(weighting.residual_scale(mask)), model, priors).jtj
-    return _quasi_newton_steps(model, specs, evaluate, reweigh, float(mask.sum()))
+    return None if after is None else _quasi_newton_steps(model, specs, evaluate, eq.jtj, n_valid)
 
 
 @dataclass
@@ -177,9 +169,6 @@ QUASI_DAMPINGS = (1e-2, 1e-1)
 CHEAP_STEPS = 6
 """Quasi-Newton steps per linearisation that reuse its ``J^T W J`` (secant-updated) with a fresh
 gradient."""
-QUASI_WEIGHT_CHANGE = 0.05
-"""Largest relative change of a learned variance under which the quasi-Newton steps keep their
-secant updates (and may stop)."""
 QUASI_TARGET = 0.25
 """The quasi-Newton steps stop once the step they predict is below this fraction of
 :data:`POLISH_TOLERANCE`: the next (fresh) linearisation then usually passes the test."""
@@ -196,37 +185,29 @@ def remaining_step_sigma(model, specs, evaluate, jtj, n_valid: float) -> float:
     return _step_sigma(inv @ g, inv)
 
 
-def _quasi_newton_steps(model, specs, evaluate, reweigh, n_valid: float) -> float:
-    """Steps that reuse a linearisation after its Gauss-Newton step, alternated with the learned
-    data variances (moving a frame's brightness changes its residuals, hence its variances).
+def _quasi_newton_steps(model, specs, evaluate, jtj, n_valid: float) -> float:
+    """Steps that reuse a linearisation's ``J^T W J`` after its Gauss-Newton step, with the data
+    variances held (re-estimating them every step moves the target every step: EM-slow).
 
-    Each step re-estimates the variances at the current point (``reweigh()`` returns their
-    largest relative change); when they moved by more than :data:`QUASI_WEIGHT_CHANGE`,
-    ``reweigh.hessian()`` gives the linearisation's ``J^T W J`` under them (a rescale, no new
-    Jacobian) and the secant updates start again. The step takes a fresh gradient ``J^T W r``
-    (one backward pass) and that ``J^T W J`` corrected by BFGS secant updates from the previous
-    step under the same variances
-    (``y = g - g_prev`` over the step ``s``; skipped unless ``s^T y > 0``, which keeps it positive
-    definite), and keeps the best of the full, half and quarter step and the
-    :data:`QUASI_DAMPINGS` Levenberg-Marquardt steps.
+    Each step takes a fresh gradient ``J^T W r`` (one backward pass) and ``J^T W J`` corrected by
+    BFGS secant updates from the previous step (``y = g - g_prev`` over the step ``s``; skipped
+    unless ``s^T y > 0``, which keeps it positive definite), and keeps the best of the full, half
+    and quarter step and the :data:`QUASI_DAMPINGS` Levenberg-Marquardt steps: in a curved valley
+    the damped steps are the ones that make progress, and the secant updates learn its bend.
 
     Stops when the predicted step is below :data:`QUASI_TARGET` x :data:`POLISH_TOLERANCE`
-    standard deviations with variances that moved by less than :data:`QUASI_WEIGHT_CHANGE` (the
-    caller's fresh linearisation then tests it), when no candidate lowers the loss (the predicted
-    and actual decrease disagree: time to re-linearise), or after :data:`CHEAP_STEPS`. None of
-    this decides convergence.
+    standard deviations (the caller's fresh linearisation then tests it), when no candidate lowers
+    the loss (the predicted and actual decrease disagree: time to re-linearise), or after
+    :data:`CHEAP_STEPS`. None of this decides convergence.
 
     Returns
     -------
     float
-        The loss after the steps (under the variances now).
+        The loss after the steps.
     """
-    x0 = g0 = hess = None
+    hess, x0, g0 = jtj.clone(), None, None
     loss = None
     for _ in range(CHEAP_STEPS):
-        moved = reweigh()
-        if hess is None or moved > QUASI_WEIGHT_CHANGE:  # a new objective: no secant pair across it
-            hess, x0, g0 = reweigh.hessian(), None, None
         loss, g = _loss_and_gradient(model, specs, evaluate, n_valid)
         if g is None:
             break
@@ -240,9 +221,9 @@ def _quasi_newton_steps(model, specs, evaluate, reweigh, n_valid: float) -> floa
         inv = psd_inverse(hess)
         delta = -(inv @ g)
         if _DEBUG:
-            print(f"  quasi-Newton: loss {loss:.7f}, variances moved {moved:.3g}, predicted step "
-                  f"{_step_sigma(delta, inv):.3g} sigma, secant {x0 is not None}", flush=True)
-        if _step_sigma(delta, inv) < QUASI_TARGET * POLISH_TOLERANCE and moved <= QUASI_WEIGHT_CHANGE:
+            print(f"  quasi-Newton: loss {loss:.7f}, predicted step {_step_sigma(delta, inv):.3g} sigma, "
+                  f"secant {x0 is not None}", flush=True)
+        if _step_sigma(delta, inv) < QUASI_TARGET * POLISH_TOLERANCE:
             break
         after = _best_step(model, specs, evaluate, hess, g, delta, QUASI_DAMPINGS, loss)
         if after is None or after > loss - 1e-7 * abs(loss):
