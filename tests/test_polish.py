@@ -65,7 +65,9 @@ def test_polish_ends_on_a_fresh_linearisation_with_the_variances_of_the_final_po
     specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
     lin = linearise(model, fit.data, weighting.residual_scale(fit.mask), noise, specs)
     jtj, _ = add_to_normal_equations(*lin.normal(), model, schedule.priors, lin.columns)
-    torch.testing.assert_close(fit.jtj.double(), jtj.cpu(), rtol=1e-6, atol=1e-9 * float(jtj.abs().max()))
+    # float32 tangents: a rescaled linearisation agrees with a fresh one to ~1e-5 (variances moved
+    # by 1 % change J^T W J by ~1e-2)
+    torch.testing.assert_close(fit.jtj.double(), jtj.cpu(), rtol=1e-4, atol=1e-7 * float(jtj.abs().max()))
 
 
 @pytest.fixture(scope="module")
