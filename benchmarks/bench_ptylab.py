@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import ptylab_adapter as pa  # noqa: E402  (numpy only; PtyLab and h5py are imported when a run starts)
+from common import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,7 +193,7 @@ def run_ours(station, leds, capture, truth, metric: PupilMetric, mode: str, max_
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)
     trace = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
 
     def observe(zernike_waves):  # the lens estimate the solver holds now (projections, then iterations)
         trace.append((time.perf_counter() - t0, metric.of_coefficients(zernike_waves.detach().cpu().double().numpy())))
@@ -208,12 +208,12 @@ def run_ours(station, leds, capture, truth, metric: PupilMetric, mode: str, max_
     except Exception as exc:  # report, do not hide: the blind mode may not exist yet
         out.update(error=f"{type(exc).__name__}: {exc}", wall_s=time.perf_counter() - t0)
         return out
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
         xy = model.illumination.led_positions_mm()[:, :2].double().cpu().numpy()
     xy = xy - np.asarray(station.tile_center_mm)[None, :]
     out.update(
-        wall_s=wall, pupil_err=metric.of_coefficients(model.pupil.zernike_waves.detach().double().cpu().numpy()),
+        wall_s=wall, cpu_s=cpu, pupil_err=metric.of_coefficients(model.pupil.zernike_waves.detach().double().cpu().numpy()),
         led_xy_mm=xy, trace=trace, message=res.message, iterations=res.iterations,
         reduced_chi2=res.reduced_chi2, state=model.station_state(),
     )
@@ -249,13 +249,78 @@ def check_metric(iterations: int = 200, log=print) -> float:
     return err
 
 
+# ---------------------------------------------------------------------------- CPU seconds
+CPU_CASE = (15, 64, 200)
+"""The CPU-seconds comparison (issue 18): 15 x 15 LEDs, 64 px frames, PtyLab qNewton 200 iterations
+(its FPM tutorial's count for 64 px frames)."""
+SPEC_FILE = ROOT / "fixtures" / "specs" / "plan-4x-010.toml"
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) plus its waited-for children."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
+def inspect_cpu(station, capture, metric: PupilMetric, mode: str, workdir: Path) -> dict:
+    """A full inspection (``metrology.inspect``: load, fit, Gauss-Newton polish, uncertainty with the
+    GUM budget, verdict; no report file) of ``capture``, with its wall and CPU seconds."""
+    from metrology import inspect
+    from metrology.io import write_capture
+
+    cap_path, st_path = workdir / f"capture-{mode}.tif", workdir / f"station-{mode}.toml"
+    write_capture(cap_path, capture)
+    st_path.write_text(station.to_toml())
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    res = inspect(cap_path, st_path, SPEC_FILE, mode=mode, device="cpu", audit_db=workdir / "no-store.sqlite")
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    m = res.measurement
+    return dict(label=f"ours, full inspection ({mode})", wall_s=wall, cpu_s=cpu,
+                pupil_err=metric.of_coefficients(m.zernike_waves), converged=m.solver.converged,
+                message=m.solver.message, verdict=res.document["verdict"]["overall"],
+                fit_s=res.document["timings_s"]["reconstruct"])
+
+
+def cpu_comparison(workdir: Path, seed: int = 0, modes=("known", "blind"), log=print) -> list:
+    """PtyLab's calibrated qNewton ("best found" settings) and our full inspection, back to back on
+    one 15 x 15 x 64^2 capture, one thread each; CPU seconds and the ratios ours / PtyLab."""
+    side, px, iters = CPU_CASE
+    station, leds, capture, truth = make_case(STATION_FILE, side, px, seed)
+    metric = PupilMetric(station, truth["pupil.zernike_waves"], station.zernike_terms)
+    h5 = workdir / "cpu_case.hdf5"
+    from metrology.solver.quality import estimate_background
+
+    pa.write_ptylab_input(h5, station, leds, capture.frames, estimate_background(np.asarray(capture.frames, float)),
+                          truth["relative_exposure"])
+    c0 = cpu_seconds()
+    r = pa.run_ptylab(h5, engine="qNewton", iterations=iters, calibration_mode="EuclideanTransform", seed=seed)
+    rows = [dict(label=f"PtyLab qNewton {iters} it, calibrated (EuclideanTransform)", wall_s=r["wall_s"],
+                 cpu_s=cpu_seconds() - c0, pupil_err=metric.of_pixel_map(r["pupil"]))]
+    log(f"[cpu] {rows[0]['label']}: pupil {rows[0]['pupil_err']:.4f} waves, wall {rows[0]['wall_s']:.1f} s, "
+        f"CPU {rows[0]['cpu_s']:.1f} s (from HDF5 read to the end; adapter's own span {r['cpu_s']:.1f} s)")
+    for mode in modes:
+        o = inspect_cpu(station, capture, metric, mode, workdir)
+        rows.append(o)
+        log(f"[cpu] {o['label']}: pupil {o['pupil_err']:.4f} waves, wall {o['wall_s']:.1f} s (fit {o['fit_s']:.1f} s), "
+            f"CPU {o['cpu_s']:.1f} s, verdict {o['verdict']}, {o['message']}")
+    return rows
+
+
+def cpu_table(rows) -> str:
+    ref = rows[0]["cpu_s"]
+    lines = ["| method | pupil error (waves RMS) | wall (s) | CPU (s) | CPU ours / PtyLab |", "|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        lines.append(f"| {r['label']} | {fmt(r['pupil_err'])} | {fmt(r['wall_s'], '.1f')} | {fmt(r['cpu_s'], '.1f')} | "
+                     f"{'-' if i == 0 else fmt(ratio(r['cpu_s'], ref), '.2f')} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- report
 def machine_line() -> str:
     import torch
 
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{gpu}, "
-            f"torch {torch.__version__} threads {torch.get_num_threads()}, python {platform.python_version()}")
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"machine: {machine()}{gpu}"
 
 
 def fmt(v, spec=".4f"):
@@ -305,12 +370,12 @@ def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, mo
             rows.append(dict(label=label, error=f"{type(exc).__name__}: {exc}"))
             log(f"[{name}] {label}: failed: {exc}")
             continue
-        row = dict(label=label, pupil_err=metric.of_pixel_map(r["pupil"]), wall_s=r["wall_s"],
+        row = dict(label=label, pupil_err=metric.of_pixel_map(r["pupil"]), wall_s=r["wall_s"], cpu_s=r["cpu_s"],
                    led_err=led_rms_error_mm(r["led_xy_mm"], true_xy),
                    led_err_cal=led_rms_error_mm(r["led_xy_calibrated_mm"], true_xy), settings=r["settings"])
         rows.append(row)
         log(f"[{name}] {label}: pupil {row['pupil_err']:.4f} waves, LED {row['led_err']:.3f} mm "
-            f"(after calibration {row['led_err_cal']:.3f}), {row['wall_s']:.1f} s")
+            f"(after calibration {row['led_err_cal']:.3f}), {row['wall_s']:.1f} s, CPU {row['cpu_s']:.1f} s")
     valid = [r for r in rows if "pupil_err" in r]
     best = min(valid, key=lambda r: r["pupil_err"]) if valid else None
     reference = best  # the most demanding target: PtyLab's lowest pupil error in this run, any engine
@@ -323,7 +388,7 @@ def run_case(name, leds_per_side, frame_px, ptylab_iterations, workdir: Path, mo
             o["led_err"] = led_rms_error_mm(o["led_xy_mm"], true_xy)
             o["t_reach"] = time_to_reach(o["trace"], reference["pupil_err"]) if reference else None
             log(f"[{name}] ours ({mode}): pupil {o['pupil_err']:.4f} waves, LED {o['led_err']:.3f} mm, "
-                f"{o['wall_s']:.1f} s, {o['iterations']} it, {o['message']}")
+                f"{o['wall_s']:.1f} s, CPU {o['cpu_s']:.1f} s, {o['iterations']} it, {o['message']}")
         ours.append(o)
     return dict(name=name, n_leds=len(leds), frame_px=frame_px, ptylab=rows, reference=reference, ours=ours,
                 nominal_led_err=led_rms_error_mm(nominal_xy, true_xy), zero_pupil_err=metric.of_coefficients([]),
@@ -373,6 +438,9 @@ def main(argv=None) -> int:
                     help="both solvers on the CPU (default) or both on the GPU (ours on torch CUDA, PtyLab on CuPy)")
     ap.add_argument("--ptylab-runs", choices=("all", "reference"), default="all",
                     help="every PtyLab configuration (default) or only qNewton with the best settings found")
+    ap.add_argument("--cpu", action="store_true",
+                    help="only the CPU-seconds comparison: PtyLab's calibrated qNewton and our full inspection "
+                         "(--modes) on one 15x15 LED / 64 px capture, back to back, one thread each")
     args = ap.parse_args(argv)
     try:
         import h5py  # noqa: F401
@@ -382,8 +450,21 @@ def main(argv=None) -> int:
         return 2
     import importlib.metadata as md
 
+    if args.cpu:  # one thread each: torch's and every BLAS/OpenMP pool numpy and scipy use
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(1)
+        threadpool_limits(1)
     print(machine_line())
-    print(f"ptylab {md.version('ptylab')}, numpy {np.__version__}")
+    print(f"ptylab {md.version('ptylab')}, numpy {np.__version__}; load average {os.getloadavg()[0]:.2f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.cpu:
+        with tempfile.TemporaryDirectory(prefix="bench_ptylab_cpu_") as tmp:
+            rows = cpu_comparison(Path(tmp), args.seed, [m.strip() for m in args.modes.split(",") if m.strip()])
+        print("\n" + cpu_table(rows))
+        print(f"load average at the end {os.getloadavg()[0]:.2f}")
+        return 0
     cases = list(CASES.items())[:1] if args.quick else list(CASES.items())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     results = []

@@ -106,6 +106,20 @@ class Linearisation:
     def rtr(self) -> float:
         return float((self.residual.double() ** 2).sum())
 
+    def rescaled(self, mask: torch.Tensor) -> "Linearisation":
+        """The same linearisation with the per-pixel residual scale ``mask`` instead of ``self.mask``.
+
+        The residuals and every tangent are the unscaled ones times the scale, so at the same
+        parameter values a new scale (re-estimated data variances, :mod:`metrology.solver.weights`)
+        changes them by the ratio of the scales: this equals a fresh :func:`linearise` with ``mask``
+        (to rounding) without a forward-mode pass. Pixels outside the old scale (0) must stay out.
+        """
+        old = self.mask
+        if bool(((old == 0) & (mask != 0)).any()):
+            raise ValueError("the new residual scale covers pixels the linearisation left out")
+        ratio = torch.where(old != 0, mask / torch.where(old != 0, old, torch.ones_like(old)), torch.zeros_like(old))
+        return Linearisation(self.tangents * ratio, self.residual * ratio, mask, self.columns, self.plain, self.bright)
+
 
 def linearise(model, data, mask, noise, specs) -> Linearisation:
     """Whitened residuals times ``mask`` and their Jacobian for the free elements of ``specs``.
