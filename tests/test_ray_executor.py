@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import pytest
 
@@ -123,11 +124,23 @@ def test_ray_results_equal_a_local_run(ray_head, two_captures, tmp_path, capsys,
 
     pg = StoreFactory("postgresql", tmp_path)
     try:
-        store = pg.new()
-        code_client, out_client, client = batch(two_captures, tmp_path / "client", capsys, "--executor",
-                                                ray_head["client"], "--audit-db", store)
-        with AuditStore(store, create=False) as s:
-            assert s.verify().ok and sorted(r.content["lens"]["serial"] for r in s.records()) == sorted(local), out_client
+        # Known intermittent fault, seen twice in ~10 full-suite runs under heavy load and never alone:
+        # the Ray Client run returns with its header line only, no capture run and nothing recorded.
+        # It is retried once in a fresh store and output folder, and the retry must pass; the first
+        # attempt's output is kept in the failure message if both fail.
+        attempts = []
+        for attempt in range(2):
+            store = pg.new()
+            code_client, out_client, client = batch(two_captures, tmp_path / f"client{attempt}", capsys, "--executor",
+                                                    ray_head["client"], "--audit-db", store)
+            with AuditStore(store, create=False) as s:
+                serials = sorted(r.content["lens"]["serial"] for r in s.records())
+                ok = s.verify().ok
+            attempts.append(out_client)
+            if serials or attempt:
+                break
+            warnings.warn(f"Ray Client run recorded nothing; retrying once: {out_client!r}")
+        assert ok and serials == sorted(local), attempts
     finally:
         pg.cleanup()
     assert "on Ray (ray://127.0.0.1" in out_client
