@@ -26,7 +26,7 @@ import torch
 from metrology import __version__
 from metrology.analysis.figures import cutoff_cyc_per_mm, mtf_azimuths, mtf_diffraction_limited, psf
 from metrology.analysis.propagation import MTF_AZIMUTHS_DEG
-from metrology.analysis.verdict import judge
+from metrology.analysis.zones import judge_field
 from metrology.analysis.wavefront import wavefront_map
 from metrology.audit.drift import check_and_record
 from metrology.audit.status import record_inspection
@@ -121,6 +121,8 @@ class InspectionResult:
         The station's calibration status for this run (``"none"`` without an audit store).
     created : datetime
         Time of the run (UTC); it names the result files.
+    field_measurement : metrology.pipeline_field.FieldMeasurement or None
+        A full-field capture's tiles, field model, distortion and curvature (None: one tile).
     """
 
     document: dict
@@ -128,6 +130,7 @@ class InspectionResult:
     measurement: object
     status: dict
     created: datetime
+    field_measurement: object = None
 
     @property
     def verdict(self) -> str:
@@ -239,7 +242,7 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     timer.lap("reconstruct")
     rep.stage("analyse (verdict, figures of merit)")
     status = station_status(store_path, loaded, measurement, now)
-    verdict = judge(measurement, loaded.spec, status)
+    verdict = judge_field(measurement, loaded.spec, status, field_measurement)
     figures = figures_of_merit(measurement, loaded.spec)
     arrays = build_arrays(fit, measurement)
     timer.lap("analyse")
@@ -251,7 +254,7 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     # the options as given: with the input hashes they identify the run (batch resume)
     doc["extensions"] = {"run": {"mode": mode, "reference": reference, "reference_used": loaded.reference_label,
                                  "serial": serial, "max_iterations": max_iterations}}
-    return InspectionResult(doc, arrays, measurement, status, now)
+    return InspectionResult(doc, arrays, measurement, status, now, field_measurement)
 
 
 def write_report(result: InspectionResult, out_dir="reports", *, audit_db=None, notify=None,

@@ -43,6 +43,32 @@ One field per LED board geometry parameter of the registry (:data:`metrology.par
 
 
 @dataclass
+class Zone:
+    """A field zone ``|H| <= h_max`` (``H`` the normalised field vector of a full-field station,
+    ``docs/full-field.md``) with its own limits; limits left out are ``None`` / empty.
+
+    ``rms_waves_max``, ``family_max`` and ``term_max`` as the spec's ``[limits]`` (waves, alignment
+    removed); ``distortion_percent_max``: ``|distortion|`` (%); ``field_curvature_um_max``: the
+    focus departure of the field curvature, ``|c| |H|^2`` (um of sample defocus).
+    """
+
+    name: str
+    h_max: float
+    rms_waves_max: float | None = None
+    family_max: dict = field(default_factory=dict)  # family name -> waves
+    term_max: dict = field(default_factory=dict)  # Noll index -> waves
+    distortion_percent_max: float | None = None
+    field_curvature_um_max: float | None = None
+
+    def has_limits(self) -> bool:
+        return bool(self.rms_waves_max is not None or self.family_max or self.term_max
+                    or self.distortion_percent_max is not None or self.field_curvature_um_max is not None)
+
+
+ZONE_KEYS = ("name", "h_max", "rms_waves_max", "family", "term", "distortion_percent_max", "field_curvature_um_max")
+
+
+@dataclass
 class Validity:
     """Conditions on the measurement itself."""
 
@@ -70,6 +96,7 @@ class LensSpec:
     family_max: dict = field(default_factory=dict)  # family name -> waves
     term_max: dict = field(default_factory=dict)  # Noll index -> waves
     mtf: list = field(default_factory=list)  # MtfLimit
+    zones: list = field(default_factory=list)  # Zone ([[zone]]): judged across the field
     validity: Validity = field(default_factory=Validity)
     format_version: int = FORMAT_VERSION
     description: str = ""
@@ -93,6 +120,8 @@ class LensSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["term_max"] = {str(k): v for k, v in self.term_max.items()}
+        for z, zd in zip(self.zones, d["zones"]):
+            zd["term_max"] = {str(k): v for k, v in z.term_max.items()}
         return d
 
 
@@ -133,7 +162,7 @@ def _check(src, ok: bool, key: str, problem: str) -> None:
 
 def parse_spec(data: dict, src="<spec>") -> LensSpec:
     """Build a :class:`LensSpec` from a parsed TOML dict (``src`` names the source in errors)."""
-    _keys(src, data, "", {"format_version", "revision", "lens", "limits", "validity"})
+    _keys(src, data, "", {"format_version", "revision", "lens", "limits", "validity", "zone"})
     fv = data.get("format_version")
     if fv != FORMAT_VERSION:
         raise InputError(src, f"'format_version' must be {FORMAT_VERSION}, got {fv!r}")
@@ -147,8 +176,9 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
     _parse_limits(lim, spec, src)
     _parse_terms(lim, spec, src)
     _parse_mtf(lim, spec, src)
+    spec.zones = _parse_zones(data, src)
     if (spec.rms_waves_max is None and spec.strehl_min is None and spec.pv_waves_max is None
-            and not spec.family_max and not spec.term_max and not spec.mtf):
+            and not spec.family_max and not spec.term_max and not spec.mtf and not spec.zones):
         raise InputError(src, "'limits' holds no limit: a specification must state at least one")
 
     _parse_validity(data, spec.validity, src)
@@ -205,20 +235,21 @@ def _parse_limits(lim: dict, spec: LensSpec, src) -> None:
         _check(src, 0 < spec.strehl_min <= 1, "limits.strehl_min", f"must be in (0, 1], got {spec.strehl_min}")
 
 
-def _parse_terms(lim: dict, spec: LensSpec, src) -> None:
-    """``[limits.family]`` and ``[limits.term]``."""
-    fam = _table(src, lim, "family", "limits.")
+def _parse_terms(lim: dict, spec, src, where: str = "limits.") -> None:
+    """``[limits.family]`` and ``[limits.term]`` (or a zone's ``family`` and ``term``, keys under
+    ``where``) into ``spec.family_max`` and ``spec.term_max``."""
+    fam = _table(src, lim, "family", where)
     for name in fam:
-        key = f"limits.family.{name}"
+        key = f"{where}family.{name}"
         if name not in KNOWN_FAMILIES:
             raise InputError(src, f"unknown key '{key}' (families: {', '.join(KNOWN_FAMILIES[:12])}, ...)")
-        v = _number(src, fam, name, "limits.family.")
+        v = _number(src, fam, name, f"{where}family.")
         _check(src, v > 0, key, f"must be > 0 waves, got {v}")
         spec.family_max[name] = v
 
-    term = _table(src, lim, "term", "limits.")
+    term = _table(src, lim, "term", where)
     for name in term:
-        key = f"limits.term.{name}"
+        key = f"{where}term.{name}"
         try:
             j = int(name)
         except ValueError:
@@ -227,9 +258,42 @@ def _parse_terms(lim: dict, spec: LensSpec, src) -> None:
             raise InputError(src, f"unknown key '{key}' (term keys are Noll indices >= 5)")
         _check(src, j <= MAX_NOLL, key, f"is beyond the largest Noll index {MAX_NOLL} a station can fit")
         _check(src, j not in ALIGNMENT_NOLL, key, "is an alignment term (Noll 1-4), never a lens limit")
-        v = _number(src, term, name, "limits.term.")
+        v = _number(src, term, name, f"{where}term.")
         _check(src, v > 0, key, f"must be > 0 waves, got {v}")
         spec.term_max[j] = v
+
+
+def _parse_zones(data: dict, src) -> list:
+    """``[[zone]]``: field zones ``|H| <= h_max`` with their own limits (``docs/spec.md``, section 7)."""
+    rows = data.get("zone", [])
+    if not isinstance(rows, list):
+        raise InputError(src, "'zone' must be an array of tables ([[zone]])")
+    zones = []
+    for i, row in enumerate(rows):
+        where = f"zone[{i}]."
+        if not isinstance(row, dict):
+            raise InputError(src, f"'zone[{i}]' must be a table")
+        _keys(src, row, where, set(ZONE_KEYS))
+        name = row.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(src, f"'{where}name' must be a non-empty string")
+        check_text(name, src, f"'{where}name'", MAX_NAME_CHARS)
+        if any(z.name == name.strip() for z in zones):
+            raise InputError(src, f"'{where}name' repeats the zone name {name.strip()!r}: zone names must be unique")
+        h_max = _number(src, row, "h_max", where, required=True)
+        _check(src, 0 < h_max <= 1, where + "h_max", f"must be in (0, 1] (|H| = 1 is the station's field radius), "
+                                                     f"got {h_max:g}")
+        zone = Zone(name.strip(), h_max)
+        for key in ("rms_waves_max", "distortion_percent_max", "field_curvature_um_max"):
+            v = _number(src, row, key, where)
+            if v is not None:
+                _check(src, v > 0, where + key, f"must be > 0, got {v:g}")
+            setattr(zone, key, v)
+        _parse_terms(row, zone, src, where)
+        if not zone.has_limits():
+            raise InputError(src, f"'zone[{i}]' ({zone.name}) holds no limit: a zone must state at least one")
+        zones.append(zone)
+    return zones
 
 
 def _parse_mtf(lim: dict, spec: LensSpec, src) -> None:

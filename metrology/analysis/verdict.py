@@ -76,6 +76,7 @@ class Verdict:
     valid: bool = True
     decision_rule: str = DECISION_RULE
     coverage_factor: float = COVERAGE_FACTOR
+    zones: list = field(default_factory=list)  # per field zone (metrology.analysis.zones): dicts
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -217,7 +218,8 @@ def _calibration_findings(station_status: dict, spec_requires: bool, blocking: l
 # ----------------------------------------------------------------------------- judge
 
 
-def _row(name, key, kind, limit, unit, q, scale=1.0) -> LimitResult:
+def limit_row(name, key, kind, limit, unit, q, scale=1.0) -> LimitResult:
+    """One judged limit from the quantity ``q`` (value, u, U; times ``scale``) with its reason."""
     value, u, U = q.value * scale, q.u * scale, q.U * scale
     dec = decide_upper(value, U, limit) if kind == "max" else decide_lower(value, U, limit)
     op = "<=" if kind == "max" else ">="
@@ -237,18 +239,18 @@ def _limit_rows(spec: LensSpec, figs: dict, k: int, fams: list) -> list:
     ``k``-term measurement (families in ``fams`` and terms beyond ``k`` are not measured)."""
     rows = []
     if spec.rms_waves_max is not None:
-        rows.append(_row("RMS wavefront error (alignment removed)", "limits.rms_waves_max", "max",
+        rows.append(limit_row("RMS wavefront error (alignment removed)", "limits.rms_waves_max", "max",
                          spec.rms_waves_max, "waves", figs["rms_waves"]))
     if spec.pv_waves_max is not None:
-        rows.append(_row("PV wavefront error (alignment removed)", "limits.pv_waves_max", "max",
+        rows.append(limit_row("PV wavefront error (alignment removed)", "limits.pv_waves_max", "max",
                          spec.pv_waves_max, "waves", figs["pv_waves"]))
     if spec.strehl_min is not None:
-        rows.append(_row("Strehl ratio (on-axis)", "limits.strehl_min", "min", spec.strehl_min, "",
+        rows.append(limit_row("Strehl ratio (on-axis)", "limits.strehl_min", "min", spec.strehl_min, "",
                          figs["strehl"]))
     for name, lim in spec.family_max.items():
         key = f"limits.family.{name}"
         if name in fams:
-            rows.append(_row(f"{name} magnitude", key, "max", lim, "waves", figs[f"family:{name}"]))
+            rows.append(limit_row(f"{name} magnitude", key, "max", lim, "waves", figs[f"family:{name}"]))
         else:
             rows.append(LimitResult(f"{name} magnitude", "max", lim, "waves", math.nan, math.nan, math.nan,
                                     INCONCLUSIVE, f"not measured (only Noll 1..{k} fitted)", key))
@@ -256,13 +258,13 @@ def _limit_rows(spec: LensSpec, figs: dict, k: int, fams: list) -> list:
         key = f"limits.term.{j}"
         label = f"|Z{j}| {zernike_name(*noll_to_nm(j))}"
         if j <= k:
-            rows.append(_row(label, key, "max", lim, "waves", figs[f"term:{j}"]))
+            rows.append(limit_row(label, key, "max", lim, "waves", figs[f"term:{j}"]))
         else:
             rows.append(LimitResult(label, "max", lim, "waves", math.nan, math.nan, math.nan, INCONCLUSIVE,
                                     f"not measured (only Noll 1..{k} fitted)", key))
     az = "/".join(f"{a:g}" for a in MTF_AZIMUTHS_DEG)
     for i, m in enumerate(spec.mtf):
-        rows.append(_row(f"MTF at {m.frequency_cyc_per_mm:g} cycles/mm (worst of {az} deg)",
+        rows.append(limit_row(f"MTF at {m.frequency_cyc_per_mm:g} cycles/mm (worst of {az} deg)",
                          f"limits.mtf[{i}].min", "min", m.min, "", figs[f"mtf@{m.frequency_cyc_per_mm:g}"]))
 
     return rows
@@ -302,6 +304,13 @@ def judge(measurement: Measurement, spec: LensSpec, station_status: dict | None 
         rows = [LimitResult(r.name, r.kind, r.limit, r.unit, math.nan, math.nan, math.nan, INCONCLUSIVE,
                             "not measured (the fit gave no finite Zernike coefficients)", r.key) for r in rows]
     blocking, warnings = validity_findings(measurement, spec, station_status)
+    return overall_verdict(rows, blocking, warnings)
+
+
+def overall_verdict(rows: list, blocking: list, warnings: list) -> Verdict:
+    """The overall decision from judged limits (:class:`LimitResult`) and validity findings: any
+    blocking finding makes it INCONCLUSIVE (a FAIL on invalid data is not trusted either), else
+    FAIL if any limit FAILs, INCONCLUSIVE if any is open, PASS when all conform."""
     failed = [r for r in rows if r.verdict == FAIL]
     open_ = [r for r in rows if r.verdict == INCONCLUSIVE]
     if blocking:

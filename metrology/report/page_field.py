@@ -6,7 +6,9 @@ position, astigmatism as a line segment along its axis (length proportional to i
 coma as an arrow (direction of ``(c8, c7)``); +y points down as on every map. Right: each tile's
 distortion (%) and sample defocus (um) against ``|H|``, with the field model's curves. Tables: the
 Hopkins coefficients with U, the field model's chi-square, distortion and magnification, field
-curvature, and every tile. Reads only the result document.
+curvature, the verdict per field zone of the specification (``verdict.zones``: zone, figure, the
+field point that decides it, value with U, limit, verdict) and every tile. Reads only the result
+document.
 """
 
 from __future__ import annotations
@@ -139,6 +141,33 @@ def tile_rows(doc: dict) -> list:
     return rows
 
 
+def zone_rows(doc: dict) -> list:
+    """Per judged zone figure: zone (its verdict), figure, the deciding ``H``, value ± U, limit, verdict."""
+    rows = [("Zone", "Figure", "Worst at H", "Value ± U (k = 2)", "Limit", "Verdict")]
+    trusted = doc["verdict"].get("valid", True)
+    for z in doc["verdict"].get("zones") or []:
+        for i, f in enumerate(z["figures"]):
+            zone = f"{z['name']} (|H| <= {z['h_max']:g}): {z['verdict']}" if i == 0 else ""
+            unit = f" {f['unit']}" if f["unit"] else ""
+            where = "n/a" if f["h"] is None else f"({f['h'][0]:+.2f}, {f['h'][1]:+.2f})"
+            rows.append((zone, f["figure"], where, format_value_u(f["value"], f["U"]) + unit,
+                         f"<= {f['limit']:g}{unit}", f["verdict"] if trusted else f"{f['verdict']} - not trusted"))
+    return rows
+
+
+def _zone_table(doc: dict, st: dict) -> list:
+    """The zone verdict table, or the sentence saying only the axial tile was judged."""
+    f = doc["field"]
+    if not doc["verdict"].get("zones"):
+        return [para(f"Verdict: the specification has no field zones ([[zone]]): only tile {f['central_tile']} "
+                     "(nearest the axis) was judged; the other tiles are reported, not judged.", st["small"])]
+    head = para(f"Verdict per field zone (overall {doc['verdict']['overall']}): worst case over the tile centres and "
+                "a polar grid of field points inside each zone, field model with its covariance (docs/full-field.md)",
+                st["small"])
+    return [head, table([[para(c, st["cellb" if i == 0 else "small"]) for c in row]
+                         for i, row in enumerate(zone_rows(doc))], [44, 40, 24, 34, 22, 22])]
+
+
 def page_field(doc, arrays, st, width_mm, context) -> list:
     """Page 5 (full-field inspections only): the lens across the field."""
     f = doc["field"]
@@ -147,7 +176,8 @@ def page_field(doc, arrays, st, width_mm, context) -> list:
             f"{lay['sensor_px'][1]} frame, field radius {lay['field_radius_mm']:g} mm (|H| = 1). The pages before "
             f"show tile {f['central_tile']} (nearest the axis).")
     out = [para("Lens across the field", st["h"]), para(head, st["body"]), para("Method: " + f["method"], st["small"]),
-           spacer(), png(field_png(doc, width_mm, 78.0), width_mm, 78.0), spacer()]
+           spacer(), png(field_png(doc, width_mm, 70.0), width_mm, 70.0), spacer()]
+    out += _zone_table(doc, st) + [spacer()]
     out.append(table([[para(c, st["cellb" if i == 0 else "cell"]) for c in row] for i, row in enumerate(summary_rows(doc))],
                      [90, 60, 20]))
     out += [spacer(), table([[para(c, st["cellb" if i == 0 else "small"]) for c in row]

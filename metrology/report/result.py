@@ -170,7 +170,14 @@ def _verdict_block(verdict) -> dict:
              "verdict": r.verdict, "reason": r.reason, "key": r.key}
             for r in verdict.limits
         ],
+        **({"zones": [_zone(z) for z in verdict.zones]} if verdict.zones else {}),
     }
+
+
+def _zone(zone: dict) -> dict:
+    """A field zone's verdict (:func:`metrology.analysis.zones.judge_zone`) with JSON numbers."""
+    figures = [{**f, **{k: finite_or_none(f[k]) for k in ("value", "u", "U")}} for f in zone["figures"]]
+    return {**zone, "figures": figures}
 
 
 def build_document(loaded, measurement, verdict, status, figures, timings, serial, operator, now,

@@ -1,0 +1,261 @@
+"""The verdict across the field: the spec's field zones (``[[zone]]``, ``docs/spec.md`` section 7)
+judged on a full-field measurement (``docs/full-field.md``).
+
+A zone ``|H| <= h_max`` is judged at its **worst case** over field points inside it: the centres of
+the tiles in the zone, the axis, and a polar grid (:data:`GRID_RADII` radii up to ``h_max`` times
+:data:`GRID_ANGLES` azimuths). At each point the field model
+(:class:`~metrology.analysis.field.FieldModel`) gives the lens terms and their covariance (the
+generalised least-squares covariance of the fitted columns propagated to the point, plus the
+per-field scatter ``tau^2`` on every term: the lens between tiles departs from the smooth model by
+that much, so a prediction there is that uncertain); the judged figures follow as on one tile
+(:func:`metrology.analysis.propagation.derived_figures`). Distortion (``100 d3 |H|^2 / R`` %) and
+field curvature (``|c| |H|^2`` um) come from their own fits. Each point is decided by ISO 14253-1
+(:func:`metrology.analysis.verdict.decide_upper`); a figure PASSes only when every point does, FAILs
+when any point does, and is otherwise INCONCLUSIVE; the row reports the deciding point (the most
+clearly failing one, else the one nearest the limit: largest ``value + U``). A zone is the worst
+of its figures; the overall verdict the worst over the on-axis limits (``[limits]``, judged on the
+tile nearest the axis as before) and the zones, with the validity of **every** tile checked.
+
+Nothing here imports the physics, the solver or the pipeline: the full-field measurement is read
+through its attributes (``tiles``, ``measurements``, ``central``, ``model``, ``distortion``,
+``curvature``, ``notes``; :class:`metrology.pipeline_field.FieldMeasurement`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from metrology.analysis.propagation import N_DRAWS, SEED, Quantity, derived_figures, family_indices
+from metrology.analysis.spec import LensSpec, Zone
+from metrology.field_terms import design_matrix
+from metrology.analysis.verdict import (FAIL, INCONCLUSIVE, PASS, LimitResult, Verdict, decide_upper, judge,
+                                        limit_row, overall_verdict, validity_findings)
+from metrology.orderings import noll_to_nm, zernike_name
+
+GRID_RADII = 4
+"""Radii of the polar grid in a zone (``h_max / GRID_RADII`` ... ``h_max``)."""
+GRID_ANGLES = 16
+"""Azimuths of the polar grid (every 22.5 deg: the grid's diagonals and axes are among them)."""
+REACH = 1.1
+"""A zone may reach this factor beyond the outermost tile's ``|H|`` (as ``zernike-export --field``)."""
+
+
+def zone_points(h_max: float, tile_h) -> np.ndarray:
+    """Field points judged in a zone ``|H| <= h_max``: the axis, the tile centres inside it and the
+    polar grid, shape (P, 2) (``H`` units)."""
+    tile_h = np.asarray(tile_h, dtype=np.float64).reshape(-1, 2)
+    inside = tile_h[np.hypot(tile_h[:, 0], tile_h[:, 1]) <= h_max + 1e-9]
+    r = h_max * np.arange(1, GRID_RADII + 1) / GRID_RADII
+    a = np.radians(np.arange(GRID_ANGLES) * 360.0 / GRID_ANGLES)
+    grid = np.stack([np.outer(r, np.cos(a)).ravel(), np.outer(r, np.sin(a)).ravel()], axis=1)
+    return np.concatenate([np.zeros((1, 2)), inside, grid])
+
+
+def _lens_at(model, h: np.ndarray) -> tuple:
+    """Noll 1..last coefficients (alignment zero) and covariance at each point: (P, K), (P, K, K)."""
+    a = design_matrix(model.columns, h, model.last, model.first)  # (P, L, C)
+    k = model.last
+    c = np.zeros((len(h), k))
+    cov = np.zeros((len(h), k, k))
+    lens = slice(model.first - 1, model.last)
+    c[:, lens] = a @ model.fit.values
+    cov[:, lens, lens] = a @ model.fit.cov_scaled @ a.transpose(0, 2, 1)
+    cov[:, lens, lens] += model.scatter_waves**2 * np.eye(k - model.first + 1)
+    return c, cov
+
+
+def _wavefront_figures(zone: Zone, model, h: np.ndarray, wavelength_nm: float, na: float, n_draws, seed) -> dict:
+    """``figure key -> (label, unit, [Quantity per point] or None)`` of the zone's wavefront limits
+    (``None``: the term or family is beyond the model's Noll ``last``)."""
+    c, cov = _lens_at(model, h)
+    k = model.last
+    fams = [f for f in zone.family_max if family_indices(f, k)]
+    terms = [j for j in zone.term_max if j <= k]
+    figs = [derived_figures(ci, vi, wavelength_nm, na, pv=False, strehl=False, families=fams, terms=terms,
+                            n_draws=n_draws, seed=seed) for ci, vi in zip(c, cov)]
+    out = {}
+    if zone.rms_waves_max is not None:
+        out["rms_waves_max"] = ("RMS wavefront error", "waves", zone.rms_waves_max, [f["rms_waves"] for f in figs])
+    for name, lim in zone.family_max.items():
+        out[f"family.{name}"] = (f"{name} magnitude", "waves", lim,
+                                 [f[f"family:{name}"] for f in figs] if name in fams else None)
+    for j, lim in zone.term_max.items():
+        out[f"term.{j}"] = (f"|Z{j}| {zernike_name(*noll_to_nm(j))}", "waves", lim,
+                            [f[f"term:{j}"] for f in figs] if j in terms else None)
+    return out
+
+
+def _radial(value_u: tuple, h: np.ndarray) -> list:
+    """``|v| |H|^2`` with ``u |H|^2`` at each point: a quantity growing as the square of the field."""
+    v, u = value_u
+    r2 = (h**2).sum(axis=1)
+    return [Quantity.from_u(abs(v) * s, u * s) for s in r2]
+
+
+def _worst(points: list, limit: float) -> tuple:
+    """Decide every point (upper limit) and pick the deciding one: ``(verdict, index)``."""
+    v = np.array([q.value for q in points])
+    big_u = np.array([q.U for q in points])
+    dec = [decide_upper(a, b, limit) for a, b in zip(v, big_u)]
+    if FAIL in dec:
+        idx = [i for i, d in enumerate(dec) if d == FAIL]
+        return FAIL, idx[int(np.argmax(v[idx] - big_u[idx]))]
+    if any(not (math.isfinite(a) and math.isfinite(b)) for a, b in zip(v, big_u)):
+        return INCONCLUSIVE, int(next(i for i, (a, b) in enumerate(zip(v, big_u))
+                                      if not (math.isfinite(a) and math.isfinite(b))))
+    return (INCONCLUSIVE if INCONCLUSIVE in dec else PASS), int(np.argmax(v + big_u))
+
+
+def _figure(zone: Zone, key: str, label: str, unit: str, limit: float, points, h, missing: str) -> tuple:
+    """One judged zone figure: ``(LimitResult, figure dict)``; ``points`` None: not measured (``missing``)."""
+    name = f"zone '{zone.name}' (|H| <= {zone.h_max:g}): {label}"
+    spec_key = f"zone.{zone.name}.{key}"
+    if points is None:
+        row = LimitResult(name, "max", float(limit), unit, math.nan, math.nan, math.nan, INCONCLUSIVE,
+                          f"not measured: {missing}", spec_key)
+        return row, {"figure": label, "key": key, "h": None, "points": 0, **_fields(row)}
+    _, i = _worst(points, limit)  # the deciding point carries the figure's verdict
+    row = limit_row(name, spec_key, "max", limit, unit, points[i])
+    where = f"worst of {len(points)} field points at H = ({h[i, 0]:+.2f}, {h[i, 1]:+.2f})"
+    row.reason = f"{where}: {row.reason}"
+    return row, {"figure": label, "key": key, "h": [float(h[i, 0]), float(h[i, 1])], "points": len(points),
+                 **_fields(row)}
+
+
+def _fields(row: LimitResult) -> dict:
+    return {"limit": row.limit, "unit": row.unit, "value": row.value, "u": row.u, "U": row.U,
+            "verdict": row.verdict, "reason": row.reason}
+
+
+def judge_zone(zone: Zone, field, wavelength_nm: float, na: float, n_draws: int = N_DRAWS,
+               seed: int = SEED) -> tuple:
+    """Judge one zone on a full-field measurement (``None``: a single-tile capture).
+
+    Returns
+    -------
+    rows : list of LimitResult
+        One per limit of the zone (its ``name`` names the zone, its ``reason`` the deciding ``H``).
+    summary : dict
+        ``name``, ``h_max``, ``verdict``, ``figures`` (per limit: ``figure``, ``key``, ``h`` of the
+        deciding point, ``points``, ``limit``, ``unit``, ``value``, ``u``, ``U``, ``verdict``, ``reason``).
+    """
+    limits = {}
+    if zone.rms_waves_max is not None:
+        limits["rms_waves_max"] = ("RMS wavefront error", "waves", zone.rms_waves_max)
+    limits.update({f"family.{n}": (f"{n} magnitude", "waves", v) for n, v in zone.family_max.items()})
+    limits.update({f"term.{j}": (f"|Z{j}| {zernike_name(*noll_to_nm(j))}", "waves", v)
+                   for j, v in zone.term_max.items()})
+    if zone.distortion_percent_max is not None:
+        limits["distortion_percent_max"] = ("distortion", "%", zone.distortion_percent_max)
+    if zone.field_curvature_um_max is not None:
+        limits["field_curvature_um_max"] = ("field curvature (focus departure)", "um", zone.field_curvature_um_max)
+    points, h, why = _zone_quantities(zone, field, wavelength_nm, na, n_draws, seed)
+    rows, figures = [], []
+    for key, (label, unit, limit) in limits.items():
+        row, fig = _figure(zone, key, label, unit, limit, points.get(key), h, why.get(key, ""))
+        rows.append(row)
+        figures.append(fig)
+    verdicts = [r.verdict for r in rows]
+    overall = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+    return rows, {"name": zone.name, "h_max": zone.h_max, "verdict": overall, "figures": figures}
+
+
+def _zone_quantities(zone: Zone, field, wavelength_nm, na, n_draws, seed) -> tuple:
+    """``(points: key -> [Quantity per point], h (P, 2), why: key -> reason a figure is missing)``."""
+    if field is None:
+        why = "a single-tile capture sees one field point; a zone needs a full-field station (docs/full-field.md)"
+        return {}, np.zeros((0, 2)), _all_keys(zone, why)
+    tile_h = np.array([t.h for t in field.tiles], dtype=np.float64)
+    reach = float(np.hypot(tile_h[:, 0], tile_h[:, 1]).max())
+    if zone.h_max > REACH * reach + 1e-9:
+        why = (f"the zone reaches |H| = {zone.h_max:g}, beyond the measured tiles (outermost |H| = {reach:.2f}; "
+               "the field model is not extrapolated)")
+        return {}, np.zeros((0, 2)), _all_keys(zone, why)
+    h = zone_points(zone.h_max, tile_h)
+    points, why = {}, {}
+    notes = "; ".join(field.notes) or "not fitted"
+    if field.model is None:
+        why.update(_all_keys(zone, f"no field model ({notes})"))
+    else:
+        for key, (_label, _unit, _lim, q) in _wavefront_figures(zone, field.model, h, wavelength_nm, na,
+                                                                n_draws, seed).items():
+            if q is None:
+                why[key] = f"beyond the field model's Noll 5..{field.model.last}"
+            else:
+                points[key] = q
+    if field.distortion is None:
+        why["distortion_percent_max"] = f"no distortion fit ({notes})"
+    else:
+        points["distortion_percent_max"] = _radial(field.distortion["distortion_percent_edge"], h)
+    if field.curvature is None:
+        why["field_curvature_um_max"] = f"no field-curvature fit ({notes})"
+    else:
+        points["field_curvature_um_max"] = _radial(field.curvature.value("curvature_um"), h)
+    return points, h, why
+
+
+def _all_keys(zone: Zone, why: str) -> dict:
+    keys = ["rms_waves_max", "distortion_percent_max", "field_curvature_um_max"]
+    keys += [f"family.{n}" for n in zone.family_max] + [f"term.{j}" for j in zone.term_max]
+    return dict.fromkeys(keys, why)
+
+
+def tile_findings(field, spec: LensSpec) -> tuple:
+    """Validity findings of every tile but the central one (whose own, with the station's
+    calibration status, :func:`judge_field` takes from :func:`validity_findings`), prefixed with
+    the tile's name: ``(blocking, warnings)``."""
+    blocking, warnings = [], []
+    for i, (tile, m) in enumerate(zip(field.tiles, field.measurements)):
+        if i == field.central:
+            continue
+        b, w = validity_findings(m, spec, None)
+        blocking += [f"tile {tile.name}: {x}" for x in b]
+        warnings += [f"tile {tile.name}: {x}" for x in w]
+    return blocking, warnings
+
+
+def judge_field(measurement, spec: LensSpec, station_status: dict | None = None, field=None,
+                n_draws: int = N_DRAWS, seed: int = SEED) -> Verdict:
+    """The verdict of an inspection, across the field when the spec has zones.
+
+    Parameters
+    ----------
+    measurement : Measurement
+        The single tile's, or the tile nearest the axis of a full-field capture: the spec's
+        ``[limits]`` are judged on it (:func:`metrology.analysis.verdict.judge`).
+    spec : LensSpec
+    station_status : dict, optional
+        The station's calibration status (:func:`judge`).
+    field : FieldMeasurement, optional
+        A full-field measurement (``None``: a single-tile capture).
+
+    Returns
+    -------
+    Verdict
+        Without zones: :func:`judge`'s, with a warning on a full-field capture that only the tile
+        nearest the axis was judged. With zones: the on-axis rows and every zone's rows, the
+        validity of every tile, ``zones`` (:func:`judge_zone` summaries).
+    """
+    base = judge(measurement, spec, station_status, n_draws=n_draws, seed=seed)
+    if not spec.zones:
+        if field is not None:
+            tile = field.tiles[field.central]
+            base.warnings.append(
+                f"the specification has no field zones ([[zone]]): only tile {tile.name} nearest the axis "
+                f"(|H| = {math.hypot(*tile.h):.2f}) was judged; the other tiles are reported, not judged")
+        return base
+    blocking, warnings = validity_findings(measurement, spec, station_status)
+    if field is not None:
+        b, w = tile_findings(field, spec)
+        blocking += b
+        warnings += w
+    rows, zones = list(base.limits), []
+    for zone in spec.zones:
+        zone_rows, summary = judge_zone(zone, field, measurement.wavelength_nm, measurement.na, n_draws, seed)
+        rows += zone_rows
+        zones.append(summary)
+    verdict = overall_verdict(rows, blocking, warnings)
+    verdict.zones = zones
+    return verdict
