@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from metrology.simulate import illumination_frequencies, led_positions_mm, nomin
 ROOT = Path(__file__).resolve().parent.parent
 STATION = ROOT / "fixtures/stations/bench-4x-fullfield.toml"
 LENS = ROOT / "fixtures/lenses/field-4x.toml"
-SPEC = ROOT / "fixtures/specs/plan-4x-010.toml"
+SPEC = ROOT / "fixtures/specs/plan-4x-010-field.toml"  # on-axis limits and field zones
 FIELD = "[field]\nsensor_px = [96, 100]\ntile_px = 32\ngrid = [3, 3]\nfield_radius_mm = 0.1\n"
 
 
@@ -185,7 +186,9 @@ def test_full_field_pdf_page_rendered_and_read(inspected, tmp_path):
                           text=True).stdout
     text = " ".join(text.split())
     assert "Lens across the field" in text and "page 5 of 5" in text
-    for fragment in ("Hopkins W131", "Hopkins W220", "Distortion at |H| = 1", "Calibrated magnification", "r0c0", "r2c2"):
+    for fragment in ("Hopkins W131", "Hopkins W220", "Distortion at |H| = 1", "Calibrated magnification", "r0c0", "r2c2",
+                     "Verdict per field zone (overall FAIL)", "0-0.7 field (|H| <= 0.7): PASS",
+                     "full field (|H| <= 1): FAIL"):
         assert fragment in text, fragment
     w222 = result.document["field"]["model"]["seidel_waves"]["W222"]
     assert f"{w222['value']:.3f}"[:4] in text  # the table prints the fitted W222
@@ -219,3 +222,90 @@ def test_zernike_export_at_a_field_point(inspected, tmp_path, capsys):
     doc_path.write_text(json.dumps(single), encoding="utf-8")
     assert main(["zernike-export", str(doc_path), "--format", "csv", "--field", "0,0"]) == 2
     assert "has no full-field model" in capsys.readouterr().err
+
+
+def _strip_zones(text: str) -> str:
+    """The spec without its [[zone]] tables (the specification as it was before field zones)."""
+    head, _, rest = text.partition("\n[[zone]]")
+    return head + rest[rest.index("[validity]"):]
+
+
+def test_zone_verdict_fails_the_outer_field_where_the_axis_passes(inspected, tmp_path):
+    """The fixture lens passes every on-axis limit and the 0-0.7 zone, and fails the full-field zone
+    on astigmatism (W222 0.10 waves: about 0.021 waves of Noll 5/6 at |H| = 1 against 0.015). Judged
+    on the axial tile alone (a spec without zones: what main did for every spec) it PASSes."""
+    # lazy: the analysis facade is what the application calls
+    from metrology.analysis.spec import load_spec
+    from metrology.analysis.zones import judge_field
+
+    result, _, _ = inspected
+    v = result.document["verdict"]
+    assert document_errors(result.document) == [] and v["valid"]
+    assert v["overall"] == "FAIL" and result.exit_code == 1
+    on_axis = [r for r in v["limits"] if not r["name"].startswith("zone ")]
+    assert len(on_axis) == 5 and all(r["verdict"] == "PASS" for r in on_axis)
+    inner, full = v["zones"]
+    assert inner["name"] == "0-0.7 field" and inner["verdict"] == "PASS"
+    assert full["name"] == "full field" and full["verdict"] == "FAIL"
+    (failed,) = [f for f in full["figures"] if f["verdict"] == "FAIL"]
+    assert failed["key"] == "family.astigmatism" and math.hypot(*failed["h"]) > 0.95
+    assert failed["value"] - failed["U"] > failed["limit"] and failed["points"] > 60
+    assert v["reasons"][0] == f"zone 'full field' (|H| <= 1): astigmatism magnitude: {failed['reason']}"
+    assert all(r.startswith("warning: ") for r in v["reasons"][1:])
+    old = tmp_path / "old.toml"
+    old.write_text(_strip_zones(SPEC.read_text(encoding="utf-8")), encoding="utf-8")
+    axial = judge_field(result.measurement, load_spec(old), result.status, result.field_measurement)
+    assert axial.overall == "PASS" and axial.zones == []
+    assert any("no field zones" in w and "only tile r1c1" in w for w in axial.warnings)
+
+
+def _zoned(tmp_path, zones: str):
+    # lazy: the analysis facade is what the application calls
+    from metrology.analysis.spec import load_spec
+
+    path = tmp_path / "zones.toml"
+    text = SPEC.read_text(encoding="utf-8")
+    path.write_text(text[: text.index("\n[[zone]]") + 1] + zones + text[text.index("[validity]"):], encoding="utf-8")
+    return load_spec(path)
+
+
+def test_zone_verdict_passes_everywhere_and_is_inconclusive_within_u(inspected, tmp_path):
+    # lazy: the analysis facade is what the application calls
+    from metrology.analysis.zones import judge_field
+
+    result, _, _ = inspected
+    fm = result.field_measurement
+    args = (result.measurement,)
+    relaxed = ("[[zone]]\nname = \"full field\"\nh_max = 1.0\nrms_waves_max = 0.04\n"
+               "family = { astigmatism = 0.03, coma = 0.03 }\ndistortion_percent_max = 0.1\n"
+               "field_curvature_um_max = 15.0\n")
+    passed = judge_field(*args, _zoned(tmp_path, relaxed), result.status, fm)
+    assert passed.overall == "PASS" and [z["verdict"] for z in passed.zones] == ["PASS"]
+    astig = next(f for f in passed.zones[0]["figures"] if f["key"] == "family.astigmatism")
+    limit = astig["value"] + 0.5 * astig["U"]  # the worst point lies within U of this limit
+    tight = judge_field(*args, _zoned(tmp_path, relaxed.replace("astigmatism = 0.03", f"astigmatism = {limit!r}")),
+                        result.status, fm)
+    assert tight.overall == "INCONCLUSIVE" and [z["verdict"] for z in tight.zones] == ["INCONCLUSIVE"]
+    assert tight.reasons == [f"zone 'full field' (|H| <= 1): astigmatism magnitude: worst of {astig['points']} field "
+                             f"points at H = ({astig['h'][0]:+.2f}, {astig['h'][1]:+.2f}): "
+                             f"{astig['value']:.4g} +/- {astig['U']:.2g} straddles the limit {limit:g}"]
+
+
+def test_zone_verdict_checks_every_tile(inspected, tmp_path):
+    """A tile off the axis whose fit did not converge makes the zoned verdict INCONCLUSIVE (the
+    FAIL is not trusted); without zones only the axial tile counts, as before."""
+    # lazy: the analysis facade is what the application calls
+    import copy
+
+    from metrology.analysis.spec import load_spec
+    from metrology.analysis.zones import judge_field
+
+    result, _, _ = inspected
+    fm = copy.copy(result.field_measurement)
+    fm.measurements = list(fm.measurements)
+    bad = fm.measurements[0]
+    fm.measurements[0] = replace(bad, solver=replace(bad.solver, converged=False, message="stopped"))
+    v = judge_field(result.measurement, load_spec(SPEC), result.status, fm)
+    assert v.overall == "INCONCLUSIVE" and not v.valid
+    assert "measurement not valid: tile r0c0: solver did not converge (stopped)" in v.reasons
+    assert any("would fail on valid data" in r and "zone 'full field'" in r for r in v.reasons)
