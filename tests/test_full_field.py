@@ -1,5 +1,5 @@
 """Full-field stations: the ``[field]`` section, tiles with exact centres, the full-frame simulator and
-an inspection end to end (3 x 3 tiles of 32 px, 25 LEDs: about 75 s on 2 cores)."""
+an inspection end to end (3 x 3 tiles of 32 px, 25 LEDs: 20-75 s on 2 cores, by load) judged per field zone."""
 
 from __future__ import annotations
 
