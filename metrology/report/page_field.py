@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from metrology.report.layout import format_value_u, para, png, spacer, table
+from metrology.report.layout import TINTS, format_value_u, para, png, spacer, table
 from metrology.report.plots import figure, png_bytes
 
 _FONT = 6.5
@@ -164,8 +164,14 @@ def _zone_table(doc: dict, st: dict) -> list:
     head = para(f"Verdict per field zone (overall {doc['verdict']['overall']}): worst case over the tile centres and "
                 "a polar grid of field points inside each zone, field model with its covariance (docs/full-field.md)",
                 st["small"])
-    return [head, table([[para(c, st["cellb" if i == 0 else "small"]) for c in row]
-                         for i, row in enumerate(zone_rows(doc))], [44, 40, 24, 34, 22, 22])]
+    # lazy: reportlab loads only when a report is drawn (start-up time)
+    from reportlab.lib import colors
+
+    rows = zone_rows(doc)
+    tint = [("BACKGROUND", (5, i), (5, i), colors.HexColor(TINTS.get(row[5], TINTS["NOT TRUSTED"])))
+            for i, row in enumerate(rows) if i > 0]
+    return [head, table([[para(c, st["cellb" if i == 0 else "small"]) for c in row] for i, row in enumerate(rows)],
+                        [44, 40, 24, 34, 22, 22], tint)]
 
 
 def page_field(doc, arrays, st, width_mm, context) -> list:
