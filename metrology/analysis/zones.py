@@ -202,17 +202,18 @@ def _all_keys(zone: Zone, why: str) -> dict:
     return dict.fromkeys(keys, why)
 
 
-def tile_findings(field, spec: LensSpec) -> tuple:
+def tile_findings(field, spec: LensSpec, seen=()) -> tuple:
     """Validity findings of every tile but the central one (whose own, with the station's
     calibration status, :func:`judge_field` takes from :func:`validity_findings`), prefixed with
-    the tile's name: ``(blocking, warnings)``."""
+    the tile's name: ``(blocking, warnings)``. A finding worded as one in ``seen`` (the central
+    tile's: e.g. a wavelength that does not match the spec) is not repeated per tile."""
     blocking, warnings = [], []
     for i, (tile, m) in enumerate(zip(field.tiles, field.measurements)):
         if i == field.central:
             continue
         b, w = validity_findings(m, spec, None)
-        blocking += [f"tile {tile.name}: {x}" for x in b]
-        warnings += [f"tile {tile.name}: {x}" for x in w]
+        blocking += [f"tile {tile.name}: {x}" for x in b if x not in seen]
+        warnings += [f"tile {tile.name}: {x}" for x in w if x not in seen]
     return blocking, warnings
 
 
@@ -248,7 +249,7 @@ def judge_field(measurement, spec: LensSpec, station_status: dict | None = None,
         return base
     blocking, warnings = validity_findings(measurement, spec, station_status)
     if field is not None:
-        b, w = tile_findings(field, spec)
+        b, w = tile_findings(field, spec, seen=set(blocking + warnings))
         blocking += b
         warnings += w
     rows, zones = list(base.limits), []
