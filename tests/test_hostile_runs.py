@@ -114,13 +114,13 @@ def test_store_locked_at_the_commit_leaves_no_pdf_and_no_json(tiny, tmp_path, ca
     db, out = tmp_path / "audit.sqlite", tmp_path / "out"
     AuditStore(db).close()
     holders = []
-    judge = inspection.judge
+    judge = inspection.judge_field
 
     def judge_then_lock(*args, **kwargs):
         holders.append(_lock(db))
         return judge(*args, **kwargs)
 
-    monkeypatch.setattr(inspection, "judge", judge_then_lock)
+    monkeypatch.setattr(inspection, "judge_field", judge_then_lock)
     try:
         code, stdout, err = run_cli(inspect_args(*tiny, out, "--audit-db", db, *FAST), capsys)
     finally:
