@@ -39,6 +39,14 @@ Sample pose
   sample sits below the focal plane (further from the objective).
 * ``position_um = (sx, sy)``: the reference sample is displaced by ``+sx, +sy`` in the sample plane.
 
+MTF directions
+--------------
+* Across the field (:mod:`metrology.analysis.field_mtf`), at field point ``H``: the **tangential**
+  MTF has its spatial-frequency vector along ``H`` (radial in the field: bars whose lines are
+  perpendicular to ``H``), the **sagittal** MTF perpendicular to ``H``. On the axis (``H = 0``)
+  tangential is along ``+x``, sagittal along ``+y`` (:data:`MTF_DIRECTIONS_TEXT`, printed on the
+  full-field page).
+
 Units
 -----
 mm for station geometry, um for the sample plane, nm for wavelength and optical path difference,
@@ -69,6 +77,12 @@ CONVENTIONS_TEXT = (
     "Decision rule: " + DECISION_RULE + "."
 )
 """One-paragraph summary printed in every report footer and JSON result."""
+
+MTF_DIRECTIONS_TEXT = (
+    "MTF directions: at field point H the tangential MTF has its frequency vector along H (radial in the "
+    "field), the sagittal MTF perpendicular to H; on the axis (H = 0) tangential is along +x, sagittal along +y."
+)
+"""The sagittal/tangential convention, printed on the full-field page and in the JSON."""
 
 ALIGNMENT_NOLL = (1, 2, 3, 4)
 """Noll indices treated as alignment (piston, tip, tilt, defocus), never lens figures."""

@@ -26,7 +26,7 @@ import torch
 from metrology import __version__
 from metrology.analysis.figures import cutoff_cyc_per_mm, mtf_azimuths, mtf_diffraction_limited, psf
 from metrology.analysis.propagation import MTF_AZIMUTHS_DEG
-from metrology.analysis.zones import judge_field
+from metrology.analysis.zones import field_mtf, judge_field, mtf_vs_field
 from metrology.analysis.wavefront import wavefront_map
 from metrology.audit.drift import check_and_record
 from metrology.audit.status import record_inspection
@@ -242,7 +242,8 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     timer.lap("reconstruct")
     rep.stage("analyse (verdict, figures of merit)")
     status = station_status(store_path, loaded, measurement, now)
-    verdict = judge_field(measurement, loaded.spec, status, field_measurement)
+    mtf = field_mtf(field_measurement, loaded.spec, measurement.wavelength_nm, measurement.na)
+    verdict = judge_field(measurement, loaded.spec, status, field_measurement, mtf=mtf)
     figures = figures_of_merit(measurement, loaded.spec)
     arrays = build_arrays(fit, measurement)
     timer.lap("analyse")
@@ -250,7 +251,8 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
                          fit.device, report_id=report_id(loaded.station.station_id, now, loaded.inputs),
                          covariance=measurement.zernike_cov)
     if field_measurement is not None:
-        doc["field"] = field_block(layout, loaded.station, field_measurement)
+        doc["field"] = field_block(layout, loaded.station, field_measurement,
+                                   mtf_vs_field(field_measurement, loaded.spec, mtf))
     # the options as given: with the input hashes they identify the run (batch resume)
     doc["extensions"] = {"run": {"mode": mode, "reference": reference, "reference_used": loaded.reference_label,
                                  "serial": serial, "max_iterations": max_iterations}}

@@ -145,6 +145,22 @@ class FieldModel:
         a = design_matrix(self.columns, np.asarray(h, dtype=np.float64)[None, :], self.last, self.first)[0]
         return a @ self.fit.values, a @ self.fit.cov_scaled @ a.T
 
+    def lens_at(self, h) -> tuple:
+        """Noll 1..``last`` coefficients (alignment terms zero) and covariance at each point ``h``
+        (P, 2): ``(c (P, K), cov (P, K, K))``, the covariance the fit's (Birge-scaled) propagated to
+        the point plus the per-field scatter ``scatter_waves^2`` on every lens term (the lens between
+        tiles departs from the smooth model by that much)."""
+        h = np.asarray(h, dtype=np.float64).reshape(-1, 2)
+        a = design_matrix(self.columns, h, self.last, self.first)  # (P, L, C)
+        k = self.last
+        c = np.zeros((len(h), k))
+        cov = np.zeros((len(h), k, k))
+        lens = slice(self.first - 1, self.last)
+        c[:, lens] = a @ self.fit.values
+        cov[:, lens, lens] = a @ self.fit.cov_scaled @ a.transpose(0, 2, 1)
+        cov[:, lens, lens] += self.scatter_waves**2 * np.eye(k - self.first + 1)
+        return c, cov
+
 
 def fit_field_model(tiles: list, n_terms: int, columns=None, first: int = 5) -> FieldModel:
     """Fit the field model to the tiles' Noll ``first..n_terms`` coefficients (see the module text).

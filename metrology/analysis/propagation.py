@@ -150,14 +150,17 @@ def _overlap_difference(nu: float, azimuth_deg: float, n_terms: int, n_grid: int
     return d
 
 
-def mtf_batch(samples, nu: float, azimuths_deg=MTF_AZIMUTHS_DEG) -> np.ndarray:
+def mtf_batch(samples, nu: float, azimuths_deg=MTF_AZIMUTHS_DEG, keep_defocus: bool = False) -> np.ndarray:
     """Smallest MTF over ``azimuths_deg`` at normalised frequency ``nu`` per row, shape (D,).
 
     ``MTF = MTF_dl(nu) |<exp(i 2 pi (W(p) - W(p - s)))>_overlap|`` for a uniform-amplitude pupil:
     the analytic overlap area times the mean phasor over the overlap (independent of the FFT route
-    of :func:`metrology.analysis.figures.mtf`; the tests compare the two).
+    of :func:`metrology.analysis.figures.mtf`; the tests compare the two). ``keep_defocus``: Noll 4
+    stays in the wavefront (a focus term: the MTF across the field, :mod:`metrology.analysis.field_mtf`).
     """
     s = _lens_rows(samples)
+    if keep_defocus and s.shape[1] >= 4:
+        s[:, 3] = np.atleast_2d(samples)[:, 3]
     nu = float(nu)
     if nu <= 0.0:
         return np.ones(len(s))

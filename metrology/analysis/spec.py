@@ -49,7 +49,9 @@ class Zone:
 
     ``rms_waves_max``, ``family_max`` and ``term_max`` as the spec's ``[limits]`` (waves, alignment
     removed); ``distortion_percent_max``: ``|distortion|`` (%); ``field_curvature_um_max``: the
-    focus departure of the field curvature, ``|c| |H|^2`` (um of sample defocus).
+    focus departure of the field curvature, ``|c| |H|^2`` (um of sample defocus); ``mtf``:
+    :class:`MtfLimit` rows, the smaller of the sagittal and tangential MTF at every field point of
+    the zone (:mod:`metrology.analysis.field_mtf`).
     """
 
     name: str
@@ -59,13 +61,15 @@ class Zone:
     term_max: dict = field(default_factory=dict)  # Noll index -> waves
     distortion_percent_max: float | None = None
     field_curvature_um_max: float | None = None
+    mtf: list = field(default_factory=list)  # MtfLimit: sagittal and tangential, at every point
 
     def has_limits(self) -> bool:
-        return bool(self.rms_waves_max is not None or self.family_max or self.term_max
+        return bool(self.rms_waves_max is not None or self.family_max or self.term_max or self.mtf
                     or self.distortion_percent_max is not None or self.field_curvature_um_max is not None)
 
 
-ZONE_KEYS = ("name", "h_max", "rms_waves_max", "family", "term", "distortion_percent_max", "field_curvature_um_max")
+ZONE_KEYS = ("name", "h_max", "rms_waves_max", "family", "term", "distortion_percent_max", "field_curvature_um_max",
+             "mtf")
 
 
 @dataclass
@@ -116,6 +120,13 @@ class LensSpec:
     @property
     def cutoff_cyc_per_mm(self) -> float:
         return cutoff_cyc_per_mm(self.wavelength_nm, self.na)
+
+    def mtf_frequencies(self) -> list:
+        """The spec's MTF frequencies (cycles/mm, ``[[limits.mtf]]`` and every zone's ``mtf``), sorted,
+        each once; half the cut-off when the spec states none (the MTF across the field is reported
+        at these)."""
+        f = {m.frequency_cyc_per_mm for m in self.mtf} | {m.frequency_cyc_per_mm for z in self.zones for m in z.mtf}
+        return sorted(f) or [round(0.5 * self.cutoff_cyc_per_mm, 1)]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -175,8 +186,8 @@ def parse_spec(data: dict, src="<spec>") -> LensSpec:
     lim = _table(src, data, "limits", "")
     _parse_limits(lim, spec, src)
     _parse_terms(lim, spec, src)
-    _parse_mtf(lim, spec, src)
-    spec.zones = _parse_zones(data, src)
+    spec.mtf = _parse_mtf(lim, spec.cutoff_cyc_per_mm, src)
+    spec.zones = _parse_zones(data, src, spec.cutoff_cyc_per_mm)
     if (spec.rms_waves_max is None and spec.strehl_min is None and spec.pv_waves_max is None
             and not spec.family_max and not spec.term_max and not spec.mtf and not spec.zones):
         raise InputError(src, "'limits' holds no limit: a specification must state at least one")
@@ -263,7 +274,7 @@ def _parse_terms(lim: dict, spec, src, where: str = "limits.") -> None:
         spec.term_max[j] = v
 
 
-def _parse_zones(data: dict, src) -> list:
+def _parse_zones(data: dict, src, cutoff: float) -> list:
     """``[[zone]]``: field zones ``|H| <= h_max`` with their own limits (``docs/spec.md``, section 7)."""
     rows = data.get("zone", [])
     if not isinstance(rows, list):
@@ -290,29 +301,32 @@ def _parse_zones(data: dict, src) -> list:
                 _check(src, v > 0, where + key, f"must be > 0, got {v:g}")
             setattr(zone, key, v)
         _parse_terms(row, zone, src, where)
+        zone.mtf = _parse_mtf(row, cutoff, src, where)
         if not zone.has_limits():
             raise InputError(src, f"'zone[{i}]' ({zone.name}) holds no limit: a zone must state at least one")
         zones.append(zone)
     return zones
 
 
-def _parse_mtf(lim: dict, spec: LensSpec, src) -> None:
-    """``[[limits.mtf]]``: minimum MTF at object-side frequencies below the cut-off."""
+def _parse_mtf(lim: dict, cut: float, src, parent: str = "limits.") -> list:
+    """``[[limits.mtf]]`` (or a zone's ``mtf``, keys under ``parent``): minimum MTF at object-side
+    frequencies below the cut-off ``cut`` (cycles/mm), as :class:`MtfLimit` rows."""
     mtf = lim.get("mtf", [])
     if not isinstance(mtf, list):
-        raise InputError(src, "'limits.mtf' must be an array of tables ([[limits.mtf]])")
-    cut = spec.cutoff_cyc_per_mm
+        raise InputError(src, f"'{parent}mtf' must be an array of tables ([[{parent}mtf]])")
+    rows = []
     for i, row in enumerate(mtf):
-        where = f"limits.mtf[{i}]."
+        where = f"{parent}mtf[{i}]."
         if not isinstance(row, dict):
-            raise InputError(src, f"'limits.mtf[{i}]' must be a table")
+            raise InputError(src, f"'{parent}mtf[{i}]' must be a table")
         _keys(src, row, where, {"frequency_cyc_per_mm", "min"})
         f = _number(src, row, "frequency_cyc_per_mm", where, required=True)
         _check(src, 0 < f < cut, where + "frequency_cyc_per_mm",
                f"must be in (0, {cut:.1f}) cycles/mm (the cut-off 2 NA / lambda), got {f}")
         mn = _number(src, row, "min", where, required=True)
         _check(src, 0 <= mn <= 1, where + "min", f"must be in [0, 1], got {mn}")
-        spec.mtf.append(MtfLimit(f, mn))
+        rows.append(MtfLimit(f, mn))
+    return rows
 
 
 def _parse_validity(data: dict, v: Validity, src) -> None:

@@ -29,7 +29,8 @@ import numpy as np
 
 from metrology.analysis.propagation import N_DRAWS, SEED, Quantity, derived_figures, family_indices
 from metrology.analysis.spec import LensSpec, Zone
-from metrology.field_terms import design_matrix
+from metrology.analysis.field_mtf import DRAWS as MTF_DRAWS
+from metrology.analysis.field_mtf import DIRECTIONS, FieldMtf
 from metrology.analysis.verdict import (FAIL, INCONCLUSIVE, PASS, LimitResult, Verdict, decide_upper, judge,
                                         limit_row, overall_verdict, validity_findings)
 from metrology.orderings import noll_to_nm, zernike_name
@@ -53,23 +54,10 @@ def zone_points(h_max: float, tile_h) -> np.ndarray:
     return np.concatenate([np.zeros((1, 2)), inside, grid])
 
 
-def _lens_at(model, h: np.ndarray) -> tuple:
-    """Noll 1..last coefficients (alignment zero) and covariance at each point: (P, K), (P, K, K)."""
-    a = design_matrix(model.columns, h, model.last, model.first)  # (P, L, C)
-    k = model.last
-    c = np.zeros((len(h), k))
-    cov = np.zeros((len(h), k, k))
-    lens = slice(model.first - 1, model.last)
-    c[:, lens] = a @ model.fit.values
-    cov[:, lens, lens] = a @ model.fit.cov_scaled @ a.transpose(0, 2, 1)
-    cov[:, lens, lens] += model.scatter_waves**2 * np.eye(k - model.first + 1)
-    return c, cov
-
-
 def _wavefront_figures(zone: Zone, model, h: np.ndarray, wavelength_nm: float, na: float, n_draws, seed) -> dict:
     """``figure key -> (label, unit, [Quantity per point] or None)`` of the zone's wavefront limits
     (``None``: the term or family is beyond the model's Noll ``last``)."""
-    c, cov = _lens_at(model, h)
+    c, cov = model.lens_at(h)
     k = model.last
     fams = [f for f in zone.family_max if family_indices(f, k)]
     terms = [j for j in zone.term_max if j <= k]
@@ -94,9 +82,12 @@ def _radial(value_u: tuple, h: np.ndarray) -> list:
     return [Quantity.from_u(abs(v) * s, u * s) for s in r2]
 
 
-def _worst(points: list, limit: float) -> tuple:
-    """Decide every point (upper limit) and pick the deciding one: ``(verdict, index)``."""
-    v = np.array([q.value for q in points])
+def _worst(points: list, limit: float, kind: str = "max") -> tuple:
+    """Decide every point (``kind`` ``"max"``: upper limit; ``"min"``: lower limit, decided as the
+    upper limit ``-limit`` on ``-value``) and pick the deciding one: ``(verdict, index)``."""
+    sign = 1.0 if kind == "max" else -1.0
+    limit = sign * limit
+    v = sign * np.array([q.value for q in points])
     big_u = np.array([q.U for q in points])
     dec = [decide_upper(a, b, limit) for a, b in zip(v, big_u)]
     if FAIL in dec:
@@ -108,30 +99,40 @@ def _worst(points: list, limit: float) -> tuple:
     return (INCONCLUSIVE if INCONCLUSIVE in dec else PASS), int(np.argmax(v + big_u))
 
 
-def _figure(zone: Zone, key: str, label: str, unit: str, limit: float, points, h, missing: str) -> tuple:
-    """One judged zone figure: ``(LimitResult, figure dict)``; ``points`` None: not measured (``missing``)."""
+def _figure(zone: Zone, key: str, limit: tuple, judged, missing: str) -> tuple:
+    """One judged zone figure: ``(LimitResult, figure dict)``. ``limit``: ``(label, unit, value, kind)``;
+    ``judged``: ``(quantities, h (N, 2), directions (N) or None)``, or None: not measured (``missing``)."""
+    label, unit, lim, kind = limit
     name = f"zone '{zone.name}' (|H| <= {zone.h_max:g}): {label}"
     spec_key = f"zone.{zone.name}.{key}"
-    if points is None:
-        row = LimitResult(name, "max", float(limit), unit, math.nan, math.nan, math.nan, INCONCLUSIVE,
+    if judged is None:
+        row = LimitResult(name, kind, float(lim), unit, math.nan, math.nan, math.nan, INCONCLUSIVE,
                           f"not measured: {missing}", spec_key)
         return row, {"figure": label, "key": key, "h": None, "points": 0, **_fields(row)}
-    _, i = _worst(points, limit)  # the deciding point carries the figure's verdict
-    row = limit_row(name, spec_key, "max", limit, unit, points[i])
-    where = f"worst of {len(points)} field points at H = ({h[i, 0]:+.2f}, {h[i, 1]:+.2f})"
+    points, h, directions = judged
+    _, i = _worst(points, lim, kind)  # the deciding point carries the figure's verdict
+    row = limit_row(name, spec_key, kind, lim, unit, points[i])
+    n = len(points) if directions is None else len(points) // len(DIRECTIONS)
+    where = f"worst of {n} field points at H = ({h[i, 0]:+.2f}, {h[i, 1]:+.2f})"
+    where += "" if directions is None else f", {directions[i]}"
     row.reason = f"{where}: {row.reason}"
-    return row, {"figure": label, "key": key, "h": [float(h[i, 0]), float(h[i, 1])], "points": len(points),
-                 **_fields(row)}
+    fig = {"figure": label, "key": key, "h": [float(h[i, 0]), float(h[i, 1])], "points": n, **_fields(row)}
+    if directions is not None:
+        fig["direction"] = directions[i]
+    return row, fig
 
 
 def _fields(row: LimitResult) -> dict:
-    return {"limit": row.limit, "unit": row.unit, "value": row.value, "u": row.u, "U": row.U,
+    return {"limit": row.limit, "kind": row.kind, "unit": row.unit, "value": row.value, "u": row.u, "U": row.U,
             "verdict": row.verdict, "reason": row.reason}
 
 
 def judge_zone(zone: Zone, field, wavelength_nm: float, na: float, n_draws: int = N_DRAWS,
-               seed: int = SEED) -> tuple:
+               seed: int = SEED, mtf: FieldMtf | None = None) -> tuple:
     """Judge one zone on a full-field measurement (``None``: a single-tile capture).
+
+    ``mtf``: the sagittal and tangential MTF of the field (:class:`FieldMtf`, at least at the zone's
+    MTF frequencies; made here when not given) for the zone's ``mtf`` limits.
 
     Returns
     -------
@@ -139,22 +140,13 @@ def judge_zone(zone: Zone, field, wavelength_nm: float, na: float, n_draws: int 
         One per limit of the zone (its ``name`` names the zone, its ``reason`` the deciding ``H``).
     summary : dict
         ``name``, ``h_max``, ``verdict``, ``figures`` (per limit: ``figure``, ``key``, ``h`` of the
-        deciding point, ``points``, ``limit``, ``unit``, ``value``, ``u``, ``U``, ``verdict``, ``reason``).
+        deciding point, ``points``, ``limit``, ``kind``, ``unit``, ``value``, ``u``, ``U``, ``verdict``,
+        ``reason``; an MTF limit also its ``direction``, sagittal or tangential).
     """
-    limits = {}
-    if zone.rms_waves_max is not None:
-        limits["rms_waves_max"] = ("RMS wavefront error", "waves", zone.rms_waves_max)
-    limits.update({f"family.{n}": (f"{n} magnitude", "waves", v) for n, v in zone.family_max.items()})
-    limits.update({f"term.{j}": (f"|Z{j}| {zernike_name(*noll_to_nm(j))}", "waves", v)
-                   for j, v in zone.term_max.items()})
-    if zone.distortion_percent_max is not None:
-        limits["distortion_percent_max"] = ("distortion", "%", zone.distortion_percent_max)
-    if zone.field_curvature_um_max is not None:
-        limits["field_curvature_um_max"] = ("field curvature (focus departure)", "um", zone.field_curvature_um_max)
-    points, h, why = _zone_quantities(zone, field, wavelength_nm, na, n_draws, seed)
+    points, why = _zone_quantities(zone, field, wavelength_nm, na, n_draws, seed, mtf)
     rows, figures = [], []
-    for key, (label, unit, limit) in limits.items():
-        row, fig = _figure(zone, key, label, unit, limit, points.get(key), h, why.get(key, ""))
+    for key, limit in _zone_limits(zone).items():
+        row, fig = _figure(zone, key, limit, points.get(key), why.get(key, ""))
         rows.append(row)
         figures.append(fig)
     verdicts = [r.verdict for r in rows]
@@ -162,17 +154,35 @@ def judge_zone(zone: Zone, field, wavelength_nm: float, na: float, n_draws: int 
     return rows, {"name": zone.name, "h_max": zone.h_max, "verdict": overall, "figures": figures}
 
 
-def _zone_quantities(zone: Zone, field, wavelength_nm, na, n_draws, seed) -> tuple:
-    """``(points: key -> [Quantity per point], h (P, 2), why: key -> reason a figure is missing)``."""
+def _zone_limits(zone: Zone) -> dict:
+    """``spec key -> (label, unit, limit, kind)`` of every limit of the zone, in the report's order."""
+    limits = {}
+    if zone.rms_waves_max is not None:
+        limits["rms_waves_max"] = ("RMS wavefront error", "waves", zone.rms_waves_max, "max")
+    limits.update({f"family.{n}": (f"{n} magnitude", "waves", v, "max") for n, v in zone.family_max.items()})
+    limits.update({f"term.{j}": (f"|Z{j}| {zernike_name(*noll_to_nm(j))}", "waves", v, "max")
+                   for j, v in zone.term_max.items()})
+    if zone.distortion_percent_max is not None:
+        limits["distortion_percent_max"] = ("distortion", "%", zone.distortion_percent_max, "max")
+    if zone.field_curvature_um_max is not None:
+        limits["field_curvature_um_max"] = ("field curvature (focus departure)", "um", zone.field_curvature_um_max,
+                                            "max")
+    limits.update({f"mtf[{i}]": (f"MTF at {m.frequency_cyc_per_mm:g} cycles/mm (sagittal and tangential)", "",
+                                 m.min, "min") for i, m in enumerate(zone.mtf)})
+    return limits
+
+
+def _zone_quantities(zone: Zone, field, wavelength_nm, na, n_draws, seed, mtf) -> tuple:
+    """``(judged: key -> (quantities, h (N, 2), directions or None), why: key -> reason a figure is missing)``."""
     if field is None:
         why = "a single-tile capture sees one field point; a zone needs a full-field station (docs/full-field.md)"
-        return {}, np.zeros((0, 2)), _all_keys(zone, why)
+        return {}, _all_keys(zone, why)
     tile_h = np.array([t.h for t in field.tiles], dtype=np.float64)
     reach = float(np.hypot(tile_h[:, 0], tile_h[:, 1]).max())
     if zone.h_max > REACH * reach + 1e-9:
         why = (f"the zone reaches |H| = {zone.h_max:g}, beyond the measured tiles (outermost |H| = {reach:.2f}; "
                "the field model is not extrapolated)")
-        return {}, np.zeros((0, 2)), _all_keys(zone, why)
+        return {}, _all_keys(zone, why)
     h = zone_points(zone.h_max, tile_h)
     points, why = {}, {}
     notes = "; ".join(field.notes) or "not fitted"
@@ -184,22 +194,38 @@ def _zone_quantities(zone: Zone, field, wavelength_nm, na, n_draws, seed) -> tup
             if q is None:
                 why[key] = f"beyond the field model's Noll 5..{field.model.last}"
             else:
-                points[key] = q
+                points[key] = (q, h, None)
+        points.update(_mtf_points(zone, field, h, wavelength_nm, na, n_draws, seed, mtf))
     if field.distortion is None:
         why["distortion_percent_max"] = f"no distortion fit ({notes})"
     else:
-        points["distortion_percent_max"] = _radial(field.distortion["distortion_percent_edge"], h)
+        points["distortion_percent_max"] = (_radial(field.distortion["distortion_percent_edge"], h), h, None)
     if field.curvature is None:
         why["field_curvature_um_max"] = f"no field-curvature fit ({notes})"
     else:
-        points["field_curvature_um_max"] = _radial(field.curvature.value("curvature_um"), h)
-    return points, h, why
+        points["field_curvature_um_max"] = (_radial(field.curvature.value("curvature_um"), h), h, None)
+    return points, why
+
+
+def _mtf_points(zone: Zone, field, h, wavelength_nm, na, n_draws, seed, mtf) -> dict:
+    """``mtf[i] -> (quantities (2P), h (2P, 2), directions (2P))``: every point's sagittal and
+    tangential MTF at each of the zone's MTF frequencies."""
+    if not zone.mtf:
+        return {}
+    if mtf is None:
+        mtf = FieldMtf(field.model, field.curvature, [m.frequency_cyc_per_mm for m in zone.mtf], wavelength_nm, na,
+                       min(n_draws, MTF_DRAWS), seed)
+    at = [mtf.at(p) for p in h]
+    out = {}
+    for i, m in enumerate(zone.mtf):
+        k = mtf.index(m.frequency_cyc_per_mm)
+        q = [r[d][k] for r in at for d in DIRECTIONS]
+        out[f"mtf[{i}]"] = (q, np.repeat(h, len(DIRECTIONS), axis=0), list(DIRECTIONS) * len(h))
+    return out
 
 
 def _all_keys(zone: Zone, why: str) -> dict:
-    keys = ["rms_waves_max", "distortion_percent_max", "field_curvature_um_max"]
-    keys += [f"family.{n}" for n in zone.family_max] + [f"term.{j}" for j in zone.term_max]
-    return dict.fromkeys(keys, why)
+    return dict.fromkeys(_zone_limits(zone), why)
 
 
 def tile_findings(field, spec: LensSpec, seen=()) -> tuple:
@@ -218,7 +244,7 @@ def tile_findings(field, spec: LensSpec, seen=()) -> tuple:
 
 
 def judge_field(measurement, spec: LensSpec, station_status: dict | None = None, field=None,
-                n_draws: int = N_DRAWS, seed: int = SEED) -> Verdict:
+                n_draws: int = N_DRAWS, seed: int = SEED, mtf: FieldMtf | None = None) -> Verdict:
     """The verdict of an inspection, across the field when the spec has zones.
 
     Parameters
@@ -231,6 +257,9 @@ def judge_field(measurement, spec: LensSpec, station_status: dict | None = None,
         The station's calibration status (:func:`judge`).
     field : FieldMeasurement, optional
         A full-field measurement (``None``: a single-tile capture).
+    mtf : FieldMtf, optional
+        Its MTF across the field at the spec's frequencies (:func:`field_mtf`; made here when a zone
+        has an MTF limit and none is given).
 
     Returns
     -------
@@ -253,10 +282,58 @@ def judge_field(measurement, spec: LensSpec, station_status: dict | None = None,
         blocking += b
         warnings += w
     rows, zones = list(base.limits), []
+    if mtf is None and field is not None and any(z.mtf for z in spec.zones):
+        mtf = field_mtf(field, spec, measurement.wavelength_nm, measurement.na, min(n_draws, MTF_DRAWS), seed)
     for zone in spec.zones:
-        zone_rows, summary = judge_zone(zone, field, measurement.wavelength_nm, measurement.na, n_draws, seed)
+        zone_rows, summary = judge_zone(zone, field, measurement.wavelength_nm, measurement.na, n_draws, seed,
+                                        mtf)
         rows += zone_rows
         zones.append(summary)
     verdict = overall_verdict(rows, blocking, warnings)
     verdict.zones = zones
     return verdict
+
+
+def field_mtf(field, spec: LensSpec, wavelength_nm: float, na: float, n_draws: int = MTF_DRAWS,
+              seed: int = SEED) -> FieldMtf | None:
+    """The MTF across the field at the spec's frequencies (:meth:`LensSpec.mtf_frequencies`), shared by
+    the zone verdicts and the result document; ``None`` without a field model."""
+    if field is None or field.model is None:
+        return None
+    return FieldMtf(field.model, field.curvature, spec.mtf_frequencies(), wavelength_nm, na, n_draws, seed)
+
+
+def mtf_vs_field(field, spec: LensSpec, mtf: FieldMtf | None) -> dict | None:
+    """Sagittal and tangential MTF at every tile centre and at the points the zones are judged at (the
+    axis and each zone's polar grid; without zones the grid reaching the outermost tile), for the
+    result document. ``None`` without a field model.
+
+    Returns
+    -------
+    dict
+        ``frequencies_cyc_per_mm`` (F), ``diffraction_limited`` (F), ``focus`` (which focus),
+        ``points``: per point ``h``, ``abs_h``, ``source`` (``"tile <name>"``, ``"axis"`` or
+        ``"zone grid"``), ``tangential_azimuth_deg``, ``sagittal`` and ``tangential`` (F Quantities each).
+    """
+    if mtf is None:
+        return None
+    tile_h = np.array([t.h for t in field.tiles], dtype=np.float64)
+    reach = float(np.hypot(tile_h[:, 0], tile_h[:, 1]).max())
+    radii = [z.h_max for z in spec.zones if z.h_max <= REACH * reach + 1e-9] or [reach]
+    rows = [(f"tile {t.name}", np.asarray(t.h, dtype=np.float64)) for t in field.tiles]
+    seen = {(round(h[0], 9), round(h[1], 9)) for _, h in rows}
+    for r in radii:
+        for h in zone_points(r, np.zeros((0, 2))):
+            key = (round(h[0], 9), round(h[1], 9))
+            if key not in seen:
+                seen.add(key)
+                rows.append(("axis" if not h.any() else "zone grid", h))
+    points = []
+    for source, h in rows:
+        at = mtf.at(h)
+        points.append({"h": [float(h[0]), float(h[1])], "abs_h": float(math.hypot(*h)), "source": source,
+                       "tangential_azimuth_deg": at["tangential_azimuth_deg"],
+                       **{d: at[d] for d in DIRECTIONS}})
+    first = mtf.at(rows[0][1])
+    return {"frequencies_cyc_per_mm": list(mtf.frequencies), "diffraction_limited": first["diffraction_limited"],
+            "focus": mtf.focus, "points": points}

@@ -11,7 +11,7 @@ import numpy as np
 
 from metrology.analysis.field import w220_from_curvature
 from metrology.analysis.figures import rms_waves
-from metrology.conventions import COVERAGE_FACTOR
+from metrology.conventions import COVERAGE_FACTOR, MTF_DIRECTIONS_TEXT
 from metrology.field_terms import design_matrix, field_basis
 from metrology.report.document import finite_or_none
 
@@ -96,11 +96,21 @@ def _curvature(fit, model, na: float, wavelength_nm: float) -> dict | None:
             "chi2": finite_or_none(fit.chi2), "dof": int(fit.dof)}
 
 
-def field_block(layout, station, field_measurement) -> dict:
+def _mtf(mtf: dict | None) -> dict | None:
+    """The MTF across the field (:func:`metrology.analysis.zones.mtf_vs_field`) with JSON numbers."""
+    if mtf is None:
+        return None
+    points = [{**p, **{d: [_q(q.value, q.u) for q in p[d]] for d in ("sagittal", "tangential")}}
+              for p in mtf["points"]]
+    return {**mtf, "directions": MTF_DIRECTIONS_TEXT, "points": points}
+
+
+def field_block(layout, station, field_measurement, mtf: dict | None = None) -> dict:
     """The ``field`` block from a full-field measurement (``tiles``, ``measurements``, ``model``,
     ``distortion``, ``curvature``, ``station``, ``notes``, ``central``: see
-    :class:`metrology.pipeline_field.FieldMeasurement`) and the station (nominal magnification, NA,
-    wavelength)."""
+    :class:`metrology.pipeline_field.FieldMeasurement`), the station (nominal magnification, NA,
+    wavelength) and the MTF across the field (:func:`metrology.analysis.zones.mtf_vs_field`; ``None``:
+    no field model)."""
     fm = field_measurement
     return {
         "layout": _layout(layout),
@@ -112,6 +122,7 @@ def field_block(layout, station, field_measurement) -> dict:
         "field_curvature": _curvature(fm.curvature, fm.model, station.na, station.wavelength_nm),
         "station": [{"name": k, "value": finite_or_none(v["value"]), "u": finite_or_none(v["u"]),
                      "chi2": finite_or_none(v["chi2"]), "tiles": v["tiles"]} for k, v in fm.station.items()],
+        "mtf": _mtf(mtf),
         "notes": list(fm.notes),
     }
 

@@ -3,8 +3,10 @@
 
 Left map: the RMS wavefront of every tile (Noll 5..K) as a coloured square at the tile's field
 position, astigmatism as a line segment along its axis (length proportional to its magnitude) and
-coma as an arrow (direction of ``(c8, c7)``); +y points down as on every map. Right: each tile's
-distortion (%) and sample defocus (um) against ``|H|``, with the field model's curves. Tables: the
+coma as an arrow (direction of ``(c8, c7)``); +y points down as on every map. Middle: each tile's
+distortion (%) and sample defocus (um) against ``|H|``, with the field model's curves. Right: the
+sagittal and tangential MTF at the spec's frequencies against ``|H|`` (``field.mtf``) with the
+diffraction limit, the directions convention printed under the figure. Tables: the
 Hopkins coefficients with U, the field model's chi-square, distortion and magnification, field
 curvature, the verdict per field zone of the specification (``verdict.zones``: zone, figure, the
 field point that decides it, value with U, limit, verdict) and every tile. Reads only the result
@@ -97,11 +99,39 @@ def _radial_plot(ax, doc: dict) -> None:
     ax.set_title("Distortion and focus across the field", fontsize=_FONT)
 
 
+def _mtf_plot(ax, doc: dict) -> None:
+    """Tangential (filled) and sagittal (open) MTF at each spec frequency against ``|H|`` (every
+    point of ``field.mtf``, bars U), with the diffraction limit (dashed)."""
+    m = doc["field"].get("mtf")
+    if not m:
+        ax.text(0.5, 0.5, "MTF across the field: no field model", ha="center", va="center", fontsize=_FONT,
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    r = np.array([p["abs_h"] for p in m["points"]])
+    for k, (f, dl) in enumerate(zip(m["frequencies_cyc_per_mm"], m["diffraction_limited"])):
+        colour = f"C{k}"
+        for d, face in (("tangential", colour), ("sagittal", "none")):
+            q = [p[d][k] for p in m["points"]]
+            ok = [i for i, x in enumerate(q) if x["value"] is not None]
+            ax.errorbar(r[ok], [q[i]["value"] for i in ok], yerr=[q[i]["U"] or 0 for i in ok], fmt="o", ms=2.2,
+                        mfc=face, mec=colour, ecolor=colour, lw=0.5,
+                        label=f"{d[0].upper()} {f:g} c/mm")
+        ax.axhline(dl, color=colour, ls="--", lw=0.7)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("|H|", fontsize=_FONT)
+    ax.set_ylabel("MTF", fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT - 1)
+    ax.legend(fontsize=_FONT - 1.5, loc="lower left", frameon=False)
+    ax.set_title("MTF: T filled, S open, diffraction limit dashed", fontsize=_FONT)
+
+
 def field_png(doc: dict, width_mm=186.0, height_mm=78.0) -> bytes:
-    """The page's figure: the field map and the radial plot, side by side."""
+    """The page's figure: the field map, the radial plot and the MTF across the field, side by side."""
     fig = figure(width_mm, height_mm)
-    _field_map(fig.add_subplot(1, 2, 1), doc)
-    _radial_plot(fig.add_subplot(1, 2, 2), doc)
+    _field_map(fig.add_subplot(1, 3, 1), doc)
+    _radial_plot(fig.add_subplot(1, 3, 2), doc)
+    _mtf_plot(fig.add_subplot(1, 3, 3), doc)
     fig.tight_layout(pad=0.6)
     return png_bytes(fig)
 
@@ -150,8 +180,10 @@ def zone_rows(doc: dict) -> list:
             zone = f"{z['name']} (|H| <= {z['h_max']:g}): {z['verdict']}" if i == 0 else ""
             unit = f" {f['unit']}" if f["unit"] else ""
             where = "n/a" if f["h"] is None else f"({f['h'][0]:+.2f}, {f['h'][1]:+.2f})"
+            where += f", {f['direction']}" if f.get("direction") else ""
+            op = ">=" if f.get("kind") == "min" else "<="
             rows.append((zone, f["figure"], where, format_value_u(f["value"], f["U"]) + unit,
-                         f"<= {f['limit']:g}{unit}", f["verdict"] if trusted else f"{f['verdict']} - not trusted"))
+                         f"{op} {f['limit']:g}{unit}", f["verdict"] if trusted else f"{f['verdict']} - not trusted"))
     return rows
 
 
@@ -174,6 +206,15 @@ def _zone_table(doc: dict, st: dict) -> list:
                         [44, 40, 24, 34, 22, 22], tint)]
 
 
+def _mtf_note(f: dict, st: dict):
+    """The MTF directions convention and the focus of the MTF across the field, under the figure."""
+    m = f.get("mtf")
+    if not m:
+        return spacer()
+    return para(f"{m['directions']} Focus: {m['focus']}. Uniform pupil amplitude (no vignetting); bars U (k = 2).",
+                st["small"])
+
+
 def page_field(doc, arrays, st, width_mm, context) -> list:
     """Page 5 (full-field inspections only): the lens across the field."""
     f = doc["field"]
@@ -182,7 +223,7 @@ def page_field(doc, arrays, st, width_mm, context) -> list:
             f"{lay['sensor_px'][1]} frame, field radius {lay['field_radius_mm']:g} mm (|H| = 1). The pages before "
             f"show tile {f['central_tile']} (nearest the axis).")
     out = [para("Lens across the field", st["h"]), para(head, st["body"]), para("Method: " + f["method"], st["small"]),
-           spacer(), png(field_png(doc, width_mm, 70.0), width_mm, 70.0), spacer()]
+           spacer(), png(field_png(doc, width_mm, 70.0), width_mm, 70.0), _mtf_note(f, st), spacer()]
     out += _zone_table(doc, st) + [spacer()]
     out.append(table([[para(c, st["cellb" if i == 0 else "cell"]) for c in row] for i, row in enumerate(summary_rows(doc))],
                      [90, 60, 20]))

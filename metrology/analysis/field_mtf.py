@@ -1,0 +1,156 @@
+"""MTF across the field: sagittal and tangential MTF at a field point ``H`` from the field model's
+Zernike coefficients there (``docs/full-field.md``, "MTF across the field").
+
+* **Directions** (:data:`metrology.conventions.MTF_DIRECTIONS_TEXT`): the tangential MTF has its
+  spatial-frequency vector along ``H`` (radial in the field), the sagittal MTF perpendicular to it;
+  on the axis the tangential direction is ``+x``.
+* **Pupil**: uniform amplitude on the station's NA (off-axis vignetting is not in it), phase the
+  field model's Noll ``5..K`` at ``H`` plus the focus term below; the incoherent OTF is the pupil's
+  normalised autocorrelation, evaluated on the overlap of the pupil and its shifted copy
+  (:func:`metrology.analysis.propagation.mtf_batch`); the diffraction limit
+  (:func:`metrology.analysis.figures.mtf_diffraction_limited`) is reported beside it.
+* **Focus**: the image plane through the axis's best focus, as on an MTF bench at one focus
+  setting. A tile's fitted sample defocus is its own best (medial) focus; the field-curvature fit
+  ``z(H) = z0 + t.H + c |H|^2`` (:func:`metrology.analysis.field.fit_field_curvature`) puts the
+  point ``H`` at ``c |H|^2`` um of sample defocus from that plane, a Noll-4 term of
+  ``-c |H|^2 (1 - sqrt(1 - NA^2)) / (2 sqrt(3) lambda)`` waves (paraxial; the sign of
+  ``sample.defocus_um``, :mod:`metrology.conventions`). The image-plane tilt ``t`` is the sample's
+  tilt on the station, not the lens's, and is left out. Astigmatism splits sagittal from tangential
+  only away from its medial focus: this focus term is what separates them. Without a
+  field-curvature fit every point is at its own best focus (``focus`` says which).
+* **Uncertainty**: the same Monte Carlo as every derived figure
+  (:func:`metrology.analysis.propagation.monte_carlo`) over the coefficients' covariance at ``H``
+  (the field model's, propagated, plus its per-field scatter: :meth:`FieldModel.lens_at`) and the
+  curvature's ``u`` on the focus term (the two fits are independent).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from metrology.analysis.figures import cutoff_cyc_per_mm, mtf_diffraction_limited
+from metrology.analysis.propagation import N_DRAWS, SEED, Quantity, monte_carlo, mtf_batch, sample_coefficients
+
+DIRECTIONS = ("sagittal", "tangential")
+FOCUS_IMAGE_PLANE = ("image plane through the axis's best focus (field curvature c |H|^2 from the tiles' sample "
+                     "defocus; the sample's tilt left out)")
+FOCUS_BEST = "each field point at its own best (medial) focus: no field-curvature fit"
+DRAWS = 500
+"""Monte Carlo draws per field point (the MTF is an FFT-free overlap integral per draw, direction
+and frequency; 500 draws give ``u`` to about 3 %)."""
+
+
+def tangential_azimuth_deg(h) -> float:
+    """Azimuth of the tangential frequency vector at ``h`` (2,), degrees from +x towards +y: the
+    direction of ``H``; 0 (``+x``) on the axis."""
+    hx, hy = float(h[0]), float(h[1])
+    return 0.0 if math.hypot(hx, hy) < 1e-9 else math.degrees(math.atan2(hy, hx))
+
+
+def defocus_noll4_per_um(na: float, wavelength_nm: float) -> float:
+    """Noll-4 coefficient (waves) of 1 um of sample defocus: ``-(1 - sqrt(1 - NA^2)) / (2 sqrt(3) lambda)``."""
+    return -(1.0 - math.sqrt(1.0 - na * na)) / (wavelength_nm * 1e-3) / (2.0 * math.sqrt(3.0))
+
+
+def image_plane_focus(curvature, h: np.ndarray, na: float, wavelength_nm: float) -> tuple:
+    """Noll-4 value and standard uncertainty (waves) at each point ``h`` (P, 2) from the field-curvature
+    fit (a :class:`~metrology.analysis.field.LinearFit` with ``curvature_um``; ``None``: zeros)."""
+    h = np.asarray(h, dtype=np.float64).reshape(-1, 2)
+    if curvature is None:
+        return np.zeros(len(h)), np.zeros(len(h))
+    c, uc = curvature.value("curvature_um")
+    r2 = (h**2).sum(axis=1)
+    per_um = defocus_noll4_per_um(na, wavelength_nm)
+    return c * r2 * per_um, abs(uc * per_um) * r2
+
+
+def mtf_at_point(c, cov, h, frequencies_cyc_per_mm, wavelength_nm: float, na: float, n_draws: int = N_DRAWS,
+                 seed: int = SEED) -> dict:
+    """Sagittal and tangential MTF at one field point with their uncertainty.
+
+    Parameters
+    ----------
+    c : array_like, shape (K,)
+        Noll 1..K coefficients at the point (waves); piston and tilt are ignored, Noll 4 is the
+        focus term (:func:`image_plane_focus`), Noll 5..K the lens.
+    cov : array_like, shape (K, K)
+        Their covariance (waves^2).
+    h : array_like, shape (2,)
+        The field point (``H`` units): sets the directions.
+    frequencies_cyc_per_mm : sequence of float, length F
+        Object-side frequencies (below the cut-off ``2 NA / lambda``).
+
+    Returns
+    -------
+    dict
+        ``sagittal`` and ``tangential``: lists (F) of :class:`Quantity`; ``diffraction_limited`` (F,);
+        ``tangential_azimuth_deg``.
+    """
+    c = np.asarray(c, dtype=np.float64).copy()
+    cv = np.asarray(cov, dtype=np.float64).copy()
+    c[:3], cv[:3, :], cv[:, :3] = 0.0, 0.0, 0.0
+    samples = sample_coefficients(c, cv, n_draws, seed)
+    az_t = tangential_azimuth_deg(h)
+    cut = cutoff_cyc_per_mm(wavelength_nm, na)
+    out = {"sagittal": [], "tangential": [], "diffraction_limited": [], "tangential_azimuth_deg": az_t}
+    for f in frequencies_cyc_per_mm:
+        nu = float(f) / cut
+        for name, az in (("tangential", az_t), ("sagittal", az_t + 90.0)):
+            out[name].append(monte_carlo(lambda s, nu=nu, az=az: mtf_batch(s, nu, (az,), keep_defocus=True),
+                                         c, cv, "", samples=samples))
+        out["diffraction_limited"].append(float(mtf_diffraction_limited(nu)))
+    return out
+
+
+def mtf_at_points(model, curvature, h, frequencies_cyc_per_mm, wavelength_nm: float, na: float,
+                  n_draws: int = N_DRAWS, seed: int = SEED) -> list:
+    """:func:`mtf_at_point` at every point ``h`` (P, 2) of a field model (``FieldModel``) in the
+    image plane of ``curvature`` (:func:`image_plane_focus`); a list (P) of its dicts."""
+    h = np.asarray(h, dtype=np.float64).reshape(-1, 2)
+    c, cov = model.lens_at(h)
+    if c.shape[1] < 4:
+        raise ValueError("the field model ends before Noll 4")
+    c4, u4 = image_plane_focus(curvature, h, na, wavelength_nm)
+    c[:, 3] = c4
+    cov[:, 3, :], cov[:, :, 3] = 0.0, 0.0
+    cov[:, 3, 3] = u4**2
+    return [mtf_at_point(ci, vi, hi, frequencies_cyc_per_mm, wavelength_nm, na, n_draws, seed)
+            for ci, vi, hi in zip(c, cov, h)]
+
+
+class FieldMtf:
+    """Sagittal and tangential MTF of a full-field measurement (``model``: a ``FieldModel``,
+    ``curvature``: the field-curvature fit or ``None``) at the ``frequencies`` (cycles/mm), each field
+    point computed once (the zone verdicts and the result document share the points).
+
+    ``at(h)`` returns :func:`mtf_at_point`'s dict at ``h`` (2,).
+    """
+
+    def __init__(self, model, curvature, frequencies, wavelength_nm: float, na: float, n_draws: int = DRAWS,
+                 seed: int = SEED):
+        self.model, self.curvature = model, curvature
+        self.frequencies = tuple(float(f) for f in frequencies)
+        self.wavelength_nm, self.na, self.n_draws, self.seed = float(wavelength_nm), float(na), int(n_draws), seed
+        self._done = {}
+
+    @property
+    def focus(self) -> str:
+        return focus_text(self.curvature)
+
+    def at(self, h) -> dict:
+        key = (round(float(h[0]), 9), round(float(h[1]), 9))
+        if key not in self._done:
+            self._done[key] = mtf_at_points(self.model, self.curvature, np.array([key]), self.frequencies,
+                                            self.wavelength_nm, self.na, self.n_draws, self.seed)[0]
+        return self._done[key]
+
+    def index(self, frequency: float) -> int:
+        """Position of ``frequency`` among :attr:`frequencies`."""
+        return min(range(len(self.frequencies)), key=lambda i: abs(self.frequencies[i] - float(frequency)))
+
+
+def focus_text(curvature) -> str:
+    """Which focus the MTF across the field is at (:data:`FOCUS_IMAGE_PLANE` or :data:`FOCUS_BEST`)."""
+    return FOCUS_BEST if curvature is None else FOCUS_IMAGE_PLANE
