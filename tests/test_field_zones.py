@@ -47,6 +47,19 @@ def test_fixture_zones_parse():
         assert (ROOT / "metrology/data" / name).read_bytes() == (ROOT / "fixtures" / sub / name).read_bytes(), name
 
 
+def test_zone_mtf_limits_parse(tmp_path):
+    text = (ZONE + "[[zone.mtf]]\nfrequency_cyc_per_mm = 150\nmin = 0.3\n"
+            '[[zone]]\nname = "inner"\nh_max = 0.5\nmtf = [{ frequency_cyc_per_mm = 100, min = 0.45 }]\n'
+            "[[limits.mtf]]\nfrequency_cyc_per_mm = 100\nmin = 0.5\n")
+    spec = load_spec(_spec(tmp_path, text))
+    full, inner = spec.zones
+    assert [(m.frequency_cyc_per_mm, m.min) for m in full.mtf] == [(150.0, 0.3)]
+    assert inner.mtf[0].min == 0.45 and inner.has_limits() and inner.rms_waves_max is None  # MTF alone is a limit
+    assert spec.mtf_frequencies() == [100.0, 150.0]
+    assert spec.to_dict()["zones"][1]["mtf"] == [{"frequency_cyc_per_mm": 100.0, "min": 0.45}]
+    assert load_spec(_spec(tmp_path, ZONE)).mtf_frequencies() == [192.3]  # none stated: half the cut-off
+
+
 def test_zones_alone_are_a_specification(tmp_path):
     spec = load_spec(_spec(tmp_path, ZONE))
     assert spec.rms_waves_max is None and spec.zones[0].rms_waves_max == 0.05
@@ -68,6 +81,13 @@ def test_zones_alone_are_a_specification(tmp_path):
     (ZONE.replace("rms_waves_max = 0.05\n", ""), "'zone[0]' (full field) holds no limit"),
     (ZONE.replace('name = "full field"\n', ""), "'zone[0].name' must be a non-empty string"),
     ("zone = 3\n|[limits]\nrms_waves_max = 0.1\n", "'zone' must be an array of tables"),
+    (ZONE + "mtf = [{ frequency_cyc_per_mm = 500, min = 0.3 }]\n",
+     "'zone[0].mtf[0].frequency_cyc_per_mm' must be in (0, 384.6) cycles/mm"),
+    (ZONE + "mtf = [{ frequency_cyc_per_mm = 100, min = 1.3 }]\n", "'zone[0].mtf[0].min' must be in [0, 1]"),
+    (ZONE + "mtf = [{ frequency_cyc_per_mm = 100 }]\n", "missing key 'zone[0].mtf[0].min'"),
+    (ZONE + "mtf = [{ frequency_cyc_per_mm = 100, minimum = 0.3 }]\n", "unknown key 'zone[0].mtf[0].minimum'"),
+    (ZONE + "mtf = 0.3\n", "'zone[0].mtf' must be an array of tables ([[zone[0].mtf]])"),
+    (ZONE + "mtf = [0.3]\n", "'zone[0].mtf[0]' must be a table"),
 ])
 def test_bad_zones_give_one_line_errors_naming_the_file(tmp_path, text, fragment):
     path = _spec(tmp_path, text)

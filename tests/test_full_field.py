@@ -188,7 +188,9 @@ def test_full_field_pdf_page_rendered_and_read(inspected, tmp_path):
     assert "Lens across the field" in text and "page 5 of 5" in text
     for fragment in ("Hopkins W131", "Hopkins W220", "Distortion at |H| = 1", "Calibrated magnification", "r0c0", "r2c2",
                      "Verdict per field zone (overall FAIL)", "0-0.7 field (|H| <= 0.7): PASS",
-                     "full field (|H| <= 1): FAIL"):
+                     "full field (|H| <= 1): FAIL",
+                     "MTF directions: at field point H the tangential MTF has its frequency vector along H",
+                     "Focus: image plane through the axis's best focus"):
         assert fragment in text, fragment
     w222 = result.document["field"]["model"]["seidel_waves"]["W222"]
     assert f"{w222['value']:.3f}"[:4] in text  # the table prints the fitted W222
@@ -289,6 +291,83 @@ def test_zone_verdict_passes_everywhere_and_is_inconclusive_within_u(inspected, 
     assert tight.reasons == [f"zone 'full field' (|H| <= 1): astigmatism magnitude: worst of {astig['points']} field "
                              f"points at H = ({astig['h'][0]:+.2f}, {astig['h'][1]:+.2f}): "
                              f"{astig['value']:.4g} +/- {astig['U']:.2g} straddles the limit {limit:g}"]
+
+
+def test_mtf_across_the_field_matches_the_simulated_lens(inspected):
+    """Sagittal and tangential MTF at 100 cycles/mm (the spec's frequency) at every tile against the
+    simulated lens's own Zernikes there, in the image plane through the axis's best focus: the
+    fixture's W222 0.10 + W220 0.05 waves put the tangential focus farther from that plane than the
+    sagittal one, so the tangential MTF of the outer tiles is the lower, by far more than U."""
+    # lazy: the analysis facade is what the application calls
+    from metrology.analysis.figures import cutoff_cyc_per_mm, mtf_diffraction_limited
+    from metrology.analysis.field_mtf import FOCUS_IMAGE_PLANE
+    from metrology.analysis.propagation import mtf_batch
+    from metrology.conventions import MTF_DIRECTIONS_TEXT
+
+    result, truth, _ = inspected
+    m = result.document["field"]["mtf"]
+    nu = 100.0 / cutoff_cyc_per_mm(520.0, 0.1)
+    assert m["frequencies_cyc_per_mm"] == [100.0] and m["focus"] == FOCUS_IMAGE_PLANE
+    assert m["directions"] == MTF_DIRECTIONS_TEXT and m["diffraction_limited"] == [pytest.approx(mtf_diffraction_limited(nu))]
+    tiles = [p for p in m["points"] if p["source"].startswith("tile ")]
+    assert [p["source"] for p in tiles] == [f"tile {t['name']}" for t in result.document["field"]["tiles"]]
+    assert len(m["points"]) > 100  # and the zones' polar grids
+    axis = np.array(next(b for b in truth["field.blocks"] if not any(b["h"]))["zernike_waves"])
+    for p, block in zip(tiles, truth["field.blocks"]):
+        assert p["h"] == pytest.approx(block["h"])
+        c = np.array(block["zernike_waves"])
+        c[3] -= axis[3]  # the true focus at this point, from the plane through the axis's best focus
+        az = math.degrees(math.atan2(p["h"][1], p["h"][0])) if any(p["h"]) else 0.0
+        for d, a in (("tangential", az), ("sagittal", az + 90.0)):
+            true = mtf_batch(c[None], nu, (a,), keep_defocus=True)[0]
+            q = p[d][0]
+            assert abs(q["value"] - true) < max(2 * q["U"], 0.003), (p["source"], d, q, true)
+            assert 0 < q["u"] and q["value"] <= m["diffraction_limited"][0] + 1e-9
+        if p["abs_h"] > 0.9:
+            t, s = p["tangential"][0], p["sagittal"][0]
+            assert s["value"] - t["value"] > 0.02 > 3 * (s["U"] + t["U"]), p["source"]
+
+
+def test_mtf_plot_of_the_full_field_page(inspected):
+    """Page 5's MTF panel: per spec frequency the tangential and sagittal MTF of every point against
+    |H| and the diffraction limit as a dashed line."""
+    # lazy: the report's figure code is only needed here
+    from metrology.report.page_field import _mtf_plot
+    from metrology.report.plots import figure
+
+    result, _, _ = inspected
+    m = result.document["field"]["mtf"]
+    ax = figure(60, 60).add_subplot(1, 1, 1)
+    _mtf_plot(ax, result.document)
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(m["diffraction_limited"][0])
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["T 100 c/mm", "S 100 c/mm"]
+    points = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    assert [len(ln.get_xdata()) for ln in points] == [len(m["points"])] * 2
+    empty = figure(60, 60).add_subplot(1, 1, 1)
+    _mtf_plot(empty, {"field": {"mtf": None}})
+    assert not empty.axison
+
+
+def test_zone_mtf_limit_end_to_end(inspected, tmp_path):
+    """An MTF limit in a zone is judged at its worst field point and direction: the fixture's
+    tangential MTF at the edge of the field."""
+    # lazy: the analysis facade is what the application calls
+    from metrology.analysis.zones import judge_field
+
+    result, _, _ = inspected
+    zone = "[[zone]]\nname = \"full field\"\nh_max = 1.0\nmtf = [{{ frequency_cyc_per_mm = 100, min = {} }}]\n"
+    v = judge_field(result.measurement, _zoned(tmp_path, zone.format(0.5)), result.status, result.field_measurement)
+    (fig,) = v.zones[0]["figures"]
+    assert v.overall == "PASS" and fig["verdict"] == "PASS" and fig["kind"] == "min"
+    assert fig["direction"] == "tangential" and math.hypot(*fig["h"]) > 0.95
+    tiles = [p for p in result.document["field"]["mtf"]["points"] if p["source"].startswith("tile ")]
+    assert fig["value"] <= min(p["tangential"][0]["value"] for p in tiles) + 1e-9  # no better than any tile
+    v = judge_field(result.measurement, _zoned(tmp_path, zone.format(0.66)), result.status, result.field_measurement)
+    assert v.overall == "FAIL" and v.reasons[0].startswith(
+        "zone 'full field' (|H| <= 1): MTF at 100 cycles/mm (sagittal and tangential): worst of ")
+    assert ", tangential: does not conform" in v.reasons[0]
 
 
 def test_zone_verdict_checks_every_tile(inspected, tmp_path):

@@ -55,7 +55,7 @@ def _field_map(ax, doc: dict) -> None:
     ax.set_xlabel("Hx", fontsize=_FONT)
     ax.set_ylabel("Hy (+y down)", fontsize=_FONT)
     ax.tick_params(labelsize=_FONT - 1)
-    ax.set_title(f"RMS (colour), astigmatism (red, max {astig.max(initial=0):.3f} w), "
+    ax.set_title(f"RMS (colour), astigmatism (red, max {astig.max(initial=0):.3f} w),\n"
                  f"coma (arrows, max {coma.max(initial=0):.3f} w)", fontsize=_FONT - 0.5)
     cb = ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
     cb.ax.tick_params(labelsize=_FONT - 1)
@@ -109,6 +109,8 @@ def _mtf_plot(ax, doc: dict) -> None:
         ax.set_axis_off()
         return
     r = np.array([p["abs_h"] for p in m["points"]])
+    values = [q["value"] for p in m["points"] for d in ("sagittal", "tangential") for q in p[d] if q["value"] is not None]
+    lo = max(0.0, min(values + list(m["diffraction_limited"])) - 0.05)
     for k, (f, dl) in enumerate(zip(m["frequencies_cyc_per_mm"], m["diffraction_limited"])):
         colour = f"C{k}"
         for d, face in (("tangential", colour), ("sagittal", "none")):
@@ -118,12 +120,12 @@ def _mtf_plot(ax, doc: dict) -> None:
                         mfc=face, mec=colour, ecolor=colour, lw=0.5,
                         label=f"{d[0].upper()} {f:g} c/mm")
         ax.axhline(dl, color=colour, ls="--", lw=0.7)
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(lo, min(1.02, max(m["diffraction_limited"]) + 0.04))
     ax.set_xlabel("|H|", fontsize=_FONT)
     ax.set_ylabel("MTF", fontsize=_FONT)
     ax.tick_params(labelsize=_FONT - 1)
     ax.legend(fontsize=_FONT - 1.5, loc="lower left", frameon=False)
-    ax.set_title("MTF: T filled, S open, diffraction limit dashed", fontsize=_FONT)
+    ax.set_title("MTF vs field (T filled, S open,\ndiffraction limit dashed)", fontsize=_FONT)
 
 
 def field_png(doc: dict, width_mm=186.0, height_mm=78.0) -> bytes:
