@@ -188,7 +188,7 @@ def test_full_field_pdf_page_rendered_and_read(inspected, tmp_path):
     assert "Lens across the field" in text and "page 5 of 5" in text
     for fragment in ("Hopkins W131", "Hopkins W220", "Distortion at |H| = 1", "Calibrated magnification", "r0c0", "r2c2",
                      "Verdict per field zone (overall FAIL)", "0-0.7 field (|H| <= 0.7): PASS",
-                     "full field (|H| <= 1): FAIL",
+                     "full field (|H| <= 1): FAIL", "MTF at 100 cycles/mm (sagittal and tangential)",
                      "MTF directions: at field point H the tangential MTF has its frequency vector along H",
                      "Focus: image plane through the axis's best focus"):
         assert fragment in text, fragment
@@ -253,6 +253,10 @@ def test_zone_verdict_fails_the_outer_field_where_the_axis_passes(inspected, tmp
     assert failed["key"] == "family.astigmatism" and math.hypot(*failed["h"]) > 0.95
     assert failed["value"] - failed["U"] > failed["limit"] and failed["points"] > 60
     assert v["reasons"][0] == f"zone 'full field' (|H| <= 1): astigmatism magnitude: {failed['reason']}"
+    for zone, limit in ((inner, 0.55), (full, 0.50)):  # the MTF rows: tangential at the zone's edge decides
+        (mtf,) = [f for f in zone["figures"] if f["key"] == "mtf[0]"]
+        assert mtf["verdict"] == "PASS" and mtf["limit"] == limit and mtf["direction"] == "tangential"
+        assert math.hypot(*mtf["h"]) == pytest.approx(zone["h_max"], abs=0.05) and mtf["value"] - mtf["U"] > limit
     assert all(r.startswith("warning: ") for r in v["reasons"][1:])
     old = tmp_path / "old.toml"
     old.write_text(_strip_zones(SPEC.read_text(encoding="utf-8")), encoding="utf-8")
