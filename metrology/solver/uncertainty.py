@@ -36,7 +36,7 @@ from metrology.measurement import (
 )
 from metrology.orderings import lens_only
 from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, element_names
-from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance
+from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution
 from metrology.solver.jacobian import psd_inverse
 
 STRONG_CORRELATION = 0.95
@@ -152,11 +152,11 @@ def _budget_sources(fit, index, k, constant_uncertainties) -> tuple:
     if not wanted:
         return [], np.zeros((p, p))
     applicable = set(applicable_constants(fit))
-    sens = constant_sensitivities(fit, [n for n in wanted if n in applicable])
+    sens = constant_sensitivities(fit, [n for n in wanted if n in applicable], constant_uncertainties)
     sources = []
     for s in sens:
         u = float(constant_uncertainties[s.key])
-        vec = s.per_unit * u
+        vec = contribution(s, u)
         z = np.zeros(k)
         for j in range(k):
             i = index.get(element_name("pupil.zernike_waves", j))
