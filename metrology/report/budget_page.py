@@ -62,7 +62,7 @@ def data_uncertainty_text(doc: dict) -> str:
 
 def unmeasured_station_terms(doc: dict) -> list:
     """Labels of the station's misalignment terms (those with a drift rule) this fit did not measure
-    (blind mode holds the LED distance and tilt at nominal)."""
+    (blind mode holds the LED tilt at nominal)."""
     measured = {parse_element(r["name"])[0].path for r in doc.get("station_misalignment", [])}
     return [p.label for p in PARAMETERS if p.drift is not None and p.path not in measured]
 
@@ -89,7 +89,7 @@ def budget_page(doc, arrays, st, width_mm, table, para, png):
     missing = unmeasured_station_terms(doc)
     if missing:
         out.append(para(f"Not measured by this {doc['solver']['mode']}-mode fit (held at nominal; the LED distance and "
-                        f"tilt enter the budget above with their stated tolerances): {', '.join(missing)}.", st["small"]))
+                        f"tilt, where held, enter the budget above with their stated tolerances): {', '.join(missing)}.", st["small"]))
     out.append(para("Data uncertainty per LED", st["h"]))
     out.append(para(data_uncertainty_text(doc), st["small"]))
     out.append(png(arrays, width_mm))

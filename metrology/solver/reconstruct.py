@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from metrology.measurement import DataQuality
 from metrology.physics import StationModel
-from metrology.solver.blocks import INNER_ITERATIONS, Block, SampleBlock, lbfgs
+from metrology.solver.blocks import INNER_ITERATIONS, Block, JointBlock, SampleBlock, lbfgs
 from metrology.solver.device import device_label
 from metrology.solver.jacobian import columns_for, normal_equations
 from metrology.solver.losses import LOSSES, chi_square, total_variation
@@ -168,15 +168,8 @@ def reconstruct(
             progress(0, schedule.max_iterations, float(evaluate({})))
     rounds = _staged_rounds(model, data, mask, noise, schedule, evaluate, progress, weighting)
     if rounds.sample_free and data.dtype != torch.float64:
-        # the free sample's last stretch runs in float64: in float32 its loss sits at the precision
-        # floor while the sample is still far from its optimum (off-model blind case: the float32
-        # "optimum" was 0.017 in loss, ~900 in chi-square, and 0.003 waves of lens away from the
-        # float64 one), so neither its L-BFGS nor the convergence test could see it move
-        model.double()
-        data, mask = data.double(), mask.double()
-        weighting = Weighting(weighting.weights, torch.float64)
-        reference = None if reference is None else reference.to(torch.complex128)
-        evaluate = _objective(model, data, mask, noise, schedule, reference, weighting)
+        data, mask, weighting, reference, evaluate = _in_float64(model, data, mask, noise, schedule, weighting,
+                                                                 reference)
     it, converged, message, cols_all, jtj, meat, per_group = _polished(model, data, mask, noise, schedule, evaluate,
                                                                         weighting, rounds, progress)
     chi2, per_frame, chi2_w, dof = _chi_square_dof(model, data, mask, noise, schedule, weighting)
@@ -193,6 +186,21 @@ def reconstruct(
         jackknife_regions=cpu(per_group and per_group["regions"]), at_bounds=parameters_at_bounds(model, schedule),
         weights=weighting.weights, chi2_weighted=chi2_w,
     )
+
+
+def _in_float64(model, data, mask, noise, schedule, weighting, reference):
+    """Promote the fit to float64 for a free sample's last stretch (the polish and the settle loop).
+
+    In float32 the loss of a free-sample fit sits at the precision floor while the sample is still
+    far from its optimum (off-model blind case: the float32 "optimum" was 0.017 in loss, ~900 in
+    chi-square, and 0.003 waves of lens away from the float64 one), so neither its L-BFGS nor the
+    convergence test could see it move. Returns ``(data, mask, weighting, reference, evaluate)``.
+    """
+    model.double()
+    data, mask = data.double(), mask.double()
+    weighting = Weighting(weighting.weights, torch.float64)
+    reference = None if reference is None else reference.to(torch.complex128)
+    return data, mask, weighting, reference, _objective(model, data, mask, noise, schedule, reference, weighting)
 
 
 def _polished(model, data, mask, noise, schedule, evaluate, weighting, rounds, progress):
@@ -226,10 +234,10 @@ def _polished(model, data, mask, noise, schedule, evaluate, weighting, rounds, p
     return it + steps, converged, message, cols_all, jtj, meat, per_group
 
 
-SETTLE_ROUNDS = 6
-"""Alternations of a sample pass and the polish the free sample gets to settle (see :func:`_sample_settled`)."""
 SETTLE_SAMPLE_STEPS = 20
 """L-BFGS iterations of each of those sample passes."""
+JOINT_STEPS = 80
+"""L-BFGS iterations of the joint (system and sample) pass between two settle tests."""
 
 
 def _sample_settled(model, data, mask, noise, schedule, evaluate, weighting, system_specs, jtj, n_valid: float):
@@ -238,7 +246,9 @@ def _sample_settled(model, data, mask, noise, schedule, evaluate, weighting, sys
     :data:`~metrology.solver.polish.POLISH_TOLERANCE` standard deviations. A sample loop whose loss
     merely stopped changing (a stall) is not converged unless this holds: what is reported (the lens,
     the station) must not move when the sample is refined. Where the pass moves them, the system is
-    polished again and the test repeated, :data:`SETTLE_ROUNDS` times at most.
+    carried on by a joint pass of the system and the sample (L-BFGS over both, the system whitened
+    by the polish's information), polished again, and the test repeated:
+    :attr:`~metrology.solver.schedule.Schedule.settle_rounds` tests at most.
 
     Returns ``(settled, message, jtj, meat, per_group, steps)`` (the polish's outputs at the final point,
     or ``None`` for those when it was not re-run).
@@ -247,7 +257,7 @@ def _sample_settled(model, data, mask, noise, schedule, evaluate, weighting, sys
         return False, "sample: no Gauss-Newton information to test it", None, None, None, 0
     step = min(p.step for p in schedule.parameters if p.path.startswith("sample.field"))
     outputs, steps, worst = None, 0, float("inf")
-    for rounds in range(1, SETTLE_ROUNDS + 1):
+    for rounds in range(1, schedule.settle_rounds + 1):
         block = SampleBlock(model, step)
         opt, closure = lbfgs(block, evaluate, SETTLE_SAMPLE_STEPS)
         opt.step(closure)
@@ -256,10 +266,16 @@ def _sample_settled(model, data, mask, noise, schedule, evaluate, weighting, sys
         if worst < POLISH_TOLERANCE:
             return (True, f"sample settled (a further sample pass leaves a {worst:.2g} sigma step, round {rounds})",
                     *(outputs or (None, None, None)), steps)
+        if rounds == schedule.settle_rounds:
+            break
+        joint = JointBlock(Block(model, system_specs, 2.0 * jtj.to(data.dtype) / n_valid), SampleBlock(model, step))
+        opt, closure = lbfgs(joint, evaluate, JOINT_STEPS)
+        opt.step(closure)
+        joint.project_and_store()
         polished, (jtj, meat), _, per_group, _, k = polish(model, data, mask, noise, system_specs, evaluate,
                                                           POLISH_STEPS, weighting, schedule.priors)
         outputs, steps = (jtj, meat, per_group), steps + k
-    return (False, f"not converged: the sample is still changing after {SETTLE_ROUNDS} rounds "
+    return (False, f"not converged: the sample is still changing after {schedule.settle_rounds} rounds "
                    f"(a further pass leaves a {worst:.2g} sigma step)", *(outputs or (None, None, None)), steps)
 
 
