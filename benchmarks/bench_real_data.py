@@ -61,8 +61,12 @@ def minimal_upsampling(geometry):
 
 def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_leds: int | None = None,
                        zernike_terms: int = ZERNIKE_TERMS, defocus_start_um: float = 0.0,
-                       hold_defocus_um: float | None = None, led_parity: int | None = None) -> dict:
+                       hold_defocus_um: float | None = None, led_parity: int | None = None,
+                       settle_rounds: int | None = None) -> dict:
     """Blind reconstruction of one colour on the centre ``crop_px`` patch; plain results dict.
+
+    ``settle_rounds``: the free sample's settle rounds (default: the schedule's); a quick, truncated
+    fit (few ``iterations``) uses 1 to bound its time (its convergence is then rarely claimed).
 
     ``hold_defocus_um``: hold the sample defocus at this value (not fitted) for a misfit profile.
     ``led_parity``: fit only the LEDs whose board ``row + col`` has this parity (0 or 1: the two
@@ -83,6 +87,8 @@ def reconstruct_colour(colour: str, crop_px: int = 64, iterations: int = 25, n_l
     with torch.no_grad():
         model.sample.defocus_um.fill_(defocus_start_um if hold_defocus_um is None else hold_defocus_um)
     schedule = default_schedule("blind", zernike_terms, max_iterations=iterations)
+    if settle_rounds is not None:
+        schedule = dataclasses.replace(schedule, settle_rounds=settle_rounds)
     if hold_defocus_um is not None:
         schedule = schedule.without("sample.defocus_um")
     noise = foreign_noise(capture)

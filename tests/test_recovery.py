@@ -75,33 +75,53 @@ def test_blind_mode_recovers_the_lens(case, blind):
     assert result.reduced_chi2 < 2.0  # the free sample's degrees of freedom counted as the data constrain them
 
 
-def test_a_sample_that_is_still_changing_is_not_converged(blind):
-    """The free sample's convergence test on the blind fit: at the fit's solution it passes; with
-    the sample disturbed (as a loop that stalled far from its optimum leaves it) a further sample
-    pass moves what is reported, and the test says "not converged" (whatever the loss history says)."""
+def test_a_sample_that_is_still_changing_is_settled_or_not_converged(blind, monkeypatch):
+    """The free sample's convergence test on the blind fit. At the fit's solution it passes at once
+    (round 1, no further polish). With the sample disturbed (as a loop that stalled far from its
+    optimum leaves it) and sample passes too short to undo that alone, a further sample pass moves what
+    is reported: given its rounds of sample pass, joint pass and polish, the fit is repaired (settled in a later round, the polish re-run, the lens back within
+    0.001 waves of the undisturbed fit); allowed a single round, the test says "not converged"
+    (whatever the loss history says)."""
     import copy
+
+    import sys
+    from dataclasses import replace
 
     import torch
 
-    from metrology.solver.reconstruct import _objective, _sample_settled
     from metrology.solver.weights import Weighting
+
+    rc = sys.modules["metrology.solver.reconstruct"]  # the package exports the function under this name
 
     _, result = blind
     specs = [p for p in result.schedule.parameters if not p.path.startswith("sample.field")]
 
-    def settled(model):
-        weighting = Weighting.for_fit(model, result.data, result.mask, result.noise, result.schedule.data_weights)
-        evaluate = _objective(model, result.data, result.mask, result.noise, result.schedule, None, weighting)
-        return _sample_settled(model, result.schedule, evaluate, specs, result.jtj, float(result.mask.sum()))
+    def settled(model, schedule=result.schedule):
+        data, mask = result.data.to(model.sample.field_real.dtype), result.mask.to(model.sample.field_real.dtype)
+        weighting = Weighting.for_fit(model, data, mask, result.noise, result.schedule.data_weights)
+        evaluate = rc._objective(model, data, mask, result.noise, result.schedule, None, weighting)
+        return rc._sample_settled(model, data, mask, result.noise, schedule, evaluate, weighting, specs,
+                                  result.jtj, float(mask.sum()))
 
-    ok, message = settled(copy.deepcopy(result.model))
-    assert ok, message
-    disturbed = copy.deepcopy(result.model)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for part in (disturbed.sample.field_real, disturbed.sample.field_imag):
-            part.add_(0.3 * torch.randn(part.shape, generator=gen, dtype=part.dtype))
-    ok, message = settled(disturbed)
+    ok, message, jtj, _, _, steps = settled(copy.deepcopy(result.model))
+    assert ok and "round 1" in message and jtj is None and steps == 0, message
+
+    def disturbed():
+        model = copy.deepcopy(result.model)
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for part in (model.sample.field_real, model.sample.field_imag):
+                part.add_(0.3 * torch.randn(part.shape, generator=gen, dtype=part.dtype))
+        return model
+
+    # a short sample pass cannot undo the disturbance by itself (at 20 iterations it does, in float64)
+    monkeypatch.setattr(rc, "SETTLE_SAMPLE_STEPS", 2)
+    repaired = disturbed()
+    ok, message, jtj, _, _, steps = settled(repaired)
+    assert ok and "round 1" not in message and jtj is not None and steps > 0, message
+    original = result.model.pupil.zernike_waves.detach().double().numpy()
+    assert _lens_error(repaired, original) < 0.001
+    ok, message, *_ = settled(disturbed(), replace(result.schedule, settle_rounds=1))
     assert not ok and message.startswith("not converged: the sample is still changing"), message
 
 

@@ -237,7 +237,7 @@ def test_format_value_u(value, U, text):
 
 
 def test_unmeasured_station_terms_are_named():
-    """A blind fit holds the LED distance and tilt: the budget page (page 4) names them (the full example measures all)."""
+    """A fit that holds the LED distance and tilt (blind mode holds the tilt): the budget page (page 4) names them (the full example measures all)."""
     from metrology.report.budget_page import unmeasured_station_terms
 
     blind = {"station_misalignment": [{"name": n} for n in (

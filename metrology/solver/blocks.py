@@ -125,6 +125,27 @@ class SampleBlock:
             self.model.sample.field_imag.copy_(t.imag)
 
 
+class JointBlock:
+    """Several blocks optimised as one (the system and the free sample together): one L-BFGS over
+    all their coordinates, each block keeping its own preconditioner. Alternating the two lets the
+    coupled directions zig-zag (each pass of one undoes part of the other's progress); a joint pass
+    follows them."""
+
+    def __init__(self, *blocks):
+        self.blocks = blocks
+        self.z = [z for block in blocks for z in block.z]
+
+    def values(self) -> dict:
+        out = {}
+        for block in self.blocks:
+            out.update(block.values())
+        return out
+
+    def project_and_store(self) -> None:
+        for block in self.blocks:
+            block.project_and_store()
+
+
 INNER_ITERATIONS = 10
 """L-BFGS iterations per outer iteration of the system step."""
 

@@ -37,6 +37,7 @@ import torch
 
 from metrology.parameters import BY_PATH
 from metrology.solver.jacobian import psd_inverse, whitened_residual
+from metrology.solver.priors import prior_chi2
 
 CONSTANTS = {
     "wavelength_nm": ("Wavelength (LED centroid)", "nm"),
@@ -77,6 +78,8 @@ class ConstantSensitivity:
     value: float
     per_unit: np.ndarray  # (P,) change of each fitted parameter per unit of the constant
     key: str = ""  # the [uncertainty] key whose u applies (default: name)
+    second_order: np.ndarray | None = None  # (P,) sqrt(2) x the even part of the response at c +/- u (curvature)
+    remaining_sigma: float = 0.0  # how far the finite response's re-fit was from its optimum (sigma)
 
     def __post_init__(self):
         self.key = self.key or self.name
@@ -149,7 +152,7 @@ def applicable_constants(fit) -> list:
             and not (n in HELD_PARAMETERS and HELD_PARAMETERS[n] in fitted)]
 
 
-def constant_sensitivities(fit, names=None) -> list:
+def constant_sensitivities(fit, names=None, uncertainties: dict | None = None) -> list:
     """Sensitivities of the fitted system parameters to the station constants.
 
     Parameters
@@ -159,6 +162,11 @@ def constant_sensitivities(fit, names=None) -> list:
     names : sequence of str, optional
         Constants (keys of :data:`CONSTANTS`; default all that apply: the LED distance only when it
         was not fitted, the slide only when there is one, the emitter size only when non-zero).
+    uncertainties : dict, optional
+        Standard uncertainty of each constant (``[uncertainty]`` keys, their units). Given, the
+        response is evaluated at the scale of the uncertainty (:func:`finite_response`: the optimum
+        re-found with the constant at ``c +/- u``), which keeps the budget honest where the fit is not
+        linear over the tolerance; not given (or 0), the implicit-function derivative at the optimum.
 
     Returns
     -------
@@ -172,8 +180,19 @@ def constant_sensitivities(fit, names=None) -> list:
     inverse = psd_inverse(fit.jtj.double())
     cols = fit.columns
     params = {p: base.parameter(p) for p in set(cols.paths)}
+    g_opt = None
     out = []
     for key, name, label, value, h, move in ((k, *m) for k in names for m in _moves(base, k)):
+        u = float((uncertainties or {}).get(key, 0.0) or 0.0)
+        if u > 0:
+            if g_opt is None:
+                g_opt = loss_gradient(base, data, fit.noise, scale, cols, fit.schedule.priors)
+            up, rem_up = finite_response(move(value + u), data, fit.noise, scale, cols, fit.schedule.priors, inverse, g_opt)
+            down, rem_down = finite_response(move(value - u), data, fit.noise, scale, cols, fit.schedule.priors, inverse, g_opt)
+            out.append(ConstantSensitivity(name, label, CONSTANTS[key][1], value, (up - down) / (2 * u), key,
+                                           second_order=np.sqrt(2.0) * 0.5 * (up + down),
+                                           remaining_sigma=max(rem_up, rem_down)))
+            continue
         with torch.no_grad():
             dr = (_residual(move(value + h), data, fit.noise, scale)
                   - _residual(move(value - h), data, fit.noise, scale)) / (2 * h)
@@ -187,9 +206,98 @@ def constant_sensitivities(fit, names=None) -> list:
     return out
 
 
+FINITE_STEPS = 30
+"""L-BFGS iterations of :func:`finite_response` at most."""
+FINITE_TOLERANCE = 0.05
+""":func:`finite_response` stops when the remaining step is below this many standard deviations."""
+
+
+def loss_gradient(model, data, noise, scale, cols, priors=()) -> torch.Tensor:
+    """``J^T W r`` plus the priors' ``(x - mean) / sigma^2`` over the columns ``cols`` at ``model``
+    (float64), and, as a second value, the loss ``(r^T W r + prior chi-square) / 2``."""
+    return _loss_and_gradient(model, data, noise, scale, cols, priors)[1]
+
+
+def _loss_and_gradient(model, data, noise, scale, cols, priors=()):
+    params = {p: model.parameter(p) for p in set(cols.paths)}
+    for p in params.values():
+        p.requires_grad_(True)
+        p.grad = None
+    loss = 0.5 * _residual(model, data, noise, scale).pow(2).sum() + 0.5 * prior_chi2(model, priors)
+    loss.backward()
+    grad = torch.stack([params[p].grad.reshape(-1)[k] if params[p].grad is not None else torch.zeros((), dtype=torch.float64)
+                        for p, k in zip(cols.paths, cols.flat_index)])
+    for p in params.values():
+        p.requires_grad_(False)
+        p.grad = None
+    return float(loss.detach()), grad
+
+
+def _shift_columns(model, cols, delta: torch.Tensor) -> None:
+    """Add ``delta`` (the columns' raw units) to the model's fitted elements, in place."""
+    with torch.no_grad():
+        for (p, k), d in zip(zip(cols.paths, cols.flat_index), delta.tolist()):
+            model.parameter(p).view(-1)[k] += d
+
+
+def finite_response(moved, data, noise, scale, cols, priors, inverse, g_opt) -> tuple:
+    """Change of the fitted system parameters when a constant moves by a finite amount.
+
+    ``moved`` is the fitted model with the constant moved (its other values at the optimum); the
+    optimum of the fit's loss is re-found by L-BFGS in the coordinates the fit's own information
+    whitens (``theta = theta0 + H^-1/2 z``), the sample held as in the implicit-function derivative.
+    ``g_opt`` is the gradient at the fit's point with the constant unmoved (not exactly zero at a
+    converged fit: the change is what counts, so the loss is tilted by ``-g_opt . delta``). (A
+    Newton-chord iteration with the fixed information stalled at the wavelength's full tolerance,
+    where the transition LEDs' brightness moves by tens of posterior sigma.)
+
+    Returns
+    -------
+    delta : ndarray (P,)
+        Change of each column (its raw units).
+    remaining_sigma : float
+        The largest remaining Newton step at the end, in standard deviations (converged below
+        :data:`FINITE_TOLERANCE`).
+    """
+    sd = torch.sqrt(inverse.diagonal().clamp(min=1e-300))
+    evals, evecs = torch.linalg.eigh(inverse)
+    whiten = evecs * torch.sqrt(evals.clamp(min=0.0))
+    z = torch.zeros(len(cols.names), dtype=torch.float64, requires_grad=True)
+    state = {"delta": torch.zeros(len(cols.names), dtype=torch.float64), "grad": None}
+
+    def closure():
+        delta = whiten @ z.detach()
+        _shift_columns(moved, cols, delta - state["delta"])
+        state["delta"] = delta
+        loss, grad = _loss_and_gradient(moved, data, noise, scale, cols, priors)
+        state["grad"] = grad
+        z.grad = whiten.T @ (grad - g_opt)
+        return torch.tensor(loss - float(g_opt @ delta), dtype=torch.float64)
+
+    opt = torch.optim.LBFGS([z], lr=1.0, max_iter=FINITE_STEPS, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-10, tolerance_change=1e-14)
+    opt.step(closure)
+    closure()  # the model at the final z, its gradient
+    remaining = float(((inverse @ (state["grad"] - g_opt)).abs() / sd).max())
+    return state["delta"].numpy(), remaining
+
+
+def contribution(s: ConstantSensitivity, u: float) -> np.ndarray:
+    """One constant's standard-uncertainty contribution to every fitted parameter (P,): the linear
+    part ``S u`` and, where the response was evaluated at ``c +/- u``, its curvature term added in
+    quadrature (the sign of the linear part kept)."""
+    lin = s.per_unit * u
+    if s.second_order is None or u == 0:
+        return lin
+    return np.where(lin < 0, -1.0, 1.0) * np.sqrt(lin**2 + s.second_order**2)
+
+
 def constants_covariance(sensitivities, uncertainties: dict) -> np.ndarray:
     """``S diag(u^2) S^T`` over the fitted parameters, from :func:`constant_sensitivities` and the
-    standard uncertainties ``{name: u}`` (in each constant's unit; missing or 0: no contribution)."""
+    standard uncertainties ``{name: u}`` (in each constant's unit; missing or 0: no contribution),
+    plus each constant's curvature term ``q q^T`` where the response was evaluated at ``c +/- u``
+    (for a quadratic response ``a x + b x^2`` of a normal ``x``: variance ``a^2 u^2 + 2 b^2 u^4``,
+    JCGM 100, 5.1.2 note; ``q = sqrt(2) b u^2`` is :attr:`ConstantSensitivity.second_order`)."""
     if not sensitivities:
         return np.zeros((0, 0))
     p = sensitivities[0].per_unit.size
@@ -197,4 +305,6 @@ def constants_covariance(sensitivities, uncertainties: dict) -> np.ndarray:
     for s in sensitivities:
         u = float(uncertainties.get(s.key, 0.0) or 0.0)
         cov += np.outer(s.per_unit, s.per_unit) * u**2
+        if s.second_order is not None and u > 0:
+            cov += np.outer(s.second_order, s.second_order)
     return cov

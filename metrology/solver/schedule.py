@@ -99,6 +99,11 @@ class Schedule:
         ``edge_continuation[i]`` frequency pixels wide (then the physical emitter): the first
         rounds see a smooth landscape, where an LED whose unscattered light sits on the edge cannot
         trade its brightness against a wrong LED position (a steep edge makes that a local minimum).
+    settle_rounds : int
+        With a free sample, the most rounds of (sample pass, convergence test, joint pass, polish)
+        the fit gets for the sample to settle (:func:`metrology.solver.reconstruct._sample_settled`);
+        a fit still moving after them is "not converged". A deliberately truncated fit (few outer
+        iterations) may lower it to bound its time; its convergence is then rarely claimed.
     """
 
     mode: str = "known"
@@ -115,6 +120,7 @@ class Schedule:
     data_weights: bool = True
     priors: tuple = field(default_factory=default_priors)
     edge_continuation: tuple = (1.0, 0.5, 0.25)
+    settle_rounds: int = 8
 
     def __post_init__(self):
         if self.mode not in MODES:
