@@ -120,7 +120,7 @@ class Schedule:
     data_weights: bool = True
     priors: tuple = field(default_factory=default_priors)
     edge_continuation: tuple = (1.0, 0.5, 0.25)
-    settle_rounds: int = 8
+    settle_rounds: int = 16
 
     def __post_init__(self):
         if self.mode not in MODES:
