@@ -156,7 +156,7 @@ def example_document(verdict: str = "PASS", invalid: bool = False) -> dict:
                for lim in limits if lim["verdict"] != "PASS"]
     if invalid:
         overall = "INCONCLUSIVE"
-        reasons = ["measurement not valid: solver did not converge (maximum iterations reached)"]
+        reasons = ["measurement not valid: solver did not converge: maximum iterations reached"]
     station = [
         ("illumination.shift_mm[0]", "LED shift x", "mm", 0.142, 0.004),
         ("illumination.shift_mm[1]", "LED shift y", "mm", -0.087, 0.004),

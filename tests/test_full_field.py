@@ -390,7 +390,7 @@ def test_zone_verdict_checks_every_tile(inspected, tmp_path):
     fm.measurements[0] = replace(bad, solver=replace(bad.solver, converged=False, message="stopped"))
     v = judge_field(result.measurement, load_spec(SPEC), result.status, fm)
     assert v.overall == "INCONCLUSIVE" and not v.valid
-    assert "measurement not valid: tile r0c0: solver did not converge (stopped)" in v.reasons
+    assert "measurement not valid: tile r0c0: solver did not converge: stopped" in v.reasons
     assert any("would fail on valid data" in r and "zone 'full field'" in r for r in v.reasons)
     other = tmp_path / "530.toml"  # a finding every tile shares is stated once, not per tile
     other.write_text(SPEC.read_text(encoding="utf-8").replace("wavelength_nm = 520.0", "wavelength_nm = 530.0"),

@@ -157,3 +157,33 @@ def test_parameters_at_bounds_names_the_pinned_elements(case):
         model.pupil.zernike_waves[1] = 2.0  # Noll 2: held by the schedule, not reported
     assert parameters_at_bounds(model, schedule) == [
         "illumination.shift_mm[1]", "illumination.rotation_deg", "illumination.brightness[4]", "pupil.zernike_waves[6]"]
+
+
+def test_a_blind_start_without_bright_field_disks_names_that_cause():
+    """Few LEDs at a wide pitch (5 x 5 at 10 mm: only the centre LED is in bright field): the blind
+    start cannot place the LED array from one disk and keeps the nominal geometry. A fit that then
+    does not converge says so first, and the verdict's one-sentence reason is that cause."""
+    from dataclasses import replace
+
+    from metrology.analysis.verdict import solver_reason
+    from metrology.simulate import simulate_capture
+    from tests.sim_cases import bench_station, lens_coefficients
+
+    station = bench_station(16).replace(led_rows=5, led_cols=5, led_pitch_mm=10.0, led_center_row=None,
+                                        led_center_col=None, upsampling=None, zernike_terms=15)
+    leds = [(r, c) for r in range(5) for c in range(5)]
+    truth = {"illumination.shift_mm": [0.8, -0.5], "illumination.rotation_deg": 2.0}
+    capture, _ = simulate_capture(station, lens_coefficients(0.05, seed=4, n_terms=15), truth, seed=4, leds=leds)
+    g = station.geometry(leds)
+    model = StationModel(g, transmission=None)
+    cam = station.camera
+    noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)
+    schedule = replace(default_schedule("blind", g.zernike_terms, max_iterations=4), settle_rounds=1)
+    result = reconstruct(model, capture.frames, noise, schedule)
+    start = result.init_summary["geometry_search"]
+    assert start["bright_field_leds"] < 4 and "nominal geometry kept" in start["note"]
+    assert not result.converged
+    assert result.message.startswith("not converged: the LED geometry could not be started from the data ("), \
+        result.message
+    reason = solver_reason(result.message)
+    assert reason.startswith("solver did not converge: the LED geometry could not be started") and ";" not in reason

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metrology.analysis.spec import load_spec, parse_spec
-from metrology.analysis.verdict import decide_lower, decide_upper, judge
+from metrology.analysis.verdict import decide_lower, decide_upper, judge, solver_reason
 from metrology.measurement import (
     DataQuality, Identifiability, Measurement, SolverReport, StationEstimate,
 )
@@ -167,6 +167,25 @@ def test_sample_pixels_on_bounds_are_one_sentence(spec):
     (reason,) = [r for r in v.reasons if "sample values" in r]
     assert f"{len(names)} reconstructed sample values ended on their bounds (25 % of the sample's values" in reason
     assert len(reason) < 200 and "field_real[" not in reason
+
+
+def test_a_fit_that_did_not_converge_gives_one_short_reason(spec):
+    """The reason line names the decisive stage of the solver's message in one sentence, not the
+    whole multi-stage message (which stays in the report's solver section)."""
+    message = ("loss unchanged over 2 rounds; converged: remaining Gauss-Newton step 0.0048 sigma after 0 steps "
+               "(data variances re-estimated there: largest change 3.4e-06); not converged: the sample is still "
+               "changing after 16 rounds (a further pass leaves a 1 sigma step)")
+    m = _measurement(_lens_coeffs("good"), converged=False)
+    m.solver.message = message
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "INCONCLUSIVE"
+    (reason,) = [r for r in v.reasons if "converge" in r]
+    assert reason.endswith("solver did not converge: the sample is still changing after 16 rounds "
+                           "(a further pass leaves a 1 sigma step)")
+    assert "Gauss-Newton" not in reason and ";" not in reason
+    assert solver_reason("maximum iterations reached") == "solver did not converge: maximum iterations reached"
+    assert solver_reason("") == "solver did not converge"
+    assert len(solver_reason("x" * 1000)) < 200
 
 
 def test_poorly_explained_data_are_inconclusive(spec):

@@ -103,6 +103,20 @@ def _few(names, shown: int = 4) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
+def solver_reason(message: str) -> str:
+    """One short sentence for a fit that did not converge: the decisive clause of the solver's
+    message (the stage that said "not converged", else the message's first clause); the whole
+    message stays in the report's solver section."""
+    clauses = [c.strip() for c in (message or "").replace("\n", " ").split("; ") if c.strip()]
+    decisive = next((c for c in clauses if c.lower().startswith("not converged")), None)
+    if decisive is not None:
+        why = decisive.split(":", 1)[1].strip() if ":" in decisive else ""
+    else:
+        why = clauses[0] if clauses else ""
+    why = why[:157] + "..." if len(why) > 160 else why
+    return f"solver did not converge: {why}" if why else "solver did not converge"
+
+
 def bounded_pixels_sentence(names, side: int | None = None) -> str:
     """One sentence summarising sample pixels on their bounds: count, and where (frame border or
     inside) when the grid side is known (element ``k`` of an (N, N) map is row ``k // N``)."""
@@ -130,7 +144,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     blocking, warnings = [], []
     sol = measurement.solver
     if not sol.converged:
-        blocking.append(f"solver did not converge ({sol.message or 'no message'})")
+        blocking.append(solver_reason(sol.message))
     pinned = list(sol.at_bounds)
     leds = [n for n in pinned if n.startswith("illumination.brightness")]
     pixels = [n for n in pinned if n.startswith("sample.field")]

@@ -26,7 +26,7 @@ from metrology.solver.polish import POLISH_STEPS, POLISH_TOLERANCE, WEIGHT_RESTA
 from metrology.solver.priors import add_to_normal_equations, prior_chi2
 from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
 from metrology.solver.schedule import Schedule, parameters_at_bounds
-from metrology.solver.start import start
+from metrology.solver.start import MIN_BRIGHT_FIELD_LEDS, start
 from metrology.solver.weights import DataWeights, Weighting
 
 
@@ -173,6 +173,7 @@ def reconstruct(
     it, converged, message, cols_all, jtj, meat, per_group = _polished(model, data, mask, noise, schedule, evaluate,
                                                                         weighting, rounds, progress)
     chi2, per_frame, chi2_w, dof = _chi_square_dof(model, data, mask, noise, schedule, weighting)
+    message = message if converged else _start_cause(summary) + message
 
     def cpu(pairs):  # the uncertainty analysis runs on the CPU in float64, whatever device fitted
         return None if pairs is None else [(a.cpu(), b.cpu()) for a, b in pairs]
@@ -186,6 +187,16 @@ def reconstruct(
         jackknife_regions=cpu(per_group and per_group["regions"]), at_bounds=parameters_at_bounds(model, schedule),
         weights=weighting.weights, chi2_weighted=chi2_w,
     )
+
+
+def _start_cause(summary: dict) -> str:
+    """The likely cause of a fit that did not converge, as a leading clause of its message: the
+    blind start had too few bright-field disks to place the LED array (empty when it did not)."""
+    kept = (summary or {}).get("geometry_search", {})
+    if "nominal geometry kept" not in kept.get("note", ""):
+        return ""
+    return (f"not converged: the LED geometry could not be started from the data ({kept['bright_field_leds']} "
+            f"bright-field LED(s), {MIN_BRIGHT_FIELD_LEDS} needed) and the fit did not find it; ")
 
 
 def _in_float64(model, data, mask, noise, schedule, weighting, reference):

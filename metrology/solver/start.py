@@ -118,12 +118,16 @@ def initial_sample(model: StationModel, data: torch.Tensor, background: float) -
         model.sample.field_imag.zero_()
 
 
+MIN_BRIGHT_FIELD_LEDS = 4
+"""Bright-field disks the blind start needs to fit the LED shift and rotation (fewer: nominal kept)."""
+
+
 def initialise_blind_geometry(model: StationModel, data: torch.Tensor, background: float, bright_field=None) -> dict:
     """Fit the LED shift and rotation to the bright-field disk centres (blind mode; the known-mode
     start uses it too). ``bright_field``: the result of :func:`search_bright_field` for this model
     and data, when already computed."""
     k, w = search_bright_field(model, data - background) if bright_field is None else bright_field
-    if int((w > 0).sum()) < 4:
+    if int((w > 0).sum()) < MIN_BRIGHT_FIELD_LEDS:
         return {"bright_field_leds": int((w > 0).sum()), "note": "too few bright-field LEDs; nominal geometry kept"}
     # bright-field LEDs sit close to the axis: they fix the shift and the rotation, while the
     # distance and the tilt (radial scalings) are left at their nominal values
