@@ -84,9 +84,9 @@ def budget_page(doc, arrays, st, width_mm, table, para, png):
     out.append(para("Station constants held at their stated values, with the standard uncertainties of the station "
                     f"file's [uncertainty] table: {consts or 'none'}.", st["small"]))
     if doc["solver"]["mode"] == "blind":
-        out.append(para("Caution: blind-mode U is calibrated off-model on few trials so far (12 converged fits of "
-                        "simulated 32-px captures: RMS(error/u) 1.23, coverage 95 %; docs/uncertainty.md, "
-                        "Known limits).", st["small"]))
+        out.append(para("Caution: blind-mode U was calibrated off-model on simulated 32-px captures only (25 converged "
+                        "fits of 33: RMS(error/u) 1.16, coverage 95 %, but single high-order coefficients up to 7 u; "
+                        "docs/uncertainty.md, Known limits).", st["small"]))
     missing = unmeasured_station_terms(doc)
     if missing:
         out.append(para(f"Not measured by this {doc['solver']['mode']}-mode fit (held at nominal; the LED distance and "
