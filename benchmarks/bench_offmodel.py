@@ -103,21 +103,18 @@ def fit_capture(station, leds, frames, ref, mode, finite_budget=False):
     return fit, measurement_from_fit(fit, station.uncertainty, finite_budget)
 
 
-HELD_TERMS = (("led_distance_mm", "illumination.distance_error_mm"), ("led_tilt_deg", "illumination.tilt_deg"))
-"""Station parameters a mode may hold at nominal, by ``[uncertainty]`` key."""
-
-
 def held_from_stated(truth: dict, station, mode: str, seed: int) -> dict:
     """The truth of the parameters the mode holds at nominal, drawn from their stated standard
     uncertainty (normal) instead of the misalignment range: what the budget claims about them. (A
     station misaligned beyond its stated tolerance in a held term is outside what U covers; the
     budget page says which terms a mode holds.)"""
     from metrology.parameters import BY_PATH
+    from metrology.solver.budget import STANDS_FOR
 
     rng = np.random.default_rng([seed, 2025])
     out = dict(truth)
-    for key, path in HELD_TERMS:
-        if mode not in BY_PATH[path].fit.modes:
+    for key, path in STANDS_FOR.items():
+        if path in truth and mode not in BY_PATH[path].fit.modes:  # a held misalignment term
             size = np.size(truth[path])
             draw = rng.normal(0.0, station.uncertainty[key], size)
             out[path] = float(draw[0]) if np.ndim(truth[path]) == 0 else draw.tolist()

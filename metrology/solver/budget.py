@@ -61,6 +61,11 @@ HELD_PARAMETERS = {"led_tilt_deg": "illumination.tilt_deg"}
 unknown object it trades against the object's scale), by ``[uncertainty]`` key: when held, each
 element enters the budget with the key's standard uncertainty (per element), as a constant would."""
 
+STANDS_FOR = {"led_distance_mm": "illumination.distance_error_mm", "na": "pupil.na", **HELD_PARAMETERS}
+"""``[uncertainty]`` key -> the fitted parameter that measures the same quantity: the constant enters
+the budget only when the fit's mode holds that parameter (a fitted one carries its uncertainty, and
+its prior where it has one, in the posterior)."""
+
 HELD_STEP = 1e-3
 """Central-difference step of a held parameter (its unit), whose nominal value is often 0."""
 
@@ -144,12 +149,10 @@ def applicable_constants(fit) -> list:
     g = fit.model.geometry
     fitted = set(fit.columns.paths)
     return [n for n in CONSTANTS
-            if not (n == "led_distance_mm" and "illumination.distance_error_mm" in fitted)
+            if STANDS_FOR.get(n) not in fitted
             and not (n in ("slide_thickness_mm", "slide_index") and g.slide_thickness_mm == 0)
             and not (n == "led_size_mm" and g.led_size_mm == 0)
-            and not (n == "spectral_fwhm_nm" and g.spectral_fwhm_nm == 0)
-            and not (n == "na" and "pupil.na" in fitted)  # a fitted NA carries its prior in the posterior
-            and not (n in HELD_PARAMETERS and HELD_PARAMETERS[n] in fitted)]
+            and not (n == "spectral_fwhm_nm" and g.spectral_fwhm_nm == 0)]
 
 
 def constant_sensitivities(fit, names=None, uncertainties: dict | None = None) -> list:
@@ -214,7 +217,7 @@ FINITE_TOLERANCE = 0.05
 
 def loss_gradient(model, data, noise, scale, cols, priors=()) -> torch.Tensor:
     """``J^T W r`` plus the priors' ``(x - mean) / sigma^2`` over the columns ``cols`` at ``model``
-    (float64), and, as a second value, the loss ``(r^T W r + prior chi-square) / 2``."""
+    (float64; :func:`_loss_and_gradient` also gives the loss ``(r^T W r + prior chi-square) / 2``)."""
     return _loss_and_gradient(model, data, noise, scale, cols, priors)[1]
 
 
