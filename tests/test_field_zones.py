@@ -60,6 +60,15 @@ def test_zone_mtf_limits_parse(tmp_path):
     assert load_spec(_spec(tmp_path, ZONE)).mtf_frequencies() == [192.3]  # none stated: half the cut-off
 
 
+def test_annular_zone_with_pv_and_strehl_parses(tmp_path):
+    text = ZONE + '[[zone]]\nname = "outer"\nh_min = 0.7\nh_max = 1.0\npv_waves_max = 0.2\nstrehl_min = 0.8\n'
+    full, outer = load_spec(_spec(tmp_path, text)).zones
+    assert (full.h_min, full.pv_waves_max, full.strehl_min) == (0.0, None, None)
+    assert (outer.h_min, outer.h_max, outer.pv_waves_max, outer.strehl_min) == (0.7, 1.0, 0.2, 0.8)
+    assert outer.has_limits() and outer.rms_waves_max is None  # PV or Strehl alone is a limit
+    assert (full.describe(), outer.describe()) == ("|H| <= 1", "0.7 <= |H| <= 1")
+
+
 def test_zones_alone_are_a_specification(tmp_path):
     spec = load_spec(_spec(tmp_path, ZONE))
     assert spec.rms_waves_max is None and spec.zones[0].rms_waves_max == 0.05
@@ -74,7 +83,11 @@ def test_zones_alone_are_a_specification(tmp_path):
     (ZONE.replace("h_max = 1.0\n", ""), "missing key 'zone[0].h_max'"),
     (ZONE + ZONE.replace("h_max = 1.0", "h_max = 0.7"), "'zone[1].name' repeats the zone name 'full field'"),
     (ZONE + "colour = 1\n", "unknown key 'zone[0].colour'"),
-    (ZONE + "strehl_min = 0.8\n", "unknown key 'zone[0].strehl_min'"),
+    (ZONE + "strehl_min = 1.3\n", "'zone[0].strehl_min' must be in (0, 1]"),
+    (ZONE + "pv_waves_max = -0.1\n", "'zone[0].pv_waves_max' must be > 0"),
+    (ZONE + "h_min = 1.0\n", "'zone[0].h_min' must satisfy 0 <= h_min < h_max = 1"),
+    (ZONE + "h_min = -0.2\n", "'zone[0].h_min' must satisfy 0 <= h_min < h_max = 1"),
+    (ZONE + "strehl = 0.8\n", "unknown key 'zone[0].strehl'"),
     (ZONE + "family = { trefoyl = 0.1 }\n", "unknown key 'zone[0].family.trefoyl'"),
     (ZONE + 'term = { "4" = 0.1 }\n', "'zone[0].term.4' is an alignment term"),
     (ZONE + "distortion_percent_max = -1\n", "'zone[0].distortion_percent_max' must be > 0"),
@@ -130,6 +143,45 @@ def test_zone_points_cover_the_zone():
     assert r.max() == pytest.approx(0.7) and (r <= 0.7 + 1e-9).all() and r.min() == 0
     assert any(np.allclose(p, (0.0, 0.7)) for p in h)  # the tiles inside: the edge tiles
     assert not any(np.allclose(p, (0.7, 0.7)) for p in h)  # the corner tiles (|H| 0.99) are outside
+
+
+def test_annular_zone_points_lie_in_the_annulus():
+    h = zone_points(1.0, np.array(GRID), h_min=0.7)
+    r = np.hypot(h[:, 0], h[:, 1])
+    assert (r >= 0.7 - 1e-9).all() and (r <= 1.0 + 1e-9).all()
+    assert r.min() == pytest.approx(0.7) and r.max() == pytest.approx(1.0)  # both edges are judged
+    assert not any(np.allclose(p, (0.0, 0.0)) for p in h)  # not the axis
+    assert any(np.allclose(p, (0.7, 0.7)) for p in h) and any(np.allclose(p, (0.0, 0.7)) for p in h)  # the tiles
+    assert not any(np.allclose(p, (0.0, 0.0)) for p in zone_points(1.0, np.array(GRID), h_min=0.5))
+
+
+def test_annulus_strehl_and_pv_are_judged_at_their_worst_point():
+    """Astigmatism 0.02 |H|^2 and Z11 0.01 everywhere: the Strehl ratio falls and the PV grows outwards,
+    so an annulus 0.5-1 is decided on its outer edge, a disc |H| <= 0.5 on its rim; the figures at the
+    deciding point equal the single-point figures of the lens the field model gives there."""
+    from metrology.analysis.propagation import derived_figures
+
+    field = _field()
+    at_edge = derived_figures(*[a[0] for a in field.model.lens_at(np.array([[1.0, 0.0]]))], 520.0, 0.1,
+                              n_draws=400)
+    strehl_edge, pv_edge = at_edge["strehl"].value, at_edge["pv_waves"].value
+    rms_edge = math.hypot(W222_COLUMN, 0.01)
+    assert strehl_edge == pytest.approx(math.exp(-(2 * math.pi * rms_edge) ** 2), abs=0.003)  # Marechal
+    limit_s, limit_pv = strehl_edge + 0.003, pv_edge - 0.01  # both fail at the edge only
+    outer = Zone("outer", 1.0, h_min=0.5, strehl_min=limit_s, pv_waves_max=limit_pv)
+    rows, summary = _judge(outer, field)
+    by_key = {f["key"]: f for f in summary["figures"]}
+    assert summary["verdict"] == FAIL and summary["h_min"] == 0.5
+    for key, value in (("strehl_min", strehl_edge), ("pv_waves_max", pv_edge)):
+        fig = by_key[key]
+        assert fig["verdict"] == FAIL and math.hypot(*fig["h"]) == pytest.approx(1.0), key
+        assert fig["value"] == pytest.approx(value, rel=1e-3), key
+    assert by_key["strehl_min"]["kind"] == "min" and by_key["pv_waves_max"]["kind"] == "max"
+    assert rows[0].name.startswith("zone 'outer' (0.5 <= |H| <= 1): PV wavefront error")
+    assert rows[1].name.startswith("zone 'outer' (0.5 <= |H| <= 1): Strehl ratio")
+    _, inner = _judge(Zone("inner", 0.5, strehl_min=limit_s, pv_waves_max=limit_pv), field)
+    assert inner["verdict"] == PASS
+    assert all(math.hypot(*f["h"]) == pytest.approx(0.5) for f in inner["figures"])  # the rim decides
 
 
 def test_outer_zone_fails_where_the_inner_zone_passes():

@@ -297,6 +297,35 @@ def test_zone_verdict_passes_everywhere_and_is_inconclusive_within_u(inspected, 
                              f"{astig['value']:.4g} +/- {astig['U']:.2g} straddles the limit {limit:g}"]
 
 
+def test_annular_zone_judges_strehl_and_pv_on_its_outer_edge(inspected, tmp_path):
+    """An annulus 0.7 <= |H| <= 1 with Strehl and PV limits on the fixture lens (astigmatism growing as
+    |H|^2): every judged point lies in the annulus, both figures are decided on its outer edge, and a
+    Strehl limit above the worst point's value + U fails there; the report's zone table names the annulus."""
+    # lazy: the analysis facade is what the application calls
+    from metrology.analysis.zones import judge_field
+    from metrology.report.page_field import zone_rows
+
+    result, _, _ = inspected
+    fm = result.field_measurement
+    zones = '[[zone]]\nname = "outer"\nh_min = 0.7\nh_max = 1.0\nstrehl_min = 0.5\npv_waves_max = 0.6\n'
+    v = judge_field(result.measurement, _zoned(tmp_path, zones), result.status, fm)
+    (zone,) = v.zones
+    by_key = {f["key"]: f for f in zone["figures"]}
+    strehl, pv = by_key["strehl_min"], by_key["pv_waves_max"]
+    for f in (strehl, pv):
+        assert math.hypot(*f["h"]) == pytest.approx(1.0, abs=0.05), f
+    assert zone["verdict"] == "PASS" and (zone["h_min"], zone["h_max"]) == (0.7, 1.0)
+    assert 0.5 < strehl["value"] - strehl["U"] and strehl["value"] + strehl["U"] < 1.0
+    assert pv["value"] + pv["U"] < 0.6 and pv["value"] > 0
+    rows = zone_rows({"verdict": {"zones": v.zones}})
+    assert rows[1][0] == "outer (0.7 <= |H| <= 1): PASS" and rows[2][4] == ">= 0.5"
+    limit = round(strehl["value"] + 1.5 * strehl["U"], 4)
+    tight = judge_field(result.measurement, _zoned(tmp_path, zones.replace("strehl_min = 0.5", f"strehl_min = {limit}")),
+                        result.status, fm)
+    assert tight.overall == "FAIL" and tight.zones[0]["verdict"] == "FAIL"
+    assert tight.reasons[0].startswith("zone 'outer' (0.7 <= |H| <= 1): Strehl ratio: worst of ")
+
+
 def test_mtf_across_the_field_matches_the_simulated_lens(inspected):
     """Sagittal and tangential MTF at 100 cycles/mm (the spec's frequency) at every tile against the
     simulated lens's own Zernikes there, in the image plane through the axis's best focus: the

@@ -44,14 +44,16 @@ One field per LED board geometry parameter of the registry (:data:`metrology.par
 
 @dataclass
 class Zone:
-    """A field zone ``|H| <= h_max`` (``H`` the normalised field vector of a full-field station,
-    ``docs/full-field.md``) with its own limits; limits left out are ``None`` / empty.
+    """A field zone ``h_min <= |H| <= h_max`` (``H`` the normalised field vector of a full-field
+    station, ``docs/full-field.md``; ``h_min = 0``: a disc, else an annulus) with its own limits;
+    limits left out are ``None`` / empty.
 
-    ``rms_waves_max``, ``family_max`` and ``term_max`` as the spec's ``[limits]`` (waves, alignment
-    removed); ``distortion_percent_max``: ``|distortion|`` (%); ``field_curvature_um_max``: the
-    focus departure of the field curvature, ``|c| |H|^2`` (um of sample defocus); ``mtf``:
-    :class:`MtfLimit` rows, the smaller of the sagittal and tangential MTF at every field point of
-    the zone (:mod:`metrology.analysis.field_mtf`).
+    ``rms_waves_max``, ``pv_waves_max``, ``strehl_min``, ``family_max`` and ``term_max`` as the
+    spec's ``[limits]`` (waves, alignment removed; the Strehl ratio by the Monte Carlo of
+    :mod:`metrology.analysis.propagation`); ``distortion_percent_max``: ``|distortion|`` (%);
+    ``field_curvature_um_max``: the focus departure of the field curvature, ``|c| |H|^2`` (um of
+    sample defocus); ``mtf``: :class:`MtfLimit` rows, the smaller of the sagittal and tangential MTF
+    at every field point of the zone (:mod:`metrology.analysis.field_mtf`).
     """
 
     name: str
@@ -62,14 +64,22 @@ class Zone:
     distortion_percent_max: float | None = None
     field_curvature_um_max: float | None = None
     mtf: list = field(default_factory=list)  # MtfLimit: sagittal and tangential, at every point
+    h_min: float = 0.0
+    pv_waves_max: float | None = None
+    strehl_min: float | None = None
 
     def has_limits(self) -> bool:
         return bool(self.rms_waves_max is not None or self.family_max or self.term_max or self.mtf
+                    or self.pv_waves_max is not None or self.strehl_min is not None
                     or self.distortion_percent_max is not None or self.field_curvature_um_max is not None)
 
+    def describe(self) -> str:
+        """The zone's extent as printed in rows and reports: ``|H| <= 0.7`` or ``0.7 <= |H| <= 1``."""
+        return f"{self.h_min:g} <= |H| <= {self.h_max:g}" if self.h_min > 0 else f"|H| <= {self.h_max:g}"
 
-ZONE_KEYS = ("name", "h_max", "rms_waves_max", "family", "term", "distortion_percent_max", "field_curvature_um_max",
-             "mtf")
+
+ZONE_KEYS = ("name", "h_min", "h_max", "rms_waves_max", "pv_waves_max", "strehl_min", "family", "term",
+             "distortion_percent_max", "field_curvature_um_max", "mtf")
 
 
 @dataclass
@@ -275,7 +285,7 @@ def _parse_terms(lim: dict, spec, src, where: str = "limits.") -> None:
 
 
 def _parse_zones(data: dict, src, cutoff: float) -> list:
-    """``[[zone]]``: field zones ``|H| <= h_max`` with their own limits (``docs/spec.md``, section 7)."""
+    """``[[zone]]``: field zones ``h_min <= |H| <= h_max`` with their own limits (``docs/spec.md``, section 7)."""
     rows = data.get("zone", [])
     if not isinstance(rows, list):
         raise InputError(src, "'zone' must be an array of tables ([[zone]])")
@@ -295,11 +305,19 @@ def _parse_zones(data: dict, src, cutoff: float) -> list:
         _check(src, 0 < h_max <= 1, where + "h_max", f"must be in (0, 1] (|H| = 1 is the station's field radius), "
                                                      f"got {h_max:g}")
         zone = Zone(name.strip(), h_max)
-        for key in ("rms_waves_max", "distortion_percent_max", "field_curvature_um_max"):
+        h_min = _number(src, row, "h_min", where)
+        if h_min is not None:
+            _check(src, 0 <= h_min < h_max, where + "h_min", f"must satisfy 0 <= h_min < h_max = {h_max:g}, "
+                                                              f"got {h_min:g}")
+            zone.h_min = h_min
+        for key in ("rms_waves_max", "pv_waves_max", "distortion_percent_max", "field_curvature_um_max"):
             v = _number(src, row, key, where)
             if v is not None:
                 _check(src, v > 0, where + key, f"must be > 0, got {v:g}")
             setattr(zone, key, v)
+        zone.strehl_min = _number(src, row, "strehl_min", where)
+        if zone.strehl_min is not None:
+            _check(src, 0 < zone.strehl_min <= 1, where + "strehl_min", f"must be in (0, 1], got {zone.strehl_min:g}")
         _parse_terms(row, zone, src, where)
         zone.mtf = _parse_mtf(row, cutoff, src, where)
         if not zone.has_limits():

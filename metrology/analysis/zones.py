@@ -1,8 +1,9 @@
 """The verdict across the field: the spec's field zones (``[[zone]]``, ``docs/spec.md`` section 7)
 judged on a full-field measurement (``docs/full-field.md``).
 
-A zone ``|H| <= h_max`` is judged at its **worst case** over field points inside it: the centres of
-the tiles in the zone, the axis, and a polar grid (:data:`GRID_RADII` radii up to ``h_max`` times
+A zone ``h_min <= |H| <= h_max`` (a disc when ``h_min = 0``, else an annulus) is judged at its
+**worst case** over field points inside it: the centres of the tiles in the zone, the axis (a disc
+only), and a polar grid (:data:`GRID_RADII` radii up to ``h_max``, from ``h_min`` in an annulus, times
 :data:`GRID_ANGLES` azimuths). At each point the field model
 (:class:`~metrology.analysis.field.FieldModel`) gives the lens terms and their covariance (the
 generalised least-squares covariance of the fitted columns propagated to the point, plus the
@@ -43,15 +44,20 @@ REACH = 1.1
 """A zone may reach this factor beyond the outermost tile's ``|H|`` (as ``zernike-export --field``)."""
 
 
-def zone_points(h_max: float, tile_h) -> np.ndarray:
-    """Field points judged in a zone ``|H| <= h_max``: the axis, the tile centres inside it and the
-    polar grid, shape (P, 2) (``H`` units)."""
+def zone_points(h_max: float, tile_h, h_min: float = 0.0) -> np.ndarray:
+    """Field points judged in a zone ``h_min <= |H| <= h_max``, shape (P, 2) (``H`` units): the
+    tile centres inside it and the polar grid; a disc (``h_min = 0``) also the axis and the grid's
+    radii ``h_max / GRID_RADII ... h_max``; an annulus the radii ``h_min ... h_max`` (both edges)."""
     tile_h = np.asarray(tile_h, dtype=np.float64).reshape(-1, 2)
-    inside = tile_h[np.hypot(tile_h[:, 0], tile_h[:, 1]) <= h_max + 1e-9]
-    r = h_max * np.arange(1, GRID_RADII + 1) / GRID_RADII
+    r_tile = np.hypot(tile_h[:, 0], tile_h[:, 1])
+    inside = tile_h[(r_tile <= h_max + 1e-9) & (r_tile >= h_min - 1e-9)]
+    if h_min > 0:
+        r = h_min + (h_max - h_min) * np.arange(GRID_RADII + 1) / GRID_RADII
+    else:
+        r = h_max * np.arange(1, GRID_RADII + 1) / GRID_RADII
     a = np.radians(np.arange(GRID_ANGLES) * 360.0 / GRID_ANGLES)
     grid = np.stack([np.outer(r, np.cos(a)).ravel(), np.outer(r, np.sin(a)).ravel()], axis=1)
-    return np.concatenate([np.zeros((1, 2)), inside, grid])
+    return np.concatenate(([] if h_min > 0 else [np.zeros((1, 2))]) + [inside, grid])
 
 
 def _wavefront_figures(zone: Zone, model, h: np.ndarray, wavelength_nm: float, na: float, n_draws, seed) -> dict:
@@ -61,11 +67,16 @@ def _wavefront_figures(zone: Zone, model, h: np.ndarray, wavelength_nm: float, n
     k = model.last
     fams = [f for f in zone.family_max if family_indices(f, k)]
     terms = [j for j in zone.term_max if j <= k]
-    figs = [derived_figures(ci, vi, wavelength_nm, na, pv=False, strehl=False, families=fams, terms=terms,
+    figs = [derived_figures(ci, vi, wavelength_nm, na, pv=zone.pv_waves_max is not None,
+                            strehl=zone.strehl_min is not None, families=fams, terms=terms,
                             n_draws=n_draws, seed=seed) for ci, vi in zip(c, cov)]
     out = {}
     if zone.rms_waves_max is not None:
         out["rms_waves_max"] = ("RMS wavefront error", "waves", zone.rms_waves_max, [f["rms_waves"] for f in figs])
+    if zone.pv_waves_max is not None:
+        out["pv_waves_max"] = ("PV wavefront error", "waves", zone.pv_waves_max, [f["pv_waves"] for f in figs])
+    if zone.strehl_min is not None:
+        out["strehl_min"] = ("Strehl ratio", "", zone.strehl_min, [f["strehl"] for f in figs])
     for name, lim in zone.family_max.items():
         out[f"family.{name}"] = (f"{name} magnitude", "waves", lim,
                                  [f[f"family:{name}"] for f in figs] if name in fams else None)
@@ -103,7 +114,7 @@ def _figure(zone: Zone, key: str, limit: tuple, judged, missing: str) -> tuple:
     """One judged zone figure: ``(LimitResult, figure dict)``. ``limit``: ``(label, unit, value, kind)``;
     ``judged``: ``(quantities, h (N, 2), directions (N) or None)``, or None: not measured (``missing``)."""
     label, unit, lim, kind = limit
-    name = f"zone '{zone.name}' (|H| <= {zone.h_max:g}): {label}"
+    name = f"zone '{zone.name}' ({zone.describe()}): {label}"
     spec_key = f"zone.{zone.name}.{key}"
     if judged is None:
         row = LimitResult(name, kind, float(lim), unit, math.nan, math.nan, math.nan, INCONCLUSIVE,
@@ -139,7 +150,7 @@ def judge_zone(zone: Zone, field, wavelength_nm: float, na: float, n_draws: int 
     rows : list of LimitResult
         One per limit of the zone (its ``name`` names the zone, its ``reason`` the deciding ``H``).
     summary : dict
-        ``name``, ``h_max``, ``verdict``, ``figures`` (per limit: ``figure``, ``key``, ``h`` of the
+        ``name``, ``h_min``, ``h_max``, ``verdict``, ``figures`` (per limit: ``figure``, ``key``, ``h`` of the
         deciding point, ``points``, ``limit``, ``kind``, ``unit``, ``value``, ``u``, ``U``, ``verdict``,
         ``reason``; an MTF limit also its ``direction``, sagittal or tangential).
     """
@@ -151,7 +162,8 @@ def judge_zone(zone: Zone, field, wavelength_nm: float, na: float, n_draws: int 
         figures.append(fig)
     verdicts = [r.verdict for r in rows]
     overall = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
-    return rows, {"name": zone.name, "h_max": zone.h_max, "verdict": overall, "figures": figures}
+    return rows, {"name": zone.name, "h_min": zone.h_min, "h_max": zone.h_max, "verdict": overall,
+                  "figures": figures}
 
 
 def _zone_limits(zone: Zone) -> dict:
@@ -159,6 +171,10 @@ def _zone_limits(zone: Zone) -> dict:
     limits = {}
     if zone.rms_waves_max is not None:
         limits["rms_waves_max"] = ("RMS wavefront error", "waves", zone.rms_waves_max, "max")
+    if zone.pv_waves_max is not None:
+        limits["pv_waves_max"] = ("PV wavefront error", "waves", zone.pv_waves_max, "max")
+    if zone.strehl_min is not None:
+        limits["strehl_min"] = ("Strehl ratio", "", zone.strehl_min, "min")
     limits.update({f"family.{n}": (f"{n} magnitude", "waves", v, "max") for n, v in zone.family_max.items()})
     limits.update({f"term.{j}": (f"|Z{j}| {zernike_name(*noll_to_nm(j))}", "waves", v, "max")
                    for j, v in zone.term_max.items()})
@@ -183,7 +199,9 @@ def _zone_quantities(zone: Zone, field, wavelength_nm, na, n_draws, seed, mtf) -
         why = (f"the zone reaches |H| = {zone.h_max:g}, beyond the measured tiles (outermost |H| = {reach:.2f}; "
                "the field model is not extrapolated)")
         return {}, _all_keys(zone, why)
-    h = zone_points(zone.h_max, tile_h)
+    h = zone_points(zone.h_max, tile_h, zone.h_min)
+    if not len(h):
+        return {}, _all_keys(zone, "no field point in the zone")
     points, why = {}, {}
     notes = "; ".join(field.notes) or "not fitted"
     if field.model is None:
@@ -319,11 +337,11 @@ def mtf_vs_field(field, spec: LensSpec, mtf: FieldMtf | None) -> dict | None:
         return None
     tile_h = np.array([t.h for t in field.tiles], dtype=np.float64)
     reach = float(np.hypot(tile_h[:, 0], tile_h[:, 1]).max())
-    radii = [z.h_max for z in spec.zones if z.h_max <= REACH * reach + 1e-9] or [reach]
+    radii = [(z.h_max, z.h_min) for z in spec.zones if z.h_max <= REACH * reach + 1e-9] or [(reach, 0.0)]
     rows = [(f"tile {t.name}", np.asarray(t.h, dtype=np.float64)) for t in field.tiles]
     seen = {(round(h[0], 9), round(h[1], 9)) for _, h in rows}
-    for r in radii:
-        for h in zone_points(r, np.zeros((0, 2))):
+    for r, r_min in radii:
+        for h in zone_points(r, np.zeros((0, 2)), r_min):
             key = (round(h[0], 9), round(h[1], 9))
             if key not in seen:
                 seen.add(key)

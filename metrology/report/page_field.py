@@ -179,7 +179,9 @@ def zone_rows(doc: dict) -> list:
     trusted = doc["verdict"].get("valid", True)
     for z in doc["verdict"].get("zones") or []:
         for i, f in enumerate(z["figures"]):
-            zone = f"{z['name']} (|H| <= {z['h_max']:g}): {z['verdict']}" if i == 0 else ""
+            extent = (f"{z['h_min']:g} <= |H| <= {z['h_max']:g}" if z.get("h_min", 0) > 0
+                      else f"|H| <= {z['h_max']:g}")
+            zone = f"{z['name']} ({extent}): {z['verdict']}" if i == 0 else ""
             unit = f" {f['unit']}" if f["unit"] else ""
             where = "n/a" if f["h"] is None else f"({f['h'][0]:+.2f}, {f['h'][1]:+.2f})"
             where += f", {f['direction']}" if f.get("direction") else ""
