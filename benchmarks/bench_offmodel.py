@@ -153,6 +153,12 @@ def trial(station, leds, seed, mode, lens=None, exact=False, finite_budget=False
         "reduced_chi2": float(fit.reduced_chi2), "reduced_chi2_noise": float(fit.reduced_chi2_noise),
         "at_bounds": len(fit.at_bounds), "error_5_15": float(np.sqrt(np.sum(e**2))), "shift_error_um": shift,
         "err": e.tolist(), "u": u.tolist(), "rms_true": rms_true, "rms_measured": rms_meas, "u_rms": u_rms,
+        # the parts of u (waves, Noll 5-15): noise (Type A), fit (noise widened by the mismatch estimates),
+        # and the largest Type B source per coefficient: where an outlier's u came from
+        "u_noise": np.sqrt(np.clip(np.diag(meas.parts.noise)[4:15], 0, None)).tolist() if meas.parts else None,
+        "u_fit": np.sqrt(np.clip(np.diag(meas.parts.fit)[4:15], 0, None)).tolist() if meas.parts else None,
+        "largest_per_noll": [max(meas.budget, key=lambda b: abs(b.zernike[j])).name if meas.budget else ""
+                             for j in range(4, 15)],
         "largest": meas.budget and max(meas.budget, key=lambda b: float(np.abs(b.zernike[4:15]).max())).name,
         "effective_data_fraction": (fit.weights.summary().get("effective_data_fraction")
                                     if fit.weights is not None else 1.0),
@@ -193,6 +199,11 @@ def summarise(rows):
     print(f" RMS wavefront: RMS(err/u) {np.sqrt(np.mean(r_rms**2)):.2f}, coverage {100 * np.mean(np.abs(r_rms) <= 2):.0f} %")
     print(f" all coefficients: RMS(err/u) {np.sqrt(np.mean(ratio**2)):.2f} (target 0.7-1.4), "
           f"coverage {100 * cover.mean():.0f} % (target >= 90 %)")
+    far = [(r, i) for r in rows for i in range(11) if abs(r["err"][i]) > 4 * r["u"][i]]
+    for r, i in far:  # where U misses by more than 2 U: how small u was, and against what
+        part = f", fit part {r['u_fit'][i]:.5f}" if r.get("u_fit") else ""
+        print(f" beyond 4 u: seed {r['seed']} Noll {i + 5}: error {r['err'][i]:+.5f}, u {r['u'][i]:.5f}{part} "
+              f"(median u of its trial {np.median(r['u']):.5f})")
 
 
 def _one_thread() -> None:
