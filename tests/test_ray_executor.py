@@ -57,6 +57,10 @@ def ray_head():
     gcs, client = free_port(), free_port()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    # `ray start` no longer creates a missing token (Ray 2.60: create_token_if_missing=False): make
+    # the local-development token at ~/.ray/auth_token as Ray's docs say, unless one exists
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"], env=env,
+                   check=True, capture_output=True, timeout=120)
     log = open(os.path.join(tmp, "head.log"), "w")
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
