@@ -200,8 +200,6 @@ def _zone_quantities(zone: Zone, field, wavelength_nm, na, n_draws, seed, mtf) -
                "the field model is not extrapolated)")
         return {}, _all_keys(zone, why)
     h = zone_points(zone.h_max, tile_h, zone.h_min)
-    if not len(h):
-        return {}, _all_keys(zone, "no field point in the zone")
     points, why = {}, {}
     notes = "; ".join(field.notes) or "not fitted"
     if field.model is None:
