@@ -74,8 +74,13 @@ class Zone:
                     or self.distortion_percent_max is not None or self.field_curvature_um_max is not None)
 
     def describe(self) -> str:
-        """The zone's extent as printed in rows and reports: ``|H| <= 0.7`` or ``0.7 <= |H| <= 1``."""
-        return f"{self.h_min:g} <= |H| <= {self.h_max:g}" if self.h_min > 0 else f"|H| <= {self.h_max:g}"
+        """The zone's extent as printed in rows and reports (:func:`zone_extent`)."""
+        return zone_extent(self.h_min, self.h_max)
+
+
+def zone_extent(h_min: float, h_max: float) -> str:
+    """A zone's extent as printed everywhere: ``|H| <= 0.7``, or ``0.7 <= |H| <= 1`` for an annulus."""
+    return f"{h_min:g} <= |H| <= {h_max:g}" if h_min > 0 else f"|H| <= {h_max:g}"
 
 
 ZONE_KEYS = ("name", "h_min", "h_max", "rms_waves_max", "pv_waves_max", "strehl_min", "family", "term",

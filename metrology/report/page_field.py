@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from metrology.analysis.spec import zone_extent
 from metrology.report.layout import TINTS, format_value_u, para, png, spacer, table
 from metrology.report.plots import figure, png_bytes
 
@@ -179,8 +180,7 @@ def zone_rows(doc: dict) -> list:
     trusted = doc["verdict"].get("valid", True)
     for z in doc["verdict"].get("zones") or []:
         for i, f in enumerate(z["figures"]):
-            extent = (f"{z['h_min']:g} <= |H| <= {z['h_max']:g}" if z.get("h_min", 0) > 0
-                      else f"|H| <= {z['h_max']:g}")
+            extent = zone_extent(z.get("h_min", 0.0), z["h_max"])
             zone = f"{z['name']} ({extent}): {z['verdict']}" if i == 0 else ""
             unit = f" {f['unit']}" if f["unit"] else ""
             where = "n/a" if f["h"] is None else f"({f['h'][0]:+.2f}, {f['h'][1]:+.2f})"
