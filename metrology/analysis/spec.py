@@ -256,9 +256,15 @@ def _parse_limits(lim: dict, spec: LensSpec, src) -> None:
     spec.pv_waves_max = _number(src, lim, "pv_waves_max", "limits.")
     if spec.pv_waves_max is not None:
         _check(src, spec.pv_waves_max > 0, "limits.pv_waves_max", f"must be > 0, got {spec.pv_waves_max}")
-    spec.strehl_min = _number(src, lim, "strehl_min", "limits.")
-    if spec.strehl_min is not None:
-        _check(src, 0 < spec.strehl_min <= 1, "limits.strehl_min", f"must be in (0, 1], got {spec.strehl_min}")
+    spec.strehl_min = _strehl_min(src, lim, "limits.")
+
+
+def _strehl_min(src, table: dict, where: str) -> float | None:
+    """The ``strehl_min`` key of ``table`` (keys under ``where``), checked to lie in (0, 1]; ``None`` if absent."""
+    v = _number(src, table, "strehl_min", where)
+    if v is not None:
+        _check(src, 0 < v <= 1, where + "strehl_min", f"must be in (0, 1], got {v:g}")
+    return v
 
 
 def _parse_terms(lim: dict, spec, src, where: str = "limits.") -> None:
@@ -320,9 +326,7 @@ def _parse_zones(data: dict, src, cutoff: float) -> list:
             if v is not None:
                 _check(src, v > 0, where + key, f"must be > 0, got {v:g}")
             setattr(zone, key, v)
-        zone.strehl_min = _number(src, row, "strehl_min", where)
-        if zone.strehl_min is not None:
-            _check(src, 0 < zone.strehl_min <= 1, where + "strehl_min", f"must be in (0, 1], got {zone.strehl_min:g}")
+        zone.strehl_min = _strehl_min(src, row, where)
         _parse_terms(row, zone, src, where)
         zone.mtf = _parse_mtf(row, cutoff, src, where)
         if not zone.has_limits():
