@@ -308,7 +308,7 @@ def test_annular_zone_judges_strehl_and_pv_on_its_outer_edge(inspected, tmp_path
     result, _, _ = inspected
     fm = result.field_measurement
     zones = '[[zone]]\nname = "outer"\nh_min = 0.7\nh_max = 1.0\nstrehl_min = 0.5\npv_waves_max = 0.6\n'
-    v = judge_field(result.measurement, _zoned(tmp_path, zones), result.status, fm)
+    v = judge_field(result.measurement, _zoned(tmp_path, zones), result.status, fm, n_draws=400)
     (zone,) = v.zones
     by_key = {f["key"]: f for f in zone["figures"]}
     strehl, pv = by_key["strehl_min"], by_key["pv_waves_max"]
@@ -321,7 +321,7 @@ def test_annular_zone_judges_strehl_and_pv_on_its_outer_edge(inspected, tmp_path
     assert rows[1][0] == "outer (0.7 <= |H| <= 1): PASS" and rows[2][4] == ">= 0.5"
     limit = round(strehl["value"] + 1.5 * strehl["U"], 4)
     tight = judge_field(result.measurement, _zoned(tmp_path, zones.replace("strehl_min = 0.5", f"strehl_min = {limit}")),
-                        result.status, fm)
+                        result.status, fm, n_draws=400)
     assert tight.overall == "FAIL" and tight.zones[0]["verdict"] == "FAIL"
     assert tight.reasons[0].startswith("zone 'outer' (0.7 <= |H| <= 1): Strehl ratio: worst of ")
 
