@@ -18,8 +18,10 @@ wavelength):
 
     C_const = S diag(u_c^2) S^T,   S[:, i] = d theta* / d c_i.
 
-Sample grid values are held while a constant moves (the unknown sample's scale is the grid's in
-prior and blind modes; the reference map is given on the grid in known mode). The sensitivities are
+In known mode the sample is the given reference and is held while a constant moves. In prior and
+blind modes it is fitted, and it follows the constant: the linear response is then the system part of
+the joint (system, sample) solve, :mod:`metrology.solver.marginal` (holding it was measured to miss
+responses of 1-2e-3 waves, docs/uncertainty.md, section 6). The sensitivities are
 checked in ``tests/test_budget.py`` (moving the parameters by ``S h`` restores the optimum after a
 small move ``h`` of a constant). The response is linear only over a fraction of a typical tolerance
 (docs/uncertainty.md, "Linearity"); the off-model trials of ``benchmarks/bench_offmodel.py``, which
@@ -36,8 +38,8 @@ import numpy as np
 import torch
 
 from metrology.parameters import BY_PATH
-from metrology.solver.jacobian import psd_inverse, whitened_residual
-from metrology.solver.priors import prior_chi2
+from metrology.solver.jacobian import linearise, psd_inverse, whitened_residual
+from metrology.solver.priors import add_to_normal_equations, prior_chi2
 
 CONSTANTS = {
     "wavelength_nm": ("Wavelength (LED centroid)", "nm"),
@@ -85,6 +87,7 @@ class ConstantSensitivity:
     key: str = ""  # the [uncertainty] key whose u applies (default: name)
     second_order: np.ndarray | None = None  # (P,) sqrt(2) x the even part of the response at c +/- u (curvature)
     remaining_sigma: float = 0.0  # how far the finite response's re-fit was from its optimum (sigma)
+    solve: object = None  # the joint (system, sample) solve behind a free-sample response (marginal.JointSolve)
 
     def __post_init__(self):
         self.key = self.key or self.name
@@ -155,7 +158,7 @@ def applicable_constants(fit) -> list:
             and not (n == "spectral_fwhm_nm" and g.spectral_fwhm_nm == 0)]
 
 
-def constant_sensitivities(fit, names=None, uncertainties: dict | None = None) -> list:
+def constant_sensitivities(fit, names=None, uncertainties: dict | None = None, free_sample: bool = False) -> list:
     """Sensitivities of the fitted system parameters to the station constants.
 
     Parameters
@@ -168,8 +171,14 @@ def constant_sensitivities(fit, names=None, uncertainties: dict | None = None) -
     uncertainties : dict, optional
         Standard uncertainty of each constant (``[uncertainty]`` keys, their units). Given, the
         response is evaluated at the scale of the uncertainty (:func:`finite_response`: the optimum
-        re-found with the constant at ``c +/- u``), which keeps the budget honest where the fit is not
-        linear over the tolerance; not given (or 0), the implicit-function derivative at the optimum.
+        re-found with the constant at ``c +/- u``, the sample held), which keeps the budget honest where
+        the fit is not linear over the tolerance; not given (or 0), the implicit-function derivative at
+        the optimum.
+    free_sample : bool
+        Where the fit estimated the sample (prior and blind modes), let it follow each constant: the
+        implicit derivative of the joint (system, sample) optimum (:func:`free_sample_response`)
+        instead of the system's with the sample held. Opt-in: ~10x the held budget's time, its
+        calibration over the off-model trials not yet measured (docs/uncertainty.md, section 6).
 
     Returns
     -------
@@ -184,7 +193,7 @@ def constant_sensitivities(fit, names=None, uncertainties: dict | None = None) -
     cols = fit.columns
     params = {p: base.parameter(p) for p in set(cols.paths)}
     g_opt = None
-    out = []
+    out, free = [], []  # free: (index in out, d r / d c) of the constants whose response lets the sample follow
     for key, name, label, value, h, move in ((k, *m) for k in names for m in _moves(base, k)):
         u = float((uncertainties or {}).get(key, 0.0) or 0.0)
         if u > 0:
@@ -199,6 +208,10 @@ def constant_sensitivities(fit, names=None, uncertainties: dict | None = None) -
         with torch.no_grad():
             dr = (_residual(move(value + h), data, fit.noise, scale)
                   - _residual(move(value - h), data, fit.noise, scale)) / (2 * h)
+        if free_sample and sample_free(fit):  # the sample follows the constant: one joint solve below
+            out.append(ConstantSensitivity(name, label, CONSTANTS[key][1], value, np.zeros(len(cols.names)), key))
+            free.append((len(out) - 1, dr))
+            continue
         for p in params.values():
             p.requires_grad_(True)
             p.grad = None
@@ -206,7 +219,53 @@ def constant_sensitivities(fit, names=None, uncertainties: dict | None = None) -
         jtdr = torch.stack([params[p].grad.reshape(-1)[k] if params[p].grad is not None else torch.zeros((), dtype=torch.float64)
                             for p, k in zip(cols.paths, cols.flat_index)])
         out.append(ConstantSensitivity(name, label, CONSTANTS[key][1], value, (-(inverse @ jtdr)).numpy(), key))
+    if free:
+        response, solve = free_sample_response(fit, base, data, scale, torch.stack([dr for _, dr in free]))
+        for (i, _), row in zip(free, response):
+            out[i].per_unit = (-row).numpy()
+            out[i].solve = solve
     return out
+
+
+def sample_free(fit) -> bool:
+    """Whether the fit estimated the sample (prior and blind modes)."""
+    return any(p.path.startswith("sample.field") for p in fit.schedule.parameters)
+
+
+def free_sample_response(fit, model, data, scale, dr: torch.Tensor):
+    """``H^-1 J^T W (d r / d c)`` over (system, sample), its system part, for each residual derivative
+    ``dr`` (K, J, n, n), at ``model`` (the fit's point, float64).
+
+    By symmetry its row ``i`` is ``(H^-1 e_i) . J^T W dr``: one joint solve per reported system column
+    (:func:`metrology.solver.marginal.joint_solve`), shared by all the constants, gives every response
+    as a dot product. Those solves converge in tens of iterations, where solving for each constant's
+    right-hand side directly took hundreds. The brightness rows are left at 0 (they share a gauge with
+    the sample's scale and no reported figure reads them).
+
+    Returns
+    -------
+    response : Tensor (K, P)
+    solve : JointSolve
+    """
+    from metrology.solver.marginal import JointOperator, joint_solve  # lazy: blind and prior fits only
+
+    specs = [p for p in fit.schedule.parameters if not p.path.startswith("sample.field")]
+    lin = linearise(model, data, scale, fit.noise, specs)
+    if lin.columns.names != fit.columns.names:
+        raise RuntimeError("the budget's linearisation does not match the fit's columns")
+    data_jtj, data_jtr = lin.normal()
+    jtj, _ = add_to_normal_equations(data_jtj, data_jtr, model, fit.schedule.priors, lin.columns)
+    n = model.geometry.object_px
+    sample_prior = float(fit.mask.sum()) * fit.schedule.prior_weight / n**2
+    op = JointOperator(model, data, scale, fit.noise, lin, (jtj - data_jtj).diagonal(), sample_prior)
+    with torch.no_grad():
+        bs, bo = op.adjoint(dr)
+        unit = torch.zeros((len(lin.plain), op.p), dtype=torch.float64)
+        unit[range(len(lin.plain)), lin.plain] = 1.0
+        solve = joint_solve(model, op, unit, torch.zeros((len(lin.plain),) + op.sample_shape, dtype=torch.float64), jtj)
+        response = torch.zeros((dr.shape[0], op.p), dtype=torch.float64)
+        response[:, lin.plain] = bs @ solve.system.T + torch.einsum("kabc,pabc->kp", bo, solve.sample)
+    return response, solve
 
 
 FINITE_STEPS = 30

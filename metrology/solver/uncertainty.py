@@ -144,7 +144,7 @@ def _station_u(cov, index) -> dict:
             if any(name == e for path in TRACKED for e in element_names(path))}
 
 
-def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False) -> tuple:
+def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False, free_sample: bool = False) -> tuple:
     """GUM sources of the station constants: :class:`BudgetSource` list and their covariance over
     the fitted parameters (see :mod:`metrology.solver.budget`)."""
     p = len(fit.columns.names)
@@ -152,7 +152,8 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False)
     if not wanted:
         return [], np.zeros((p, p))
     applicable = set(applicable_constants(fit))
-    sens = constant_sensitivities(fit, [n for n in wanted if n in applicable], constant_uncertainties if finite else None)
+    sens = constant_sensitivities(fit, [n for n in wanted if n in applicable], constant_uncertainties if finite else None,
+                                  free_sample)
     sources = []
     for s in sens:
         u = float(constant_uncertainties[s.key])
@@ -168,7 +169,8 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False)
     return sources, constants_covariance(sens, constant_uncertainties)
 
 
-def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite_budget: bool = False) -> Measurement:
+def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite_budget: bool = False,
+                         free_sample_budget: bool = False) -> Measurement:
     """Turn a :class:`~metrology.solver.reconstruct.FitResult` into a plain :class:`Measurement`.
 
     Parameters
@@ -183,6 +185,11 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         second-order term) instead of by the implicit-function derivative at the optimum. Not the
         default: it doubled the demo's U(RMS) and its calibration off-model is not yet measured
         (docs/uncertainty.md, "Linearity"); ``bench_offmodel.py --finite-budget`` measures it.
+    free_sample_budget : bool
+        In prior and blind modes, take each constant's linear effect with the fitted sample following
+        it (:func:`metrology.solver.budget.free_sample_response`) instead of held. Not the default
+        yet: its calibration over the off-model trials is not measured (docs/uncertainty.md, section
+        6); ``bench_offmodel.py --free-sample-budget`` measures it.
     """
     model = fit.model
     g = model.geometry
@@ -191,7 +198,7 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
     index = {n: i for i, n in enumerate(names)}
     k = g.zernike_terms
     z = model.pupil.zernike_waves.detach().double().cpu().numpy()
-    budget, cov_const = _budget_sources(fit, index, k, constant_uncertainties, finite_budget)
+    budget, cov_const = _budget_sources(fit, index, k, constant_uncertainties, finite_budget, free_sample_budget)
     total = cov.double().cpu().numpy() + cov_const
     station = []
     state = model.station_state()
