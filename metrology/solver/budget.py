@@ -18,10 +18,11 @@ wavelength):
 
     C_const = S diag(u_c^2) S^T,   S[:, i] = d theta* / d c_i.
 
-In known mode the sample is the given reference and is held while a constant moves. In prior and
-blind modes it is fitted, and it follows the constant: the linear response is then the system part of
-the joint (system, sample) solve, :mod:`metrology.solver.marginal` (holding it was measured to miss
-responses of 1-2e-3 waves, docs/uncertainty.md, section 6). The sensitivities are
+The sample is held while a constant moves: right in known mode (the given reference). In prior and
+blind modes it is fitted and would follow the constant; ``free_sample=True`` (opt-in) takes that
+response, the system part of the joint (system, sample) solve, :mod:`metrology.solver.marginal`
+(holding it was measured to miss responses of 1-2e-3 waves, docs/uncertainty.md, section 6). The
+sensitivities are
 checked in ``tests/test_budget.py`` (moving the parameters by ``S h`` restores the optimum after a
 small move ``h`` of a constant). The response is linear only over a fraction of a typical tolerance
 (docs/uncertainty.md, "Linearity"); the off-model trials of ``benchmarks/bench_offmodel.py``, which
@@ -229,7 +230,7 @@ def constant_sensitivities(fit, names=None, uncertainties: dict | None = None, f
 
 def sample_free(fit) -> bool:
     """Whether the fit estimated the sample (prior and blind modes)."""
-    return any(p.path.startswith("sample.field") for p in fit.schedule.parameters)
+    return bool(fit.schedule.sample_parameters())
 
 
 def free_sample_response(fit, model, data, scale, dr: torch.Tensor):
@@ -238,8 +239,9 @@ def free_sample_response(fit, model, data, scale, dr: torch.Tensor):
 
     By symmetry its row ``i`` is ``(H^-1 e_i) . J^T W dr``: one joint solve per reported system column
     (:func:`metrology.solver.marginal.joint_solve`), shared by all the constants, gives every response
-    as a dot product. Those solves converge in tens of iterations, where solving for each constant's
-    right-hand side directly took hundreds. The brightness rows are left at 0 (they share a gauge with
+    as a dot product. (Solving for each constant's right-hand side directly still changed by 2 % per
+    10 iterations after 300; this way by 7 % per 10 after 40, with 40 right-hand sides instead of 9:
+    neither is cheap yet, docs/uncertainty.md, section 3.) The brightness rows are left at 0 (they share a gauge with
     the sample's scale and no reported figure reads them).
 
     Returns
@@ -249,7 +251,7 @@ def free_sample_response(fit, model, data, scale, dr: torch.Tensor):
     """
     from metrology.solver.marginal import JointOperator, joint_solve  # lazy: blind and prior fits only
 
-    specs = [p for p in fit.schedule.parameters if not p.path.startswith("sample.field")]
+    specs = fit.schedule.system_parameters()
     lin = linearise(model, data, scale, fit.noise, specs)
     if lin.columns.names != fit.columns.names:
         raise RuntimeError("the budget's linearisation does not match the fit's columns")

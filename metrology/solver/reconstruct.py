@@ -221,7 +221,7 @@ def _polished(model, data, mask, noise, schedule, evaluate, weighting, rounds, p
     Returns ``(iterations, converged, message, columns, jtj, meat, per_group)``.
     """
     it, converged, message, cols_all = rounds.iterations, rounds.converged, rounds.message, rounds.columns
-    system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
+    system_specs = schedule.system_parameters()
     if not (system_specs and rounds.history and np.isfinite(rounds.history[-1])):
         return it, converged, message, cols_all, None, None, None
     budget = max(schedule.max_iterations - it, 0)
@@ -266,7 +266,7 @@ def _sample_settled(model, data, mask, noise, schedule, evaluate, weighting, sys
     """
     if jtj is None:
         return False, "sample: no Gauss-Newton information to test it", None, None, None, 0
-    step = min(p.step for p in schedule.parameters if p.path.startswith("sample.field"))
+    step = min(p.step for p in schedule.sample_parameters())
     outputs, steps, worst = None, 0, float("inf")
     for rounds in range(1, schedule.settle_rounds + 1):
         block = SampleBlock(model, step)
@@ -300,8 +300,8 @@ def _chi_square_dof(model, data, mask, noise, schedule, weighting: Weighting):
             pred, data, mask, noise.gain_e_per_count, noise.read_noise_counts, model.camera.background_counts,
             weighting.pixel,
         )
-    sample_parts = sum(p.path.startswith("sample.field") for p in schedule.parameters)
-    n_free = sum(_free_elements(model, p) for p in schedule.parameters if not p.path.startswith("sample.field"))
+    sample_parts = len(schedule.sample_parameters())
+    n_free = sum(_free_elements(model, p) for p in schedule.system_parameters())
     n_free += sample_parts * _sample_dof(model) if sample_parts else 0
     if weighting.weights is not None:
         n_free += int((weighting.weights.variance > 1.0).sum())  # the fitted (not floored) variances
@@ -364,12 +364,12 @@ def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress, weigh
     message = "maximum iterations reached"
     active_paths = None
     system = sample_block = None
-    sample_specs = [p for p in schedule.parameters if p.path.startswith("sample.field")]
+    sample_specs = schedule.sample_parameters()
     if sample_specs:
         sample_block = SampleBlock(model, min(p.step for p in sample_specs))
         s_opt, s_closure = lbfgs(sample_block, evaluate, schedule.sample_steps)
     last_release = max([p.start for p in schedule.parameters], default=0)
-    system_specs = [p for p in schedule.parameters if not p.path.startswith("sample.field")]
+    system_specs = schedule.system_parameters()
     hessian_all, cols_all = None, None
     if system_specs:
         jtj, jtr0, _, cols_all = normal_equations(model, data, weighting.residual_scale(mask), noise, system_specs)

@@ -145,9 +145,17 @@ class Schedule:
         """The specs that free elements of ``path`` (several when released in stages)."""
         return [p for p in self.parameters if p.path == path]
 
+    def sample_parameters(self) -> list:
+        """The specs of the sample's fields (prior and blind modes; empty when the sample is known)."""
+        return [p for p in self.parameters if p.path.startswith("sample.field")]
+
+    def system_parameters(self) -> list:
+        """Every other spec: the station, the lens and the camera."""
+        return [p for p in self.parameters if not p.path.startswith("sample.field")]
+
     def free_at(self, iteration: int) -> list:
         """Specs released at ``iteration`` (excluding sample fields, updated separately)."""
-        return [p for p in self.parameters if p.start <= iteration and not p.path.startswith("sample.field")]
+        return [p for p in self.system_parameters() if p.start <= iteration]
 
     def without(self, *paths) -> "Schedule":
         """The same schedule with ``paths`` fixed (e.g. misalignment frozen at nominal)."""
