@@ -100,3 +100,49 @@ def test_an_offmodel_polish_converges_with_fewer_jacobian_rebuilds(offmodel, mon
     assert result["converged"], result["message"]
     assert len(calls) <= 10
     assert result["error_5_15"] < 0.0105
+
+
+@pytest.mark.parametrize("physics", [
+    dict(),
+    dict(pixel_quadrature=2, margin_px=3, spectral_fwhm_nm=25.0, spectral_points=3),
+    dict(pixel_quadrature=3, vignetting=(1.3, 0.4, -0.2)),
+])
+def test_the_closed_form_camera_part_equals_forward_mode_through_the_whole_model(physics):
+    """linearise differentiates the camera (|ifft2|^2, gain, whitened root) in closed form and only
+    the box spectra by forward mode; every column, brightness and background included, must equal
+    a forward-mode pass through the whole model (linearise_reference), with each physics term on."""
+    from dataclasses import replace
+
+    from metrology.solver.jacobian import linearise_reference
+    from metrology.solver.schedule import ParameterSpec
+
+    model, capture, noise, schedule = _known_fit_inputs(frame_px=16, leds_per_side=3, seed=5)
+    g = replace(model.geometry, **physics)
+    m = StationModel(g, transmission=model.sample.transmission().detach() if not g.margin_px else None,
+                     exposure=model.exposure, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        m.pupil.zernike_waves[4:15] = 0.05 * torch.randn(11, generator=gen, dtype=torch.float64)
+        m.pupil.log_amplitude[3:6] = 0.1
+        m.illumination.brightness.copy_(torch.linspace(500, 900, len(m.illumination.brightness)))
+        m.camera.background_counts.fill_(40.0)
+        m.sample.defocus_um.fill_(3.0)
+        m.illumination.shift_mm.copy_(torch.tensor([0.3, -0.2]))
+    paths = ["illumination.shift_mm", "illumination.rotation_deg", "illumination.distance_error_mm",
+             "illumination.tilt_deg", "illumination.brightness", "illumination.emission_exponent",
+             "pupil.zernike_waves", "pupil.log_amplitude", "pupil.na", "sample.defocus_um", "sample.position_um",
+             "camera.counts_per_unit", "camera.background_counts"]
+    if g.vignetting:
+        paths += ["pupil.vignetting_radius", "pupil.vignetting_center"]
+    some = {"pupil.zernike_waves": (4, 7, 11), "pupil.log_amplitude": (3, 4)}
+    specs = [ParameterSpec(p, 1.0, indices=some.get(p)) for p in paths]
+    data = torch.as_tensor(np.asarray(capture.frames, np.float64))
+    mask = torch.as_tensor(np.random.default_rng(2).uniform(0.0, 1.0, data.shape))
+    fast = linearise(m, data, mask, noise, specs)
+    ref = linearise_reference(m, data, mask, noise, specs)
+    assert fast.columns.names == ref.columns.names and len(fast.columns.names) > 25
+    scale = float(ref.tangents.abs().amax())
+    for t in range(ref.tangents.shape[0]):
+        torch.testing.assert_close(fast.tangents[t], ref.tangents[t], rtol=1e-8, atol=1e-9 * scale)
+    torch.testing.assert_close(fast.residual, ref.residual, rtol=1e-10, atol=1e-10)
+    assert float(fast.tangents.abs().amax()) > 0

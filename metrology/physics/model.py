@@ -45,6 +45,19 @@ def box_to_field(box: torch.Tensor, n: int) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1)))
 
 
+def box_intensity(box: torch.Tensor, n: int) -> torch.Tensor:
+    """``|box_to_field(box, n)|^2`` without the centring: (J, B, B) -> (J, n, n), real.
+
+    Moving a spectrum by whole frequency pixels multiplies its field by a phase ramp, which
+    ``|.|^2`` removes, so the box is zero-padded at its end (``ifft2(box, s=(n, n))``) instead of
+    being placed at the centre and shifted back (``ifftshift``). Same values to rounding; the shift
+    is a copy of the whole (J, n, n) field and, under forward- and reverse-mode differentiation, a
+    chain of concatenations that cost more than the transform (issue 18).
+    """
+    field = torch.fft.ifft2(box, s=(n, n))
+    return field.real**2 + field.imag**2
+
+
 def field_to_box(field: torch.Tensor, half: int) -> torch.Tensor:
     """Centred spectra of camera fields (J, n, n), cropped to the pupil box (J, 2 half + 1,
     2 half + 1): the inverse of :func:`box_to_field` for fields band-limited to the box."""
@@ -196,30 +209,37 @@ class StationModel(nn.Module):
         side = g.led_size_mm * (1.0 - s2) ** 1.5 / (h * g.wavelength_um * g.df)
         return side.clamp(min=self.edge_softening_px) if self.edge_softening_px else side
 
+    def pixel_ramps(self, half: int, dtype, device) -> list:
+        """The pixel-area quadrature as ``(weight, ramp)`` pairs: ``ramp`` (B, B) complex is the
+        phase ramp on a pupil box of half-width ``half`` that moves the field by a sub-pixel offset
+        (``geometry.pixel_quadrature`` Gauss-Legendre points per axis), or None for the single
+        sample at the pixel centre."""
+        q = self.geometry.pixel_quadrature
+        if q <= 1:
+            return [(1.0, None)]
+        offsets, weights = gauss_legendre_offsets(q)
+        u = torch.arange(-half, half + 1, device=device, dtype=dtype) * (2 * math.pi / self.geometry.field_px)
+        return [(w, torch.polar(torch.ones_like(u[:, None] * u[None, :]), u[None, :] * dx + u[:, None] * dy))
+                for (dx, dy), w in zip(offsets, weights)]
+
+    def crop_frame(self, field: torch.Tensor) -> torch.Tensor:
+        """The frame's pixels of a modelled field (..., n, n): the margin removed."""
+        g = self.geometry
+        m = g.margin_px
+        return field[..., m : m + g.frame_px, m : m + g.frame_px] if m else field
+
     def camera_intensity(self, spectrum: torch.Tensor) -> torch.Tensor:
         """``|psi|^2`` at the camera pixels from pupil-box spectra (J', B, B): sampled at the pixel
-        centres, or averaged over each pixel's area (``geometry.pixel_quadrature`` Gauss-Legendre
-        points per axis; the sub-pixel fields are phase ramps of the same spectrum)."""
-        g = self.geometry
-        n = g.field_px
-        q = g.pixel_quadrature
-        m = g.margin_px
-        if q <= 1:
-            field = box_to_field(spectrum, n)
-            out = field.real**2 + field.imag**2
-            return out[:, m : m + g.frame_px, m : m + g.frame_px] if m else out
-        offsets, weights = gauss_legendre_offsets(q)
-        half = spectrum.shape[-1] // 2
-        u = torch.arange(-half, half + 1, device=spectrum.device, dtype=spectrum.real.dtype) * (2 * math.pi / n)
+        centres, or averaged over each pixel's area (:meth:`pixel_ramps`: the sub-pixel fields are
+        phase ramps of the same spectrum)."""
+        n = self.geometry.field_px
         out = 0.0
-        for (dx, dy), w in zip(offsets, weights):
-            ramp = torch.polar(torch.ones_like(u[:, None] * u[None, :]), u[None, :] * dx + u[:, None] * dy)
-            field = box_to_field(spectrum * ramp, n)
-            out = out + w * (field.real**2 + field.imag**2)
-        return out[:, m : m + g.frame_px, m : m + g.frame_px] if m else out
+        for w, ramp in self.pixel_ramps(spectrum.shape[-1] // 2, spectrum.real.dtype, spectrum.device):
+            out = out + w * box_intensity(spectrum if ramp is None else spectrum * ramp, n)
+        return self.crop_frame(out)
 
-    def intensity(self, indices=None) -> torch.Tensor:
-        """Noise-free intensity on the camera grid, shape (J', n, n).
+    def frame_parts(self, indices=None) -> list:
+        """What the camera sees of each frame, per node of the LED spectrum, before the camera.
 
         With the source-smeared edge (``pupil.edge == "source"``), each frame is the coherent
         image through the source-averaged pupil ``E P`` plus the incoherent remainder of the
@@ -229,14 +249,23 @@ class StationModel(nn.Module):
         power; the cross terms of two samples both on the edge are neglected). It is what carries
         the unscattered light of an LED at the bright-/dark-field transition.
 
-        With a finite LED spectrum (``geometry.spectral_fwhm_nm``) the frame is the weighted sum of
-        such frames over the spectrum's nodes (:meth:`StationGeometry.spectral_nodes`): each
-        wavelength has its own illumination frequencies, cut-off, aberration in waves and defocus.
+        With a finite LED spectrum (``geometry.spectral_fwhm_nm``) each wavelength node
+        (:meth:`StationGeometry.spectral_nodes`) has its own illumination frequencies, cut-off,
+        aberration in waves and defocus.
+
+        Returns
+        -------
+        list of (weight, spectrum, uniform)
+            Per spectral node: its weight (float), the exit-pupil field spectrum on the pupil box
+            (J', B, B) complex, and the incoherent uniform term (J',) (None without the source edge).
+            :meth:`intensity_of` turns them into frames; the Jacobian
+            (:func:`metrology.solver.jacobian.linearise`) differentiates this cheap part by forward
+            mode and the camera part in closed form.
         """
         spectrum = self.sample.spectrum()
         source = self.source_side_px(indices) if self.pupil.edge == "source" else None
         factor = self.box_factor()
-        out = 0.0
+        parts = []
         for scale, weight in self.geometry.spectral_nodes():
             rows, cols, inside, remainder = self.spectrum_window(indices, scale)
             crop = spectrum[rows[:, :, None], cols[:, None, :]]
@@ -245,20 +274,38 @@ class StationModel(nn.Module):
             edge, body = self.pupil.parts(remainder, self.sample.defocus_um,
                                           None if source is None else source / scale, wavelength_scale=scale)
             smooth = body * crop * factor
-            frames = self.camera_intensity(edge * smooth)
+            uniform = None
             if self.pupil.edge == "source":
                 n = self.geometry.field_px
                 power = smooth.real**2 + smooth.imag**2
-                frames = frames + ((power * (edge - edge**2)).sum(dim=(-2, -1)) / n**4)[:, None, None]
+                uniform = (power * (edge - edge**2)).sum(dim=(-2, -1)) / n**4
+            parts.append((weight, edge * smooth, uniform))
+        return parts
+
+    def intensity_of(self, parts) -> torch.Tensor:
+        """Frames (J', n, n) from :meth:`frame_parts`: the weighted sum over the spectral nodes of
+        each node's camera intensity plus its uniform term."""
+        out = 0.0
+        for weight, spectrum, uniform in parts:
+            frames = self.camera_intensity(spectrum)
+            if uniform is not None:
+                frames = frames + uniform[:, None, None]
             out = out + weight * frames
         return out
 
+    def intensity(self, indices=None) -> torch.Tensor:
+        """Noise-free intensity on the camera grid, shape (J', n, n) (:meth:`frame_parts`, then
+        :meth:`intensity_of`)."""
+        return self.intensity_of(self.frame_parts(indices))
+
+    def frame_gain(self, indices=None) -> torch.Tensor:
+        """Per-frame gain (J',): brightness x angular emission x exposure."""
+        gain = self.illumination.brightness * self.illumination.emission() * self.exposure
+        return gain if indices is None else gain[indices]
+
     def forward(self, indices=None) -> torch.Tensor:
         """Modelled frames in counts, shape (J', n, n) (``indices`` selects LEDs, default all)."""
-        gain = self.illumination.brightness * self.illumination.emission() * self.exposure
-        if indices is not None:
-            gain = gain[indices]
-        return self.camera(self.intensity(indices), gain)
+        return self.camera(self.intensity(indices), self.frame_gain(indices))
 
     # ------------------------------------------------------------------ parameters
     def parameter(self, path: str) -> nn.Parameter:

@@ -1,9 +1,12 @@
 """Jacobian of the whitened residuals with respect to the free system parameters.
 
-Forward-mode automatic differentiation (``torch.func.jvp``, batched over tangents with ``vmap``) gives
-one Jacobian column per tangent. Per-LED brightness affects only its own frame, so a single tangent
-(all brightnesses at once) yields all of their columns ("column compression"). The products
-``J^T J`` and ``J^T r`` are accumulated directly; the full Jacobian is never stored.
+:func:`linearise` gives one Jacobian column per tangent: forward-mode automatic differentiation
+(``torch.func.jvp``, batched over tangents with ``vmap``) through the cheap part of the model (the
+frames' field spectra on the pupil box, their gains and the background), and the camera part
+(inverse FFT, ``|.|^2``, pixel quadrature, whitened square root) in closed form. Per-LED brightness
+affects only its own frame, so a single tangent (all brightnesses at once) yields all of their
+columns ("column compression"). The columns are kept as (T, J, n, n) tangents; ``J^T J`` and
+``J^T r`` are assembled from them in float64.
 
 Residuals are whitened amplitude residuals ``r = 2 sqrt(g) (sqrt(M + c) - sqrt(D + c))`` (unit
 variance under shot and read noise), so ``J^T J`` is the Fisher information of the parameters.
@@ -14,15 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from metrology.parameters import element_name
 from metrology.solver.losses import _offset, _roots
 
 BRIGHTNESS = "illumination.brightness"
-TANGENT_CHUNK_ELEMENTS = 1 << 21
-"""Residual elements (tangents x frames x pixels) per batched forward-mode pass: 25 LEDs of 32 px
-take every tangent at once, 225 LEDs of 128 px one at a time."""
+TANGENT_CHUNK_ELEMENTS = 1 << 23
+"""Pupil-box elements (tangents x frames x box pixels) per batched forward-mode pass of
+:func:`linearise`: 225 LEDs with a 105-pixel box take 3 tangents at once (memory)."""
 
 
 @dataclass
@@ -121,8 +125,36 @@ class Linearisation:
         return Linearisation(self.tangents * ratio, self.residual * ratio, mask, self.columns, self.plain, self.bright)
 
 
+class _FrameParts(nn.Module):
+    """The cheap, parameter-dependent part of a model's frames as one module call (for
+    ``functional_call``): per spectral node the field spectrum on the pupil box and the uniform
+    term (:meth:`StationModel.frame_parts`), then the per-frame gain (camera scale included) and
+    the background."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self):
+        m = self.model
+        parts = m.frame_parts()
+        uniform = [u for _, _, u in parts if u is not None]
+        return tuple(spec for _, spec, _ in parts) + tuple(uniform) + (
+            m.camera.counts_per_unit * m.frame_gain(), m.camera.background_counts)
+
+
 def linearise(model, data, mask, noise, specs) -> Linearisation:
     """Whitened residuals times ``mask`` and their Jacobian for the free elements of ``specs``.
+
+    The frames are a fixed map of a few cheap quantities (:class:`_FrameParts`: each frame's field
+    spectrum on the pupil box, its uniform term, its gain, the background), which carry every
+    parameter's influence. Forward-mode AD (``jvp``, batched over tangents with ``vmap``) gives
+    their tangents; the map to the whitened residual is differentiated in closed form with the
+    camera fields ``F = ifft2(spectrum x ramp)`` computed once:
+    ``dI = sum_s w_s (sum_q w_q 2 Re(conj(F_sq) ifft2(dspectrum_s x ramp_q)) + duniform_s)``,
+    ``dr = sqrt(g) mask (d(gain I) [gain I >= 0] / sqrt(gain I + c) + db [D - b + c > 0] / sqrt(D - b + c))``.
+    A tangent costs one inverse FFT per node and quadrature point instead of a forward-mode pass
+    through the whole model (:func:`linearise_reference`, which this equals to rounding).
 
     Parameters
     ----------
@@ -132,7 +164,110 @@ def linearise(model, data, mask, noise, specs) -> Linearisation:
     noise : NoiseModel
     specs : list of ParameterSpec
         Free parameters (sample fields excluded).
+
+    Notes
+    -----
+    Memory: the camera fields of every spectral node and quadrature point are kept
+    (``nodes x quadrature^2 x J x field_px^2`` complex) besides the (T, J, n, n) tangents.
     """
+    cols = columns_for(model, specs)
+    paths = list(dict.fromkeys(s.path for s in specs))
+    primals = tuple(model.parameter(p).detach() for p in paths)
+    wrapper = _FrameParts(model)
+
+    def parts_of(*vals):
+        return functional_call(wrapper, {"model." + p: v for p, v in zip(paths, vals)}, ())
+
+    plain, bright, tans = _tangent_definitions(cols, paths, primals)
+    nodes = model.geometry.spectral_nodes()
+    with torch.no_grad():
+        p0 = parts_of(*primals)
+        camera = _CameraPart(model, nodes, p0, data, mask, noise)
+        box = p0[0][0].numel()
+        n_tangents = tans[0].shape[0]
+        t_all = torch.empty((n_tangents,) + tuple(data.shape), dtype=camera.residual.dtype, device=data.device)
+        chunk = max(1, TANGENT_CHUNK_ELEMENTS // max(1, box * data.shape[0]))
+        for pi in range(len(paths)):
+            # one parameter's tangents at a time: the others stay primal, so the branches of the
+            # model that do not depend on it (e.g. the pupil edge for a Zernike column) carry no tangent
+            rows = [t for t in range(n_tangents) if bool(tans[pi][t].any())]
+            for start in range(0, len(rows), chunk):
+                sel = rows[start : start + chunk]
+
+                def parts_along(value, pi=pi):
+                    return parts_of(*(value if i == pi else v for i, v in enumerate(primals)))
+
+                dp = vmap(lambda t, pi=pi: jvp(parts_along, (primals[pi],), (t,))[1])(tans[pi][sel])
+                for k, row in enumerate(sel):
+                    t_all[row] = camera.tangent([d[k] for d in dp])
+    return Linearisation(t_all, camera.residual, mask, cols, plain, bright)
+
+
+class _CameraPart:
+    """The map from :class:`_FrameParts` to the whitened residual, at one point, and its
+    derivative in closed form (see :func:`linearise`)."""
+
+    def __init__(self, model, nodes, parts, data, mask, noise):
+        self.model, self.nodes = model, nodes
+        self.n_field = model.geometry.field_px
+        specs, uniform = parts[: len(nodes)], parts[len(nodes) : -2]
+        self.gain, background = parts[-2], parts[-1]
+        ramps = model.pixel_ramps(specs[0].shape[-1] // 2, specs[0].real.dtype, specs[0].device)
+        self.fields, intensity = [], 0.0  # camera fields per (node, quadrature point), cropped to the frame
+        for si, ((_, weight), spec) in enumerate(zip(nodes, specs)):
+            node = 0.0
+            for w, ramp in ramps:
+                f = model.crop_frame(torch.fft.ifft2(spec if ramp is None else spec * ramp, s=(self.n_field,) * 2))
+                self.fields.append((si, weight * w, ramp, f))
+                node = node + w * (f.real**2 + f.imag**2)
+            if uniform:
+                node = node + uniform[si][:, None, None]
+            intensity = intensity + weight * node
+        self.intensity = intensity
+        signal = self.gain[:, None, None] * intensity
+        self.residual = whitened_residual(signal + background, data, noise, background) * mask
+        c = _offset(noise.gain_e_per_count, noise.read_noise_counts)
+        sm, sd = _roots(signal + background, data, background, c)
+        sqrt_g = noise.gain_e_per_count**0.5
+        self.on_signal = sqrt_g * mask * (signal >= 0) / sm
+        self.on_background = sqrt_g * mask * ((data - background + c) >= 1e-12) / sd
+
+    def tangent(self, d_parts) -> torch.Tensor:
+        """The residual's tangent (J, n, n) from one tangent of the parts (as :class:`_FrameParts`
+        returns them, without the tangent axis)."""
+        k = len(self.nodes)
+        dspecs, duniform, dgain, dbg = d_parts[:k], d_parts[k:-2], d_parts[-2], d_parts[-1]
+        d_int = 0.0
+        for si, w, ramp, f in self.fields:
+            ds = dspecs[si]
+            if not bool(ds.any()):
+                continue
+            g = self.model.crop_frame(torch.fft.ifft2(ds if ramp is None else ds * ramp, s=(self.n_field,) * 2))
+            d_int = d_int + (2 * w) * (f.real * g.real + f.imag * g.imag)
+        for si, du in enumerate(duniform):
+            d_int = d_int + self.nodes[si][1] * du[:, None, None]
+        d_signal = dgain[:, None, None] * self.intensity + self.gain[:, None, None] * d_int
+        return d_signal * self.on_signal + dbg * self.on_background
+
+
+def _tangent_definitions(cols, paths, primals):
+    """Plain columns one tangent each, the brightnesses compressed into one last tangent.
+
+    Returns ``plain``, ``bright`` (column indices) and one tangent tensor per path, shape
+    (T,) + the parameter's shape."""
+    plain = [i for i, p in enumerate(cols.paths) if p != BRIGHTNESS]
+    bright = [i for i, p in enumerate(cols.paths) if p == BRIGHTNESS]
+    tangent_defs = [[i] for i in plain] + ([bright] if bright else [])
+    tans = [torch.zeros((len(tangent_defs),) + tuple(p.shape), dtype=p.dtype, device=p.device) for p in primals]
+    for ti, members in enumerate(tangent_defs):
+        for ci in members:
+            tans[paths.index(cols.paths[ci])][ti].view(-1)[cols.flat_index[ci]] = 1.0
+    return plain, bright, tans
+
+
+def linearise_reference(model, data, mask, noise, specs) -> Linearisation:
+    """:func:`linearise` by forward-mode AD through the whole model (one pass per tangent): the
+    reference the closed-form camera part is tested against."""
     cols = columns_for(model, specs)
     paths = list(dict.fromkeys(s.path for s in specs))
     primals = tuple(model.parameter(p).detach() for p in paths)
@@ -143,22 +278,10 @@ def linearise(model, data, mask, noise, specs) -> Linearisation:
         bg = over.get("camera.background_counts", model.camera.background_counts.detach())
         return whitened_residual(out, data, noise, bg) * mask
 
-    # tangents: all non-brightness columns one by one, brightness compressed into one tangent
-    plain = [i for i, p in enumerate(cols.paths) if p != BRIGHTNESS]
-    bright = [i for i, p in enumerate(cols.paths) if p == BRIGHTNESS]
-    tangent_defs = [[i] for i in plain] + ([bright] if bright else [])
+    plain, bright, tans = _tangent_definitions(cols, paths, primals)
     with torch.no_grad():
         r = f(*primals)
-    # forward-mode passes batched over the tangents (vmap): the model's per-operation overhead is
-    # paid once per chunk instead of once per column; chunks bound the memory of large captures.
-    # Outputs are kept in the model's precision and accumulated in float64 later.
-    tans = [torch.zeros((len(tangent_defs),) + tuple(p.shape), dtype=p.dtype, device=p.device) for p in primals]
-    for ti, members in enumerate(tangent_defs):
-        for ci in members:
-            tans[paths.index(cols.paths[ci])][ti].view(-1)[cols.flat_index[ci]] = 1.0
-    chunk = max(1, min(len(tangent_defs), TANGENT_CHUNK_ELEMENTS // max(1, r.numel())))
-    with torch.no_grad():  # forward mode only: no autograd graph may keep a chunk's intermediates alive
-        t_all = vmap(lambda *t: jvp(f, primals, t)[1], chunk_size=chunk)(*tans)
+        t_all = vmap(lambda *t: jvp(f, primals, t)[1], chunk_size=1)(*tans)
     return Linearisation(t_all, r, mask, cols, plain, bright)
 
 
