@@ -45,17 +45,17 @@ def box_to_field(box: torch.Tensor, n: int) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1)))
 
 
-def box_intensity(box: torch.Tensor, n: int) -> torch.Tensor:
-    """``|box_to_field(box, n)|^2`` without the centring: (J, B, B) -> (J, n, n), real.
+def box_field(box: torch.Tensor, n: int) -> torch.Tensor:
+    """Camera fields (J, n, n) from pupil-box spectra (J, B, B), uncentred: :func:`box_to_field`
+    times a phase ramp.
 
     Moving a spectrum by whole frequency pixels multiplies its field by a phase ramp, which
     ``|.|^2`` removes, so the box is zero-padded at its end (``ifft2(box, s=(n, n))``) instead of
-    being placed at the centre and shifted back (``ifftshift``). Same values to rounding; the shift
-    is a copy of the whole (J, n, n) field and, under forward- and reverse-mode differentiation, a
-    chain of concatenations that cost more than the transform (issue 18).
+    being placed at the centre and shifted back (``ifftshift``). Same intensities to rounding; the
+    shift is a copy of the whole (J, n, n) field and, under forward- and reverse-mode
+    differentiation, a chain of concatenations that cost more than the transform (issue 18).
     """
-    field = torch.fft.ifft2(box, s=(n, n))
-    return field.real**2 + field.imag**2
+    return torch.fft.ifft2(box, s=(n, n))
 
 
 def field_to_box(field: torch.Tensor, half: int) -> torch.Tensor:
@@ -228,15 +228,30 @@ class StationModel(nn.Module):
         m = g.margin_px
         return field[..., m : m + g.frame_px, m : m + g.frame_px] if m else field
 
+    def camera_field(self, spectrum: torch.Tensor, ramp=None) -> torch.Tensor:
+        """The camera field at the frame's pixels (J', frame_px, frame_px) complex from pupil-box
+        spectra (J', B, B), moved by a :meth:`pixel_ramps` ramp (None: the pixel centres).
+
+        Uncentred (:func:`box_field`): the phase ramp that differs from the centred field cancels
+        in every use (``|.|^2``, and ``Re(conj(F) dF)`` in :mod:`metrology.solver.jacobian`).
+        """
+        return self.crop_frame(box_field(spectrum if ramp is None else spectrum * ramp, self.geometry.field_px))
+
+    def camera_fields(self, spectrum: torch.Tensor):
+        """``(weight, ramp, field)`` per pixel-quadrature point (:meth:`pixel_ramps`,
+        :meth:`camera_field`): what :meth:`camera_intensity` sums, and what the Jacobian's
+        closed-form camera part keeps."""
+        for w, ramp in self.pixel_ramps(spectrum.shape[-1] // 2, spectrum.real.dtype, spectrum.device):
+            yield w, ramp, self.camera_field(spectrum, ramp)
+
     def camera_intensity(self, spectrum: torch.Tensor) -> torch.Tensor:
         """``|psi|^2`` at the camera pixels from pupil-box spectra (J', B, B): sampled at the pixel
         centres, or averaged over each pixel's area (:meth:`pixel_ramps`: the sub-pixel fields are
         phase ramps of the same spectrum)."""
-        n = self.geometry.field_px
         out = 0.0
-        for w, ramp in self.pixel_ramps(spectrum.shape[-1] // 2, spectrum.real.dtype, spectrum.device):
-            out = out + w * box_intensity(spectrum if ramp is None else spectrum * ramp, n)
-        return self.crop_frame(out)
+        for w, _, field in self.camera_fields(spectrum):
+            out = out + w * (field.real**2 + field.imag**2)
+        return out
 
     def frame_parts(self, indices=None) -> list:
         """What the camera sees of each frame, per node of the LED spectrum, before the camera.

@@ -170,15 +170,12 @@ def linearise(model, data, mask, noise, specs) -> Linearisation:
     Memory: the camera fields of every spectral node and quadrature point are kept
     (``nodes x quadrature^2 x J x field_px^2`` complex) besides the (T, J, n, n) tangents.
     """
-    cols = columns_for(model, specs)
-    paths = list(dict.fromkeys(s.path for s in specs))
-    primals = tuple(model.parameter(p).detach() for p in paths)
+    cols, paths, primals, (plain, bright, tans) = _tangent_definitions(model, specs)
     wrapper = _FrameParts(model)
 
     def parts_of(*vals):
         return functional_call(wrapper, {"model." + p: v for p, v in zip(paths, vals)}, ())
 
-    plain, bright, tans = _tangent_definitions(cols, paths, primals)
     nodes = model.geometry.spectral_nodes()
     with torch.no_grad():
         p0 = parts_of(*primals)
@@ -209,15 +206,12 @@ class _CameraPart:
 
     def __init__(self, model, nodes, parts, data, mask, noise):
         self.model, self.nodes = model, nodes
-        self.n_field = model.geometry.field_px
         specs, uniform = parts[: len(nodes)], parts[len(nodes) : -2]
         self.gain, background = parts[-2], parts[-1]
-        ramps = model.pixel_ramps(specs[0].shape[-1] // 2, specs[0].real.dtype, specs[0].device)
         self.fields, intensity = [], 0.0  # camera fields per (node, quadrature point), cropped to the frame
         for si, ((_, weight), spec) in enumerate(zip(nodes, specs)):
             node = 0.0
-            for w, ramp in ramps:
-                f = model.crop_frame(torch.fft.ifft2(spec if ramp is None else spec * ramp, s=(self.n_field,) * 2))
+            for w, ramp, f in model.camera_fields(spec):
                 self.fields.append((si, weight * w, ramp, f))
                 node = node + w * (f.real**2 + f.imag**2)
             if uniform:
@@ -225,10 +219,10 @@ class _CameraPart:
             intensity = intensity + weight * node
         self.intensity = intensity
         signal = self.gain[:, None, None] * intensity
-        self.residual = whitened_residual(signal + background, data, noise, background) * mask
         c = _offset(noise.gain_e_per_count, noise.read_noise_counts)
         sm, sd = _roots(signal + background, data, background, c)
         sqrt_g = noise.gain_e_per_count**0.5
+        self.residual = 2 * sqrt_g * (sm - sd) * mask  # whitened_residual, from the roots it needs anyway
         self.on_signal = sqrt_g * mask * (signal >= 0) / sm
         self.on_background = sqrt_g * mask * ((data - background + c) >= 1e-12) / sd
 
@@ -242,7 +236,7 @@ class _CameraPart:
             ds = dspecs[si]
             if not bool(ds.any()):
                 continue
-            g = self.model.crop_frame(torch.fft.ifft2(ds if ramp is None else ds * ramp, s=(self.n_field,) * 2))
+            g = self.model.camera_field(ds, ramp)
             d_int = d_int + (2 * w) * (f.real * g.real + f.imag * g.imag)
         for si, du in enumerate(duniform):
             d_int = d_int + self.nodes[si][1] * du[:, None, None]
@@ -250,11 +244,16 @@ class _CameraPart:
         return d_signal * self.on_signal + dbg * self.on_background
 
 
-def _tangent_definitions(cols, paths, primals):
-    """Plain columns one tangent each, the brightnesses compressed into one last tangent.
+def _tangent_definitions(model, specs):
+    """The columns of ``specs`` and their tangents: plain columns one tangent each, the
+    brightnesses compressed into one last tangent.
 
-    Returns ``plain``, ``bright`` (column indices) and one tangent tensor per path, shape
-    (T,) + the parameter's shape."""
+    Returns ``columns``, ``paths`` (the free parameters, once each), ``primals`` (their detached
+    values) and ``(plain, bright, tangents)``: column indices, and one tangent tensor per path,
+    shape (T,) + the parameter's shape."""
+    cols = columns_for(model, specs)
+    paths = list(dict.fromkeys(s.path for s in specs))
+    primals = tuple(model.parameter(p).detach() for p in paths)
     plain = [i for i, p in enumerate(cols.paths) if p != BRIGHTNESS]
     bright = [i for i, p in enumerate(cols.paths) if p == BRIGHTNESS]
     tangent_defs = [[i] for i in plain] + ([bright] if bright else [])
@@ -262,15 +261,13 @@ def _tangent_definitions(cols, paths, primals):
     for ti, members in enumerate(tangent_defs):
         for ci in members:
             tans[paths.index(cols.paths[ci])][ti].view(-1)[cols.flat_index[ci]] = 1.0
-    return plain, bright, tans
+    return cols, paths, primals, (plain, bright, tans)
 
 
 def linearise_reference(model, data, mask, noise, specs) -> Linearisation:
     """:func:`linearise` by forward-mode AD through the whole model (one pass per tangent): the
     reference the closed-form camera part is tested against."""
-    cols = columns_for(model, specs)
-    paths = list(dict.fromkeys(s.path for s in specs))
-    primals = tuple(model.parameter(p).detach() for p in paths)
+    cols, paths, primals, (plain, bright, tans) = _tangent_definitions(model, specs)
 
     def f(*vals):
         over = dict(zip(paths, vals))
@@ -278,7 +275,6 @@ def linearise_reference(model, data, mask, noise, specs) -> Linearisation:
         bg = over.get("camera.background_counts", model.camera.background_counts.detach())
         return whitened_residual(out, data, noise, bg) * mask
 
-    plain, bright, tans = _tangent_definitions(cols, paths, primals)
     with torch.no_grad():
         r = f(*primals)
         t_all = vmap(lambda *t: jvp(f, primals, t)[1], chunk_size=1)(*tans)
