@@ -89,6 +89,7 @@ def test_a_sample_that_is_still_changing_is_settled_or_not_converged(blind, monk
 
     import torch
 
+    from metrology.solver import settle
     from metrology.solver.weights import Weighting
 
     rc = sys.modules["metrology.solver.reconstruct"]  # the package exports the function under this name
@@ -100,8 +101,8 @@ def test_a_sample_that_is_still_changing_is_settled_or_not_converged(blind, monk
         data, mask = result.data.to(model.sample.field_real.dtype), result.mask.to(model.sample.field_real.dtype)
         weighting = Weighting.for_fit(model, data, mask, result.noise, result.schedule.data_weights)
         evaluate = rc._objective(model, data, mask, result.noise, result.schedule, None, weighting)
-        return rc._sample_settled(model, data, mask, result.noise, schedule, evaluate, weighting, specs,
-                                  result.jtj, float(mask.sum()))
+        return settle.sample_settled(model, data, mask, result.noise, schedule, evaluate, weighting, specs,
+                                     result.jtj, float(mask.sum()))
 
     ok, message, jtj, _, _, steps = settled(copy.deepcopy(result.model))
     assert ok and "round 1" in message and jtj is None and steps == 0, message
@@ -115,7 +116,7 @@ def test_a_sample_that_is_still_changing_is_settled_or_not_converged(blind, monk
         return model
 
     # a short sample pass cannot undo the disturbance by itself (at 20 iterations it does, in float64)
-    monkeypatch.setattr(rc, "SETTLE_SAMPLE_STEPS", 2)
+    monkeypatch.setattr(settle, "SETTLE_SAMPLE_STEPS", 2)
     repaired = disturbed()
     ok, message, jtj, _, _, steps = settled(repaired)
     assert ok and "round 1" not in message and jtj is not None and steps > 0, message

@@ -18,14 +18,15 @@ from torch.func import functional_call
 
 from metrology.measurement import DataQuality
 from metrology.physics import StationModel
-from metrology.solver.blocks import INNER_ITERATIONS, Block, JointBlock, SampleBlock, lbfgs
+from metrology.solver.blocks import INNER_ITERATIONS, Block, SampleBlock, lbfgs
 from metrology.solver.device import device_label
 from metrology.solver.jacobian import columns_for, normal_equations
 from metrology.solver.losses import LOSSES, chi_square, total_variation
-from metrology.solver.polish import POLISH_STEPS, POLISH_TOLERANCE, WEIGHT_RESTART, polish, remaining_step_sigma
+from metrology.solver.polish import WEIGHT_RESTART, polish
 from metrology.solver.priors import add_to_normal_equations, prior_chi2
 from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
 from metrology.solver.schedule import Schedule, parameters_at_bounds
+from metrology.solver.settle import sample_settled
 from metrology.solver.start import MIN_BRIGHT_FIELD_LEDS, start
 from metrology.solver.weights import DataWeights, Weighting
 
@@ -231,8 +232,8 @@ def _polished(model, data, mask, noise, schedule, evaluate, weighting, rounds, p
     )
     converged = polished
     if rounds.sample_free:
-        settled, sample_msg, *again, more = _sample_settled(model, data, mask, noise, schedule, evaluate, weighting,
-                                                            system_specs, jtj, float(mask.sum()))
+        settled, sample_msg, *again, more = sample_settled(model, data, mask, noise, schedule, evaluate, weighting,
+                                                           system_specs, jtj, float(mask.sum()))
         if again[0] is not None:  # polished again while the sample settled: the final point's information
             jtj, meat, per_group = again
         steps += more
@@ -243,51 +244,6 @@ def _polished(model, data, mask, noise, schedule, evaluate, weighting, rounds, p
     else:
         message = polish_msg
     return it + steps, converged, message, cols_all, jtj, meat, per_group
-
-
-SETTLE_SAMPLE_STEPS = 20
-"""L-BFGS iterations of each of those sample passes."""
-JOINT_STEPS = 80
-"""L-BFGS iterations of the joint (system and sample) pass between two settle tests."""
-
-
-def _sample_settled(model, data, mask, noise, schedule, evaluate, weighting, system_specs, jtj, n_valid: float):
-    """The convergence test of a free sample, the same as the system's: after a further pass of the
-    sample's own L-BFGS, the system parameters' remaining Gauss-Newton step must still be below
-    :data:`~metrology.solver.polish.POLISH_TOLERANCE` standard deviations. A sample loop whose loss
-    merely stopped changing (a stall) is not converged unless this holds: what is reported (the lens,
-    the station) must not move when the sample is refined. Where the pass moves them, the system is
-    carried on by a joint pass of the system and the sample (L-BFGS over both, the system whitened
-    by the polish's information), polished again, and the test repeated:
-    :attr:`~metrology.solver.schedule.Schedule.settle_rounds` tests at most.
-
-    Returns ``(settled, message, jtj, meat, per_group, steps)`` (the polish's outputs at the final point,
-    or ``None`` for those when it was not re-run).
-    """
-    if jtj is None:
-        return False, "sample: no Gauss-Newton information to test it", None, None, None, 0
-    step = min(p.step for p in schedule.sample_parameters())
-    outputs, steps, worst = None, 0, float("inf")
-    for rounds in range(1, schedule.settle_rounds + 1):
-        block = SampleBlock(model, step)
-        opt, closure = lbfgs(block, evaluate, SETTLE_SAMPLE_STEPS)
-        opt.step(closure)
-        block.project_and_store()
-        worst = remaining_step_sigma(model, system_specs, evaluate, jtj, n_valid)
-        if worst < POLISH_TOLERANCE:
-            return (True, f"sample settled (a further sample pass leaves a {worst:.2g} sigma step, round {rounds})",
-                    *(outputs or (None, None, None)), steps)
-        if rounds == schedule.settle_rounds:
-            break
-        joint = JointBlock(Block(model, system_specs, 2.0 * jtj.to(data.dtype) / n_valid), SampleBlock(model, step))
-        opt, closure = lbfgs(joint, evaluate, JOINT_STEPS)
-        opt.step(closure)
-        joint.project_and_store()
-        polished, (jtj, meat), _, per_group, _, k = polish(model, data, mask, noise, system_specs, evaluate,
-                                                          POLISH_STEPS, weighting, schedule.priors)
-        outputs, steps = (jtj, meat, per_group), steps + k
-    return (False, f"not converged: the sample is still changing after {schedule.settle_rounds} rounds "
-                   f"(a further pass leaves a {worst:.2g} sigma step)", *(outputs or (None, None, None)), steps)
 
 
 def _chi_square_dof(model, data, mask, noise, schedule, weighting: Weighting):

@@ -101,7 +101,7 @@ class Schedule:
         trade its brightness against a wrong LED position (a steep edge makes that a local minimum).
     settle_rounds : int
         With a free sample, the most rounds of (sample pass, convergence test, joint pass, polish)
-        the fit gets for the sample to settle (:func:`metrology.solver.reconstruct._sample_settled`);
+        the fit gets for the sample to settle (:func:`metrology.solver.settle.sample_settled`);
         a fit still moving after them is "not converged". A deliberately truncated fit (few outer
         iterations) may lower it to bound its time; its convergence is then rarely claimed.
     """
