@@ -426,3 +426,38 @@ def test_zone_verdict_checks_every_tile(inspected, tmp_path):
                      encoding="utf-8")
     v = judge_field(result.measurement, load_spec(other), result.status, result.field_measurement)
     assert v.overall == "INCONCLUSIVE" and sum("wavelength 520 nm is outside" in r for r in v.reasons) == 1
+
+
+def test_distortion_grid_of_the_full_field_page():
+    """Page 5's distortion grid: the ideal grid over the tiles' extent and the grid moved by the
+    fitted third-order distortion, a point at H to H (1 + k D |H|^2) with the printed exaggeration k;
+    each tile's own radial distortion as a dot on that scale; without a distortion fit, a sentence."""
+    # lazy: the report's figure code is only needed here
+    from metrology.report.page_field import GRID_LINES, _distortion_grid, distortion_exaggeration
+    from metrology.report.plots import figure
+
+    def q(value, u=0.0):
+        return {"value": value, "U": 2 * u}
+
+    tiles = [{"h": [hx, hy], "distortion_percent": None if hx == hy == 0 else q(0.4 * (hx * hx + hy * hy))}
+             for hx in (-0.5, 0.0, 0.5) for hy in (-0.5, 0.0, 0.5)]
+    doc = {"field": {"tiles": tiles, "distortion": {"distortion_percent_edge": q(0.4, 0.01)}}}  # U 0.02 %
+    k = distortion_exaggeration(0.004, 0.0002, 0.5)
+    assert k == 30.0  # 0.004 x (0.5 sqrt 2)^3 = 0.0014 of displacement at the corner; 0.08 x 0.5 / 0.0014 = 28 -> 3e1
+    assert distortion_exaggeration(0.2, 0.0, 0.5) == 1.0 and distortion_exaggeration(0.0, 0.0, 0.5) == 1.0
+    # a distortion well inside its U is scaled by the U: it stays small on the grid
+    assert distortion_exaggeration(0.0001, 0.004, 0.5) == k
+    ax = figure(60, 60).add_subplot(1, 1, 1)
+    _distortion_grid(ax, doc)
+    grey = [ln for ln in ax.get_lines() if ln.get_color() == "0.75"]
+    moved = [ln for ln in ax.get_lines() if ln.get_color() == "C0"]
+    assert len(grey) == len(moved) == 2 * GRID_LINES
+    corner = max(np.hypot(ln.get_xdata(), ln.get_ydata()).max() for ln in moved)
+    assert corner == pytest.approx(0.5 * math.sqrt(2) * (1 + k * 0.004 * 0.5), rel=1e-9)  # pincushion: outwards
+    (dots,) = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    r = np.hypot(dots.get_xdata(), dots.get_ydata())
+    assert len(r) == 8 and r.max() == pytest.approx(0.5 * math.sqrt(2) * (1 + k * 0.004 * 0.5), rel=1e-9)
+    assert "x30" in ax.get_title() and "%" in ax.get_title()
+    empty = figure(60, 60).add_subplot(1, 1, 1)
+    _distortion_grid(empty, {"field": {"tiles": tiles, "distortion": None}})
+    assert not empty.axison

@@ -3,7 +3,9 @@
 
 Left map: the RMS wavefront of every tile (Noll 5..K) as a coloured square at the tile's field
 position, astigmatism as a line segment along its axis (length proportional to its magnitude) and
-coma as an arrow (direction of ``(c8, c7)``); +y points down as on every map. Middle: each tile's
+coma as an arrow (direction of ``(c8, c7)``); +y points down as on every map. Then the distortion
+as a grid (the ideal grid and the grid the fitted third-order distortion makes of it, exaggerated by
+a printed factor, with each tile's own value), and each tile's
 distortion (%) and sample defocus (um) against ``|H|``, with the field model's curves. Right: the
 sagittal and tangential MTF at the spec's frequencies against ``|H|`` (``field.mtf``) with the
 diffraction limit, the directions convention printed under the figure. Tables: the
@@ -49,18 +51,22 @@ def _field_map(ax, doc: dict) -> None:
         ax.plot([hx - dx, hx + dx], [hy - dy, hy + dy], color="crimson", lw=1.2)
         ax.annotate("", xy=(hx + c_scale * _coeff(t, 8), hy + c_scale * _coeff(t, 7)), xytext=(hx, hy),
                     arrowprops={"arrowstyle": "->", "color": "white", "lw": 0.9})
-    lim = np.abs(h).max(initial=0.0) + step
+    _field_axes(ax, np.abs(h).max(initial=0.0) + step)
+    ax.set_title(f"RMS (colour),\nastigmatism (red, max {astig.max(initial=0):.3f} w),\n"
+                 f"coma (arrows, max {coma.max(initial=0):.3f} w)", fontsize=_FONT - 0.5)
+    cb = ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+    cb.ax.tick_params(labelsize=_FONT - 1)
+    cb.set_label("RMS wavefront (waves)", fontsize=_FONT - 1)
+
+
+def _field_axes(ax, lim: float) -> None:
+    """Square axes over ``|Hx|, |Hy| <= lim``, +y down as on every map."""
     ax.set_xlim(-lim, lim)
     ax.set_ylim(lim, -lim)  # +y down
     ax.set_aspect("equal")
     ax.set_xlabel("Hx", fontsize=_FONT)
     ax.set_ylabel("Hy (+y down)", fontsize=_FONT)
     ax.tick_params(labelsize=_FONT - 1)
-    ax.set_title(f"RMS (colour), astigmatism (red, max {astig.max(initial=0):.3f} w),\n"
-                 f"coma (arrows, max {coma.max(initial=0):.3f} w)", fontsize=_FONT - 0.5)
-    cb = ax.figure.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
-    cb.ax.tick_params(labelsize=_FONT - 1)
-    cb.set_label("RMS wavefront (waves)", fontsize=_FONT - 1)
 
 
 def _grid_step(h: np.ndarray) -> float:
@@ -97,7 +103,59 @@ def _radial_plot(ax, doc: dict) -> None:
         ax2.plot(rr, fc["z0_um"]["value"] + fc["curvature_um"]["value"] * rr**2, color="C3", lw=0.8)
     ax2.set_ylabel("sample defocus (um)", fontsize=_FONT, color="C3")
     ax2.tick_params(labelsize=_FONT - 1)
-    ax.set_title("Distortion and focus across the field", fontsize=_FONT)
+    ax.set_title("Distortion and focus\nacross the field", fontsize=_FONT - 0.5)
+
+
+GRID_LINES = 7
+"""Lines per direction of the distortion grid."""
+GRID_PEAK = 0.08
+"""The distortion grid's exaggeration puts its largest displacement at this fraction of the field shown."""
+
+
+def distortion_exaggeration(edge_fraction: float, u_fraction: float, extent: float) -> float:
+    """The factor (1 or more, one significant digit) that makes third-order distortion of the
+    larger of ``edge_fraction`` and its expanded uncertainty ``u_fraction`` (relative, at
+    ``|H| = 1``) displace the corner of a grid reaching ``extent`` (``|Hx|, |Hy| <= extent``) by
+    about :data:`GRID_PEAK` of ``extent``: a distortion of 0.01 % is invisible at scale, and one
+    well inside its U stays visibly small instead of being blown up to the same size."""
+    peak = max(abs(edge_fraction), abs(u_fraction)) * (math.sqrt(2.0) * extent) ** 3
+    if peak <= 0 or not math.isfinite(peak):
+        return 1.0
+    return max(1.0, float(f"{GRID_PEAK * extent / peak:.1g}"))
+
+
+def _distortion_grid(ax, doc: dict) -> None:
+    """The distortion as a grid over the tiles' extent (``H`` units, +y down): the ideal square
+    grid (grey) and the same grid moved by the fitted third-order distortion, a point at ``H``
+    to ``H (1 + k D |H|^2)`` (``D`` the distortion at ``|H| = 1``, ``k`` the exaggeration printed
+    in the title; blue), and each tile's own radial distortion on the same scale (red dots)."""
+    f = doc["field"]
+    d = f["distortion"]
+    edge = None if d is None else d["distortion_percent_edge"]
+    if edge is None or edge["value"] is None:
+        ax.text(0.5, 0.5, "Distortion grid: no distortion fit\n(known reference and 2+ off-axis tiles needed)",
+                ha="center", va="center", fontsize=_FONT, transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    h = np.array([t["h"] for t in f["tiles"]], dtype=float)
+    extent = max(float(np.abs(h).max(initial=0.0)), 0.05)
+    frac = edge["value"] / 100.0
+    k = distortion_exaggeration(frac, (edge["U"] or 0.0) / 100.0, extent)
+    s = np.linspace(-extent, extent, 41)
+    for c in np.linspace(-extent, extent, GRID_LINES):
+        for x, y in ((np.full_like(s, c), s), (s, np.full_like(s, c))):
+            ax.plot(x, y, color="0.75", lw=0.5)
+            grow = 1.0 + k * frac * (x**2 + y**2)
+            ax.plot(x * grow, y * grow, color="C0", lw=0.7)
+    dots = [(t["h"], t["distortion_percent"]["value"]) for t in f["tiles"]
+            if t["distortion_percent"] is not None and t["distortion_percent"]["value"] is not None]
+    if dots:
+        hh = np.array([p for p, _ in dots], dtype=float)
+        grow = 1.0 + k * np.array([v for _, v in dots]) / 100.0
+        ax.plot(hh[:, 0] * grow, hh[:, 1] * grow, "o", color="C3", ms=2.5)
+    _field_axes(ax, extent * (1.0 + GRID_PEAK) * 1.08)
+    ax.set_title(f"Distortion grid (x{k:g}; grey ideal,\nred tiles): {format_value_u(edge['value'], edge['U'])} %"
+                 "\nat |H| = 1", fontsize=_FONT - 0.5)
 
 
 def _mtf_plot(ax, doc: dict) -> None:
@@ -126,15 +184,18 @@ def _mtf_plot(ax, doc: dict) -> None:
     ax.set_ylabel("MTF", fontsize=_FONT)
     ax.tick_params(labelsize=_FONT - 1)
     ax.legend(fontsize=_FONT - 1.5, loc="lower left", frameon=False)
-    ax.set_title("MTF vs field (T filled, S open,\ndiffraction limit dashed)", fontsize=_FONT)
+    ax.set_title("MTF vs field\n(T filled, S open,\ndiffraction limit dashed)", fontsize=_FONT - 0.5)
 
 
 def field_png(doc: dict, width_mm=186.0, height_mm=78.0) -> bytes:
-    """The page's figure: the field map, the radial plot and the MTF across the field, side by side."""
+    """The page's figure: the field map, the distortion grid, the radial plot and the MTF across
+    the field, side by side."""
     fig = figure(width_mm, height_mm)
-    _field_map(fig.add_subplot(1, 3, 1), doc)
-    _radial_plot(fig.add_subplot(1, 3, 2), doc)
-    _mtf_plot(fig.add_subplot(1, 3, 3), doc)
+    grid = fig.add_gridspec(1, 4, width_ratios=(1.25, 1.0, 1.05, 0.95))
+    _field_map(fig.add_subplot(grid[0]), doc)
+    _distortion_grid(fig.add_subplot(grid[1]), doc)
+    _radial_plot(fig.add_subplot(grid[2]), doc)
+    _mtf_plot(fig.add_subplot(grid[3]), doc)
     fig.tight_layout(pad=0.6)
     return png_bytes(fig)
 
