@@ -193,7 +193,7 @@ def constant_sensitivities(fit, names=None, uncertainties: dict | None = None, f
     inverse = psd_inverse(fit.jtj.double())
     cols = fit.columns
     params = {p: base.parameter(p) for p in set(cols.paths)}
-    g_opt = None
+    g_opt = base_r = None
     out, free = [], []  # free: (index in out, d r / d c) of the constants whose response lets the sample follow
     for key, name, label, value, h, move in ((k, *m) for k in names for m in _moves(base, k)):
         u = float((uncertainties or {}).get(key, 0.0) or 0.0)
@@ -213,10 +213,15 @@ def constant_sensitivities(fit, names=None, uncertainties: dict | None = None, f
             out.append(ConstantSensitivity(name, label, CONSTANTS[key][1], value, np.zeros(len(cols.names)), key))
             free.append((len(out) - 1, dr))
             continue
+        if base_r is None or not all(p.requires_grad for p in params.values()):
+            # one forward pass with its graph, back-propagated once per constant (a finite response's
+            # gradient in between releases the parameters: then built again)
+            for p in params.values():
+                p.requires_grad_(True)
+            base_r = _residual(base, data, fit.noise, scale)
         for p in params.values():
-            p.requires_grad_(True)
             p.grad = None
-        (_residual(base, data, fit.noise, scale) * dr).sum().backward()
+        (base_r * dr).sum().backward(retain_graph=True)
         jtdr = torch.stack([params[p].grad.reshape(-1)[k] if params[p].grad is not None else torch.zeros((), dtype=torch.float64)
                             for p, k in zip(cols.paths, cols.flat_index)])
         out.append(ConstantSensitivity(name, label, CONSTANTS[key][1], value, (-(inverse @ jtdr)).numpy(), key))
