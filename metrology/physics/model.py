@@ -244,12 +244,13 @@ class StationModel(nn.Module):
         for w, ramp in self.pixel_ramps(spectrum.shape[-1] // 2, spectrum.real.dtype, spectrum.device):
             yield w, ramp, self.camera_field(spectrum, ramp)
 
-    def camera_intensity(self, spectrum: torch.Tensor) -> torch.Tensor:
+    def camera_intensity(self, spectrum: torch.Tensor, fields=None) -> torch.Tensor:
         """``|psi|^2`` at the camera pixels from pupil-box spectra (J', B, B): sampled at the pixel
         centres, or averaged over each pixel's area (:meth:`pixel_ramps`: the sub-pixel fields are
-        phase ramps of the same spectrum)."""
+        phase ramps of the same spectrum). ``fields``: the spectrum's :meth:`camera_fields` as a
+        list, where the caller has them already."""
         out = 0.0
-        for w, _, field in self.camera_fields(spectrum):
+        for w, _, field in self.camera_fields(spectrum) if fields is None else fields:
             out = out + w * (field.real**2 + field.imag**2)
         return out
 
@@ -297,12 +298,13 @@ class StationModel(nn.Module):
             parts.append((weight, edge * smooth, uniform))
         return parts
 
-    def intensity_of(self, parts) -> torch.Tensor:
+    def intensity_of(self, parts, fields=None) -> torch.Tensor:
         """Frames (J', n, n) from :meth:`frame_parts`: the weighted sum over the spectral nodes of
-        each node's camera intensity plus its uniform term."""
+        each node's camera intensity plus its uniform term. ``fields``: per node, its
+        :meth:`camera_fields` as a list, where the caller keeps them (the Jacobian's camera part)."""
         out = 0.0
-        for weight, spectrum, uniform in parts:
-            frames = self.camera_intensity(spectrum)
+        for k, (weight, spectrum, uniform) in enumerate(parts):
+            frames = self.camera_intensity(spectrum, None if fields is None else fields[k])
             if uniform is not None:
                 frames = frames + uniform[:, None, None]
             out = out + weight * frames

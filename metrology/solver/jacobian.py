@@ -208,17 +208,12 @@ class _CameraPart:
         self.model, self.nodes = model, nodes
         specs, uniform = parts[: len(nodes)], parts[len(nodes) : -2]
         self.gain, background = parts[-2], parts[-1]
-        self.fields, intensity = [], 0.0  # camera fields per (node, quadrature point), cropped to the frame
-        for si, ((_, weight), spec) in enumerate(zip(nodes, specs)):
-            node = 0.0
-            for w, ramp, f in model.camera_fields(spec):
-                self.fields.append((si, weight * w, ramp, f))
-                node = node + w * (f.real**2 + f.imag**2)
-            if uniform:
-                node = node + uniform[si][:, None, None]
-            intensity = intensity + weight * node
-        self.intensity = intensity
-        signal = self.gain[:, None, None] * intensity
+        per_node = [list(model.camera_fields(spec)) for spec in specs]  # computed once, kept for the tangents
+        self.fields = [(si, weight * w, ramp, f)  # per (node, quadrature point), cropped to the frame
+                       for si, ((_, weight), node) in enumerate(zip(nodes, per_node)) for w, ramp, f in node]
+        self.intensity = model.intensity_of([(weight, spec, uniform[si] if uniform else None)
+                                             for si, ((_, weight), spec) in enumerate(zip(nodes, specs))], per_node)
+        signal = self.gain[:, None, None] * self.intensity
         c = _offset(noise.gain_e_per_count, noise.read_noise_counts)
         sm, sd = _roots(signal + background, data, background, c)
         sqrt_g = noise.gain_e_per_count**0.5
