@@ -4,9 +4,22 @@ own default audit store.
 Every command records into an audit store, by default ``~/.metrology/audit.sqlite``: the tests must
 never touch the user's store, so the whole session points ``METROLOGY_AUDIT_DB`` at a store of its
 own (tests that check the defaults set their own environment with ``monkeypatch``).
+
+Under pytest-xdist (``-n auto``, the default in ``pyproject.toml``) each worker gets its share of the
+cores: torch's intra-op threads and ``OMP_NUM_THREADS`` (inherited by the commands the tests start)
+are set to cores // workers, so two workers on two cores do not oversubscribe them.
 """
 
+import os
+
 import pytest
+import torch
+
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from tests.audit_backends import BACKENDS, StoreFactory
 
