@@ -169,18 +169,20 @@ def _existing_store(store_path):
     return None
 
 
-def _measure(loaded, mode, max_iterations, rep, device):
+def _measure(loaded, mode, max_iterations, rep, device, tile_jobs=None):
     """``(loaded, fit, measurement, field_measurement)``: one tile's fit, or a full-field capture's
-    tiles (:func:`metrology.pipeline_field.measure_field`) with the tile nearest the axis driving
-    the single-tile report and verdict (its inputs, fit and measurement returned)."""
+    tiles (:func:`metrology.pipeline_field.measure_field`, ``tile_jobs`` processes) with the tile
+    nearest the axis driving the single-tile report and verdict (its inputs, fit and measurement
+    returned)."""
     if loaded.station.field_layout is None:
         return (loaded, *measure(loaded, mode, max_iterations, rep, device=device), None)
-    fm = measure_field(loaded, mode, max_iterations, rep, device=device)
+    fm = measure_field(loaded, mode, max_iterations, rep, device=device, workers=tile_jobs)
     return fm.loaded[fm.central], fm.fits[fm.central], fm.measurements[fm.central], fm
 
 
 def inspect(capture, station, spec, *, reference=None, serial=None, operator="", audit_db=None, mode="known",
-            max_iterations=None, progress=None, now=None, device="auto", create_store=False) -> InspectionResult:
+            max_iterations=None, progress=None, now=None, device="auto", create_store=False,
+            tile_jobs=None) -> InspectionResult:
     """Inspect one capture and return the result; no file is written.
 
     Parameters
@@ -209,6 +211,9 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     create_store : bool
         Create the audit store when it does not exist (the CLI: every inspection is recorded);
         default False (the API reads an existing store only).
+    tile_jobs : int, optional
+        Full-field captures: processes fitting the tiles (default one per core; any number gives
+        the same result: :func:`metrology.pipeline_field.measure_field`).
 
     Raises
     ------
@@ -230,15 +235,13 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     if serial is not None:
         check_text(serial, "--serial", "lens serial", MAX_SERIAL_CHARS, allow_empty=False)
     loaded = load_inputs(capture, station, spec, reference, mode=mode)
-    store_path = audit_store_path(audit_db)
-    if not create_store:
-        store_path = _existing_store(store_path)
+    store_path = audit_store_path(audit_db) if create_store else _existing_store(audit_store_path(audit_db))
     if store_path is not None:
         prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
     serial_used = serial or loaded.capture.lens_serial or "unknown-serial"
     timer.lap("load")
     layout = loaded.station.field_layout
-    loaded, fit, measurement, field_measurement = _measure(loaded, mode, max_iterations, rep, device)
+    loaded, fit, measurement, field_measurement = _measure(loaded, mode, max_iterations, rep, device, tile_jobs)
     timer.lap("reconstruct")
     rep.stage("analyse (verdict, figures of merit)")
     status = station_status(store_path, loaded, measurement, now)
@@ -418,7 +421,7 @@ def _check_alarms(result: InspectionResult, audit_db) -> None:
 
 def run_inspection(capture, station, spec, *, reference=None, serial=None, operator="", out_dir="reports",
                    audit_db=None, mode="known", max_iterations=None, progress=None, now=None,
-                   device="auto", notify=None, export_sample=None) -> InspectionOutcome:
+                   device="auto", notify=None, export_sample=None, tile_jobs=None) -> InspectionOutcome:
     """Inspect one capture: validate, reconstruct, analyse, decide, record, write the PDF and JSON.
 
     :func:`inspect` then :func:`write_report` with the audit store (``audit_db`` or the default
@@ -426,6 +429,7 @@ def run_inspection(capture, station, spec, *, reference=None, serial=None, opera
     output folder included (without creating it: bad input leaves nothing, not even ``out_dir``).
     ``progress``: a :class:`metrology.progress.Progress` (stages and iterations) or a plain callable.
     ``notify(line)`` receives the recovery notes and warnings of :func:`write_report`.
+    ``tile_jobs``: processes fitting a full-field capture's tiles (:func:`inspect`).
     """
     check_output_dir(out_dir)
     if export_sample is not None:
@@ -433,7 +437,7 @@ def run_inspection(capture, station, spec, *, reference=None, serial=None, opera
     store_path = audit_store_path(audit_db)
     result = inspect(capture, station, spec, reference=reference, serial=serial, operator=operator,
                      audit_db=store_path, mode=mode, max_iterations=max_iterations, progress=progress, now=now,
-                     device=device, create_store=True)
+                     device=device, create_store=True, tile_jobs=tile_jobs)
     reporter(progress).stage("record and write the report")
     pdf_path, json_path = write_report(result, out_dir, audit_db=store_path, notify=notify,
                                        export_sample=export_sample)

@@ -1,9 +1,12 @@
 """Full-field inspection: cut the full frame into tiles, fit each tile with its own geometry, then
 the lens across the field (application layer; the method is in ``docs/full-field.md``).
 
-First slice: every tile is fitted on its own (its own station estimates, one after the other) and
-the station parameters are combined afterwards (:func:`combine_station`); the joint solve with the
-tiles as a tensor dimension and one set of station parameters is the next step. The lens across
+First slice: every tile is fitted on its own (its own station estimates) and the station
+parameters are combined afterwards (:func:`combine_station`); the joint solve with the tiles as a
+tensor dimension and one set of station parameters is the next step. The tiles' fits are
+independent, so they run in parallel processes (:func:`measure_field`'s ``workers``; one per CPU
+core by default from :func:`metrology.inspection.inspect`), each with :data:`TILE_THREADS` threads:
+the numbers do not depend on how many processes fitted them. The lens across
 the field is then fitted by :mod:`metrology.analysis.field` from the tiles' coefficients and their
 covariances (the GUM budget's station constants correlated across tiles).
 """
@@ -11,6 +14,10 @@ covariances (the GUM budget's station constants correlated across tiles).
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -21,10 +28,16 @@ from metrology.io.capture import Capture
 from metrology.io.field_layout import tile_reference
 from metrology.pipeline import LoadedInputs, measure
 from metrology.progress import reporter
+from metrology.solver.device import compute_device, fit_threads
 
 POSE_NAMES = ("sample.position_um[0]", "sample.position_um[1]", "sample.defocus_um")
 """Station estimates that vary across the field (the tile's sample pose): distortion and field
 curvature, never combined into one station value."""
+
+TILE_THREADS = 1
+"""torch and BLAS threads of each tile's fit when the tile fits are spread over processes (or their
+number is chosen automatically): the same count in every process, so a full-field result is
+bit-identical whatever the number of processes (torch sums in another order with another count)."""
 
 
 @dataclass
@@ -120,10 +133,16 @@ def combine_station(measurements: list) -> dict:
 
 
 def measure_field(loaded: LoadedInputs, mode: str = "known", max_iterations=None, progress=None,
-                  device: str = "cpu", frozen=()) -> FieldMeasurement:
+                  device: str = "cpu", frozen=(), workers: int | None = 1) -> FieldMeasurement:
     """Fit every tile of a full-field capture, then the lens across the field.
 
     ``frozen``: parameter paths held at nominal in every tile (:func:`metrology.pipeline.measure`).
+
+    ``workers``: processes that fit the tiles. 1 (default) fits them one after the other in this
+    process, with its threads as they are (a batch worker's ``--threads``). ``None`` takes one
+    process per CPU core available, at most one per tile (1 when the fit runs on a GPU); N > 1
+    spawns N. With ``None`` or N > 1 every tile is fitted with :data:`TILE_THREADS` threads, so
+    the result is the same to the last bit for any number of processes.
 
     The field model needs the tiles to separate its terms (a 3 x 3 grid does); distortion needs
     the reference layout (known and prior modes). A part that cannot be fitted is left ``None``
@@ -132,18 +151,60 @@ def measure_field(loaded: LoadedInputs, mode: str = "known", max_iterations=None
     rep = reporter(progress)
     tiles = loaded.station.tiles()
     per_tile = tile_inputs(loaded)
-    fits, measurements = [], []
-    for i, (tile, tile_loaded) in enumerate(zip(tiles, per_tile)):
-        rep.stage(f"tile {i + 1}/{len(tiles)} ({tile.name}, H = ({tile.h[0]:+.2f}, {tile.h[1]:+.2f}))")
-        fit, m = measure(tile_loaded, mode, max_iterations, rep, frozen=frozen, device=device)
-        fits.append(fit)
-        measurements.append(m)
+    fitted = _fit_tiles(tiles, per_tile, (mode, max_iterations, tuple(frozen), device), rep, workers)
+    fits, measurements = [f for f, _ in fitted], [m for _, m in fitted]
     central = int(np.argmin([math.hypot(*t.h) for t in tiles]))
     result = FieldMeasurement(tiles, per_tile, fits, measurements, central, station=combine_station(measurements))
     data = [tile_data(t.name, t.h, m) for t, m in zip(tiles, measurements)]
     rep.stage("field model (generalised least squares over the tiles)")
     _fit_parts(result, data, loaded, mode)
     return result
+
+
+def tile_processes(workers: int | None, n_tiles: int, device: str = "cpu") -> int:
+    """How many processes fit ``n_tiles`` tiles: ``workers`` (at most one per tile), or for
+    ``None`` one per CPU core this process may use, at most one per tile, and 1 on a GPU."""
+    if workers is not None:
+        return max(1, min(int(workers), n_tiles))
+    if compute_device(device).type == "cuda":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, n_tiles))
+
+
+def _fit_tile(tile_loaded: LoadedInputs, options: tuple, threads: int | None, progress=None):
+    """One tile's ``(fit, measurement)`` with ``threads`` threads; ``options``: (mode,
+    max_iterations, frozen, device). Module level: a spawned worker process runs it."""
+    mode, max_iterations, frozen, device = options
+    with fit_threads(threads):
+        return measure(tile_loaded, mode, max_iterations, progress, frozen=frozen, device=device)
+
+
+def _fit_tiles(tiles: list, per_tile: list, options: tuple, rep, workers: int | None) -> list:
+    """``(fit, measurement)`` per tile, in tile order: here one after the other, or in spawned
+    processes (:func:`tile_processes`), reporting each tile as it finishes."""
+    count = tile_processes(workers, len(tiles), options[3])
+    threads = None if workers == 1 else TILE_THREADS
+    if count == 1:
+        out = []
+        for i, (tile, tile_loaded) in enumerate(zip(tiles, per_tile)):
+            rep.stage(f"tile {i + 1}/{len(tiles)} ({tile.name}, H = ({tile.h[0]:+.2f}, {tile.h[1]:+.2f}))")
+            out.append(_fit_tile(tile_loaded, options, threads, rep))
+        return out
+    rep.stage(f"tile fits ({len(tiles)} tiles in {count} processes)", len(tiles))
+    out = [None] * len(tiles)
+    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(_fit_tile, t, options, threads): i for i, t in enumerate(per_tile)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            out[futures[future]] = future.result()
+            rep(done, len(tiles))
+    except BrokenProcessPool:
+        raise RuntimeError(f"a process fitting the tiles died ({count} processes; killed for memory, or a crash in "
+                           "a native library): run with fewer tile processes") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out
 
 
 def _fit_parts(result: FieldMeasurement, data: list, loaded: LoadedInputs, mode: str) -> None:

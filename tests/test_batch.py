@@ -137,6 +137,8 @@ def test_batch_usage_errors(line, tmp_path, capsys):
     for argv, needle in (
         ([line / "captures", "--station", station, "--serial", "X"], "--serial"),
         ([line / "captures", "--station", station, "--jobs", 0], "--jobs"),
+        ([line / "captures", "--station", station, "--tile-jobs", 2], "--tile-jobs"),
+        ([line / "captures" / "lens-001.tif", "--station", station, "--tile-jobs", 0], "--tile-jobs"),
         ([line / "captures", "--station", station, "--executor", "dask"], "--executor"),
         ([tmp_path, "--station", station], "no capture files"),
         ([line / "captures"], "--station"),

@@ -1,5 +1,6 @@
 """Full-field stations: the ``[field]`` section, tiles with exact centres, the full-frame simulator and
-an inspection end to end (3 x 3 tiles of 32 px, 25 LEDs: 20-75 s on 2 cores, by load) judged per field zone."""
+an inspection end to end (3 x 3 tiles of 32 px, 25 LEDs, fitted in one process per core: 60-150 s on
+the 2-core machine, by load) judged per field zone."""
 
 from __future__ import annotations
 
@@ -461,3 +462,32 @@ def test_distortion_grid_of_the_full_field_page():
     empty = figure(60, 60).add_subplot(1, 1, 1)
     _distortion_grid(empty, {"field": {"tiles": tiles, "distortion": None}})
     assert not empty.axison
+
+
+def test_tile_fits_in_processes_equal_the_fits_in_this_process(inspected, monkeypatch):
+    """The tiles' fits spread over 2 spawned processes give the same numbers, to the last bit, as
+    the same fits one after the other in this process (both with TILE_THREADS threads); 3 tiles,
+    3 iterations each. A process count is clipped to the tiles; the default is one per core."""
+    from metrology.pipeline_field import TILE_THREADS, measure_field, tile_processes
+
+    _, _, out = inspected
+    text = (out / "station.toml").read_text(encoding="utf-8")
+    assert "\n[field]\n" in text
+    station = out / "three-tiles.toml"
+    station.write_text(text.replace("\n[field]\n", "\n[field]\ntiles = [[1, 1], [0, 2], [2, 0]]\n"), encoding="utf-8")
+    loaded = load_inputs(out / "capture.tif", station, SPEC)
+    assert tile_processes(5, 3) == 3 and tile_processes(1, 3) == 1
+    monkeypatch.setattr("metrology.pipeline_field.os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert tile_processes(None, 3) == 3 and tile_processes(None, 9) == 4
+    monkeypatch.setattr("metrology.pipeline_field.os.sched_getaffinity", lambda pid: {0}, raising=False)
+    threads = torch.get_num_threads()
+    here = measure_field(loaded, "known", 3, workers=None)  # one core: this process, TILE_THREADS threads
+    assert torch.get_num_threads() == threads and TILE_THREADS == 1
+    spread = measure_field(loaded, "known", 3, workers=2)
+    assert [t.name for t in spread.tiles] == ["r1c1", "r0c2", "r2c0"] and spread.central == 0
+    for a, b in zip(here.measurements, spread.measurements):
+        np.testing.assert_array_equal(a.zernike_waves, b.zernike_waves)
+        np.testing.assert_array_equal(a.zernike_cov, b.zernike_cov)
+        assert [(s.name, s.value, s.u) for s in a.station] == [(s.name, s.value, s.u) for s in b.station]
+    assert [f.chi2 for f in here.fits] == [f.chi2 for f in spread.fits]
+    assert here.station == spread.station

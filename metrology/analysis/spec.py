@@ -33,6 +33,7 @@ class MtfLimit:
 MisalignmentLimits = make_dataclass(
     "MisalignmentLimits", [(BY_PATH[p].key, float, field(default=math.inf)) for p in GEOMETRY],
     namespace={"keys": staticmethod(lambda: tuple(BY_PATH[p].key for p in GEOMETRY))})
+MisalignmentLimits.__module__ = __name__  # picklable (a spec travels to the processes fitting a field's tiles)
 MisalignmentLimits.__doc__ = """Largest station misalignment for which a measurement is valid (``inf``: not checked).
 
 One field per LED board geometry parameter of the registry (:data:`metrology.parameters.GEOMETRY`:

@@ -19,14 +19,11 @@ import resource
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-
-import torch
-from threadpoolctl import threadpool_limits
 
 from metrology.errors import InputError
 from metrology.inspection import run_inspection
+from metrology.solver.device import fit_threads
 from metrology.tables import format_table
 
 SEVERITY = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 2, "ERROR": 3}
@@ -98,26 +95,10 @@ def run_job(job) -> JobOutcome:
     others.
     """
     t0 = time.perf_counter()
-    with _fit_threads(job.threads):
+    with fit_threads(job.threads):
         outcome = _inspect(job)
     return replace(outcome, seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb(),
                    worker=f"{platform.node()}:{os.getpid()}")
-
-
-@contextmanager
-def _fit_threads(n):
-    """Run with ``n`` threads in torch and in numpy's BLAS (threadpoolctl): the same count gives
-    bit-identical results on any executor (BLAS sums in another order with another thread count)."""
-    if not n:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        with threadpool_limits(limits=int(n)):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _inspect(job) -> JobOutcome:
@@ -126,7 +107,8 @@ def _inspect(job) -> JobOutcome:
     try:
         out = run_inspection(job.capture, job.station, job.spec, reference=job.reference, serial=job.serial,
                              operator=job.operator, out_dir=job.out_dir, audit_db=job.audit_db, mode=job.mode,
-                             max_iterations=job.max_iterations, device=job.device)
+                             max_iterations=job.max_iterations, device=job.device,
+                             tile_jobs=1)  # the batch's processes own the cores: a capture's tiles run here
         outcome = outcome_from_document(job, out.document, out.pdf_path, out.json_path)
     except InputError as exc:
         outcome = failed(job, str(exc))

@@ -54,6 +54,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--export-sample", choices=("tif", "h5"), default=None,
                    help="also write the reconstructed sample with its pixel size (<stem>_sample.tif or .h5)")
     add_device_option(p)
+    p.add_argument("--tile-jobs", type=int, default=None, metavar="N",
+                   help="a full-field capture: processes fitting its tiles (default one per CPU core, at most "
+                        "one per tile; same result for any N). One capture only: a batch fits each capture's tiles in "
+                        "its worker")
     b = p.add_argument_group("batch")
     b.add_argument("--manifest", default=None, metavar="CSV",
                    help="CSV of captures (columns capture, station, spec, serial, operator, reference, mode)")
@@ -83,11 +87,15 @@ def run(args) -> int:
     from metrology.errors import InputError
 
     check_device(args)  # an unusable device fails now, before anything is read or fitted
+    if args.tile_jobs is not None and args.tile_jobs < 1:
+        raise InputError("--tile-jobs", f"must be at least 1, got {args.tile_jobs}")
     if not args.capture and args.manifest is None:
         raise InputError("CAPTURE", "no capture given (capture files, folders, or --manifest CSV)")
     if args.station is None and args.manifest is None:
         raise InputError("--station", "required (the station description of the captures)")
     if _is_batch(args):
+        if args.tile_jobs is not None:
+            raise InputError("--tile-jobs", "applies to one capture (a batch fits each capture's tiles in its worker)")
         return run_batch(args)
     # lazy: a single capture loads neither the batch executors nor Ray
     from metrology.batch.run import verdict_line
@@ -100,6 +108,7 @@ def run(args) -> int:
             operator=args.operator, out_dir=args.out, audit_db=args.audit_db, mode=args.mode,
             max_iterations=args.max_iterations, progress=progress, device=args.device,
             export_sample=args.export_sample, notify=lambda line: print(f"metrology: {line}", file=sys.stderr),
+            tile_jobs=args.tile_jobs,
         )
     print(verdict_line(outcome.document, outcome.pdf_path))
     return outcome.exit_code

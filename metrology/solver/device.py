@@ -7,7 +7,10 @@ uncertainty analysis afterwards always runs on the CPU in float64.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+from threadpoolctl import threadpool_limits
 
 from metrology.errors import InputError
 
@@ -55,3 +58,23 @@ def device_label(device) -> str:
         return dev.type
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+@contextmanager
+def fit_threads(n: int | None):
+    """Run the block with ``n`` threads in torch and in numpy's BLAS (threadpoolctl); ``None``
+    leaves both as they are.
+
+    The same count gives bit-identical fits on any executor and in any process: torch and BLAS sum
+    in another order with another thread count.
+    """
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        with threadpool_limits(limits=int(n)):
+            yield
+    finally:
+        torch.set_num_threads(before)
