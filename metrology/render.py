@@ -157,11 +157,10 @@ def _pupil(fx, fy, cutoff, zernike_waves_here, defocus_um, wavelength_um, log_am
     return out
 
 
-def _camera_frame(spectrum, k, cutoff, fov_large, grid, box2, crop, zernike_here, defocus_um, lam_um, log_amplitude,
-                  vignetting) -> np.ndarray:
-    """One coherent frame: the sample's lattice spectrum through the hard pupil at ``f_l - k``, the
-    field at ``q`` points per camera pixel over the larger field, ``|.|^2``, the pixel box (when
-    ``box2``), the central ``n x n`` crop ``crop = (c0, n, q)``."""
+def _camera_intensity(spectrum, k, cutoff, fov_large, grid, zernike_here, defocus_um, lam_um, log_amplitude,
+                      vignetting) -> np.ndarray:
+    """One coherent intensity: the sample's lattice spectrum through the hard pupil at ``f_l - k``,
+    ``|field|^2`` at ``q`` points per camera pixel over the larger field, shape (grid, grid)."""
     m_side = spectrum.shape[0]
     radius = cutoff * fov_large
     cx, cy = k[0] * fov_large, k[1] * fov_large
@@ -175,18 +174,24 @@ def _camera_frame(spectrum, k, cutoff, fov_large, grid, box2, crop, zernike_here
     a = np.zeros((grid, grid), dtype=np.complex128)
     a[gy % grid, gx % grid] = p * spectrum[gy % m_side, gx % m_side]
     psi = np.fft.ifft2(a) * (grid / m_side) ** 2
-    inten = psi.real**2 + psi.imag**2
+    return psi.real**2 + psi.imag**2
+
+
+def _camera_pixels(intensity: np.ndarray, box2, crop) -> np.ndarray:
+    """The camera's ``n x n`` pixels of an intensity at ``q`` points per pixel: the pixel box (when
+    ``box2``), then the central crop ``crop = (c0, n, q)``. Linear: applied once to a sum of
+    incoherent intensities (an LED's emitter points)."""
     if box2 is not None:
-        inten = np.fft.ifft2(np.fft.fft2(inten) * box2).real
+        intensity = np.fft.ifft2(np.fft.fft2(intensity) * box2).real
     c0, n, q = crop
-    return inten[c0 * q : (c0 + n) * q : q, c0 * q : (c0 + n) * q : q]
+    return intensity[c0 * q : (c0 + n) * q : q, c0 * q : (c0 + n) * q : q]
 
 
 def _spherical_residual(position_mm, k, lam_um: float, x_um: np.ndarray, y_um: np.ndarray, tile_mm) -> np.ndarray:
     """``exp(i 2 pi (psi + k.x))`` on the sample grid: the LED's spherical wave ``exp(i 2 pi psi)``,
     ``psi = r / lambda`` (``r`` the distance from the LED), divided by the plane wave
     ``exp(-i 2 pi k.x)`` of the tile centre (``k = -grad psi`` there: the pupil centre sees the
-    object's frequency ``+k``), which :func:`_camera_frame` applies as the spectrum's shift.
+    object's frequency ``+k``), which :func:`_camera_intensity` applies as the spectrum's shift.
     ``x_um, y_um``: positions from the tile centre (um)."""
     dx = (tile_mm[0] - position_mm[0]) * 1e3 + x_um
     dy = (tile_mm[1] - position_mm[1]) * 1e3 + y_um
@@ -259,7 +264,6 @@ def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zerni
     box2 = box[:, None] * box[None, :] if physics.pixel_integration else None
     c0 = (n_large - n) // 2
     out = np.zeros((len(leds), n, n))
-    total = len(lams) * len(emitters)
     for lam_nm, wl in zip(lams, weights):
         lam_um = lam_nm * 1e-3
         cutoff = na / lam_um
@@ -269,15 +273,15 @@ def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zerni
         positions = [led_positions_mm(geo_l, leds, truth, e) for e in emitters]
         ks = [illumination_frequencies(geo_l, p) for p in positions]  # at the tile centre
         for j in range(len(leds)):
-            acc = np.zeros((n, n))
+            acc = np.zeros((grid, grid))
             for k, p in zip(ks, positions):
                 spec_j = spectrum
                 if physics.spherical_illumination:
                     spec_j = np.fft.fft2(shifted * _spherical_residual(p[j], k[j], lam_um, s_um[None, :], s_um[:, None],
                                                                         geo.tile_center_mm))
-                acc += _camera_frame(spec_j, k[j], cutoff, fov_large, grid, box2, (c0, n, q), zl,
-                                     truth["sample.defocus_um"], lam_um, la, physics.vignetting)
-            out[j] += wl * acc / len(ks)
+                acc += _camera_intensity(spec_j, k[j], cutoff, fov_large, grid, zl, truth["sample.defocus_um"], lam_um,
+                                         la, physics.vignetting)
+            out[j] += wl * _camera_pixels(acc, box2, (c0, n, q)) / len(ks)
             if progress is not None:
                 progress(j + 1, len(leds))
     if physics.emission_exponent is not None:

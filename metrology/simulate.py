@@ -220,6 +220,27 @@ def fine_spectrum(transmission: np.ndarray, fov_um: float, position_um=(0.0, 0.0
     return np.fft.fft2(transmission) * ramp
 
 
+def _window(k, radius: float, df: float, big: int, frame_px: int):
+    """Integer frequency indices ``(gx, gy)`` (each shape (h, w)) of the fine spectrum that the
+    pupil, centred on the plane wave ``k`` (cycles/um) with ``radius`` frequency pixels, can reach."""
+    cx, cy = k[0] / df, k[1] / df
+    lx = np.arange(math.floor(cx - radius) - 1, math.ceil(cx + radius) + 2)
+    ly = np.arange(math.floor(cy - radius) - 1, math.ceil(cy + radius) + 2)
+    if max(abs(lx).max(), abs(ly).max()) >= big // 2:
+        raise ValueError("an LED's spectrum leaves the fine grid: increase oversample")
+    if len(lx) > frame_px:
+        raise ValueError("the pupil does not fit in the camera frame")
+    return np.meshgrid(lx, ly)
+
+
+def _pixel_field(g: np.ndarray, gx: np.ndarray, gy: np.ndarray, big: int, frame_px: int, sub: int) -> np.ndarray:
+    """The camera field, shape (sub n, sub n), of the filtered spectrum samples ``g`` at ``(gx, gy)``."""
+    m = frame_px * int(sub)
+    a = np.zeros((m, m), dtype=np.complex128)
+    a[gy % m, gx % m] = g
+    return np.fft.ifft2(a) * (m / big) ** 2
+
+
 def camera_field(spectrum: np.ndarray, k: np.ndarray, pupil: HardPupil, fov_um: float, frame_px: int,
                  full: bool = False, sub: int = 1) -> np.ndarray:
     """Field at the camera pixels for one plane wave ``k = (kx, ky)`` (cycles/um), shape (n, n).
@@ -232,25 +253,34 @@ def camera_field(spectrum: np.ndarray, k: np.ndarray, pupil: HardPupil, fov_um: 
     """
     big = spectrum.shape[0]
     df = 1.0 / fov_um
-    radius = pupil.cutoff / df
-    cx, cy = k[0] / df, k[1] / df
-    lx = np.arange(math.floor(cx - radius) - 1, math.ceil(cx + radius) + 2)
-    ly = np.arange(math.floor(cy - radius) - 1, math.ceil(cy + radius) + 2)
-    if max(abs(lx).max(), abs(ly).max()) >= big // 2:
-        raise ValueError("an LED's spectrum leaves the fine grid: increase oversample")
-    if len(lx) > frame_px:
-        raise ValueError("the pupil does not fit in the camera frame")
-    gx, gy = np.meshgrid(lx, ly)
+    gx, gy = _window(k, pupil.cutoff / df, df, big, frame_px)
     g = pupil(gx * df - k[0], gy * df - k[1]) * spectrum[gy % big, gx % big]
     if full:
         a = np.zeros((big, big), dtype=np.complex128)
         a[gy % big, gx % big] = g
         step = big // frame_px
         return np.fft.ifft2(a)[::step, ::step]
-    m = frame_px * int(sub)
-    a = np.zeros((m, m), dtype=np.complex128)
-    a[gy % m, gx % m] = g
-    return np.fft.ifft2(a) * (m / big) ** 2
+    return _pixel_field(g, gx, gy, big, frame_px, sub)
+
+
+def emitter_intensity(spectrum: np.ndarray, ks, pupil: HardPupil, fov_um: float, frame_px: int,
+                      sub: int = 1) -> np.ndarray:
+    """Sum over the plane waves ``ks`` (one LED's emitter points, cycles/um) of the camera
+    intensity ``|camera_field|^2``, shape (sub n, sub n). The pupil is evaluated once over all
+    the points' samples (one call instead of one per point: same values)."""
+    big = spectrum.shape[0]
+    df = 1.0 / fov_um
+    windows = [_window(k, pupil.cutoff / df, df, big, frame_px) for k in ks]
+    fx = np.concatenate([(gx * df - k[0]).ravel() for (gx, _), k in zip(windows, ks)])
+    fy = np.concatenate([(gy * df - k[1]).ravel() for (_, gy), k in zip(windows, ks)])
+    values = pupil(fx, fy)
+    out, start = np.zeros((frame_px * sub, frame_px * sub)), 0
+    for gx, gy in windows:
+        g = values[start:start + gx.size].reshape(gx.shape) * spectrum[gy % big, gx % big]
+        start += gx.size
+        psi = _pixel_field(g, gx, gy, big, frame_px, sub)
+        out += psi.real**2 + psi.imag**2
+    return out
 
 
 def pixel_average(intensity: np.ndarray, sub: int) -> np.ndarray:
@@ -317,11 +347,9 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
     out = np.zeros((len(leds), n, n))
     sub = 2 if getattr(station, "pixel_integration", False) else 1  # 2: the intensity is unaliased
     for j in range(len(leds)):
-        for k in ks:
-            psi = camera_field(spectrum, k[j], pupil, fov, n, sub=sub)
-            inten = psi.real**2 + psi.imag**2
-            out[j] += pixel_average(inten, sub) if sub > 1 else inten
-        out[j] /= len(ks)
+        inten = emitter_intensity(spectrum, [k[j] for k in ks], pupil, fov, n, sub=sub)
+        # the pixel average is linear: once per LED, on the emitter points' summed intensity
+        out[j] = (pixel_average(inten, sub) if sub > 1 else inten) / len(ks)
         if progress is not None:
             progress(j + 1, len(leds))
     return out

@@ -98,6 +98,21 @@ def test_small_ifft_equals_fine_grid_sampling(small):
     np.testing.assert_allclose(a, b, atol=1e-12)
 
 
+def test_emitter_intensity_is_the_sum_of_the_points_intensities(small):
+    """One pupil evaluation over all of an LED's emitter points gives, point by point, the camera
+    fields of :func:`camera_field` (sub-sampled for the pixel average), summed as intensities."""
+    st, _ = small
+    n_fine = st.frame_px * st.upsampling * 2
+    t = reference_transmission("random-broadband", st.fov_um, n_fine, seed=1)
+    spectrum = S.fine_spectrum(t, st.fov_um, (0.3, -0.2))
+    pupil = S.HardPupil(st.na, 0.52, np.r_[0, 0, 0, 0, 0.05, 0, 0, 0.02], defocus_um=3.0)
+    ks = [np.array([0.123, -0.071]), np.array([0.131, -0.064]), np.array([-0.2, 0.05])]
+    one_by_one = sum(np.abs(S.camera_field(spectrum, k, pupil, st.fov_um, st.frame_px, sub=2)) ** 2 for k in ks)
+    together = S.emitter_intensity(spectrum, ks, pupil, st.fov_um, st.frame_px, sub=2)
+    assert together.shape == (2 * st.frame_px, 2 * st.frame_px)
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-12, atol=1e-15 * one_by_one.max())
+
+
 def _compare_with_model(st, leds, truth, coeffs, edge_width):
     n_fine = st.frame_px * st.upsampling * 2
     t = reference_transmission("random-broadband", st.fov_um, n_fine, seed=0)
