@@ -1,5 +1,5 @@
 """``metrology demo --full-field``: a full-frame capture of the shipped full-field fixtures (3 x 3
-tiles of 32 px, 25 LEDs, fitted in one process per core; about 110 s on the 2-core machine) inspected against a spec with field zones; the
+tiles of 32 px, 25 LEDs, fitted in one process per core; about 85 s on the 2-core machine) inspected against a spec with field zones; the
 report's pages are rendered and read back (the helpers of tests/test_report_pdf.py)."""
 
 from __future__ import annotations
