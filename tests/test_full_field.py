@@ -21,7 +21,6 @@ from metrology.io.lens_file import load_lens
 from metrology.io.station_file import load_station, parse_station
 from metrology.physics.illumination import Illumination
 from metrology.pipeline import load_inputs
-from metrology.pipeline_field import tile_inputs
 from metrology.references import reference_transmission
 from metrology.report.document import document_errors
 from metrology.simulate import illumination_frequencies, led_positions_mm, nominal_misalignment
