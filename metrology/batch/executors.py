@@ -12,13 +12,15 @@ order they finish, whatever happens to the workers:
 * ``ray`` / ``ray://HOST:PORT``: one Ray task per capture (:mod:`ray`, an optional extra:
   ``pip install 'lens-metrology[ray]'``). ``ray`` connects to ``$RAY_ADDRESS`` or to the cluster
   started on this machine by ``ray start``, else starts a Ray instance for this run; ``ray://``
-  connects through the Ray Client. A task whose worker dies is that capture's error (no retry:
+  connects through the Ray Client (a connection the head fails to serve is tried again:
+  :data:`RAY_CLIENT_ATTEMPTS`). A task whose worker dies is that capture's error (no retry:
   re-running the batch retries it). docs/batch.md describes a cluster set-up.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -123,11 +125,63 @@ class ProcessPool:
 
 
 # ------------------------------------------------------------------ Ray
-class RayExecutor:
-    """One Ray task (``threads`` CPUs) per capture; at most ``jobs`` in flight when given."""
+RAY_CLIENT_ATTEMPTS = 4
+"""Connections tried for a ``ray://`` address before the batch gives up. The head starts one server
+process per connection, and that process sometimes dies as it is forked (Ray issue #63202, open in
+Ray 2.60: the proxy forks while its gRPC threads are busy); that fails this connection only, with
+"Initialization failure from server", after Ray's 30 s wait for the dead server. A new connection
+gets a new server. An unreachable head or a refused token is not tried again."""
 
-    def __init__(self, address: str | None, jobs: int | None, threads: int = 1):
-        self.address, self.jobs, self.threads = address, jobs, int(threads)
+
+def _ray_reason(exc: BaseException) -> str:
+    """Why Ray could not be started or reached, in one line.
+
+    Ray's messages may be a heading over a server-side traceback ("Initialization failure from
+    server:" ... "RuntimeError: Starting Ray client server failed. ..."): the heading and the
+    traceback's last line are kept.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
+def _head_failed_to_serve(exc: BaseException) -> bool:
+    """Whether a Ray Client connection failed on the head's side after it was accepted (its
+    per-connection server did not start): another connection may succeed."""
+    return "Initialization failure from server" in str(exc)
+
+
+def init_with_retries(init, attempts: int, notify, where: str):
+    """Call ``init()`` (a connection to Ray) up to ``attempts`` times while it fails on the head's
+    side (:func:`_head_failed_to_serve`), telling ``notify`` of each new try; any other failure, or
+    the last, is an :class:`InputError` of ``--executor`` naming ``where``."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return init()
+        except Exception as exc:  # noqa: BLE001 - Ray raises several types for an unreachable cluster
+            if attempt < attempts and _head_failed_to_serve(exc):
+                notify(f"Ray Client: the head at {where} could not start this connection's server "
+                       f"({_ray_reason(exc)}; Ray issue #63202): connecting again ({attempt + 1}/{attempts})")
+                continue
+            tries = f" after {attempt} connections" if attempt > 1 else ""
+            raise InputError("--executor", f"cannot start or reach Ray at {where}{tries} "
+                                           f"({_ray_reason(exc)})") from None
+
+
+def _stderr(line: str) -> None:
+    print(f"metrology: {line}", file=sys.stderr, flush=True)
+
+
+class RayExecutor:
+    """One Ray task (``threads`` CPUs) per capture; at most ``jobs`` in flight when given.
+
+    ``notify(line)`` hears of each Ray Client connection tried again (:data:`RAY_CLIENT_ATTEMPTS`);
+    by default it is printed on standard error.
+    """
+
+    def __init__(self, address: str | None, jobs: int | None, threads: int = 1, notify=_stderr):
+        self.address, self.jobs, self.threads, self.notify = address, jobs, int(threads), notify
         self.description = f"Ray ({address or 'local'})"
         self.workers = jobs
 
@@ -139,13 +193,10 @@ class RayExecutor:
             raise InputError("--executor", "Ray is not installed (pip install 'lens-metrology[ray]')") from None
         if ray.is_initialized():
             return ray, False
-        try:
-            extra = {} if self.address else {"include_dashboard": False}  # a Ray instance started for this run
-            ray.init(address=self.address, log_to_driver=False, **extra)
-        except Exception as exc:  # noqa: BLE001 - Ray raises several types for an unreachable cluster
-            text = str(exc).strip().splitlines()
-            raise InputError("--executor", f"cannot start or reach Ray at {self.address or 'local'} "
-                                           f"({text[0] if text else type(exc).__name__})") from None
+        extra = {} if self.address else {"include_dashboard": False}  # a Ray instance started for this run
+        client = bool(self.address and self.address.startswith("ray://"))
+        init_with_retries(lambda: ray.init(address=self.address, log_to_driver=False, **extra),
+                          RAY_CLIENT_ATTEMPTS if client else 1, self.notify, self.address or "local")
         return ray, True
 
     def run(self, fn, jobs):
