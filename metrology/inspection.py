@@ -161,10 +161,10 @@ def report_id(station_id: str, now: datetime, inputs: list) -> str:
     return f"{safe_file_name(station_id, 'station')}-{now.strftime('%Y%m%dT%H%M%SZ')}-{h.hexdigest()[:8]}"
 
 
-def _existing_store(store_path):
-    """``store_path`` if a store is there (or it is a database URL), else None: reading the
-    calibration status never creates a store."""
-    if store_path is None or isinstance(store_path, str) or Path(store_path).exists():
+def _store_to_use(store_path, create: bool):
+    """``store_path`` when the run may create a store, or a store is there (or it is a database
+    URL); else None: reading the calibration status never creates a store."""
+    if create or store_path is None or isinstance(store_path, str) or Path(store_path).exists():
         return store_path
     return None
 
@@ -235,7 +235,7 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     if serial is not None:
         check_text(serial, "--serial", "lens serial", MAX_SERIAL_CHARS, allow_empty=False)
     loaded = load_inputs(capture, station, spec, reference, mode=mode)
-    store_path = audit_store_path(audit_db) if create_store else _existing_store(audit_store_path(audit_db))
+    store_path = _store_to_use(audit_store_path(audit_db), create_store)
     if store_path is not None:
         prepare_audit_store(store_path)  # a foreign, read-only or corrupt store fails now, before the fit
     serial_used = serial or loaded.capture.lens_serial or "unknown-serial"
