@@ -130,7 +130,7 @@ RAY_CLIENT_ATTEMPTS = 4
 process per connection, and that process sometimes dies as it is forked (Ray issue #63202, open in
 Ray 2.60: the proxy forks while its gRPC threads are busy); that fails this connection only, with
 "Initialization failure from server", after Ray's 30 s wait for the dead server. A new connection
-gets a new server. An unreachable head or a refused token is not tried again."""
+gets a new server. An unreachable head is not tried again."""
 
 
 def _ray_reason(exc: BaseException) -> str:
