@@ -112,15 +112,10 @@ def two_captures(tmp_path_factory):
     return root
 
 
-LAST_STDERR = [""]  # what the last batch() printed on stderr (kept for failure messages)
-
-
 def batch(root, out, capsys, *extra, capture="captures"):
     code = main(["inspect", str(root / capture), "--station", str(root / "station.toml"), "--spec", str(SPEC),
                  "--out", str(out), "--max-iterations", ITERATIONS, *map(str, extra)])
-    captured = capsys.readouterr()
-    stdout = captured.out
-    LAST_STDERR[:] = [captured.err]
+    printed = capsys.readouterr()  # .out and .err
     docs = {}
     for path in sorted(out.glob("*.json")):
         doc = json.loads(path.read_text())
@@ -129,7 +124,7 @@ def batch(root, out, capsys, *extra, capture="captures"):
         # report id (time + random token), differ by design between runs: not results
         doc.pop("audit_record", None), doc["report"].pop("id", None)
         docs[doc["lens"]["serial"]] = doc
-    return code, stdout, docs
+    return code, printed, docs
 
 
 def test_ray_results_equal_a_local_run(ray_head, two_captures, tmp_path, capsys, monkeypatch):
@@ -147,23 +142,23 @@ def test_ray_results_equal_a_local_run(ray_head, two_captures, tmp_path, capsys,
         # this test retried a whole run once instead. On a failure, what the run printed and the
         # head's Ray Client server logs are in the message.
         store = pg.new()
-        code_client, out_client, client = batch(two_captures, tmp_path / "client", capsys, "--executor",
+        code_client, printed, client = batch(two_captures, tmp_path / "client", capsys, "--executor",
                                                 ray_head["client"], "--audit-db", store)
         with AuditStore(store, create=False) as s:
             serials = sorted(r.content["lens"]["serial"] for r in s.records())
             ok = s.verify().ok
         if not (ok and serials == sorted(local)):
             pytest.fail(f"the Ray Client run recorded {serials} (chain intact: {ok}), expected {sorted(local)}\n"
-                        f"exit code {code_client}\nstdout:\n{out_client}\nstderr:\n{LAST_STDERR[0][-3000:]}\n"
+                        f"exit code {code_client}\nstdout:\n{printed.out}\nstderr:\n{printed.err[-3000:]}\n"
                         + "\n".join(f"--- {name}\n{text}" for name, text in
                                      client_server_logs(ray_head["temp_dir"]).items()), pytrace=False)
     finally:
         pg.cleanup()
-    assert "on Ray (ray://127.0.0.1" in out_client
+    assert "on Ray (ray://127.0.0.1" in printed.out
     monkeypatch.setenv("RAY_ADDRESS", ray_head["gcs"])  # `--executor ray` joins the cluster named there
-    code_driver, out_driver, driver = batch(two_captures, tmp_path / "driver", capsys, "--executor", "ray",
+    code_driver, printed_driver, driver = batch(two_captures, tmp_path / "driver", capsys, "--executor", "ray",
                                             "--audit-db", tmp_path / "driver.sqlite", capture="captures/LENS-102.tif")
-    assert "1 capture(s) on Ray (local)" in out_driver
+    assert "1 capture(s) on Ray (local)" in printed_driver.out
     # the exit code is the worst verdict: LENS-102 fails its spec; a short fit of LENS-101 may end
     # INCONCLUSIVE (not converged), in every executor alike
     worst = max(({"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 2}[d["verdict"]["overall"]], d["verdict"]["overall"])
