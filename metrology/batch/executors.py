@@ -20,7 +20,6 @@ order they finish, whatever happens to the workers:
 from __future__ import annotations
 
 import multiprocessing
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -28,9 +27,10 @@ from metrology.batch.run import failed
 from metrology.errors import InputError
 
 
-def make_executor(spec: str | None, jobs: int | None, threads: int = 1):
+def make_executor(spec: str | None, jobs: int | None, threads: int = 1, notify=None):
     """The executor named by ``--executor`` (``local``, ``ray``, ``ray://HOST:PORT``) for ``--jobs``
-    captures at once, each fitted with ``threads`` torch threads."""
+    captures at once, each fitted with ``threads`` torch threads; ``notify(line)`` hears what the
+    command should tell its user while connecting (default: nothing)."""
     spec = spec or "local"
     for option, value in (("--jobs", jobs), ("--threads", threads)):
         if value is not None and value < 1:
@@ -38,7 +38,7 @@ def make_executor(spec: str | None, jobs: int | None, threads: int = 1):
     if spec == "local":
         return ProcessPool(jobs) if (jobs or 1) > 1 else InProcess()
     if spec == "ray" or spec.startswith("ray://"):
-        return RayExecutor(None if spec == "ray" else spec, jobs, threads)
+        return RayExecutor(None if spec == "ray" else spec, jobs, threads, notify or _quiet)
     raise InputError("--executor", f"expected local, ray or ray://HOST:PORT, got {spec!r}")
 
 
@@ -169,18 +169,18 @@ def init_with_retries(init, attempts: int, notify, where: str):
                                            f"({_ray_reason(exc)})") from None
 
 
-def _stderr(line: str) -> None:
-    print(f"metrology: {line}", file=sys.stderr, flush=True)
+def _quiet(line: str) -> None:
+    """The default ``notify``: the batch layer prints nothing itself (the command decides)."""
 
 
 class RayExecutor:
     """One Ray task (``threads`` CPUs) per capture; at most ``jobs`` in flight when given.
 
-    ``notify(line)`` hears of each Ray Client connection tried again (:data:`RAY_CLIENT_ATTEMPTS`);
-    by default it is printed on standard error.
+    ``notify(line)`` hears of each Ray Client connection tried again (:data:`RAY_CLIENT_ATTEMPTS`;
+    the ``inspect`` command prints it on standard error).
     """
 
-    def __init__(self, address: str | None, jobs: int | None, threads: int = 1, notify=_stderr):
+    def __init__(self, address: str | None, jobs: int | None, threads: int = 1, notify=_quiet):
         self.address, self.jobs, self.threads, self.notify = address, jobs, int(threads), notify
         self.description = f"Ray ({address or 'local'})"
         self.workers = jobs

@@ -107,11 +107,16 @@ def run(args) -> int:
             args.capture[0], args.station, args.spec, reference=args.reference, serial=args.serial,
             operator=args.operator, out_dir=args.out, audit_db=args.audit_db, mode=args.mode,
             max_iterations=args.max_iterations, progress=progress, device=args.device,
-            export_sample=args.export_sample, notify=lambda line: print(f"metrology: {line}", file=sys.stderr),
+            export_sample=args.export_sample, notify=_notify,
             tile_jobs=args.tile_jobs,
         )
     print(verdict_line(outcome.document, outcome.pdf_path))
     return outcome.exit_code
+
+
+def _notify(line: str) -> None:
+    """What the run tells its user besides the progress: a line on standard error."""
+    print(f"metrology: {line}", file=sys.stderr, flush=True)
 
 
 def _absolute(path):
@@ -131,7 +136,7 @@ def run_batch(args) -> int:
 
     if args.serial is not None:
         raise InputError("--serial", "names one lens: give serials of a batch in a manifest's 'serial' column")
-    executor = make_executor(args.executor, args.jobs, args.threads)
+    executor = make_executor(args.executor, args.jobs, args.threads, notify=_notify)
     check_output_dir(args.out)
     store = audit_store_path(args.audit_db)
     if store is not None:
