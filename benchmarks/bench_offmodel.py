@@ -86,8 +86,10 @@ def render_capture(station, leds, lens, truth, consts, seed, photons=2e4):
     return frames, ref, mis
 
 
-def fit_capture(station, leds, frames, ref, mode, finite_budget=False, free_sample_budget=False):
-    """The pipeline's fit and measurement (margin, schedule and budget as for a file reference)."""
+def fit_capture(station, leds, frames, ref, mode, budget=None):
+    """The pipeline's fit and measurement (margin, schedule and budget as for a file reference);
+    ``budget``: keyword options of ``measurement_from_fit`` (``finite_budget``, ``free_sample_budget``,
+    ``refit_radius``)."""
     import torch
 
     from metrology.physics import StationModel
@@ -100,7 +102,7 @@ def fit_capture(station, leds, frames, ref, mode, finite_budget=False, free_samp
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale)
     fit = reconstruct(model, frames, noise, station_schedule(g, mode))
-    return fit, measurement_from_fit(fit, station.uncertainty, finite_budget, free_sample_budget)
+    return fit, measurement_from_fit(fit, station.uncertainty, **(budget or {}))
 
 
 def held_from_stated(truth: dict, station, mode: str, seed: int) -> dict:
@@ -128,13 +130,13 @@ def stated_constants(station) -> dict:
             "pitch_mm": station.led_pitch_mm, "led_size_mm": station.led_size_mm}
 
 
-def trial(station, leds, seed, mode, lens=None, exact=False, finite_budget=False, free_sample_budget=False):
+def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
     rng = np.random.default_rng([seed, 2024])
     lens = standard_lens(seed) if lens is None else lens
     truth = held_from_stated(standard_misalignment(seed, len(leds)), station, mode, seed)
     consts = stated_constants(station) if exact else draw_constants(station, rng)
     frames, ref, mis = render_capture(station, leds, lens, truth, consts, seed)
-    fit, meas = fit_capture(station, leds, frames, ref, mode, finite_budget, free_sample_budget)
+    fit, meas = fit_capture(station, leds, frames, ref, mode, budget)
     z = meas.zernike_waves
     e = z[4:15] - lens[4:15]
     u = meas.zernike_u[4:15]
@@ -274,6 +276,9 @@ def main() -> None:
     ap.add_argument("--free-sample-budget", action="store_true",
                     help="blind/prior: the constants' effects with the fitted sample following them "
                          "(measurement_from_fit(free_sample_budget=True))")
+    ap.add_argument("--refit-radius", action="store_true",
+                    help="blind/prior: the NA, magnification and pixel as one pupil-radius term, by two warm "
+                         "re-fits at +/- its u (measurement_from_fit(refit_radius=True))")
     ap.add_argument("--exact-constants", action="store_true",
                     help="the station's constants exactly as stated (only the physics is off-model)")
     args = ap.parse_args()
@@ -286,8 +291,9 @@ def main() -> None:
         rows = sweep(st, leds, args.trials, args.mode, workers=args.workers, json_path=args.json)
     else:
         rows = []
-        jobs = [(st, leds, args.first_seed + k, args.mode, None, args.exact_constants, args.finite_budget,
-                 args.free_sample_budget)
+        budget = {"finite_budget": args.finite_budget, "free_sample_budget": args.free_sample_budget,
+                  "refit_radius": args.refit_radius}
+        jobs = [(st, leds, args.first_seed + k, args.mode, None, args.exact_constants, budget)
                 for k in range(args.trials)]
         for r in run_trials(jobs, args.workers, args.json):
             rows.append(r)

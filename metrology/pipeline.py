@@ -274,8 +274,9 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
         )
     except NonFiniteFit as exc:
         return not_measured(loaded, mode, schedule, data, str(exc), time.perf_counter() - t0, device)
-    rep.stage("uncertainty (Jacobian, covariance, budget)")
-    return fit, measurement_from_fit(fit, loaded.station.uncertainty)
+    refits = mode != "known" and loaded.station.radius_refits
+    rep.stage("uncertainty (Jacobian, covariance, budget" + ("; two re-fits for the pupil radius)" if refits else ")"))
+    return fit, measurement_from_fit(fit, loaded.station.uncertainty, refit_radius=loaded.station.radius_refits)
 
 
 def not_measured(loaded: LoadedInputs, mode: str, schedule, frames, why: str, wall_time_s: float, device="cpu"):

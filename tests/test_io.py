@@ -194,6 +194,7 @@ def _edited(tmp_path, old, new, name="s.toml"):
         ("pitch_mm = 4.0", "pitch_mm = = 4", "TOML syntax error"),
         ("upsampling = 4", "upsampling = 2", "reconstruction.upsampling"),
         ("shift_mm = 0.05", "shift_m = 0.05", "calibration.drift_limits.shift_m"),
+        ("upsampling = 4", "upsampling = 4\nradius_refits = \"yes\"", "reconstruction.radius_refits must be true or false"),
     ],
 )
 def test_station_errors_name_file_and_key(tmp_path, old, new, fragment):
@@ -205,6 +206,13 @@ def test_station_errors_name_file_and_key(tmp_path, old, new, fragment):
         load_station(path)
     assert str(path) in str(err.value)
     assert fragment in str(err.value)
+
+
+def test_radius_refits_defaults_on_and_can_be_turned_off(tmp_path):
+    """``[reconstruction] radius_refits``: on unless the file says false; written back by ``to_toml``."""
+    assert load_station(STATION_4X).radius_refits is True
+    off = load_station(_edited(tmp_path, "upsampling = 4", "upsampling = 4\nradius_refits = false"))
+    assert off.radius_refits is False and parse_station(off.to_toml()).radius_refits is False
 
 
 def test_station_checks_capture():

@@ -126,6 +126,77 @@ def test_a_sample_that_is_still_changing_is_settled_or_not_converged(blind, monk
     assert not ok and message.startswith("not converged: the sample is still changing"), message
 
 
+def test_a_warm_refit_from_the_optimum_stays_there(blind):
+    """:func:`refit_from` (the fit's last stretch, warm-started) on an unmoved copy of the blind fit:
+    converged by the fit's own test, every fitted column within the convergence tolerance (0.5 of its
+    standard deviation), and the fit itself untouched."""
+    import copy
+
+    from metrology.solver.jacobian import psd_inverse
+    from metrology.solver.reconstruct import refit_from
+    from metrology.solver.refit_budget import _column_values
+
+    _, result = blind
+    before = _column_values(result.model, result.columns)
+    model = copy.deepcopy(result.model)
+    ok, message = refit_from(result, model)
+    assert ok and "sample settled" in message, message
+    sd = np.sqrt(np.diag(psd_inverse(result.jtj.double()).numpy()))
+    moved = np.abs(_column_values(model, result.columns) - before) / sd
+    assert moved.max() < 0.5, (result.columns.names[int(moved.argmax())], moved.max())
+    np.testing.assert_array_equal(_column_values(result.model, result.columns), before)
+
+
+def test_the_pupil_radius_term_stands_for_the_na_magnification_and_pixel(blind):
+    """``refit_radius``: in blind mode the NA, magnification and camera pixel enter the budget as one
+    term, the pupil radius, whose ``u`` is their relative uncertainties added in quadrature and whose
+    effect comes from two warm re-fits with the sample free (2 settle rounds here, to bound the
+    test's time). The physics it rests on, checked on the held budget: a 1 % NA error and a -1 %
+    magnification error move the lens the same way (correlation < -0.99 between the NA's and the
+    magnification's contributions, of equal size for equal relative u). The re-fits move the lens
+    along that direction (correlation > 0.8 with the held NA term) by a similar amount (0.5-2x the
+    held terms in quadrature: the sample's freedom changes the size, not the kind, of the effect)."""
+    from dataclasses import replace
+
+    from metrology.solver.uncertainty import measurement_from_fit
+
+    _, result = blind
+    g = result.model.geometry
+    na = float(result.model.pupil.na.detach())
+    u = {"na": 0.01 * na, "magnification": 0.01 * g.magnification, "camera_pixel_um": 0.001 * g.camera_pixel_um,
+         "wavelength_nm": 2.0}
+    held = {b.name: b.zernike[4:15] for b in measurement_from_fit(result, u).budget}
+    assert set(held) == {"na", "magnification", "camera_pixel_um", "wavelength_nm"}
+    assert np.corrcoef(held["na"], held["magnification"])[0, 1] < -0.99
+    assert np.linalg.norm(held["magnification"]) == pytest.approx(np.linalg.norm(held["na"]), rel=0.1)
+
+    quick = replace(result, schedule=replace(result.schedule, settle_rounds=2))
+    m = measurement_from_fit(quick, u, refit_radius=True)
+    assert [b.name for b in m.budget] == ["wavelength_nm", "pupil_radius"]
+    radius = m.budget[1]
+    assert radius.unit == "%" and radius.u == pytest.approx(100 * np.sqrt(0.01**2 + 0.01**2 + 0.001**2), rel=1e-9)
+    refits = m.arrays["uncertainty_method"]["pupil_radius_refits"]
+    assert len(refits["converged"]) == 2 and 100 * refits["u_relative"] == pytest.approx(radius.u, rel=1e-12)
+    effect = radius.zernike[4:15]
+    combined = np.sqrt(held["na"] ** 2 + held["magnification"] ** 2 + held["camera_pixel_um"] ** 2)
+    assert np.corrcoef(effect, held["na"])[0, 1] > 0.8
+    assert 0.5 < np.linalg.norm(effect) / np.linalg.norm(combined) < 2.0
+    # the wavelength keeps its held term, unchanged
+    np.testing.assert_allclose(m.budget[0].zernike[4:15], held["wavelength_nm"], rtol=1e-9, atol=1e-12)
+    # the result document's budget block carries the re-fits, as its schema states
+    import json
+
+    import jsonschema
+
+    from metrology.analysis.budget import budget_document
+    from metrology.report.document import SCHEMA_PATH
+
+    block = budget_document(m)
+    assert block["pupil_radius_refits"] == refits and "re-fits" in block["method"]
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.validate(json.loads(json.dumps(block)), {**schema["properties"]["uncertainty_budget"], "$defs": schema["$defs"]})
+
+
 def test_frozen_misalignment_leaks_into_the_lens(case):
     """The same capture with the LED geometry frozen at nominal: the lens comes out wrong, which is
     why the misalignment must be fitted (the separation benchmark prints it for 8 misalignments)."""

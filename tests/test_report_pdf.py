@@ -110,7 +110,8 @@ def test_text_content(rendered, verdict):
 @pytest.mark.parametrize("verdict", VERDICTS)
 def test_budget_page_names_the_largest_contribution(rendered, verdict):
     """Page 4: the RMS wavefront's GUM budget (every source with its share), the largest contribution
-    named, the coefficient table, the station constants' uncertainties and the data-uncertainty line."""
+    named, the coefficient table, the station constants' uncertainties, the pupil radius's re-fits (a
+    re-fit that did not converge said so) and the data-uncertainty line."""
     doc, pdf, _ = rendered[verdict]
     p3 = _page_text(pdf, 4)
     assert f"page 4 of {N_PAGES}" in p3
@@ -121,7 +122,10 @@ def test_budget_page_names_the_largest_contribution(rendered, verdict):
     for r in budget["rms_waves"]["rows"]:
         assert _squash(r["label"]) in _squash(p3), r["label"]
     for c in budget["constants"]:
-        assert c["label"] in p3
+        assert _squash(c["label"]) in _squash(p3), c["label"]
+    # the pupil radius's re-fits: their size and that one did not converge
+    assert _squash("two re-fits at +/- 1.4 % of the radius") in _squash(p3)
+    assert _squash("NOT both converged: the term's size is approximate") in _squash(p3)
     assert "Data uncertainty per LED" in p3
 
 

@@ -79,12 +79,18 @@ def budget_document(measurement, lens_terms: int = 15) -> dict:
     if measurement.parts is None:
         return {}
     k = min(lens_terms, measurement.zernike_waves.size)
-    return {
-        "method": "GUM first-order law (JCGM 100); sensitivities of the station constants by implicit "
-                  "differentiation of the fitted optimum",
+    refits = measurement.arrays.get("uncertainty_method", {}).get("pupil_radius_refits")
+    method = ("GUM first-order law (JCGM 100); sensitivities of the station constants by implicit "
+              "differentiation of the fitted optimum")
+    doc = {
+        "method": method if refits is None else
+        method + "; the pupil radius (NA, magnification, camera pixel) by two re-fits at +/- its u, the sample free",
         "constants": [{"name": b.name, "label": b.label, "u": float(b.u), "unit": b.unit} for b in measurement.budget],
         "rms_waves": rms_budget(measurement),
         "zernike": [{"noll": j, **coefficient_budget(measurement, j)} for j in range(5, k + 1)],
         "station": [{"name": s.name, "label": element_label(s.name), **station_budget(measurement, s.name)}
                     for s in measurement.station],
     }
+    if refits is not None:
+        doc["pupil_radius_refits"] = refits
+    return doc

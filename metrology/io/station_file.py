@@ -126,6 +126,7 @@ SCHEMA = {
     ("reconstruction", "zernike_terms"): ("zernike_terms", "int", 36, _zterms),
     ("reconstruction", "margin_px"): ("margin_px", "int", None, _margin),
     ("reconstruction", "tile_center_mm"): ("tile_center_mm", "pair", (0.0, 0.0), None),
+    ("reconstruction", "radius_refits"): ("radius_refits", "bool", True, None),
     ("slide", "thickness_mm"): ("slide_thickness_mm", "float", 0.0, _ge0),
     ("slide", "index"): ("slide_index", "float", 1.52, _ge1),
     ("calibration", "validity_days"): ("validity_days", "float", 30.0, _days),
@@ -226,6 +227,7 @@ class StationDescription:
     margin_px: int | None = None
     zernike_terms: int = 36
     tile_center_mm: tuple = (0.0, 0.0)
+    radius_refits: bool = True  # blind/prior: the pupil radius's budget term by two re-fits (solver.refit_budget)
     slide_thickness_mm: float = 0.0
     slide_index: float = 1.52
     validity_days: float = 30.0

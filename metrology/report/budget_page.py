@@ -83,6 +83,12 @@ def budget_page(doc, arrays, st, width_mm, table, para, png):
     consts = ", ".join(f"{c['label']} {_fmt(c['u'], c['unit'])}" for c in budget.get("constants", []))
     out.append(para("Station constants held at their stated values, with the standard uncertainties of the station "
                     f"file's [uncertainty] table: {consts or 'none'}.", st["small"]))
+    refits = budget.get("pupil_radius_refits")
+    if refits:
+        state = ("both converged" if all(refits["converged"]) else
+                 "NOT both converged: the term's size is approximate")
+        out.append(para(f"Pupil radius term: two re-fits at +/- {100 * refits['u_relative']:.2g} % of the radius, the "
+                        f"sample free ({state}; {refits['wall_time_s']:.0f} s).", st["small"]))
     if doc["solver"]["mode"] == "blind":
         out.append(para("Caution: blind-mode U was calibrated off-model on simulated 32-px captures only (25 converged "
                         "fits of 33: RMS(error/u) 1.16, coverage 95 %, but single high-order coefficients up to 7 u; "

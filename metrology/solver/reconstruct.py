@@ -9,6 +9,7 @@ alternation (the UA-FP self-calibrating loop), each with its own L-BFGS memory.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -59,6 +60,7 @@ class FitResult:
     at_bounds: list = field(default_factory=list)  # free elements that ended on a bound (schedule.parameters_at_bounds)
     weights: DataWeights | None = None  # learned variance inflation (metrology.solver.weights)
     chi2_weighted: float | None = None  # chi-square with the learned variances
+    reference: torch.Tensor | None = None  # prior mode: the sample the prior pulls towards (complex, (n, n))
 
     @property
     def reduced_chi2(self) -> float:
@@ -186,8 +188,35 @@ def reconstruct(
         jtj=None if jtj is None else jtj.cpu(), meat=None if meat is None else meat.cpu(), columns=cols_all,
         device=device_label(data.device), jackknife=cpu(per_group and per_group["leds"]),
         jackknife_regions=cpu(per_group and per_group["regions"]), at_bounds=parameters_at_bounds(model, schedule),
-        weights=weighting.weights, chi2_weighted=chi2_w,
+        weights=weighting.weights, chi2_weighted=chi2_w, reference=reference,
     )
+
+
+def refit_from(fit: FitResult, model: StationModel) -> tuple:
+    """Re-find the optimum of ``fit``'s objective from ``model``, in place.
+
+    ``model`` is a copy of the fitted model with something the fit holds moved (a station constant:
+    :mod:`metrology.solver.refit_budget`). The re-fit is the fit's own last stretch, warm-started: the
+    system's Gauss-Newton polish and, with a free sample, the settle loop, on the fit's data, mask,
+    schedule and prior reference, with a copy of its learned data variances (re-estimated as the fit
+    re-estimates them). It runs in the model's dtype and on its device.
+
+    Returns
+    -------
+    converged : bool
+        The fit's own convergence test at the re-fitted point.
+    message : str
+    """
+    dtype, dev = model.pupil.na.dtype, model.pupil.na.device
+    data, mask = fit.data.to(dev, dtype), fit.mask.to(dev, dtype)
+    weighting = Weighting(copy.deepcopy(fit.weights), dtype)
+    reference = None if fit.reference is None else fit.reference.to(dev, model.sample.transmission().dtype)
+    evaluate = _objective(model, data, mask, fit.noise, fit.schedule, reference, weighting)
+    with torch.no_grad():
+        start_loss = float(evaluate({}))
+    rounds = _Rounds([start_loss], 0, True, "warm re-fit", fit.columns, bool(fit.schedule.sample_parameters()))
+    _, converged, message, *_ = _polished(model, data, mask, fit.noise, fit.schedule, evaluate, weighting, rounds, None)
+    return converged, message
 
 
 def _start_cause(summary: dict) -> str:

@@ -38,6 +38,7 @@ from metrology.orderings import lens_only
 from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, element_names
 from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution
 from metrology.solver.jacobian import psd_inverse
+from metrology.solver.refit_budget import RADIUS_KEY, RADIUS_KEYS, pupil_radius_sensitivity, radius_applies
 
 STRONG_CORRELATION = 0.95
 VIF_LIMIT = 1e4
@@ -144,19 +145,28 @@ def _station_u(cov, index) -> dict:
             if any(name == e for path in TRACKED for e in element_names(path))}
 
 
-def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False, free_sample: bool = False) -> tuple:
-    """GUM sources of the station constants: :class:`BudgetSource` list and their covariance over
-    the fitted parameters (see :mod:`metrology.solver.budget`)."""
+def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False, free_sample: bool = False,
+                    refit_radius: bool = False) -> tuple:
+    """GUM sources of the station constants: :class:`BudgetSource` list, their covariance over the
+    fitted parameters (see :mod:`metrology.solver.budget`) and, with ``refit_radius``, what the
+    pupil radius's re-fits did (:class:`~metrology.solver.refit_budget.RadiusRefits`, else None)."""
     p = len(fit.columns.names)
-    wanted = [n for n, u in (constant_uncertainties or {}).items() if u and n in CONSTANTS]
+    uncertainties = dict(constant_uncertainties or {})
+    wanted = [n for n, u in uncertainties.items() if u and n in CONSTANTS]
     if not wanted:
-        return [], np.zeros((p, p))
+        return [], np.zeros((p, p)), None
     applicable = set(applicable_constants(fit))
-    sens = constant_sensitivities(fit, [n for n in wanted if n in applicable], constant_uncertainties if finite else None,
-                                  free_sample)
+    refits = None
+    radius = refit_radius and radius_applies(fit, uncertainties)
+    held = [n for n in wanted if n in applicable and not (radius and n in RADIUS_KEYS)]
+    sens = constant_sensitivities(fit, held, uncertainties if finite else None, free_sample)
+    if radius:
+        s, refits = pupil_radius_sensitivity(fit, uncertainties)
+        sens.append(s)
+        uncertainties[RADIUS_KEY] = refits.u_percent
     sources = []
     for s in sens:
-        u = float(constant_uncertainties[s.key])
+        u = float(uncertainties[s.key])
         vec = contribution(s, u)
         z = np.zeros(k)
         for j in range(k):
@@ -166,11 +176,11 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False,
         station = {name: float(vec[i]) for name, i in index.items()
                    if any(name == e for path in TRACKED for e in element_names(path))}
         sources.append(BudgetSource(s.name, s.label, s.unit, u, z, station))
-    return sources, constants_covariance(sens, constant_uncertainties)
+    return sources, constants_covariance(sens, uncertainties), refits
 
 
 def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite_budget: bool = False,
-                         free_sample_budget: bool = False) -> Measurement:
+                         free_sample_budget: bool = False, refit_radius: bool = False) -> Measurement:
     """Turn a :class:`~metrology.solver.reconstruct.FitResult` into a plain :class:`Measurement`.
 
     Parameters
@@ -190,6 +200,9 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         it (:func:`metrology.solver.budget.free_sample_response`) instead of held. Not the default
         yet: its calibration over the off-model trials is not measured (docs/uncertainty.md, section
         6); ``bench_offmodel.py --free-sample-budget`` measures it.
+    refit_radius : bool
+        Prior and blind modes: the NA, magnification and camera pixel as one term, the pupil radius,
+        by two warm re-fits at +/- its u with the sample free (:mod:`metrology.solver.refit_budget`).
     """
     model = fit.model
     g = model.geometry
@@ -198,7 +211,8 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
     index = {n: i for i, n in enumerate(names)}
     k = g.zernike_terms
     z = model.pupil.zernike_waves.detach().double().cpu().numpy()
-    budget, cov_const = _budget_sources(fit, index, k, constant_uncertainties, finite_budget, free_sample_budget)
+    budget, cov_const, refits = _budget_sources(fit, index, k, constant_uncertainties, finite_budget,
+                                                free_sample_budget, refit_radius)
     total = cov.double().cpu().numpy() + cov_const
     station = []
     state = model.station_state()
@@ -241,6 +255,6 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         budget=budget,
         parts=parts,
     )
-    m.arrays["uncertainty_method"] = info
+    m.arrays["uncertainty_method"] = info if refits is None else {**info, "pupil_radius_refits": refits.summary()}
     m.arrays["sample_px"] = int(g.object_px)  # side of the sample grid (element names of its values)
     return m

@@ -1,0 +1,118 @@
+"""The pupil radius's budget term in blind and prior modes: two warm-started re-fits, the sample free.
+
+The frames see the lens NA, its magnification and the camera pixel through one number, the pupil
+radius in frequency pixels ``NA N p / (lambda M)`` (the LED distance is fitted in these modes and
+takes up their other effect, the scale of the illumination angles). Re-fitting one blind capture at
+NA +u and at magnification -u gave the same lens within 0.2e-3 waves in every Noll 5-15 coefficient
+(docs/uncertainty.md, section 6). Their errors therefore add along one direction, with the relative
+standard uncertainty
+
+    u_r = sqrt((u_NA / NA)^2 + (u_M / M)^2 + (u_p / p)^2).
+
+With the sample free, the fitted optimum's response along it is neither the held-sample response
+(:mod:`metrology.solver.budget`: 1.7x too large in defocus, astigmatism and spherical, near 0 in the
+high azimuthal orders where the blind misses were) nor linear over one ``u_r``: the sample takes up
+part of the change and moves its effect into other coefficients. This term measures that response
+directly: the fit is re-run from its own optimum with the pupil radius at ``1 +/- u_r`` of the stated
+one (:func:`metrology.solver.reconstruct.refit_from`, the sample, the system and the learned data
+variances all following), and the two changes give the linear part ``(up - down) / 2`` and the GUM's
+second-order part ``sqrt(2) (up + down) / 2`` (JCGM 100, 5.1.2 note), as the held finite budget does
+(:func:`metrology.solver.budget.constants_covariance`). It replaces the held NA, magnification and
+camera-pixel terms; the wavelength keeps its own (held) term. The cost is two warm re-fits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metrology.solver.budget import ConstantSensitivity, applicable_constants, sample_free
+from metrology.solver.reconstruct import refit_from
+
+RADIUS_KEYS = ("na", "magnification", "camera_pixel_um")
+"""The ``[uncertainty]`` keys that act through the pupil radius alone: the term replaces theirs."""
+RADIUS_KEY = "pupil_radius"
+"""The budget source's name (its value and ``u`` in percent of the stated radius)."""
+RADIUS_LABEL = "Pupil radius in frequency pixels (NA, magnification, camera pixel; by re-fits)"
+
+
+@dataclass
+class RadiusRefits:
+    """What the two re-fits of :func:`pupil_radius_sensitivity` did (reported with the method)."""
+
+    u_relative: float  # u_r (a fraction of the radius)
+    converged: tuple  # (at 1 + u_r, at 1 - u_r)
+    messages: tuple
+    wall_time_s: float
+
+    @property
+    def u_percent(self) -> float:
+        """``u_r`` in percent (the budget source's unit)."""
+        return 100.0 * self.u_relative
+
+    def summary(self) -> dict:
+        """Plain values for the measurement's ``uncertainty_method`` record."""
+        return {"u_relative": self.u_relative, "converged": list(self.converged),
+                "messages": [m[-160:] for m in self.messages], "wall_time_s": round(self.wall_time_s, 1)}
+
+
+def radius_applies(fit, uncertainties: dict | None) -> bool:
+    """Whether the term applies: the sample was fitted, the NA is held, and some ``u`` is given."""
+    return bool(sample_free(fit) and "na" in applicable_constants(fit)
+                and any(float((uncertainties or {}).get(k, 0.0) or 0.0) > 0 for k in RADIUS_KEYS))
+
+
+def relative_radius_u(model, uncertainties: dict) -> float:
+    """``u_r``: the relative standard uncertainty of the pupil radius from those of the NA, the
+    magnification and the camera pixel (their units, ``[uncertainty]`` keys; missing: 0)."""
+    g = model.geometry
+    values = {"na": float(model.pupil.na.detach()), "magnification": g.magnification, "camera_pixel_um": g.camera_pixel_um}
+    return math.sqrt(sum((float(uncertainties.get(k, 0.0) or 0.0) / values[k]) ** 2 for k in RADIUS_KEYS))
+
+
+def _column_values(model, cols) -> np.ndarray:
+    """The fitted elements named by ``cols`` (their raw units), float64."""
+    return np.array([float(model.parameter(p).detach().reshape(-1)[k]) for p, k in zip(cols.paths, cols.flat_index)])
+
+
+def pupil_radius_sensitivity(fit, uncertainties: dict) -> tuple:
+    """The fitted system's response to the pupil radius, by two warm re-fits with the sample free.
+
+    Parameters
+    ----------
+    fit : metrology.solver.FitResult
+        A prior- or blind-mode fit (:func:`radius_applies`).
+    uncertainties : dict
+        The station's ``[uncertainty]`` table (``na`` and ``magnification`` dimensionless,
+        ``camera_pixel_um`` in um).
+
+    Returns
+    -------
+    sensitivity : ConstantSensitivity
+        Key :data:`RADIUS_KEY`, value 100 (%, the stated radius), ``per_unit`` the change of every
+        fitted column per percent of the radius, ``second_order`` the curvature term at ``u_r``.
+    refits : RadiusRefits
+    """
+    t0 = time.perf_counter()
+    base = copy.deepcopy(fit.model).double().cpu()
+    u_r = relative_radius_u(base, uncertainties)
+    before = _column_values(base, fit.columns)
+    changes, converged, messages = [], [], []
+    for sign in (1.0, -1.0):
+        model = copy.deepcopy(base)
+        with torch.no_grad():
+            model.pupil.na.mul_(1.0 + sign * u_r)
+        ok, message = refit_from(fit, model)
+        model.pupil.na.data.copy_(base.pupil.na.data)  # the NA is held, not a column: no change to read there
+        changes.append(_column_values(model, fit.columns) - before)
+        converged.append(bool(ok))
+        messages.append(message)
+    up, down = changes
+    sensitivity = ConstantSensitivity(RADIUS_KEY, RADIUS_LABEL, "%", 100.0, (up - down) / (2.0 * 100.0 * u_r), RADIUS_KEY,
+                                      second_order=math.sqrt(2.0) * 0.5 * (up + down))
+    return sensitivity, RadiusRefits(u_r, tuple(converged), tuple(messages), time.perf_counter() - t0)
