@@ -67,6 +67,16 @@ def unmeasured_station_terms(doc: dict) -> list:
     return [p.label for p in PARAMETERS if p.drift is not None and p.path not in measured]
 
 
+BLIND_CAUTION_REFITS = (
+    "Caution: blind-mode U with the pupil radius's re-fits was calibrated off-model on simulated 32-px captures only "
+    "(14 converged fits: RMS(error/u) 1.05, per coefficient 0.69-1.34, coverage 95 %, none beyond 4 u; "
+    "docs/uncertainty.md, Known limits).")
+BLIND_CAUTION_HELD = (
+    "Caution: blind-mode U without the pupil radius's re-fits (radius_refits = false) under-covers single "
+    "high-order coefficients (up to 7 u in simulated 32-px captures; RMS(error/u) 1.43 over the same 14 fits "
+    "that read 1.05 with them; docs/uncertainty.md, Known limits).")
+
+
 def budget_page(doc, arrays, st, width_mm, table, para, png):
     """Flowables of the uncertainty page (``table``, ``para``, ``png``: the PDF module's builders)."""
     budget = doc.get("uncertainty_budget") or {}
@@ -90,9 +100,7 @@ def budget_page(doc, arrays, st, width_mm, table, para, png):
         out.append(para(f"Pupil radius term: two re-fits at +/- {100 * refits['u_relative']:.2g} % of the radius, the "
                         f"sample free ({state}; {refits['wall_time_s']:.0f} s).", st["small"]))
     if doc["solver"]["mode"] == "blind":
-        out.append(para("Caution: blind-mode U was calibrated off-model on simulated 32-px captures only (25 converged "
-                        "fits of 33: RMS(error/u) 1.16, coverage 95 %, but single high-order coefficients up to 7 u; "
-                        "docs/uncertainty.md, Known limits).", st["small"]))
+        out.append(para(BLIND_CAUTION_REFITS if refits else BLIND_CAUTION_HELD, st["small"]))
     missing = unmeasured_station_terms(doc)
     if missing:
         out.append(para(f"Not measured by this {doc['solver']['mode']}-mode fit (held at nominal; the LED distance and "
