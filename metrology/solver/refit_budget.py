@@ -108,7 +108,6 @@ def pupil_radius_sensitivity(fit, uncertainties: dict) -> tuple:
         with torch.no_grad():
             model.pupil.na.mul_(1.0 + sign * u_r)
         ok, message = refit_from(fit, model)
-        model.pupil.na.data.copy_(base.pupil.na.data)  # the NA is held, not a column: no change to read there
         changes.append(_column_values(model, fit.columns) - before)
         converged.append(bool(ok))
         messages.append(message)
