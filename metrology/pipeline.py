@@ -35,6 +35,7 @@ from metrology.solver import FitResult, NoiseModel, reconstruct
 from metrology.solver.schedule import station_schedule
 from metrology.solver.device import compute_device, device_label
 from metrology.solver.reconstruct import prepare
+from metrology.solver.refit_budget import radius_applies
 from metrology.solver.uncertainty import measurement_from_fit
 
 
@@ -274,7 +275,7 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
         )
     except NonFiniteFit as exc:
         return not_measured(loaded, mode, schedule, data, str(exc), time.perf_counter() - t0, device)
-    refits = mode != "known" and loaded.station.radius_refits
+    refits = loaded.station.radius_refits and radius_applies(fit, loaded.station.uncertainty)
     rep.stage("uncertainty (Jacobian, covariance, budget" + ("; two re-fits for the pupil radius)" if refits else ")"))
     return fit, measurement_from_fit(fit, loaded.station.uncertainty, refit_radius=loaded.station.radius_refits)
 

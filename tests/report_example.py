@@ -244,13 +244,16 @@ def _example_budget() -> dict:
     effects = [("wavelength_nm", "Wavelength (LED centroid)", 2.0, "nm", 0.00021),
                ("led_size_mm", "LED emitter size", 0.05, "mm", 0.00004),
                ("pupil_radius", "Pupil radius in frequency pixels (NA, magnification, camera pixel; by re-fits)",
-                1.42, "%", 0.00017)]
+                1.42, "%", 0.00017),
+               # one re-fit not converged: the held terms it stands for are kept beside it
+               ("na", "Lens NA", 0.0014, "", 0.00012),
+               ("magnification", "Lens magnification", 0.04, "", 0.00012)]
     return {"method": "GUM first-order law (JCGM 100)",
             "constants": [{"name": n, "label": lab, "u": u, "unit": un} for n, lab, u, un, _ in effects],
             "rms_waves": block(0.00009, 0.00012, effects),
             "zernike": [{"noll": 5, **block(0.0001, 0.00008, effects)}],
             "station": [{"name": "sample.defocus_um", **block(0.02, 0.05, [], "um")}],
-            # one re-fit not converged: the page says the term is approximate
+            # one re-fit not converged: the page says the held terms are kept
             "pupil_radius_refits": {"u_relative": 0.0142, "converged": [True, False], "wall_time_s": 212.0,
                                     "messages": ["converged: ...; sample settled (round 4)",
                                                  "not converged: the sample is still changing after 16 rounds"]}}

@@ -125,7 +125,7 @@ def test_budget_page_names_the_largest_contribution(rendered, verdict):
         assert _squash(c["label"]) in _squash(p3), c["label"]
     # the pupil radius's re-fits: their size and that one did not converge
     assert _squash("two re-fits at +/- 1.4 % of the radius") in _squash(p3)
-    assert _squash("NOT both converged: the term's size is approximate") in _squash(p3)
+    assert _squash("NOT both converged: the held NA, magnification and camera-pixel terms are kept beside it") in _squash(p3)
     assert "Data uncertainty per LED" in p3
 
 

@@ -96,7 +96,7 @@ def budget_page(doc, arrays, st, width_mm, table, para, png):
     refits = budget.get("pupil_radius_refits")
     if refits:
         state = ("both converged" if all(refits["converged"]) else
-                 "NOT both converged: the term's size is approximate")
+                 "NOT both converged: the held NA, magnification and camera-pixel terms are kept beside it")
         out.append(para(f"Pupil radius term: two re-fits at +/- {100 * refits['u_relative']:.2g} % of the radius, the "
                         f"sample free ({state}; {refits['wall_time_s']:.0f} s).", st["small"]))
     if doc["solver"]["mode"] == "blind":

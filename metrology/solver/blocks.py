@@ -40,10 +40,7 @@ class Block:
             for path in self.paths
         }
         spec_of = [self.specs[i] for i in cols.spec]
-        with torch.no_grad():
-            self.theta0 = torch.stack(
-                [model.parameter(p).detach().flatten()[k] for p, k in zip(cols.paths, cols.flat_index)]
-            ).to(dtype)
+        self.theta0 = cols.values(model).to(dtype)
         steps = torch.tensor([sp.step for sp in spec_of], dtype=dtype, device=dev)
         self.lower = torch.tensor([(sp.bounds or (-float("inf"), 0))[0] for sp in spec_of], dtype=dtype, device=dev)
         self.upper = torch.tensor([(sp.bounds or (0, float("inf")))[1] for sp in spec_of], dtype=dtype, device=dev)

@@ -38,6 +38,11 @@ class Columns:
     flat_index: list  # element of the parameter
     spec: list  # index of the ParameterSpec (in the list given) that frees it
 
+    def values(self, model) -> torch.Tensor:
+        """The current value of every column in ``model`` (their raw units), shape (P,), detached."""
+        with torch.no_grad():
+            return torch.stack([model.parameter(p).detach().reshape(-1)[k] for p, k in zip(self.paths, self.flat_index)])
+
 
 def columns_for(model, specs) -> Columns:
     names, paths, idx, owner = [], [], [], []

@@ -77,7 +77,7 @@ def relative_radius_u(model, uncertainties: dict) -> float:
 
 def _column_values(model, cols) -> np.ndarray:
     """The fitted elements named by ``cols`` (their raw units), float64."""
-    return np.array([float(model.parameter(p).detach().reshape(-1)[k]) for p, k in zip(cols.paths, cols.flat_index)])
+    return cols.values(model).double().cpu().numpy()
 
 
 def pupil_radius_sensitivity(fit, uncertainties: dict) -> tuple:

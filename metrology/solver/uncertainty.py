@@ -156,14 +156,15 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False,
     if not wanted:
         return [], np.zeros((p, p)), None
     applicable = set(applicable_constants(fit))
-    refits = None
-    radius = refit_radius and radius_applies(fit, uncertainties)
-    held = [n for n in wanted if n in applicable and not (radius and n in RADIUS_KEYS)]
-    sens = constant_sensitivities(fit, held, uncertainties if finite else None, free_sample)
-    if radius:
+    refits, radius = None, []
+    if refit_radius and radius_applies(fit, uncertainties):
         s, refits = pupil_radius_sensitivity(fit, uncertainties)
-        sens.append(s)
+        radius = [s]
         uncertainties[RADIUS_KEY] = refits.u_percent
+    # a re-fit that did not converge leaves the term's size open: the held terms it replaces stay beside it
+    replaced = RADIUS_KEYS if refits is not None and all(refits.converged) else ()
+    held = [n for n in wanted if n in applicable and n not in replaced]
+    sens = constant_sensitivities(fit, held, uncertainties if finite else None, free_sample) + radius
     sources = []
     for s in sens:
         u = float(uncertainties[s.key])
@@ -203,6 +204,7 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
     refit_radius : bool
         Prior and blind modes: the NA, magnification and camera pixel as one term, the pupil radius,
         by two warm re-fits at +/- its u with the sample free (:mod:`metrology.solver.refit_budget`).
+        If either re-fit does not converge, the held NA, magnification and pixel terms stay beside it.
     """
     model = fit.model
     g = model.geometry
