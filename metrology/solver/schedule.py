@@ -102,8 +102,10 @@ class Schedule:
     settle_rounds : int
         With a free sample, the most rounds of (sample pass, convergence test, joint pass, polish)
         the fit gets for the sample to settle (:func:`metrology.solver.settle.sample_settled`);
-        a fit still moving after them is "not converged". A deliberately truncated fit (few outer
-        iterations) may lower it to bound its time; its convergence is then rarely claimed.
+        a fit still moving after them is "not converged". Converged blind fits settle in rounds
+        8-16 at 32 px; fits that had not settled after 16 did after ~20 (``docs/solver.md``). A
+        deliberately truncated fit (few outer iterations) may lower it to bound its time; its
+        convergence is then rarely claimed.
     """
 
     mode: str = "known"
@@ -120,7 +122,7 @@ class Schedule:
     data_weights: bool = True
     priors: tuple = field(default_factory=default_priors)
     edge_continuation: tuple = (1.0, 0.5, 0.25)
-    settle_rounds: int = 16
+    settle_rounds: int = 24
 
     def __post_init__(self):
         if self.mode not in MODES:
