@@ -219,17 +219,22 @@ def run_trials(jobs, workers, json_path=None):
     """Run ``trial(*job)`` for every job, ``workers`` processes at a time; yield each row as it ends
     (and rewrite ``json_path`` with every row so far, so an interrupted study keeps its trials)."""
     rows = []
+    pool = None
     if workers <= 1:
         results = (trial(*job) for job in jobs)
     else:
         pool = ProcessPoolExecutor(workers, initializer=_one_thread)
         results = (f.result() for f in as_completed([pool.submit(trial, *job) for job in jobs]))
-    for r in results:
-        rows.append(r)
-        if json_path:
-            with open(json_path, "w") as fh:
-                json.dump(rows, fh, indent=1, default=float)
-        yield r
+    try:
+        for r in results:
+            rows.append(r)
+            if json_path:
+                with open(json_path, "w") as fh:
+                    json.dump(rows, fh, indent=1, default=float)
+            yield r
+    finally:  # workers stopped here, not by the interpreter's exit (which raised "Bad file descriptor")
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def sweep(station, leds, n_lenses, mode, limit=0.05, workers=1, json_path=None):
