@@ -165,6 +165,8 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
         "effective_data_fraction": (fit.weights.summary().get("effective_data_fraction")
                                     if fit.weights is not None else 1.0),
         "time_s": float(fit.wall_time_s), "constants": consts, "lens": np.asarray(lens).tolist(),
+        # the pupil radius's two re-fits (--refit-radius): converged, time; None where they did not run
+        "radius_refits": meas.arrays.get("uncertainty_method", {}).get("pupil_radius_refits"),
     }
 
 
@@ -269,7 +271,7 @@ def sweep(station, leds, n_lenses, mode, limit=0.05, workers=1, json_path=None):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=("trials", "sweep"), default="trials")
-    ap.add_argument("--mode", choices=("known", "blind"), default="known")
+    ap.add_argument("--mode", choices=("known", "prior", "blind"), default="known")
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--frame", type=int, default=48)
     ap.add_argument("--leds", type=int, default=9)

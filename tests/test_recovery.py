@@ -289,8 +289,24 @@ def test_a_blind_start_without_bright_field_disks_names_that_cause():
     result = reconstruct(model, capture.frames, noise, schedule)
     start = result.init_summary["geometry_search"]
     assert start["bright_field_leds"] < 4 and "nominal geometry kept" in start["note"]
-    assert not result.converged
+    assert not result.converged and result.reduced_chi2_noise > 4
     assert result.message.startswith("not converged: the LED geometry could not be started from the data ("), \
         result.message
     reason = solver_reason(result.message)
     assert reason.startswith("solver did not converge: the LED geometry could not be started") and ";" not in reason
+
+
+def test_a_nominal_start_is_blamed_only_where_the_fit_does_not_explain_the_data():
+    """A fit that kept the nominal geometry but explains the data (reduced chi-square against the
+    noise within the verdict's limit: the fit found the LEDs itself) keeps its own reason; above the
+    limit, or where the chi-square is not finite, the start is named first."""
+    from metrology.solver.reconstruct import START_CAUSE_CHI2, _start_cause
+
+    kept = {"geometry_search": {"bright_field_leds": 1, "note": "too few bright-field LEDs; nominal geometry kept"}}
+    assert _start_cause(kept, 2.8) == ""
+    assert _start_cause(kept, START_CAUSE_CHI2) == ""
+    for chi2 in (START_CAUSE_CHI2 * 1.01, 1296.0, float("nan")):
+        assert _start_cause(kept, chi2).startswith(
+            "not converged: the LED geometry could not be started from the data (1 bright-field LED(s), 4 needed)")
+    found = {"geometry_search": {"bright_field_leds": 9}}
+    assert _start_cause(found, 1296.0) == "" and _start_cause(None, 1296.0) == ""

@@ -176,7 +176,7 @@ def reconstruct(
     it, converged, message, cols_all, jtj, meat, per_group = _polished(model, data, mask, noise, schedule, evaluate,
                                                                         weighting, rounds, progress)
     chi2, per_frame, chi2_w, dof = _chi_square_dof(model, data, mask, noise, schedule, weighting)
-    message = message if converged else _start_cause(summary) + message
+    message = message if converged else _start_cause(summary, chi2 / max(dof, 1)) + message
 
     def cpu(pairs):  # the uncertainty analysis runs on the CPU in float64, whatever device fitted
         return None if pairs is None else [(a.cpu(), b.cpu()) for a, b in pairs]
@@ -219,11 +219,20 @@ def refit_from(fit: FitResult, model: StationModel) -> tuple:
     return converged, message
 
 
-def _start_cause(summary: dict) -> str:
+START_CAUSE_CHI2 = 4.0
+"""Reduced chi-square against the camera noise above which a fit that kept the nominal LED geometry
+is taken not to have found the geometry (the verdict's default limit on the reduced chi-square).
+Below it the data are explained and the fit's own reason stands."""
+
+
+def _start_cause(summary: dict, reduced_chi2_noise: float) -> str:
     """The likely cause of a fit that did not converge, as a leading clause of its message: the
-    blind start had too few bright-field disks to place the LED array (empty when it did not)."""
+    blind start had too few bright-field disks to place the LED array and the fit does not explain
+    the data (reduced chi-square against the noise above :data:`START_CAUSE_CHI2`). Empty otherwise:
+    a fit that found the geometry from a nominal start (a small-pixel station: chi-square 2.8 against
+    the noise, LED shift 33 um off) keeps its own reason (e.g. a sample still changing)."""
     kept = (summary or {}).get("geometry_search", {})
-    if "nominal geometry kept" not in kept.get("note", ""):
+    if "nominal geometry kept" not in kept.get("note", "") or reduced_chi2_noise <= START_CAUSE_CHI2:
         return ""
     return (f"not converged: the LED geometry could not be started from the data ({kept['bright_field_leds']} "
             f"bright-field LED(s), {MIN_BRIGHT_FIELD_LEDS} needed) and the fit did not find it; ")
