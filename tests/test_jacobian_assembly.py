@@ -1,0 +1,56 @@
+"""The normal equations assembled from compressed tangents equal those of the dense Jacobian."""
+
+import pytest
+import torch
+
+from metrology.solver import jacobian
+from metrology.solver.jacobian import Columns, Linearisation
+
+
+def _case(n_frames=37, px=5, n_plain=4, seed=0):
+    """A Linearisation with ``n_plain`` plain columns and one brightness column per frame but frame
+    3 (an LED whose brightness is held), in shuffled column order, and its dense Jacobian."""
+    gen = torch.Generator().manual_seed(seed)
+    tangents = torch.randn((n_plain + 1, n_frames, px, px), generator=gen)
+    residual = torch.randn((n_frames, px, px), generator=gen)
+    leds = [j for j in range(n_frames) if j != 3]
+    names = [f"p{i}" for i in range(n_plain)] + [f"illumination.brightness[{j}]" for j in leds]
+    order = torch.randperm(len(names), generator=gen).tolist()
+    names = [names[k] for k in order]
+    paths = ["illumination.brightness" if n.startswith("illumination") else n for n in names]
+    flat = [int(n.split("[")[1][:-1]) if "[" in n else 0 for n in names]
+    cols = Columns(names, paths, flat, [0] * len(names))
+    plain = [i for i, p in enumerate(paths) if p != jacobian.BRIGHTNESS]
+    bright = [i for i, p in enumerate(paths) if p == jacobian.BRIGHTNESS]
+    # the tangents are stored plain columns first in the order of ``plain``, the brightness last
+    dense = torch.zeros((n_frames * px * px, len(names)), dtype=torch.float64)
+    for k, i in enumerate(plain):
+        dense[:, i] = tangents[k].double().reshape(-1)
+    for i in bright:
+        col = torch.zeros((n_frames, px, px), dtype=torch.float64)
+        col[flat[i]] = tangents[n_plain, flat[i]].double()
+        dense[:, i] = col.reshape(-1)
+    lin = Linearisation(tangents, residual, torch.ones_like(residual), cols, plain, bright)
+    return lin, dense, residual.double()
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 64])
+def test_the_chunked_assembly_equals_the_dense_normal_equations(chunk, monkeypatch):
+    monkeypatch.setattr(jacobian, "ASSEMBLE_CHUNK", chunk)
+    lin, dense, r = _case()
+    jtj, jtr = lin.normal()
+    torch.testing.assert_close(jtj, dense.T @ dense, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(jtr, dense.T @ r.reshape(-1), rtol=1e-12, atol=1e-10)
+    frames = [30, 2, 3, 17, 0]  # unsorted, with the frame whose brightness is held
+    rows = torch.zeros((37, 5, 5), dtype=torch.bool)
+    rows[frames] = True
+    sub = dense[rows.reshape(-1)]
+    jtj_f, jtr_f = lin.normal(frames)
+    torch.testing.assert_close(jtj_f, sub.T @ sub, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(jtr_f, sub.T @ r[rows], rtol=1e-12, atol=1e-10)
+    groups = [list(range(g, 37, 10)) for g in range(10)]
+    total = [sum(part[k] for part in lin.per_group(groups)) for k in (0, 1)]
+    torch.testing.assert_close(total[0], jtj, rtol=1e-12, atol=1e-10)
+    blocks = [sum(part[k] for part in lin.per_block(2)) for k in (0, 1)]
+    torch.testing.assert_close(blocks[0], jtj, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(blocks[1], jtr, rtol=1e-12, atol=1e-10)
