@@ -152,3 +152,31 @@ def test_the_closed_form_camera_part_equals_forward_mode_through_the_whole_model
     phase = [i for i, name in enumerate(fast.columns.names) if name.startswith("pupil.zernike_waves")]
     # every phase column is far above the tolerance (1000x): the comparison above can see its errors
     assert len(phase) == 3 and all(float(fast.tangents[i].abs().amax()) > 1e-6 * scale for i in phase)
+
+
+def test_a_centre_sampled_linearisation_is_that_of_the_centre_sampled_model():
+    """``pixel_points=1`` (the staged rounds' preconditioner) linearises the model as if its pixels
+    were sampled at their centres: the same as the model without pixel quadrature, and not the same
+    as the 2 x 2 rule it replaces."""
+    from dataclasses import replace
+
+    from metrology.solver.schedule import ParameterSpec
+
+    model, capture, noise, _ = _known_fit_inputs(frame_px=16, leds_per_side=3, seed=5)
+    ref = model.sample.transmission().detach()
+    models = [StationModel(replace(model.geometry, pixel_quadrature=q), transmission=ref, exposure=model.exposure,
+                           dtype=torch.float64) for q in (2, 0)]
+    for m in models:
+        with torch.no_grad():
+            m.pupil.zernike_waves[4:8] = torch.tensor([0.05, -0.03, 0.02, 0.04], dtype=torch.float64)
+            m.illumination.brightness.fill_(700.0)
+    specs = [ParameterSpec(p, 1.0) for p in ("illumination.shift_mm", "pupil.zernike_waves", "sample.defocus_um",
+                                              "illumination.brightness")]
+    data = torch.as_tensor(np.asarray(capture.frames, np.float64))
+    mask = torch.ones_like(data)
+    centre = linearise(models[0], data, mask, noise, specs, pixel_points=1)
+    plain = linearise(models[1], data, mask, noise, specs)
+    quad = linearise(models[0], data, mask, noise, specs)
+    torch.testing.assert_close(centre.tangents, plain.tangents, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(centre.residual, plain.residual, rtol=1e-12, atol=1e-12)
+    assert float((quad.tangents - centre.tangents).abs().amax()) > 1e-3 * float(quad.tangents.abs().amax())

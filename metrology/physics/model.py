@@ -209,12 +209,12 @@ class StationModel(nn.Module):
         side = g.led_size_mm * (1.0 - s2) ** 1.5 / (h * g.wavelength_um * g.df)
         return side.clamp(min=self.edge_softening_px) if self.edge_softening_px else side
 
-    def pixel_ramps(self, half: int, dtype, device) -> list:
+    def pixel_ramps(self, half: int, dtype, device, points: int | None = None) -> list:
         """The pixel-area quadrature as ``(weight, ramp)`` pairs: ``ramp`` (B, B) complex is the
         phase ramp on a pupil box of half-width ``half`` that moves the field by a sub-pixel offset
-        (``geometry.pixel_quadrature`` Gauss-Legendre points per axis), or None for the single
-        sample at the pixel centre."""
-        q = self.geometry.pixel_quadrature
+        (``points``, default ``geometry.pixel_quadrature``, Gauss-Legendre points per axis), or None
+        for the single sample at the pixel centre."""
+        q = self.geometry.pixel_quadrature if points is None else points
         if q <= 1:
             return [(1.0, None)]
         offsets, weights = gauss_legendre_offsets(q)
@@ -237,11 +237,12 @@ class StationModel(nn.Module):
         """
         return self.crop_frame(box_field(spectrum if ramp is None else spectrum * ramp, self.geometry.field_px))
 
-    def camera_fields(self, spectrum: torch.Tensor):
+    def camera_fields(self, spectrum: torch.Tensor, points: int | None = None):
         """``(weight, ramp, field)`` per pixel-quadrature point (:meth:`pixel_ramps`,
         :meth:`camera_field`): what :meth:`camera_intensity` sums, and what the Jacobian's
-        closed-form camera part keeps."""
-        for w, ramp in self.pixel_ramps(spectrum.shape[-1] // 2, spectrum.real.dtype, spectrum.device):
+        closed-form camera part keeps. ``points``: quadrature points per axis (default the
+        geometry's)."""
+        for w, ramp in self.pixel_ramps(spectrum.shape[-1] // 2, spectrum.real.dtype, spectrum.device, points):
             yield w, ramp, self.camera_field(spectrum, ramp)
 
     def camera_intensity(self, spectrum: torch.Tensor, fields=None) -> torch.Tensor:

@@ -366,7 +366,9 @@ def _staged_rounds(model, data, mask, noise, schedule, evaluate, progress, weigh
     system_specs = schedule.system_parameters()
     hessian_all, cols_all = None, None
     if system_specs:
-        jtj, jtr0, _, cols_all = normal_equations(model, data, weighting.residual_scale(mask), noise, system_specs)
+        # a preconditioner needs the Hessian's shape, not its last digits: pixel centres only
+        jtj, jtr0, _, cols_all = normal_equations(model, data, weighting.residual_scale(mask), noise, system_specs,
+                                                  pixel_points=1)
         jtj, _ = add_to_normal_equations(jtj, jtr0, model, schedule.priors, cols_all)
         hessian_all = 2.0 * jtj / float(mask.sum())
     it = 0
