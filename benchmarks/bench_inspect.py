@@ -3,7 +3,8 @@
 Simulates the capture (not timed), then runs the inspection and prints the split load /
 reconstruct / analyse / report and the total. Targets on the 2-core machine: < 60 s (issue 5),
 <= 15 s (issue 18; not met: 144 s at stop 26, docs/solver.md "The Jacobian's camera part"; 134 s wall,
-251 CPU-s on 2026-12-02 00:38 UTC, main 7cc9f65).
+251 CPU-s on 2026-12-02 00:38 UTC, main 7cc9f65; on a 2-core Intel Xeon 69.1 s before and 54.3 s
+after the closed-form phase columns, docs/solver.md).
 Run: ``python benchmarks/bench_inspect.py [--frame 128]``. Prints wall and CPU time.
 """
 
