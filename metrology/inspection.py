@@ -211,9 +211,9 @@ def inspect(capture, station, spec, *, reference=None, serial=None, operator="",
     create_store : bool
         Create the audit store when it does not exist (the CLI: every inspection is recorded);
         default False (the API reads an existing store only).
-    tile_jobs : int, optional
-        Full-field captures: processes fitting the tiles (default one per core; any number gives
-        the same result: :func:`metrology.pipeline_field.measure_field`).
+    tile_jobs : int or tile executor, optional
+        Full-field captures: processes fitting the tiles (default one per core; any number gives the
+        same result), or a tile executor (Ray tasks): :func:`metrology.pipeline_field.measure_field`.
 
     Raises
     ------

@@ -142,7 +142,10 @@ def measure_field(loaded: LoadedInputs, mode: str = "known", max_iterations=None
     process, with its threads as they are (a batch worker's ``--threads``). ``None`` takes one
     process per CPU core available, at most one per tile (1 when the fit runs on a GPU); N > 1
     spawns N. With ``None`` or N > 1 every tile is fitted with :data:`TILE_THREADS` threads, so
-    the result is the same to the last bit for any number of processes.
+    the result is the same to the last bit for any number of processes. A tile executor instead
+    of a number (an object with ``slots``, ``threads``, ``description`` and ``map(fn, args)``, e.g.
+    :class:`metrology.batch.ray_tiles.RayTiles`) fits groups of tiles where it runs them (one Ray
+    task per group), each tile with the executor's ``threads``.
 
     The field model needs the tiles to separate its terms (a 3 x 3 grid does); distortion needs
     the reference layout (known and prior modes). A part that cannot be fitted is left ``None``
@@ -180,9 +183,37 @@ def _fit_tile(tile_loaded: LoadedInputs, options: tuple, threads: int | None, pr
         return measure(tile_loaded, mode, max_iterations, progress, frozen=frozen, device=device)
 
 
-def _fit_tiles(tiles: list, per_tile: list, options: tuple, rep, workers: int | None) -> list:
-    """``(fit, measurement)`` per tile, in tile order: here one after the other, or in spawned
-    processes (:func:`tile_processes`), reporting each tile as it finishes."""
+def _fit_tile_group(group: list, options: tuple, threads: int | None) -> list:
+    """``(fit, measurement)`` of each tile of ``group`` (their inputs), one after the other: what one
+    task of a tile executor runs. Module level: a Ray worker imports it."""
+    return [_fit_tile(tile_loaded, options, threads) for tile_loaded in group]
+
+
+def tile_groups(n_tiles: int, slots: int) -> list:
+    """Tile indices in ``min(n_tiles, slots)`` contiguous groups of near-equal size."""
+    count = max(1, min(int(slots), n_tiles))
+    edges = [round(i * n_tiles / count) for i in range(count + 1)]
+    return [list(range(edges[i], edges[i + 1])) for i in range(count)]
+
+
+def _fit_tiles_on(executor, tiles: list, per_tile: list, options: tuple, rep) -> list:
+    """``(fit, measurement)`` per tile, in tile order, from groups of tiles run by a tile executor."""
+    groups = tile_groups(len(tiles), executor.slots)
+    rep.stage(f"tile fits ({len(tiles)} tiles in {len(groups)} groups on {executor.description})")
+    results = executor.map(_fit_tile_group, [([per_tile[i] for i in g], options, executor.threads) for g in groups])
+    out = [None] * len(tiles)
+    for group, fitted in zip(groups, results):
+        for i, result in zip(group, fitted):
+            out[i] = result
+    return out
+
+
+def _fit_tiles(tiles: list, per_tile: list, options: tuple, rep, workers) -> list:
+    """``(fit, measurement)`` per tile, in tile order: here one after the other, in spawned
+    processes (:func:`tile_processes`), reporting each tile as it finishes, or by a tile executor
+    (:func:`measure_field`)."""
+    if workers is not None and not isinstance(workers, int):
+        return _fit_tiles_on(workers, tiles, per_tile, options, rep)
     count = tile_processes(workers, len(tiles), options[3])
     threads = None if workers == 1 else TILE_THREADS
     if count == 1:

@@ -490,3 +490,15 @@ def test_tile_fits_in_processes_equal_the_fits_in_this_process(inspected, monkey
         assert [(s.name, s.value, s.u) for s in a.station] == [(s.name, s.value, s.u) for s in b.station]
     assert [f.chi2 for f in here.fits] == [f.chi2 for f in spread.fits]
     assert here.station == spread.station
+
+
+def test_tile_groups_are_contiguous_and_cover_every_tile_once():
+    from metrology.pipeline_field import tile_groups
+
+    assert tile_groups(9, 2) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert tile_groups(2, 16) == [[0], [1]]
+    assert tile_groups(5, 1) == [[0, 1, 2, 3, 4]]
+    for n, slots in ((64, 6), (9, 4), (1, 3)):
+        groups = tile_groups(n, slots)
+        assert sum(groups, []) == list(range(n)) and len(groups) == min(n, slots)
+        assert max(map(len, groups)) - min(map(len, groups)) <= 1

@@ -211,3 +211,49 @@ def test_a_connection_the_head_fails_to_serve_is_tried_again_and_others_are_not(
     with pytest.raises(InputError, match=r"cannot start or reach Ray at ray://head:10001 \(ray client connection"):
         init_with_retries(init, 4, notes.append, "ray://head:10001")
     assert len(calls) == 1 and notes == []
+
+
+@pytest.fixture(scope="module")
+def field_capture(tmp_path_factory):
+    """A full-frame capture of the full-field bench, inspected on two of its tiles (the centre and
+    a corner: enough for the executors, not for the field model)."""
+    root = tmp_path_factory.mktemp("ray-field")
+    (root / "captures").mkdir()
+    assert main(["simulate", "--station", str(FIXTURES / "stations" / "bench-4x-fullfield.toml"), "--lens",
+                 str(FIXTURES / "lenses" / "field-4x.toml"), "--out", str(root / "sim"), "--misalignment", "random",
+                 "--seed", "3"]) == 0
+    shutil.move(root / "sim" / "capture.tif", root / "captures" / "FIELD-7.tif")
+    text = (root / "sim" / "station.toml").read_text(encoding="utf-8")
+    assert "[field]\n" in text and "tiles =" not in text
+    head, field = text.split("[field]\n", 1)
+    (root / "station.toml").write_text(head + "[field]\ntiles = [[1, 1], [0, 0]]\n" + field, encoding="utf-8")
+    return root
+
+
+def test_full_field_tile_groups_on_ray_equal_a_local_run(ray_head, field_capture, tmp_path, capsys, monkeypatch):
+    """In a Ray batch a full-field capture's tiles run as groups of Ray tasks (the head has 2 CPUs:
+    the 2 tiles in 2 groups); the result document equals that of a local batch, where the tiles are
+    fitted one after the other in the capture's process. The tile fits run as tasks of their own:
+    Ray names each task's output in the session's worker logs."""
+    spec = FIXTURES / "specs" / "plan-4x-010-field.toml"
+    common = ["--spec", str(spec), "--max-iterations", "8", "--station", str(field_capture / "station.toml")]
+    assert main(["inspect", str(field_capture / "captures"), *common, "--out", str(tmp_path / "local"),
+                 "--audit-db", str(tmp_path / "local.sqlite")]) in (0, 1, 3)
+    monkeypatch.setenv("RAY_ADDRESS", ray_head["gcs"])
+    assert main(["inspect", str(field_capture / "captures"), *common, "--out", str(tmp_path / "ray"),
+                 "--audit-db", str(tmp_path / "ray.sqlite"), "--executor", "ray"]) in (0, 1, 3)
+    printed = capsys.readouterr().out
+    assert "1 capture(s) on Ray (local)" in printed
+
+    def document(folder):
+        (path,) = folder.glob("*.json")
+        doc = json.loads(path.read_text())
+        doc.pop("timings_s"), doc.pop("created_utc"), doc.pop("audit_record", None), doc["report"].pop("id", None)
+        return doc
+
+    local, ray = document(tmp_path / "local"), document(tmp_path / "ray")
+    assert len(local["field"]["tiles"]) == 2
+    assert json.dumps(ray, sort_keys=True) == json.dumps(local, sort_keys=True)
+    logs = "".join(open(p, errors="replace").read() for p in
+                   glob.glob(os.path.join(ray_head["temp_dir"], "session_latest", "logs", "worker-*.err")))
+    assert ":task_name:_fit_tile_group" in logs  # the tiles' own tasks (Ray names each task's output)

@@ -9,7 +9,8 @@ order they finish, whatever happens to the workers:
   captures it had not started are resubmitted to a fresh pool, and each capture that was running
   when it broke is run again alone, so the one that kills its worker is named and the others
   finish;
-* ``ray`` / ``ray://HOST:PORT``: one Ray task per capture (:mod:`ray`, an optional extra:
+* ``ray`` / ``ray://HOST:PORT``: one Ray task per capture, and a full-field capture's tile groups
+  as further tasks (:mod:`metrology.batch.ray_tiles`) (:mod:`ray`, an optional extra:
   ``pip install 'lens-metrology[ray]'``). ``ray`` connects to ``$RAY_ADDRESS`` or to the cluster
   started on this machine by ``ray start``, else starts a Ray instance for this run; ``ray://``
   connects through the Ray Client (a connection the head fails to serve is tried again:
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from concurrent.futures.process import BrokenProcessPool
 
 from metrology.batch.run import failed
@@ -208,7 +210,7 @@ class RayExecutor:
             while waiting or in_flight:
                 while waiting and (self.jobs is None or len(in_flight) < self.jobs):
                     job = waiting.pop(0)
-                    in_flight[task.remote(job)] = job
+                    in_flight[task.remote(replace(job, tiles_on_ray=True))] = job
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 job = in_flight.pop(done[0])
                 try:

@@ -56,6 +56,7 @@ class Job:
     threads: int | None = None
     origin: str = ""
     error: str | None = None
+    tiles_on_ray: bool = False  # a full-field capture's tile groups as Ray tasks (set by the Ray executor)
 
     @property
     def name(self) -> str:

@@ -21,6 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 
+from metrology.batch.ray_tiles import RayTiles
 from metrology.errors import InputError
 from metrology.inspection import run_inspection
 from metrology.solver.device import fit_threads
@@ -108,7 +109,9 @@ def _inspect(job) -> JobOutcome:
         out = run_inspection(job.capture, job.station, job.spec, reference=job.reference, serial=job.serial,
                              operator=job.operator, out_dir=job.out_dir, audit_db=job.audit_db, mode=job.mode,
                              max_iterations=job.max_iterations, device=job.device,
-                             tile_jobs=1)  # the batch's processes own the cores: a capture's tiles run here
+                             # the batch's processes own the cores: a capture's tiles run here, or
+                             # on Ray as groups of tasks where the capture is a Ray task
+                             tile_jobs=RayTiles(job.threads) if job.tiles_on_ray else 1)
         outcome = outcome_from_document(job, out.document, out.pdf_path, out.json_path)
     except InputError as exc:
         outcome = failed(job, str(exc))
