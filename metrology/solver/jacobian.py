@@ -42,8 +42,7 @@ class Columns:
 
     def values(self, model) -> torch.Tensor:
         """The current value of every column in ``model`` (their raw units), shape (P,), detached."""
-        with torch.no_grad():
-            return torch.stack([model.parameter(p).detach().reshape(-1)[k] for p, k in zip(self.paths, self.flat_index)])
+        return torch.stack([model.parameter(p).detach().reshape(-1)[k] for p, k in zip(self.paths, self.flat_index)])
 
 
 def columns_for(model, specs) -> Columns:
