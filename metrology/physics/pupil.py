@@ -59,6 +59,13 @@ def source_edge(radius_px: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor, sid
     return disk_coverage(radius_px / s, ux / s, uy / s)
 
 
+def kz_minus_k(f2: torch.Tensor, wavelength_um: float) -> torch.Tensor:
+    """``k_z - k = sqrt(1/lambda^2 - f^2) - 1/lambda`` (cycles/um) at squared spatial frequency
+    ``f2``, in the form that keeps its digits near the axis (evanescent frequencies clamped)."""
+    inv_lambda = 1.0 / wavelength_um
+    return -f2 / (torch.sqrt((inv_lambda**2 - f2).clamp(min=1e-12)) + inv_lambda)
+
+
 class Pupil(nn.Module):
     """Lens pupil ``P(f) = A(f) exp(i 2 pi W(f))`` evaluated on a box of the frequency grid.
 
@@ -108,6 +115,21 @@ class Pupil(nn.Module):
         h = self.geometry.pupil_box_half
         return torch.arange(-h, h + 1, dtype=self.na.dtype, device=self.na.device)
 
+    def box_frequencies(self, shift_px: torch.Tensor) -> tuple:
+        """Spatial frequencies ``(fx, fy)`` (cycles/um) of the box cells relative to the pupil centre
+        shifted by ``shift_px`` (J, 2) grid pixels, each shape (J, B, B)."""
+        df = self.geometry.df
+        u = self.box_coordinates()
+        fx = (u[None, None, :] - shift_px[:, 0, None, None]) * df
+        fy = (u[None, :, None] - shift_px[:, 1, None, None]) * df
+        return fx, fy
+
+    def defocus_phase(self, shift_px: torch.Tensor, wavelength_scale: float = 1.0) -> torch.Tensor:
+        """The defocus propagator's phase per um of defocus, ``2 pi (k_z - k)``, on the box shifted by
+        ``shift_px``, shape (J, B, B), rad/um (what :meth:`parts` multiplies by ``defocus_um``)."""
+        fx, fy = self.box_frequencies(shift_px)
+        return 2 * math.pi * kz_minus_k(fx**2 + fy**2, self.geometry.wavelength_um * wavelength_scale)
+
     def phase_waves(self, shift_px: torch.Tensor, coeffs: torch.Tensor | None = None,
                     wavelength_scale: float = 1.0) -> torch.Tensor:
         """``W(g - shift)`` on the box, shape (J, B, B), waves.
@@ -155,9 +177,7 @@ class Pupil(nn.Module):
             ``A exp(i 2 pi (W + defocus))``; the pupil is ``edge * body``.
         """
         g = self.geometry
-        u = self.box_coordinates()
-        fx = (u[None, None, :] - shift_px[:, 0, None, None]) * g.df
-        fy = (u[None, :, None] - shift_px[:, 1, None, None]) * g.df
+        fx, fy = self.box_frequencies(shift_px)
         f2 = fx**2 + fy**2
         wavelength_um = g.wavelength_um * wavelength_scale
         radius_px = self.na / wavelength_um / g.df
@@ -178,9 +198,7 @@ class Pupil(nn.Module):
             side = source_px[:, None, None] if (kind == "source" and source_px is not None) else torch.ones_like(fx[:1])
             transmission = transmission * source_edge(rv, fx / g.df - cx, fy / g.df - cy, side)
         phase = 2 * math.pi * self.phase_waves(shift_px, wavelength_scale=wavelength_scale) / wavelength_scale
-        inv_lambda = 1.0 / wavelength_um
-        kz_minus_k = -f2 / (torch.sqrt((inv_lambda**2 - f2).clamp(min=1e-12)) + inv_lambda)
-        phase = phase + 2 * math.pi * defocus_um * kz_minus_k
+        phase = phase + 2 * math.pi * defocus_um * kz_minus_k(f2, wavelength_um)
         log_amp = self.phase_waves(shift_px, self.log_amplitude, wavelength_scale)
         return transmission, torch.polar(torch.exp(log_amp), phase)
 

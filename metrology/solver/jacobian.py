@@ -26,6 +26,11 @@ from metrology.solver.losses import _offset, _roots
 
 BRIGHTNESS = "illumination.brightness"
 ZERNIKE = "pupil.zernike_waves"
+DEFOCUS = "sample.defocus_um"
+PHASE_PATHS = (ZERNIKE, DEFOCUS, "sample.position_um")
+"""Parameters that move only the phase of the frames' box spectra: their tangents in closed form."""
+GAIN_PATHS = (BRIGHTNESS, "illumination.emission_exponent", "camera.counts_per_unit", "camera.background_counts")
+"""Parameters that move only the frames' gain or the background: forward mode through those alone."""
 TANGENT_CHUNK_ELEMENTS = 1 << 23
 """Pupil-box elements (tangents x frames x box pixels) per batched forward-mode pass of
 :func:`linearise`: 225 LEDs with a 105-pixel box take 3 tangents at once (memory)."""
@@ -186,6 +191,11 @@ def linearise(model, data, mask, noise, specs, pixel_points: int | None = None) 
     def parts_of(*vals):
         return functional_call(wrapper, {"model." + p: v for p, v in zip(paths, vals)}, ())
 
+    gains = _GainParts(model)
+
+    def gain_of(*vals):
+        return functional_call(gains, {"model." + p: v for p, v in zip(paths, vals)}, ())
+
     nodes = model.geometry.spectral_nodes()
     with torch.no_grad():
         p0 = parts_of(*primals)
@@ -198,10 +208,22 @@ def linearise(model, data, mask, noise, specs, pixel_points: int | None = None) 
             # one parameter's tangents at a time: the others stay primal, so the branches of the
             # model that do not depend on it (e.g. the pupil edge for a Zernike column) carry no tangent
             rows = [t for t in range(n_tangents) if bool(tans[pi][t].any())]
-            if paths[pi] == ZERNIKE:  # a phase term: its parts' tangent in closed form, no forward-mode pass
-                along = _zernike_parts_tangent(model, nodes, p0)
+            if paths[pi] in PHASE_PATHS:  # a phase term: its parts' tangent in closed form, no forward-mode pass
+                along = _phase_parts_tangent(model, nodes, p0, paths[pi])
                 for row in rows:
                     t_all[row] = camera.tangent(along(tans[pi][row]))
+                continue
+            if paths[pi] in GAIN_PATHS:  # forward mode through the gain and background alone
+                still = tuple(torch.zeros_like(x) for x in p0[:-2])
+                for start in range(0, len(rows), chunk):
+                    sel = rows[start : start + chunk]
+
+                    def gain_along(value, pi=pi):
+                        return gain_of(*(value if i == pi else v for i, v in enumerate(primals)))
+
+                    dg = vmap(lambda t, pi=pi: jvp(gain_along, (primals[pi],), (t,))[1])(tans[pi][sel])
+                    for k, row in enumerate(sel):
+                        t_all[row] = camera.tangent(still + (dg[0][k], dg[1][k]))
                 continue
             for start in range(0, len(rows), chunk):
                 sel = rows[start : start + chunk]
@@ -215,26 +237,59 @@ def linearise(model, data, mask, noise, specs, pixel_points: int | None = None) 
     return Linearisation(t_all, camera.residual, mask, cols, plain, bright)
 
 
-def _zernike_parts_tangent(model, nodes, parts):
-    """The tangent of :class:`_FrameParts` along a direction ``v`` (K,) of ``pupil.zernike_waves``,
-    in closed form: the aberration is a phase, ``spectrum_s = edge body crop factor`` with
-    ``body ∝ exp(i 2 pi W_s / s)`` and ``W_s`` linear in the coefficients, so per spectral node ``s``
-    ``dspectrum_s = i (2 pi / s) W_s(v) spectrum_s`` (``W_s(v)``: :meth:`Pupil.phase_waves` with the
-    coefficients ``v`` at the node's sub-pixel remainders and radius), and the uniform terms, the
-    gain and the background do not move (a phase leaves ``|body|^2`` alone). Equals the forward-mode
-    pass (``tests/test_polish.py``) at a fraction of its cost (32 of the 45 columns of a known fit).
+def _phase_parts_tangent(model, nodes, parts, path: str):
+    """The tangent of :class:`_FrameParts` along a direction ``v`` of a phase parameter (one of
+    :data:`PHASE_PATHS`), in closed form. Such a parameter moves only the phase of each node's box
+    spectrum: ``spectrum_s = edge body crop factor`` with the phase ``phi_s`` linear in it, so
+    ``dspectrum_s = i dphi_s(v) spectrum_s``, and the uniform terms, the gain and the background do
+    not move (a phase leaves ``|body|^2`` alone). Per spectral node ``s = lambda / lambda_0``:
 
-    Returns a function ``v -> parts tangent`` (the :class:`_FrameParts` tuple layout)."""
+    * ``pupil.zernike_waves``: ``dphi_s = (2 pi / s) W_s(v)`` (:meth:`Pupil.phase_waves` with the
+      coefficients ``v`` at the node's sub-pixel remainders and radius);
+    * ``sample.defocus_um``: ``dphi_s = v 2 pi (k_z - k)`` (:meth:`Pupil.defocus_phase`);
+    * ``sample.position_um``: ``dphi = -2 pi (f_x v_x + f_y v_y)`` on the box (the ramp of
+      :meth:`StationModel.box_factor`), the same for every node.
+
+    Equal to the forward-mode pass (``tests/test_polish.py``) at a fraction of its cost (35 of the 45
+    columns of a known fit). Returns a function ``v -> parts tangent`` (the :class:`_FrameParts`
+    tuple layout)."""
     k = len(nodes)
     specs, rest = parts[:k], parts[k:]
     remainders = [model.spectrum_window(None, scale)[3] for scale, _ in nodes]
     zeros = tuple(torch.zeros_like(x) for x in rest)
+    pupil = model.pupil
+    if path == ZERNIKE:
+        def phase(v, scale, rem):
+            return (2 * math.pi / scale) * pupil.phase_waves(rem, coeffs=v, wavelength_scale=scale)
+    elif path == DEFOCUS:
+        grids = {scale: pupil.defocus_phase(rem, scale) for (scale, _), rem in zip(nodes, remainders)}
+
+        def phase(v, scale, rem):
+            return v * grids[scale]
+    else:
+        uf = pupil.box_coordinates() * model.geometry.df
+
+        def phase(v, scale, rem):
+            return -2 * math.pi * (uf[None, :] * v[0] + uf[:, None] * v[1])
 
     def along(v):
-        return tuple((2j * math.pi / scale) * model.pupil.phase_waves(rem, coeffs=v, wavelength_scale=scale) * spec
+        return tuple(1j * phase(v, scale, rem) * spec
                      for (scale, _), rem, spec in zip(nodes, remainders, specs)) + zeros
 
     return along
+
+
+class _GainParts(nn.Module):
+    """The per-frame gain (camera scale included) and the background of :class:`_FrameParts` alone:
+    what the parameters of :data:`GAIN_PATHS` move."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self):
+        m = self.model
+        return m.camera.counts_per_unit * m.frame_gain(), m.camera.background_counts
 
 
 class _CameraPart:
