@@ -98,7 +98,10 @@ def test_an_offmodel_polish_converges_with_fewer_jacobian_rebuilds(offmodel, mon
     # before issue 18's polish: 13 rebuilds in the polish, "not converged: iteration budget spent
     # with a 9.2 sigma step left", Noll 5-15 error 0.0110 waves, LED shift error 56 um
     assert result["converged"], result["message"]
-    assert len(calls) <= 10
+    # the count moves with float32 rounding (the machine's FFT and BLAS, the order of the Jacobian's
+    # sums): 9 to 11 on one 2-core Intel Xeon across equivalent codes (2026-12-02), 10 on the AMD
+    # EPYC of the change; always below the old polish's 13
+    assert len(calls) <= 11
     assert result["error_5_15"] < 0.0105
 
 

@@ -214,27 +214,27 @@ def linearise(model, data, mask, noise, specs, pixel_points: int | None = None) 
                     t_all[row] = camera.tangent(along(tans[pi][row]))
                 continue
             if paths[pi] in GAIN_PATHS:  # forward mode through the gain and background alone
-                still = tuple(torch.zeros_like(x) for x in p0[:-2])
-                for start in range(0, len(rows), chunk):
-                    sel = rows[start : start + chunk]
-
-                    def gain_along(value, pi=pi):
-                        return gain_of(*(value if i == pi else v for i, v in enumerate(primals)))
-
-                    dg = vmap(lambda t, pi=pi: jvp(gain_along, (primals[pi],), (t,))[1])(tans[pi][sel])
-                    for k, row in enumerate(sel):
-                        t_all[row] = camera.tangent(still + (dg[0][k], dg[1][k]))
-                continue
-            for start in range(0, len(rows), chunk):
-                sel = rows[start : start + chunk]
-
-                def parts_along(value, pi=pi):
-                    return parts_of(*(value if i == pi else v for i, v in enumerate(primals)))
-
-                dp = vmap(lambda t, pi=pi: jvp(parts_along, (primals[pi],), (t,))[1])(tans[pi][sel])
-                for k, row in enumerate(sel):
-                    t_all[row] = camera.tangent([d[k] for d in dp])
+                still = [torch.zeros_like(x) for x in p0[:-2]]
+                _by_forward_mode(camera, gain_of, primals, pi, tans[pi], rows, chunk, t_all, still)
+            else:
+                _by_forward_mode(camera, parts_of, primals, pi, tans[pi], rows, chunk, t_all)
     return Linearisation(t_all, camera.residual, mask, cols, plain, bright)
+
+
+def _by_forward_mode(camera, parts_of, primals, pi, tangents, rows, chunk, t_all, prefix=()) -> None:
+    """Residual tangents ``t_all[rows]`` along the rows of ``tangents`` of parameter ``pi``: forward
+    mode (``jvp``, ``chunk`` tangents per ``vmap`` pass) through ``parts_of`` with the other
+    parameters primal, then the camera part in closed form. ``prefix``: the tangents of the parts
+    that ``parts_of`` leaves out (zeros), put before its own."""
+    for start in range(0, len(rows), chunk):
+        sel = rows[start : start + chunk]
+
+        def along(value):
+            return parts_of(*(value if i == pi else v for i, v in enumerate(primals)))
+
+        dp = vmap(lambda t: jvp(along, (primals[pi],), (t,))[1])(tangents[sel])
+        for k, row in enumerate(sel):
+            t_all[row] = camera.tangent(list(prefix) + [d[k] for d in dp])
 
 
 def _phase_parts_tangent(model, nodes, parts, path: str):
