@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 
 from metrology.batch.run import failed
 from metrology.errors import InputError
