@@ -60,13 +60,19 @@ class JobOutcome:
         return EXIT_CODES[self.status]
 
 
+def _waves(x: float) -> str:
+    """A figure in waves for a line or a table: 4 decimals, or 2 significant figures from 1e4 on
+    (the U of a fit that did not determine the figure, e.g. 5.6e+133)."""
+    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.2g}"
+
+
 def verdict_line(document: dict, pdf_path) -> str:
     """``PASS <serial>: RMS v +/- U waves (k=2) [(first reason)] -> <pdf>``: the CLI's verdict line."""
     rms = document["figures_of_merit"]["rms_waves"]
     v = document["verdict"]
     why = "" if v["overall"] == "PASS" else f" ({v['reasons'][0]})" if v["reasons"] else ""
     figure = ("RMS not measured" if rms["value"] is None  # a fit that measured nothing (docs/spec.md)
-              else f"RMS {rms['value']:.4f} +/- {rms['U'] or 0.0:.4f} waves (k=2)")
+              else f"RMS {rms['value']:.4f} +/- {_waves(rms['U'] or 0.0)} waves (k=2)")
     return f"{v['overall']} {document['lens']['serial']}: {figure}{why} -> {pdf_path}"
 
 
@@ -142,7 +148,7 @@ def summary_table(outcomes) -> str:
     """The batch summary: one row per capture in input order, then the counts and the exit code."""
     rows = [["#", "capture", "station", "serial", "verdict", "RMS waves (U, k=2)", "result / problem"]]
     for o in sorted(outcomes, key=lambda o: o.index):
-        rms = f"{o.rms_waves[0]:.4f} ({o.rms_waves[1]:.4f})" if o.rms_waves else "-"
+        rms = f"{_waves(o.rms_waves[0])} ({_waves(o.rms_waves[1])})" if o.rms_waves else "-"
         verdict = o.status + (" (earlier)" if o.skipped else "")
         where = o.pdf_path if o.status != "ERROR" else o.message
         rows.append([o.index + 1, os.path.basename(o.capture), o.station_id or "-", o.serial or "-", verdict, rms,

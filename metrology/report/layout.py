@@ -25,6 +25,10 @@ NOPAD = [("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 
 """Table style of a layout table (no padding, top-aligned)."""
 
 
+HUGE_U = 1e4
+"""From this expanded uncertainty on, ``value ± U`` is written with significant figures only."""
+
+
 def format_value_u(value: float, U: float, digits: int = 2) -> str:
     """Format ``value ± U`` with ``U`` to ``digits`` significant figures and ``value`` to match.
 
@@ -39,12 +43,15 @@ def format_value_u(value: float, U: float, digits: int = 2) -> str:
     -------
     str
         E.g. ``"0.0351 ± 0.0031"``; ``"1.25"`` when ``U`` is 0 or unknown; ``"n/a"`` when ``value``
-        is (a result document's ``null``).
+        is (a result document's ``null``); ``"0.7117 ± 5.6e+133"`` when ``U`` is at least
+        :data:`HUGE_U` (a fit that did not determine the figure: its digits would fill the cell).
     """
     if value is None or not math.isfinite(value):
         return "n/a"
     if not U or not math.isfinite(U):
         return f"{value:.4g}"
+    if abs(U) >= HUGE_U:
+        return f"{value:.4g} ± {U:.{digits}g}"
     decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(U)))))
     return f"{value:.{decimals}f} ± {U:.{decimals}f}"
 
