@@ -68,3 +68,20 @@ def test_an_unbounded_u_is_written_in_significant_figures():
     assert line.startswith("INCONCLUSIVE L-1: RMS 0.7117 +/- 5.6e+133 waves (k=2)") and len(line) < 120, line
     row = JobOutcome(0, "c.tif", "INCONCLUSIVE", line, rms_waves=(0.71171, 5.56e133), pdf_path="r.pdf")
     assert "0.7117 (5.6e+133)" in summary_table([row])
+
+
+def test_a_figure_the_data_did_not_determine_says_so():
+    """ISO 14253-1 leaves it INCONCLUSIVE either way; the reason names the cause: a U of 5.6e+133
+    waves is no straddle but a figure the data did not determine."""
+    from metrology.analysis.propagation import Quantity
+    from metrology.analysis.verdict import INCONCLUSIVE, UNDETERMINED, limit_row
+
+    row = limit_row("RMS wavefront error", "limits.rms_waves_max", "max", 0.07, "waves", Quantity(0.7117, 2.8e133, 5.6e133))
+    assert row.verdict == INCONCLUSIVE
+    assert row.reason == "not determined by the data: 0.7117 +/- 5.6e+133 against the limit 0.07"
+    near = limit_row("RMS", "k", "max", 0.07, "waves", Quantity(0.068, 0.002, 0.004))
+    assert near.reason == "0.068 +/- 0.004 straddles the limit 0.07"
+    wide = limit_row("RMS", "k", "max", 0.07, "waves", Quantity(0.05, 1.0, 0.99 * UNDETERMINED * 0.07))
+    assert "straddles" in wide.reason
+    nan = limit_row("RMS", "k", "max", 0.07, "waves", Quantity(0.05, float("nan"), float("nan")))
+    assert nan.verdict == INCONCLUSIVE and nan.reason.startswith("not determined by the data")

@@ -232,6 +232,12 @@ def _calibration_findings(station_status: dict, spec_requires: bool, blocking: l
 # ----------------------------------------------------------------------------- judge
 
 
+UNDETERMINED = 100.0
+"""An expanded uncertainty above this many times the limit (or the value) says the data did not
+determine the figure (e.g. a blind fit of 3 x 3 LEDs: U = 5.6e+133 waves): the reason says so
+rather than that it straddles the limit."""
+
+
 def limit_row(name, key, kind, limit, unit, q, scale=1.0) -> LimitResult:
     """One judged limit from the quantity ``q`` (value, u, U; times ``scale``) with its reason."""
     value, u, U = q.value * scale, q.u * scale, q.U * scale
@@ -243,6 +249,8 @@ def limit_row(name, key, kind, limit, unit, q, scale=1.0) -> LimitResult:
         reason = f"does not conform: {value:.4g} violates {op} {limit:g} by more than U = {U:.2g}"
     elif not math.isfinite(value):
         reason = "value not available"
+    elif not U <= UNDETERMINED * max(abs(limit), abs(value)):
+        reason = f"not determined by the data: {value:.4g} +/- {U:.2g} against the limit {limit:g}"
     else:
         reason = f"{value:.4g} +/- {U:.2g} straddles the limit {limit:g}"
     return LimitResult(name, kind, float(limit), unit, float(value), float(u), float(U), dec, reason, key)
