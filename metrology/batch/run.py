@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from metrology.batch.ray_tiles import RayTiles
 from metrology.errors import InputError
 from metrology.inspection import run_inspection
+from metrology.report.layout import HUGE_U
 from metrology.solver.device import fit_threads
 from metrology.tables import format_table
 
@@ -61,9 +62,10 @@ class JobOutcome:
 
 
 def _waves(x: float) -> str:
-    """A figure in waves for a line or a table: 4 decimals, or 2 significant figures from 1e4 on
-    (the U of a fit that did not determine the figure, e.g. 5.6e+133)."""
-    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.2g}"
+    """A figure in waves for a line or a table: 4 decimals, or 2 significant figures from
+    :data:`~metrology.report.layout.HUGE_U` on, as the report writes it (the U of a fit that did not
+    determine the figure, e.g. 5.6e+133)."""
+    return f"{x:.4f}" if abs(x) < HUGE_U else f"{x:.2g}"
 
 
 def verdict_line(document: dict, pdf_path) -> str:

@@ -411,6 +411,16 @@ def block_index(n: int, blocks: int) -> list:
     return out
 
 
+def _lit(frames: list, col_of_led: dict, dev):
+    """The frames of a chunk whose LED has a brightness column: their positions in ``frames`` and
+    their columns, as index tensors ``(ks, columns)``; None when there is none."""
+    lit = [(k, col_of_led[j]) for k, j in enumerate(frames) if j in col_of_led]
+    if not lit:
+        return None
+    return (torch.as_tensor([k for k, _ in lit], dtype=torch.long, device=dev),
+            torch.as_tensor([c for _, c in lit], dtype=torch.long, device=dev))
+
+
 def _per_block(t_all, r, cols, plain, bright, blocks: int) -> list:
     """Per image region ``(J_b^T J_b, J_b^T r_b)`` (see :func:`normal_equations`)."""
     n = r.shape[-1]
@@ -465,12 +475,11 @@ def spectral_meat(t_all, r, mask, cols, plain, bright, smooth_px: int = MEAT_SMO
         fp = torch.view_as_real(torch.fft.rfft2(t_all[:n_plain, frames].double()) * w).reshape(n_plain, len(frames), -1)
         flat = fp.reshape(n_plain, -1)
         meat[pi[:, None], pi[None, :]] += flat @ flat.T
-        lit = [(k, col_of_led[j]) for k, j in enumerate(frames) if j in col_of_led]
-        if bright and lit:
-            ks = torch.as_tensor([k for k, _ in lit], dtype=torch.long, device=dev)
-            ci = torch.as_tensor([c for _, c in lit], dtype=torch.long, device=dev)
-            fb = torch.view_as_real(torch.fft.rfft2(t_all[n_plain, [frames[k] for k, _ in lit]].double()) * w[ks])
-            fb = fb.reshape(len(lit), -1)
+        lit = _lit(frames, col_of_led, dev)
+        if lit is not None:
+            ks, ci = lit
+            fb = torch.view_as_real(torch.fft.rfft2(t_all[n_plain, [frames[k] for k in ks.tolist()]].double()) * w[ks])
+            fb = fb.reshape(len(ks), -1)
             meat[ci, ci] += (fb**2).sum(dim=1)
             cross = torch.einsum("pjk,jk->pj", fp[:, ks], fb)
             meat[pi[:, None], ci[None, :]] += cross
@@ -508,10 +517,9 @@ def _assemble(t_all, r, cols, plain, bright, frames):
         tp = chunk[:n_plain].reshape(n_plain, -1)
         plain_jtj += tp @ tp.T
         plain_jtr += tp @ rc.reshape(-1)
-        lit = [(k, col_of_led[j]) for k, j in enumerate(idx) if j in col_of_led]
-        if bright and lit:
-            ks = torch.as_tensor([k for k, _ in lit], dtype=torch.long, device=dev)
-            bi = torch.as_tensor([c for _, c in lit], dtype=torch.long, device=dev)
+        lit = _lit(idx, col_of_led, dev)
+        if lit is not None:
+            ks, bi = lit
             bcol = chunk[n_plain, ks]  # (L, pixels): each lit LED's column in its own frame
             jtj[bi, bi] = (bcol**2).sum(dim=1)
             cross = torch.einsum("pjx,jx->pj", chunk[:n_plain, ks], bcol)
