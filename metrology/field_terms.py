@@ -28,6 +28,16 @@ Written directly as Zernike coefficients with complex notation ``c_cos + i c_sin
 astigmatism ``L H`` (``c6 + i c5 += L (Hx + i Hy)``: the astigmatic node displaced from the axis,
 ``W222 (H - A)^2 = W222 (H^2 - 2 A H + A^2)`` in the vector product of the theory).
 
+Vignetting across the field
+---------------------------
+Off axis, a second aperture of the lens (a lens rim, a spacer) cuts the stop: the pupil is the
+intersection of the stop (radius 1, pupil radii) with a circle of radius ``r`` whose centre moves
+linearly with the field, ``c(H) = s H`` (pupil radii; ``s > 0``: towards ``+H``, pupil ``x`` along
+image columns as the field's). ``[r, s]`` is the station's ``field.vignetting`` (the fit's start)
+and the lens file's ``[field] vignetting`` (the simulator's truth); :func:`vignetting_at` gives one
+field point's ``(r, cx, cy)``, the form of ``lens.vignetting`` / ``pupil.vignetting_*``. Where the
+circle does not cut the stop (``r >= 1 + s |H|``) the pupil is the stop alone.
+
 The fitted basis
 ----------------
 :func:`field_basis` lists the columns of the field model over the lens Noll terms 5..K: every term
@@ -57,6 +67,25 @@ COMA_PER_W131 = 1.0 / (3.0 * math.sqrt(8.0))
 ASTIGMATISM_PER_W222 = 1.0 / (2.0 * math.sqrt(6.0))
 DEFOCUS_PER_RHO2 = 1.0 / (2.0 * math.sqrt(3.0))
 """Noll Z4 coefficient per wave of ``rho^2``."""
+
+
+VIGNETTING_MARGIN = 0.05
+"""A tile is modelled with the second aperture when its nominal circle comes within this many pupil
+radii of the stop's far edge (``r < 1 + s |H| + margin``): a start that does not yet cut the stop
+can still move onto it."""
+
+
+def vignetting_at(vignetting, h) -> tuple | None:
+    """The second aperture ``(r, cx, cy)`` (pupil radii) at field point ``h`` (2,) for the field
+    vignetting ``(r, s)`` (module docstring, "Vignetting across the field"), or ``None`` where it does not
+    reach the stop (within :data:`VIGNETTING_MARGIN`) or ``vignetting`` is ``None``."""
+    if vignetting is None:
+        return None
+    r, s = (float(v) for v in vignetting)
+    hx, hy = float(h[0]), float(h[1])
+    if r >= 1.0 + abs(s) * math.hypot(hx, hy) + VIGNETTING_MARGIN:
+        return None
+    return (r, s * hx, s * hy)
 
 
 def field_zernike(h, n_terms: int, seidel: dict | None = None, nodal: dict | None = None) -> np.ndarray:

@@ -129,6 +129,9 @@ class Measurement:
         See the classes above.
     arrays : dict
         Optional arrays for reports (sample transmission, frames, residual maps, LED data).
+    vignetting : list of StationEstimate
+        The fitted second aperture (``pupil.vignetting_radius``, ``pupil.vignetting_center[0/1]``,
+        pupil radii) where the station models one; empty otherwise.
     """
 
     wavelength_nm: float
@@ -144,6 +147,7 @@ class Measurement:
     arrays: dict = field(default_factory=dict)
     budget: list = field(default_factory=list)  # BudgetSource per station constant with u > 0
     parts: UncertaintyParts | None = None
+    vignetting: list = field(default_factory=list)
 
     @property
     def zernike_u(self) -> np.ndarray:

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from metrology.analysis.field import TileData, fit_distortion, fit_field_curvature, fit_field_model
+from metrology.analysis.field import (
+    TileData, fit_distortion, fit_field_curvature, fit_field_model, fit_field_vignetting,
+)
 from metrology.errors import InputError
 from metrology.io.capture import Capture
 from metrology.io.field_layout import tile_reference
@@ -48,7 +50,8 @@ class FieldMeasurement:
     :class:`~metrology.pipeline.LoadedInputs` per tile), ``fits`` and ``measurements`` per tile;
     ``central``: index of the tile nearest the axis (its measurement drives the single-tile report
     and verdict); ``model`` (:class:`~metrology.analysis.field.FieldModel` or None),
-    ``distortion`` (dict or None), ``curvature`` (LinearFit or None), ``notes`` (why a part is
+    ``distortion`` (dict or None), ``curvature`` (LinearFit or None), ``vignetting`` (LinearFit of
+    the second aperture across the field, or None where no tile models one), ``notes`` (why a part is
     missing), ``station`` (combined station estimates: name -> dict).
     """
 
@@ -60,6 +63,7 @@ class FieldMeasurement:
     model: object = None
     distortion: dict | None = None
     curvature: object = None
+    vignetting: object = None
     station: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -81,7 +85,7 @@ def tile_inputs(loaded: LoadedInputs) -> list:
                            lens_serial=cap.lens_serial, lens_model=cap.lens_model,
                            reference_sample=cap.reference_sample, wavelength_nm=cap.wavelength_nm,
                            created_utc=cap.created_utc, extra=dict(cap.extra), sha256=cap.sha256)
-        geometry = replace(loaded.geometry, tile_center_mm=tuple(tile.center_mm))
+        geometry = replace(loaded.geometry, tile_center_mm=tuple(tile.center_mm), vignetting=tile_st.vignetting)
         ref = None if loaded.reference is None else tile_reference(loaded.reference, tile, layout.tile_px)
         out.append(replace(loaded, capture=tile_cap, station=tile_st, geometry=geometry, reference=ref))
     return out
@@ -102,6 +106,8 @@ def tile_data(name: str, h, measurement) -> TileData:
         position_u=np.array([p.u if p else math.nan for p in pos]),
         defocus_um=dz.value if dz else math.nan, defocus_u=dz.u if dz else math.nan,
         budget=budget, budget_names=tuple(b.name for b in measurement.budget) if budget is not None else (),
+        vignetting=np.array([v.value for v in measurement.vignetting]) if len(measurement.vignetting) == 3 else None,
+        vignetting_u=np.array([v.u for v in measurement.vignetting]) if len(measurement.vignetting) == 3 else None,
     )
 
 
@@ -252,6 +258,11 @@ def _fit_parts(result: FieldMeasurement, data: list, loaded: LoadedInputs, mode:
         result.curvature = fit_field_curvature(data)
     except ValueError as exc:
         result.notes.append(f"field curvature: {exc}")
+    if any(d.vignetting is not None for d in data):
+        try:
+            result.vignetting = fit_field_vignetting(data)
+        except ValueError as exc:
+            result.notes.append(f"vignetting: {exc}")
     if mode == "blind":
         result.notes.append("distortion: needs the reference sample's known layout (known or prior mode)")
         return

@@ -150,10 +150,14 @@ class HardPupil:
         > 0: each sample carries the hard disk's area fraction over its frequency cell of this
         side (8 x 8 sub-samples), i.e. the pupil integrated over the cell: the discretisation of
         a continuous (non-periodic) object spectrum. 0: point samples of the hard disk.
+    vignetting : (float, float, float), optional
+        A second aperture ``(r, cx, cy)`` in pupil radii (radius, centre): the pupil is also 0
+        outside it (a hard edge; :func:`metrology.field_terms.vignetting_at`).
     """
 
     def __init__(self, na, wavelength_um, zernike_waves, log_amplitude=None, defocus_um=0.0, edge_width_cpum=0.0,
-                 cell_cpum=0.0):
+                 cell_cpum=0.0, vignetting=None):
+        self.vignetting = None if vignetting is None else tuple(float(v) for v in vignetting)
         self.cutoff = na / wavelength_um
         self.wavelength_um = wavelength_um
         self.defocus_um = float(defocus_um)
@@ -192,6 +196,9 @@ class HardPupil:
         else:
             inside = f2 <= self.cutoff**2
             edge = inside.astype(np.float64)
+        if self.vignetting is not None:
+            r, cx, cy = self.vignetting
+            inside = inside & ((fx / self.cutoff - cx) ** 2 + (fy / self.cutoff - cy) ** 2 <= r * r)
         out = np.zeros(fx.shape, dtype=np.complex128)
         if not inside.any():
             return out
@@ -302,7 +309,7 @@ def _emitter_offsets(size_mm: float, subsources: int) -> list:
 
 def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zernike_waves,
                        *, lens_na=None, log_amplitude=None, led_subsources: int = 9, progress=None,
-                       edge_width_cpum: float = 0.0, pupil_edge: str = "hard") -> np.ndarray:
+                       edge_width_cpum: float = 0.0, pupil_edge: str = "hard", vignetting=None) -> np.ndarray:
     """Noise-free intensity at the camera pixels for each LED (brightness not applied).
 
     Parameters
@@ -329,6 +336,8 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
         "hard" (default): point samples of the hard disk, exact for the periodic sample (its
         spectrum is the lattice); "cell": the hard disk's area fraction over each frequency cell
         (the model's edge before the source-smeared edge; kept for comparison).
+    vignetting : (float, float, float), optional
+        The lens's second aperture ``(r, cx, cy)`` at this field point (:class:`HardPupil`).
 
     Returns
     -------
@@ -340,7 +349,7 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
         raise ValueError("the fine grid must be a multiple of the frame size")
     pupil = HardPupil(station.na if lens_na is None else lens_na, station.wavelength_nm * 1e-3,
                       zernike_waves, log_amplitude, truth["sample.defocus_um"], edge_width_cpum,
-                      cell_cpum=(1.0 / fov) if pupil_edge == "cell" else 0.0)
+                      cell_cpum=(1.0 / fov) if pupil_edge == "cell" else 0.0, vignetting=vignetting)
     spectrum = fine_spectrum(transmission, fov, truth["sample.position_um"])
     offsets = _emitter_offsets(station.led_size_mm, led_subsources)
     ks = [illumination_frequencies(station, led_positions_mm(station, leds, truth, o)) for o in offsets]

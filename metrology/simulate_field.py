@@ -9,7 +9,9 @@ the lens pupil at the block's field vector ``H`` (:meth:`metrology.io.lens_file.
 one station misalignment for the whole frame, and the part of the reference sample it sees
 (the catalogue sample repeats with one tile's field of view, :func:`metrology.io.field_layout.tile_reference`).
 The camera (shot and read noise, gain, background, quantisation, saturation) then records the
-whole frame at once. Within a block the pupil is constant: the simulator's field dependence is
+whole frame at once. The lens's second aperture (``[field] vignetting`` of the lens file) cuts each
+block's pupil at the block's ``H`` (:func:`metrology.field_terms.vignetting_at`, a hard edge).
+Within a block the pupil is constant: the simulator's field dependence is
 piecewise, the solver's tiles see exactly one block each when ``overlap_px = 0``.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from metrology.errors import InputError
+from metrology.field_terms import vignetting_at
 from metrology.io.capture import Capture
 from metrology.io.field_layout import tile_reference
 from metrology.references import CATALOGUE, reference_transmission
@@ -67,8 +70,9 @@ def simulate_full_frame(station, lens, truth: dict | None = None, *, seed: int =
     capture : Capture
         Frames ``(J, rows, cols)`` (``field.sensor_px``).
     truth : dict
-        The misalignment, the on-axis ``pupil.*`` and ``camera.*`` entries, and ``field.blocks``:
-        every block's ``origin_px``, ``center_mm``, ``h`` and true ``zernike_waves``.
+        The misalignment, the on-axis ``pupil.*`` and ``camera.*`` entries, ``field.vignetting`` (the
+        lens's ``(r, s)``) and ``field.blocks``: every block's ``origin_px``, ``center_mm``, ``h``, true
+        ``zernike_waves`` and second aperture ``vignetting`` (``(r, cx, cy)`` or None).
     """
     layout = station.field_layout
     if layout is None:
@@ -77,8 +81,7 @@ def simulate_full_frame(station, lens, truth: dict | None = None, *, seed: int =
         raise InputError(reference, f"unknown reference sample; known: {', '.join(CATALOGUE)}")
     leds = station.led_list() if leds is None else [tuple(map(int, rc)) for rc in leds]
     mis = check_misalignment(truth or {}, len(leds))
-    pixel_um = station.camera_pixel_um / station.magnification
-    blocks = layout.blocks(pixel_um, station.tile_center_mm)
+    blocks = layout.blocks(station.camera_pixel_um / station.magnification, station.tile_center_mm)
     z = field_truth_zernike(station, lens, blocks, per_field_noise_waves, per_field_noise_seed)
     log_amp = lens.apodisation_coefficients() if lens.apodisation else None
     tile = layout.tile_px
@@ -88,7 +91,8 @@ def simulate_full_frame(station, lens, truth: dict | None = None, *, seed: int =
     intensity = np.zeros((len(leds), rows, cols))
     for b, block in enumerate(blocks):
         part = simulate_intensity(station.tile_station(block), leds, mis, tile_reference(fine, block, tile), z[b],
-                                  lens_na=lens.na, log_amplitude=log_amp, led_subsources=led_subsources)
+                                  lens_na=lens.na, log_amplitude=log_amp, led_subsources=led_subsources,
+                                  vignetting=vignetting_at(lens.field_vignetting, block.h))
         r0, c0 = block.origin_px
         r1, c1 = max(r0, 0), max(c0, 0)
         intensity[:, r1 : r0 + tile, c1 : c0 + tile] = part[:, r1 - r0 : rows - r0, c1 - c0 : cols - c0]
@@ -108,8 +112,10 @@ def simulate_full_frame(station, lens, truth: dict | None = None, *, seed: int =
         "oversample": int(oversample), "led_subsources": int(led_subsources), "noise": bool(noise),
         "per_field_noise_waves": float(per_field_noise_waves), "per_field_noise_seed": int(per_field_noise_seed),
         "field.lens_terms": {k: (list(v) if isinstance(v, tuple) else v) for k, v in lens.field_terms.items()},
+        "field.vignetting": lens.field_vignetting and list(lens.field_vignetting),
         "field.blocks": [{"origin_px": list(bl.origin_px), "center_mm": list(bl.center_mm), "h": list(bl.h),
-                          "zernike_waves": z[b].tolist()} for b, bl in enumerate(blocks)],
+                          "zernike_waves": z[b].tolist(),
+                          "vignetting": vignetting_at(lens.field_vignetting, bl.h)} for b, bl in enumerate(blocks)],
     })
     capture = Capture(frames=frames, leds=leds, exposure_s=exposure, station_id=station.station_id,
                       lens_serial=lens.serial, lens_model=lens.model, reference_sample=reference,

@@ -14,7 +14,8 @@ import pytest
 from metrology.analysis import figures
 from metrology.analysis.field import TileData, fit_field_curvature, fit_field_model, w220_from_curvature
 from metrology.analysis.field_mtf import (FOCUS_BEST, FOCUS_IMAGE_PLANE, FieldMtf, defocus_noll4_per_um,
-                                          image_plane_focus, mtf_at_point, tangential_azimuth_deg)
+                                          image_plane_focus, mtf_at_point, mtf_vignetted_batch,
+                                          tangential_azimuth_deg)
 from metrology.analysis.propagation import delta_method, mtf_batch
 from metrology.analysis.spec import MtfLimit, Zone
 from metrology.analysis.verdict import FAIL, INCONCLUSIVE, PASS
@@ -107,6 +108,53 @@ def test_overlap_route_matches_the_fft_route_off_axis():
     # without keep_defocus the judged on-axis MTF still drops Noll 4 (old behaviour)
     assert mtf_batch(c[None], 0.3, (0.0,))[0] == pytest.approx(mtf_batch(_c(Z6=0.05, Z8=0.03, Z11=0.02)[None], 0.3,
                                                                           (0.0,))[0])
+
+
+def _fft_otf(c, aperture, nu, azimuth_deg, radius_px=100, n=512):
+    """|OTF| of the vignetted pupil by FFT autocorrelation on a fine grid (independent route): the
+    stop of ``radius_px`` cut by the circle ``aperture`` (pupil radii), phase Noll ``c`` (1-3 dropped),
+    at a whole-pixel shift ``2 nu radius_px`` along 0 or 90 deg."""
+    from metrology.analysis.wavefront import zernike_basis
+
+    a = (np.arange(n) - n // 2) / radius_px
+    x, y = np.meshgrid(a, a)
+    r, cx, cy = aperture
+    inside = (x**2 + y**2 <= 1) & ((x - cx) ** 2 + (y - cy) ** 2 <= r * r)
+    cc = np.array(c, dtype=float)
+    cc[:3] = 0
+    w = (zernike_basis(len(cc), x[inside], y[inside]) @ cc)
+    p = np.zeros((n, n), complex)
+    p[inside] = np.exp(2j * np.pi * w)
+    otf = np.fft.ifft2(np.abs(np.fft.fft2(p)) ** 2) / inside.sum()
+    shift = int(round(2 * nu * radius_px))
+    assert abs(shift - 2 * nu * radius_px) < 1e-9
+    return abs(otf[0, shift] if azimuth_deg == 0 else otf[shift, 0])
+
+
+@pytest.mark.parametrize("aperture", [(1.2, 0.5, 0.0), (1.0, -0.3, 0.4), (0.9, 0.0, 0.0)])
+def test_vignetted_mtf_matches_the_fft_autocorrelation_of_the_cut_pupil(aperture):
+    """The two-circle pupil's MTF (overlap area over the pupil's, times the mean phasor) against the
+    FFT autocorrelation of the same cut pupil on a fine grid, with and without aberrations."""
+    for c in (np.zeros(K), _c(Z4=0.03, Z6=0.05, Z8=0.03, Z11=0.02)):
+        for nu in (0.1, 0.25, 0.4, 0.6):
+            for az in (0.0, 90.0):
+                got = mtf_vignetted_batch(c[None], nu, az, aperture)[0]
+                assert got == pytest.approx(_fft_otf(c, aperture, nu, az), abs=0.01), (c, nu, az)
+    assert mtf_vignetted_batch(np.zeros((1, K)), 0.0, 0.0, aperture)[0] == 1.0
+
+
+def test_vignetting_cuts_the_tangential_mtf_and_is_the_stop_where_it_does_not_reach():
+    """A second aperture centred towards +x at a point on +x narrows the pupil along x: the tangential
+    MTF (along H) drops at high frequency, the sagittal much less; an aperture that does not reach
+    the stop gives the diffraction limit."""
+    h = (0.8, 0.0)
+    free = mtf_at_point(np.zeros(K), np.zeros((K, K)), h, FREQS, WL, NA, n_draws=20, aperture=(3.0, 0.1, 0.0))
+    for d in ("sagittal", "tangential"):
+        np.testing.assert_allclose([q.value for q in free[d]], [_closed_form(f / CUT) for f in FREQS], atol=0.005)
+    cut = mtf_at_point(np.zeros(K), np.zeros((K, K)), h, FREQS, WL, NA, n_draws=20, aperture=(1.1, 0.5, 0.0))
+    t = np.array([q.value for q in cut["tangential"]])
+    s = np.array([q.value for q in cut["sagittal"]])
+    assert t[-1] < s[-1] - 0.05 and t[-1] < _closed_form(FREQS[-1] / CUT) - 0.1, (t, s)
 
 
 def test_uncertainty_is_the_monte_carlo_of_the_covariance():
@@ -207,3 +255,30 @@ def test_mtf_vs_field_lists_tiles_axis_and_zone_grid():
     assert block["diffraction_limited"] == pytest.approx([_closed_form(60 / CUT), _closed_form(120 / CUT)])
     assert all(len(p["sagittal"]) == len(p["tangential"]) == 2 for p in pts)
     assert mtf_vs_field(field, spec, None) is None
+
+
+def test_the_zone_verdict_judges_the_mtf_through_the_fitted_second_aperture():
+    """A field measurement with a fitted second aperture (``field.vignetting``): the zone verdict and
+    the MTF across the field go through the cut pupil at each point (not the plain stop)."""
+    from metrology.analysis.field import fit_field_vignetting
+    from metrology.analysis.zones import field_mtf
+
+    field = _field()
+    vig = [TileData(f"v{i}", h, np.zeros(K), np.eye(K), np.zeros(2), np.ones(2), 0.0, 0.01,
+                    vignetting=np.array([1.1, 0.6 * h[0], 0.6 * h[1]]), vignetting_u=np.full(3, 0.01))
+           for i, h in enumerate(GRID) if h != (0.0, 0.0)]
+    cut = SimpleNamespace(**{**vars(field), "vignetting": fit_field_vignetting(vig)})
+    assert cut.vignetting.value("radius")[0] == pytest.approx(1.1) and cut.vignetting.value("shift_per_h")[0] == \
+        pytest.approx(0.6)
+    spec = SimpleNamespace(zones=[_zone(0.3, 1.0)], mtf_frequencies=lambda: (250.0,))
+    h = (0.7, 0.0)
+    plain, through = field_mtf(field, spec, WL, NA, 50).at(h), field_mtf(cut, spec, WL, NA, 50).at(h)
+    c, cov = field.model.lens_at(np.array([h]))
+    c4, _ = image_plane_focus(field.curvature, np.array([h]), NA, WL)
+    c[0, 3] = c4[0]
+    expected = mtf_vignetted_batch(c, 250.0 / CUT, 0.0, (1.1, 0.42, 0.0))[0]
+    assert through["tangential"][0].value == pytest.approx(expected, abs=0.01)
+    assert through["tangential"][0].value < plain["tangential"][0].value - 0.05
+    _, plain_zone = judge_zone(_zone(0.3), field, WL, NA, n_draws=50)
+    _, cut_zone = judge_zone(_zone(0.3), cut, WL, NA, n_draws=50)
+    assert cut_zone["figures"][0]["value"] < plain_zone["figures"][0]["value"]

@@ -17,6 +17,8 @@ found (lateral position, defocus). Nothing here imports the physics or the solve
   common offset, magnification error, image rotation and third-order distortion (% vs field).
 * :func:`fit_field_curvature`: the tiles' sample defocus against ``H``: common focus, image-plane
   tilt and field curvature (um at the edge of the field).
+* :func:`fit_field_vignetting`: the tiles' fitted second aperture against ``H``: its radius and the
+  shift of its centre per unit ``H`` (:mod:`metrology.field_terms`, "Vignetting across the field").
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class TileData:
     ``zernike_waves`` (K,) and ``zernike_cov`` (K, K) the fit's own part (independent between
     tiles); ``budget`` (S, K): each station constant's contribution ``sensitivity x u`` (waves,
     signed; shared by all tiles, in the order of ``budget_names``); ``position_um`` (2,) with
-    ``position_u`` (2,), ``defocus_um`` with ``defocus_u``.
+    ``position_u`` (2,), ``defocus_um`` with ``defocus_u``; ``vignetting`` (3,) the fitted second
+    aperture ``(r, cx, cy)`` (pupil radii) with ``vignetting_u`` (3,), None where not modelled.
     """
 
     name: str
@@ -50,6 +53,8 @@ class TileData:
     defocus_u: float
     budget: np.ndarray | None = None
     budget_names: tuple = ()
+    vignetting: np.ndarray | None = None
+    vignetting_u: np.ndarray | None = None
 
 
 @dataclass
@@ -289,3 +294,26 @@ def w220_from_curvature(curvature: tuple, w222: tuple | None, na: float, wavelen
     c, uc = curvature
     w, uw = (0.0, 0.0) if w222 is None else w222
     return -c * per_um - w / 2.0, math.hypot(uc * per_um, uw / 2.0)
+
+
+def fit_field_vignetting(tiles: list) -> LinearFit:
+    """The tiles' second aperture against ``H``: radius ``r`` and centre ``s H`` (pupil radii; the
+    form of ``field.vignetting``, :mod:`metrology.field_terms`), weighted by each tile's ``u`` and
+    Birge-scaled when the tiles disagree. Only tiles that model the aperture (``vignetting`` set)
+    take part.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two such tiles, or none off the axis.
+    """
+    used = [t for t in tiles if t.vignetting is not None and np.all(np.isfinite(t.vignetting))]
+    if len(used) < 2 or max(math.hypot(*t.h) for t in used) < 1e-9:
+        raise ValueError("fewer than two tiles model the second aperture (field.vignetting), "
+                         "or none is off the axis")
+    rows, y, u = [], [], []
+    for t in used:
+        rows += [(1.0, 0.0), (0.0, float(t.h[0])), (0.0, float(t.h[1]))]
+        y += [float(v) for v in t.vignetting]
+        u += [max(float(v), 1e-9) for v in t.vignetting_u]
+    return gls(np.array(rows), np.array(y), np.diag(np.square(u)), ["radius", "shift_per_h"])

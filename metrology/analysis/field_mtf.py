@@ -4,11 +4,14 @@ Zernike coefficients there (``docs/full-field.md``, "MTF across the field").
 * **Directions** (:data:`metrology.conventions.MTF_DIRECTIONS_TEXT`): the tangential MTF has its
   spatial-frequency vector along ``H`` (radial in the field), the sagittal MTF perpendicular to it;
   on the axis the tangential direction is ``+x``.
-* **Pupil**: uniform amplitude on the station's NA (off-axis vignetting is not in it), phase the
-  field model's Noll ``5..K`` at ``H`` plus the focus term below; the incoherent OTF is the pupil's
-  normalised autocorrelation, evaluated on the overlap of the pupil and its shifted copy
-  (:func:`metrology.analysis.propagation.mtf_batch`); the diffraction limit
-  (:func:`metrology.analysis.figures.mtf_diffraction_limited`) is reported beside it.
+* **Pupil**: uniform amplitude on the station's NA, phase the field model's Noll ``5..K`` at ``H``
+  plus the focus term below; the incoherent OTF is the pupil's normalised autocorrelation,
+  evaluated on the overlap of the pupil and its shifted copy
+  (:func:`metrology.analysis.propagation.mtf_batch`); the diffraction limit of the unvignetted
+  stop (:func:`metrology.analysis.figures.mtf_diffraction_limited`) is reported beside it. Where the
+  field fit found a second aperture (``field.vignetting``, :func:`metrology.analysis.field.fit_field_vignetting`)
+  the pupil at ``H`` is the stop intersected with it (:func:`mtf_vignetted_batch`): the MTF a bench
+  measures there, normalised to 1 at zero frequency.
 * **Focus**: the image plane through the axis's best focus, as on an MTF bench at one focus
   setting. A tile's fitted sample defocus is its own best (medial) focus; the field-curvature fit
   ``z(H) = z0 + t.H + c |H|^2`` (:func:`metrology.analysis.field.fit_field_curvature`) puts the
@@ -21,17 +24,21 @@ Zernike coefficients there (``docs/full-field.md``, "MTF across the field").
 * **Uncertainty**: the same Monte Carlo as every derived figure
   (:func:`metrology.analysis.propagation.monte_carlo`) over the coefficients' covariance at ``H``
   (the field model's, propagated, plus its per-field scatter: :meth:`FieldModel.lens_at`) and the
-  curvature's ``u`` on the focus term (the two fits are independent).
+  curvature's ``u`` on the focus term (the two fits are independent). The second aperture enters
+  at its fitted value: its own ``u`` is not propagated.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
 from metrology.analysis.figures import cutoff_cyc_per_mm, mtf_diffraction_limited
 from metrology.analysis.propagation import N_DRAWS, SEED, Quantity, monte_carlo, mtf_batch, sample_coefficients
+from metrology.analysis.wavefront import zernike_basis
+from metrology.field_terms import vignetting_at
 
 DIRECTIONS = ("sagittal", "tangential")
 FOCUS_IMAGE_PLANE = ("image plane through the axis's best focus (field curvature c |H|^2 from the tiles' sample "
@@ -40,6 +47,50 @@ FOCUS_BEST = "each field point at its own best (medial) focus: no field-curvatur
 DRAWS = 500
 """Monte Carlo draws per field point (the MTF is an FFT-free overlap integral per draw, direction
 and frequency; 500 draws give ``u`` to about 3 %)."""
+
+
+VIGNETTED_GRID = 160
+"""Grid points per pupil diameter of the vignetted MTF (:func:`mtf_vignetted_batch`): the areas are
+counted on it, to about 0.5 % of the pupil's."""
+
+
+@lru_cache(maxsize=64)
+def _vignetted_overlap(nu: float, azimuth_deg: float, n_terms: int, aperture: tuple, n_grid: int = VIGNETTED_GRID):
+    """``B(p) - B(p - s)`` on the overlap of the vignetted pupil ``P`` (the unit stop inside the
+    circle ``aperture = (r, cx, cy)``) and its copy shifted by ``s = 2 nu`` pupil radii along the
+    azimuth, and the overlap's area over ``P``'s (both counted on one ``n_grid`` grid)."""
+    r, cx, cy = aperture
+    a = -1.0 + (np.arange(n_grid) + 0.5) * (2.0 / n_grid)
+    x, y = np.meshgrid(a, a)
+    x, y = x.ravel(), y.ravel()
+    sx, sy = 2.0 * nu * math.cos(math.radians(azimuth_deg)), 2.0 * nu * math.sin(math.radians(azimuth_deg))
+
+    def inside(px, py):
+        return (px**2 + py**2 <= 1.0) & ((px - cx) ** 2 + (py - cy) ** 2 <= r * r)
+
+    pupil = inside(x, y)
+    both = pupil & inside(x - sx, y - sy)
+    area = float(both.sum()) / max(float(pupil.sum()), 1.0)
+    x, y = x[both], y[both]
+    d = zernike_basis(n_terms, x, y) - zernike_basis(n_terms, x - sx, y - sy)
+    d.setflags(write=False)
+    return d, area
+
+
+def mtf_vignetted_batch(samples, nu: float, azimuth_deg: float, aperture) -> np.ndarray:
+    """MTF at normalised frequency ``nu`` (of the stop's cut-off) along ``azimuth_deg`` of each row of
+    Noll coefficients (D, K; Noll 4 kept as the focus term, 1-3 dropped) through the stop vignetted
+    by the second aperture ``(r, cx, cy)`` (pupil radii): ``(overlap area / pupil area) |<exp(i 2 pi
+    (W(p) - W(p - s)))>_overlap|`` (uniform amplitude), 1 at ``nu = 0``."""
+    s = np.atleast_2d(np.asarray(samples, dtype=np.float64)).copy()
+    s[:, :3] = 0.0
+    if nu <= 0.0:
+        return np.ones(len(s))
+    key = tuple(round(float(v), 9) for v in aperture)
+    d, area = _vignetted_overlap(round(float(nu), 12), round(float(azimuth_deg), 9), s.shape[1], key)
+    if not len(d):
+        return np.zeros(len(s))
+    return area * np.abs(np.exp(2j * np.pi * (s @ d.T)).mean(axis=1))
 
 
 def tangential_azimuth_deg(h) -> float:
@@ -67,7 +118,7 @@ def image_plane_focus(curvature, h: np.ndarray, na: float, wavelength_nm: float)
 
 
 def mtf_at_point(c, cov, h, frequencies_cyc_per_mm, wavelength_nm: float, na: float, n_draws: int = N_DRAWS,
-                 seed: int = SEED) -> dict:
+                 seed: int = SEED, aperture=None) -> dict:
     """Sagittal and tangential MTF at one field point with their uncertainty.
 
     Parameters
@@ -81,6 +132,9 @@ def mtf_at_point(c, cov, h, frequencies_cyc_per_mm, wavelength_nm: float, na: fl
         The field point (``H`` units): sets the directions.
     frequencies_cyc_per_mm : sequence of float, length F
         Object-side frequencies (below the cut-off ``2 NA / lambda``).
+    aperture : (float, float, float), optional
+        The second aperture ``(r, cx, cy)`` at the point (:func:`metrology.field_terms.vignetting_at`;
+        None: the stop alone).
 
     Returns
     -------
@@ -98,16 +152,20 @@ def mtf_at_point(c, cov, h, frequencies_cyc_per_mm, wavelength_nm: float, na: fl
     for f in frequencies_cyc_per_mm:
         nu = float(f) / cut
         for name, az in (("tangential", az_t), ("sagittal", az_t + 90.0)):
-            out[name].append(monte_carlo(lambda s, nu=nu, az=az: mtf_batch(s, nu, (az,), keep_defocus=True),
-                                         c, cv, "", samples=samples))
+            if aperture is None:
+                fn = (lambda s, nu=nu, az=az: mtf_batch(s, nu, (az,), keep_defocus=True))
+            else:
+                fn = (lambda s, nu=nu, az=az: mtf_vignetted_batch(s, nu, az, aperture))
+            out[name].append(monte_carlo(fn, c, cv, "", samples=samples))
         out["diffraction_limited"].append(float(mtf_diffraction_limited(nu)))
     return out
 
 
 def mtf_at_points(model, curvature, h, frequencies_cyc_per_mm, wavelength_nm: float, na: float,
-                  n_draws: int = N_DRAWS, seed: int = SEED) -> list:
+                  n_draws: int = N_DRAWS, seed: int = SEED, vignetting=None) -> list:
     """:func:`mtf_at_point` at every point ``h`` (P, 2) of a field model (``FieldModel``) in the
-    image plane of ``curvature`` (:func:`image_plane_focus`); a list (P) of its dicts."""
+    image plane of ``curvature`` (:func:`image_plane_focus`), through the field's second aperture
+    ``vignetting = (r, s)`` where given; a list (P) of its dicts."""
     h = np.asarray(h, dtype=np.float64).reshape(-1, 2)
     c, cov = model.lens_at(h)
     if c.shape[1] < 4:
@@ -116,7 +174,8 @@ def mtf_at_points(model, curvature, h, frequencies_cyc_per_mm, wavelength_nm: fl
     c[:, 3] = c4
     cov[:, 3, :], cov[:, :, 3] = 0.0, 0.0
     cov[:, 3, 3] = u4**2
-    return [mtf_at_point(ci, vi, hi, frequencies_cyc_per_mm, wavelength_nm, na, n_draws, seed)
+    return [mtf_at_point(ci, vi, hi, frequencies_cyc_per_mm, wavelength_nm, na, n_draws, seed,
+                         vignetting_at(vignetting, hi))
             for ci, vi, hi in zip(c, cov, h)]
 
 
@@ -125,12 +184,13 @@ class FieldMtf:
     ``curvature``: the field-curvature fit or ``None``) at the ``frequencies`` (cycles/mm), each field
     point computed once (the zone verdicts and the result document share the points).
 
-    ``at(h)`` returns :func:`mtf_at_point`'s dict at ``h`` (2,).
+    ``at(h)`` returns :func:`mtf_at_point`'s dict at ``h`` (2,). ``vignetting``: the field's second
+    aperture ``(r, s)`` (:func:`aperture_of`), or None.
     """
 
     def __init__(self, model, curvature, frequencies, wavelength_nm: float, na: float, n_draws: int = DRAWS,
-                 seed: int = SEED):
-        self.model, self.curvature = model, curvature
+                 seed: int = SEED, vignetting=None):
+        self.model, self.curvature, self.vignetting = model, curvature, vignetting
         self.frequencies = tuple(float(f) for f in frequencies)
         self.wavelength_nm, self.na, self.n_draws, self.seed = float(wavelength_nm), float(na), int(n_draws), seed
         self._done = {}
@@ -143,7 +203,8 @@ class FieldMtf:
         key = (round(float(h[0]), 9), round(float(h[1]), 9))
         if key not in self._done:
             self._done[key] = mtf_at_points(self.model, self.curvature, np.array([key]), self.frequencies,
-                                            self.wavelength_nm, self.na, self.n_draws, self.seed)[0]
+                                            self.wavelength_nm, self.na, self.n_draws, self.seed,
+                                            self.vignetting)[0]
         return self._done[key]
 
     def index(self, frequency: float) -> int:
@@ -154,3 +215,10 @@ class FieldMtf:
 def focus_text(curvature) -> str:
     """Which focus the MTF across the field is at (:data:`FOCUS_IMAGE_PLANE` or :data:`FOCUS_BEST`)."""
     return FOCUS_BEST if curvature is None else FOCUS_IMAGE_PLANE
+
+
+def aperture_of(field) -> tuple | None:
+    """The second aperture ``(r, s)`` (pupil radii) a full-field measurement fitted
+    (``field.vignetting``, a ``LinearFit``), or None."""
+    fit = getattr(field, "vignetting", None)
+    return None if fit is None else (fit.value("radius")[0], fit.value("shift_per_h")[0])

@@ -31,7 +31,7 @@ import numpy as np
 from metrology.analysis.propagation import N_DRAWS, SEED, Quantity, derived_figures, family_indices
 from metrology.analysis.spec import LensSpec, Zone
 from metrology.analysis.field_mtf import DRAWS as MTF_DRAWS
-from metrology.analysis.field_mtf import DIRECTIONS, FieldMtf
+from metrology.analysis.field_mtf import DIRECTIONS, FieldMtf, aperture_of
 from metrology.analysis.verdict import (FAIL, INCONCLUSIVE, PASS, LimitResult, Verdict, decide_upper, judge,
                                         limit_row, overall_verdict, validity_findings)
 from metrology.orderings import noll_to_nm, zernike_name
@@ -230,7 +230,7 @@ def _mtf_points(zone: Zone, field, h, wavelength_nm, na, n_draws, seed, mtf) -> 
         return {}
     if mtf is None:
         mtf = FieldMtf(field.model, field.curvature, [m.frequency_cyc_per_mm for m in zone.mtf], wavelength_nm, na,
-                       min(n_draws, MTF_DRAWS), seed)
+                       min(n_draws, MTF_DRAWS), seed, aperture_of(field))
     at = [mtf.at(p) for p in h]
     out = {}
     for i, m in enumerate(zone.mtf):
@@ -316,7 +316,8 @@ def field_mtf(field, spec: LensSpec, wavelength_nm: float, na: float, n_draws: i
     the zone verdicts and the result document; ``None`` without a field model."""
     if field is None or field.model is None:
         return None
-    return FieldMtf(field.model, field.curvature, spec.mtf_frequencies(), wavelength_nm, na, n_draws, seed)
+    return FieldMtf(field.model, field.curvature, spec.mtf_frequencies(), wavelength_nm, na, n_draws, seed,
+                    aperture_of(field))
 
 
 def mtf_vs_field(field, spec: LensSpec, mtf: FieldMtf | None) -> dict | None:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from metrology.errors import InputError
+from metrology.io.lens_file import field_vignetting
 from metrology.limits import MAX_FRAME_PX, MAX_TILES
 
-FIELD_KEYS = ("sensor_px", "tile_px", "overlap_px", "grid", "tiles", "field_radius_mm")
+FIELD_KEYS = ("sensor_px", "tile_px", "overlap_px", "grid", "tiles", "field_radius_mm", "vignetting")
 """Keys of the station file's ``[field]`` section."""
 
 
@@ -62,7 +63,9 @@ class FieldLayout:
 
     ``sensor_px`` (rows, cols) and ``tile_px``, ``overlap_px`` in camera pixels; ``grid`` (rows,
     cols) of tiles; ``tiles``: the grid indices used (all, in raster order, when the file leaves it
-    out); ``field_radius_mm``: the field radius that normalises ``H`` (mm, sample plane).
+    out); ``field_radius_mm``: the field radius that normalises ``H`` (mm, sample plane);
+    ``vignetting``: the second aperture across the field ``(r, s)`` (pupil radii; the start of each
+    tile's ``pupil.vignetting_*``, :func:`metrology.field_terms.vignetting_at`) or None.
     """
 
     sensor_px: tuple
@@ -71,6 +74,7 @@ class FieldLayout:
     grid: tuple
     field_radius_mm: float
     tiles: tuple | None = None
+    vignetting: tuple | None = None
 
     @property
     def pitch_px(self) -> int:
@@ -127,6 +131,8 @@ class FieldLayout:
                  f"field_radius_mm = {float(self.field_radius_mm)!r}"]
         if self.tiles is not None:
             lines.append("tiles = [" + ", ".join(f"[{i}, {j}]" for i, j in self.tiles) + "]")
+        if self.vignetting is not None:
+            lines.append(f"vignetting = [{float(self.vignetting[0])!r}, {float(self.vignetting[1])!r}]")
         return lines
 
 
@@ -186,7 +192,8 @@ def parse_field(table, source) -> FieldLayout:
                 raise InputError(source, f"field.tiles: [{i}, {j}] is off the {grid[0]}x{grid[1]} grid (field.grid)")
         if len(set(tiles)) != len(tiles):
             raise InputError(source, "field.tiles lists a tile twice")
-    return FieldLayout(sensor, tile_px, overlap, grid, float(radius), tiles)
+    vignetting = None if "vignetting" not in table else field_vignetting(source, table["vignetting"])
+    return FieldLayout(sensor, tile_px, overlap, grid, float(radius), tiles, vignetting)
 
 
 def tile_reference(transmission: np.ndarray, tile: Tile, tile_px: int) -> np.ndarray:

@@ -14,6 +14,7 @@ Format (``docs/formats.md``, section "Lens description")::
     [field]                        # optional: field-dependent terms (waves; metrology.field_terms)
     W040 = 0.05                    # Hopkins coefficients W040, W131, W222, W220, W311
     coma_constant = [0.01, 0.0]    # nodal terms: [cos, sin] Zernike pairs
+    vignetting = [1.3, 0.5]        # second aperture: radius, centre shift per unit H (pupil radii)
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class LensDescription:
     field_terms : dict
         Field-dependent terms (waves at ``wavelength_nm``): Hopkins ``W040 ... W311`` (floats) and the
         nodal ``[cos, sin]`` pairs (:mod:`metrology.field_terms`); empty = the same pupil everywhere.
+    field_vignetting : (float, float) or None
+        The second aperture across the field ``(r, s)``: radius and centre shift per unit ``H``
+        (pupil radii; module docstring of :mod:`metrology.field_terms`); None: the stop alone.
     """
 
     model: str
@@ -60,6 +64,7 @@ class LensDescription:
     zernike_waves: dict = field(default_factory=dict)
     apodisation: dict = field(default_factory=dict)
     field_terms: dict = field(default_factory=dict)
+    field_vignetting: tuple | None = None
     source: str = field(default="", compare=False)
 
     @property
@@ -172,9 +177,28 @@ def load_lens(path) -> LensDescription:
     wl = None if wl is None else _number(path, "wavelength_nm", wl, positive=True)
     zw = _coefficient_table(path, "zernike_waves", data.get("zernike_waves", {}))
     ap = _coefficient_table(path, "apodisation", data.get("apodisation", {}))
-    terms = _field_terms(path, data.get("field", {}))
+    table = data.get("field", {})
+    vignetting = None
+    if isinstance(table, dict) and "vignetting" in table:
+        table = dict(table)
+        vignetting = field_vignetting(path, table.pop("vignetting"))
+    terms = _field_terms(path, table)
     return LensDescription(model=data["model"], serial=data["serial"], na=na, wavelength_nm=wl,
-                           zernike_waves=zw, apodisation=ap, field_terms=terms, source=str(path))
+                           zernike_waves=zw, apodisation=ap, field_terms=terms, field_vignetting=vignetting,
+                           source=str(path))
+
+
+def field_vignetting(source, value) -> tuple:
+    """``field.vignetting = [radius, shift]`` (pupil radii; radius in (0, 5], |shift| <= 5) of a lens or
+    station file, validated (``source`` names the file in errors)."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise InputError(source, f"field.vignetting must be a list [radius, shift] of 2 numbers (pupil radii), "
+                                 f"got {value!r}")
+    r, s = (_number(source, "field.vignetting", v) for v in value)
+    if not 0 < r <= 5 or abs(s) > 5:
+        raise InputError(source, f"field.vignetting: radius must be in (0, 5] and |shift| <= 5 pupil radii, "
+                                 f"got [{r:g}, {s:g}]")
+    return (r, s)
 
 
 def _field_terms(source, table) -> dict:
@@ -191,7 +215,7 @@ def _field_terms(source, table) -> dict:
                 raise InputError(source, f"{name} must be a list [cos, sin] of 2 numbers (waves), got {value!r}")
             out[key] = tuple(_number(source, name, v) for v in value)
         else:
-            raise InputError(source, f"unknown key '{name}'; known: {', '.join(SEIDEL_KEYS + NODAL_KEYS)}")
+            raise InputError(source, f"unknown key '{name}'; known: {', '.join(SEIDEL_KEYS + NODAL_KEYS)}, vignetting")
         if max(abs(v) for v in np.atleast_1d(out[key])) > 10:
             raise InputError(source, f"{name} is implausibly large (|w| > 10 waves)")
     return out

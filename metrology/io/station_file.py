@@ -14,6 +14,7 @@ from dataclasses import replace as dc_replace
 from pathlib import Path
 
 from metrology.errors import InputError
+from metrology.field_terms import vignetting_at
 from metrology.io.field_layout import FieldLayout, parse_field
 from metrology.limits import (
     MAX_FRAME_PX, MAX_LED_SIDE, MAX_NAME_CHARS, MAX_OBJECT_PX, MAX_UPSAMPLING, MAX_VALIDITY_DAYS, text_problem,
@@ -332,8 +333,12 @@ class StationDescription:
 
     def tile_station(self, tile) -> "StationDescription":
         """The single-tile station of one tile of a full-field station: the same station with
-        ``tile_center_mm`` at the tile's centre and no ``[field]`` (its frames are the tile's)."""
-        return self.replace(tile_center_mm=tuple(tile.center_mm), field_layout=None, upsampling=self.upsampling)
+        ``tile_center_mm`` at the tile's centre and no ``[field]`` (its frames are the tile's), and
+        the field's second aperture at the tile (``field.vignetting``,
+        :func:`metrology.field_terms.vignetting_at`) where it reaches the stop."""
+        own = vignetting_at(self.field_layout.vignetting, tile.h) if self.field_layout is not None else None
+        return self.replace(tile_center_mm=tuple(tile.center_mm), field_layout=None, upsampling=self.upsampling,
+                            vignetting=own if own is not None else self.vignetting)
 
     def replace(self, **changes) -> "StationDescription":
         """A copy with ``changes`` applied and validated again (e.g. ``frame_px=32``)."""

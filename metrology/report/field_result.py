@@ -32,6 +32,11 @@ def _layout(layout) -> dict:
             "grid": list(layout.grid), "field_radius_mm": layout.field_radius_mm}
 
 
+_APERTURE_KEYS = {"pupil.vignetting_radius": "radius", "pupil.vignetting_center[0]": "center_x",
+                  "pupil.vignetting_center[1]": "center_y"}
+"""A tile's fitted second aperture in its JSON row (pupil radii)."""
+
+
 def _tile_rows(tiles, measurements, distortion) -> list:
     per_tile = {} if distortion is None else {name: (pct, u) for name, _r, pct, u in distortion["tiles"]}
     rows = []
@@ -51,6 +56,7 @@ def _tile_rows(tiles, measurements, distortion) -> list:
             "sample_defocus_um": pose["sample.defocus_um"],
             "distortion_percent": None if pct[0] is None else _q(*pct),
             "converged": bool(m.solver.converged), "reduced_chi2": finite_or_none(float(m.solver.reduced_chi2)),
+            "vignetting": {_APERTURE_KEYS[v.name]: _q(v.value, v.u) for v in m.vignetting} or None,
         })
     return rows
 
@@ -96,6 +102,13 @@ def _curvature(fit, model, na: float, wavelength_nm: float) -> dict | None:
             "chi2": finite_or_none(fit.chi2), "dof": int(fit.dof)}
 
 
+def _vignetting(fit) -> dict | None:
+    if fit is None:
+        return None
+    return {"radius": _q(*fit.value("radius")), "shift_per_h": _q(*fit.value("shift_per_h")),
+            "tiles": len(fit.residuals) // 3, "chi2": finite_or_none(fit.chi2), "dof": int(fit.dof)}
+
+
 def _mtf(mtf: dict | None) -> dict | None:
     """The MTF across the field (:func:`metrology.analysis.zones.mtf_vs_field`) with JSON numbers."""
     if mtf is None:
@@ -122,6 +135,7 @@ def field_block(layout, station, field_measurement, mtf: dict | None = None) -> 
         "field_curvature": _curvature(fm.curvature, fm.model, station.na, station.wavelength_nm),
         "station": [{"name": k, "value": finite_or_none(v["value"]), "u": finite_or_none(v["u"]),
                      "chi2": finite_or_none(v["chi2"]), "tiles": v["tiles"]} for k, v in fm.station.items()],
+        "vignetting": _vignetting(fm.vignetting),
         "mtf": _mtf(mtf),
         "notes": list(fm.notes),
     }

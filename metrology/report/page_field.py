@@ -218,6 +218,10 @@ def summary_rows(doc: dict) -> list:
     rows.append(("Distortion at |H| = 1", _q(None if d is None else d["distortion_percent_edge"]), "%"))
     rows.append(("Calibrated magnification", _q(None if d is None else d["calibrated_magnification"]), ""))
     rows.append(("Image rotation", _q(None if d is None else d["rotation_deg"]), "deg"))
+    v = f.get("vignetting")
+    if v is not None:
+        rows.append(("Vignetting: second aperture radius", _q(v["radius"]), "pupil radii"))
+        rows.append(("Vignetting: aperture centre shift per unit H", _q(v["shift_per_h"]), "pupil radii"))
     if model is not None:
         rows.append(("Field model chi-square / dof (tiles' own u)", f"{model['chi2']:.1f} / {model['dof']}", ""))
         rows.append(("Per-field scatter not explained by the model", f"{model['scatter_waves']:.4f}", "waves"))
@@ -276,8 +280,9 @@ def _mtf_note(f: dict, st: dict):
     m = f.get("mtf")
     if not m:
         return spacer()
-    return para(f"{m['directions']} Focus: {m['focus']}. Uniform pupil amplitude (no vignetting); bars U (k = 2).",
-                st["small"])
+    pupil = ("Uniform pupil amplitude (no vignetting modelled)" if f.get("vignetting") is None else
+             "Uniform amplitude on the stop cut by the fitted second aperture (its own u not propagated)")
+    return para(f"{m['directions']} Focus: {m['focus']}. {pupil}; bars U (k = 2).", st["small"])
 
 
 def page_field(doc, arrays, st, width_mm, context) -> list:

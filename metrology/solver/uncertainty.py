@@ -39,6 +39,7 @@ from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, 
 from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution
 from metrology.solver.jacobian import psd_inverse
 from metrology.solver.refit_budget import RADIUS_KEY, RADIUS_KEYS, pupil_radius_sensitivity, radius_applies
+from metrology.solver.schedule import VIGNETTING_PATHS
 
 STRONG_CORRELATION = 0.95
 VIF_LIMIT = 1e4
@@ -98,6 +99,19 @@ def covariance(fit) -> tuple[torch.Tensor, torch.Tensor, dict]:
     sd = torch.sqrt(shape.diagonal().clamp(min=1e-300))
     corr = (shape / sd[:, None] / sd[None, :]).clamp(-1.0, 1.0)
     return corr * u[:, None] * u[None, :], cf, info
+
+
+def _fitted_estimates(model, paths, index: dict, total: np.ndarray) -> list:
+    """:class:`StationEstimate` of every fitted element of ``paths`` (value, ``u`` from ``total``);
+    elements not fitted in this mode are left out."""
+    out = []
+    for path in paths:
+        values = np.ravel(model.parameter(path).detach().double().cpu().numpy())
+        for name, v in zip(element_names(path), values):
+            if name in index:
+                out.append(StationEstimate(name, element_label(name), BY_PATH[path].unit, float(v),
+                                           float(np.sqrt(max(total[index[name], index[name]], 0.0)))))
+    return out
 
 
 def identifiability(names, cf: torch.Tensor, jtj: torch.Tensor) -> Identifiability:
@@ -216,15 +230,7 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
     budget, cov_const, refits = _budget_sources(fit, index, k, constant_uncertainties, finite_budget,
                                                 free_sample_budget, refit_radius)
     total = cov.double().cpu().numpy() + cov_const
-    station = []
-    state = model.station_state()
-    for path in TRACKED:
-        values = np.ravel(state[path])
-        for name, v in zip(element_names(path), values):
-            if name not in index:
-                continue  # not fitted in this mode
-            station.append(StationEstimate(name, element_label(name), BY_PATH[path].unit, float(v),
-                                           float(np.sqrt(max(total[index[name], index[name]], 0.0)))))
+    station = _fitted_estimates(model, TRACKED, index, total)  # the elements fitted in this mode
     solver = SolverReport(
         mode=fit.schedule.mode,
         loss_name=fit.schedule.loss,
@@ -256,6 +262,7 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         identifiability=ident,
         budget=budget,
         parts=parts,
+        vignetting=_fitted_estimates(model, VIGNETTING_PATHS, index, total),
     )
     m.arrays["uncertainty_method"] = info if refits is None else {**info, "pupil_radius_refits": refits.summary()}
     m.arrays["sample_px"] = int(g.object_px)  # side of the sample grid (element names of its values)
