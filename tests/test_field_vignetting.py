@@ -118,6 +118,10 @@ def test_each_tile_fits_its_second_aperture_and_the_field_fit_recovers_it(two_ti
     assert fv["tiles"] == 2
     assert abs(fv["radius"]["value"] - TRUE[0]) < max(fv["radius"]["U"], 0.01), fv
     assert abs(fv["shift_per_h"]["value"] - TRUE[1]) < max(fv["shift_per_h"]["U"], 0.01), fv
+    # the single-tile part of the document (the tile nearest the axis, r1c2) lists its own aperture
+    assert [r["name"] for r in docs["model"]["vignetting"]] == [
+        "pupil.vignetting_radius", "pupil.vignetting_center[0]", "pupil.vignetting_center[1]"]
+    assert "vignetting" not in docs["none"]
     assert docs["none"]["field"]["vignetting"] is None
     assert all(row["vignetting"] is None for row in docs["none"]["field"]["tiles"])
 
@@ -151,4 +155,6 @@ def test_the_full_field_page_prints_the_fitted_aperture(two_tiles, tmp_path):
                                    capture_output=True, text=True).stdout.split())
     radius = result.document["field"]["vignetting"]["radius"]
     assert "Lens across the field" in text and "Vignetting: second aperture radius" in text, text[:400]
+    every = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout.split())
+    assert "Vignetting aperture radius" in every  # the station table of the tile nearest the axis
     assert f"{radius['value']:.3f}"[:4] in text

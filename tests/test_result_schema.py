@@ -37,8 +37,9 @@ def test_schema_is_valid_draft_2020_12():
     assert schema["$schema"].endswith("2020-12/schema")
     assert schema["additionalProperties"] is False
     # optional blocks: results written before issue 17 (report ID, audit record, covariance, further
-    # outputs) still validate; the field block belongs to full-field inspections only (issue 16)
-    optional = {"extensions", "report", "audit_record", "zernike_covariance", "outputs", "field"}
+    # outputs) still validate; the field block belongs to full-field inspections only (issue 16), the
+    # fitted second aperture to stations that model one
+    optional = {"extensions", "report", "audit_record", "zernike_covariance", "outputs", "field", "vignetting"}
     assert set(schema["required"]) == set(schema["properties"]) - optional
     assert SCHEMA_PATH.name == "inspection_result.schema.json"
 

@@ -16,9 +16,10 @@ from metrology.report.plots import convergence_png, frames_png, psf_mtf_png, sam
 
 
 def station_rows(doc) -> list:
-    """The station table's rows ``(parameter, value ± U, unit)``, in the document's order."""
+    """The station table's rows ``(parameter, value ± U, unit)``, in the document's order, then the
+    lens's fitted second aperture (``vignetting``) where the station models one."""
     return [(m["label"] or m["name"], format_value_u(m["value"], m["U"]), m["unit"])
-            for m in doc["station_misalignment"]]
+            for m in doc["station_misalignment"] + doc.get("vignetting", [])]
 
 
 def _station_table(doc, st):

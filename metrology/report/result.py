@@ -124,10 +124,11 @@ def _zernike_rows(measurement) -> list:
     return rows
 
 
-def _station_rows(measurement) -> list:
-    """One row per station estimate, named, labelled and in the unit of the registry."""
+def _station_rows(estimates) -> list:
+    """One row per estimate (:class:`~metrology.measurement.StationEstimate`), named, labelled and in
+    the unit of the registry."""
     rows = []
-    for s in measurement.station:
+    for s in estimates:
         p, _ = parse_element(s.name)
         rows.append({"name": s.name, "label": element_label(s.name), "unit": p.unit,
                      "value": finite_or_none(s.value), "u": finite_or_none(s.u),
@@ -227,7 +228,7 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
         "tile_center_mm": [float32_value(x) for x in measurement.tile_center_mm],
         "zernike": _zernike_rows(measurement),
         "figures_of_merit": figures,
-        "station_misalignment": _station_rows(measurement),
+        "station_misalignment": _station_rows(measurement.station),
         "identifiability": {
             # capped: a condition number that is not finite is "as bad as it gets", 1e300
             "condition_number": _capped(ident.condition_number, 0.0, 1e300, 1e300),
@@ -246,6 +247,8 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
         "timings_s": {k: float(timings.get(k, 0.0)) for k in ("load", "reconstruct", "analyse", "report")},
         "uncertainty_budget": budget_document(measurement),
     }
+    if measurement.vignetting:
+        doc["vignetting"] = _station_rows(measurement.vignetting)
     if report_id is not None:
         doc["report"] = report_block(report_id, loaded)
         doc["audit_record"] = None
