@@ -84,7 +84,8 @@ def search_radius_px(model: StationModel, ranges=DEFAULT_RANGES, df=None) -> tor
     return torch.ceil(dev / df) + 1
 
 
-def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int = 64, ranges=DEFAULT_RANGES):
+def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int = 64, ranges=DEFAULT_RANGES,
+                           leds=None, radius_px: int | None = None):
     """Estimate each LED's illumination frequency from its frame (known reference sample).
 
     Candidate frames are modelled through the model's current pupil (its Zernike phase and the
@@ -96,6 +97,11 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
         Carries the geometry and the reference transmission.
     data : Tensor, shape (J, n, n)
         Measured frames minus background.
+    leds : Tensor of bool, shape (J,), optional
+        The LEDs searched (default all); the others keep the model's ``k_j`` with score 0.
+    radius_px : int, optional
+        Search radius (grid pixels of the crop) of every LED, instead of the one that covers
+        ``ranges`` (:func:`search_radius_px`): a refinement around a fitted geometry.
 
     Returns
     -------
@@ -135,7 +141,10 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
         centre = nobj // 2 + pad
         cc = nc // 2
         for j in range(g.n_leds):
-            rj = int(radii[j])
+            if leds is not None and not bool(leds[j]):
+                est[j] = s_nom[j]
+                continue
+            rj = int(radii[j]) if radius_px is None else int(radius_px)
             d = torch.arange(-rj, rj + 1)
             d_dev = d.to(dev)
             base = torch.round(s_nom[j]).long()
