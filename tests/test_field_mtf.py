@@ -261,13 +261,19 @@ def test_the_zone_verdict_judges_the_mtf_through_the_fitted_second_aperture():
     """A field measurement with a fitted second aperture (``field.vignetting``): the zone verdict and
     the MTF across the field go through the cut pupil at each point (not the plain stop)."""
     from metrology.analysis.field import fit_field_vignetting
+    from metrology.analysis.field_mtf import aperture_of
     from metrology.analysis.zones import field_mtf
+    from metrology.field_terms import vignetting_at
 
     field = _field()
-    vig = [TileData(f"v{i}", h, np.zeros(K), np.eye(K), np.zeros(2), np.ones(2), 0.0, 0.01,
-                    vignetting=np.array([1.1, 0.6 * h[0], 0.6 * h[1]]), vignetting_u=np.full(3, 0.01))
-           for i, h in enumerate(GRID) if h != (0.0, 0.0)]
-    cut = SimpleNamespace(**{**vars(field), "vignetting": fit_field_vignetting(vig)})
+
+    def tiles(u):
+        return [TileData(f"v{i}", h, np.zeros(K), np.eye(K), np.zeros(2), np.ones(2), 0.0, 0.01,
+                         vignetting=np.array([1.1, 0.6 * h[0], 0.6 * h[1]]), vignetting_u=np.full(3, u))
+                for i, h in enumerate(GRID) if h != (0.0, 0.0)]
+
+    cut = SimpleNamespace(**{**vars(field), "vignetting": fit_field_vignetting(tiles(0.01))})
+    loose = SimpleNamespace(**{**vars(field), "vignetting": fit_field_vignetting(tiles(0.1))})
     assert cut.vignetting.value("radius")[0] == pytest.approx(1.1) and cut.vignetting.value("shift_per_h")[0] == \
         pytest.approx(0.6)
     spec = SimpleNamespace(zones=[_zone(0.3, 1.0)], mtf_frequencies=lambda: (250.0,))
@@ -279,6 +285,17 @@ def test_the_zone_verdict_judges_the_mtf_through_the_fitted_second_aperture():
     expected = mtf_vignetted_batch(c, 250.0 / CUT, 0.0, (1.1, 0.42, 0.0))[0]
     assert through["tangential"][0].value == pytest.approx(expected, abs=0.01)
     assert through["tangential"][0].value < plain["tangential"][0].value - 0.05
+    # the aperture's own u widens U: the MTF at r, s +/- their sd (principal directions), in quadrature
+    wide = field_mtf(loose, spec, WL, NA, 50).at(h)["tangential"][0]
+    assert wide.value == pytest.approx(through["tangential"][0].value, abs=1e-12)
+    (r, sh), cov = aperture_of(loose)
+    ev, vec = np.linalg.eigh(cov)
+    step = [0.5 * (mtf_vignetted_batch(c, 250.0 / CUT, 0.0, vignetting_at(np.array([r, sh]) + d, h))[0]
+                   - mtf_vignetted_batch(c, 250.0 / CUT, 0.0, vignetting_at(np.array([r, sh]) - d, h))[0])
+            for d in (np.sqrt(ev)[:, None] * vec.T)]
+    q = through["tangential"][0]  # the same draws of the coefficients, an aperture known 10x better
+    assert wide.u == pytest.approx(math.hypot(q.u, *step), rel=0.02)
+    assert max(abs(x) for x in step) > 3 * q.u  # the aperture's part dominates here: without it the test fails
     _, plain_zone = judge_zone(_zone(0.3), field, WL, NA, n_draws=50)
     _, cut_zone = judge_zone(_zone(0.3), cut, WL, NA, n_draws=50)
     assert cut_zone["figures"][0]["value"] < plain_zone["figures"][0]["value"]

@@ -24,8 +24,10 @@ Zernike coefficients there (``docs/full-field.md``, "MTF across the field").
 * **Uncertainty**: the same Monte Carlo as every derived figure
   (:func:`metrology.analysis.propagation.monte_carlo`) over the coefficients' covariance at ``H``
   (the field model's, propagated, plus its per-field scatter: :meth:`FieldModel.lens_at`) and the
-  curvature's ``u`` on the focus term (the two fits are independent). The second aperture enters
-  at its fitted value: its own ``u`` is not propagated.
+  curvature's ``u`` on the focus term (the two fits are independent). The second aperture's own
+  ``u`` (the field fit's covariance of ``r`` and ``s``) is added in quadrature, linearly: the MTF at
+  the fitted coefficients with the aperture moved by one standard deviation along each principal
+  direction of that covariance, both ways (:func:`aperture_variations`).
 """
 
 from __future__ import annotations
@@ -93,6 +95,23 @@ def mtf_vignetted_batch(samples, nu: float, azimuth_deg: float, aperture) -> np.
     return area * np.abs(np.exp(2j * np.pi * (s @ d.T)).mean(axis=1))
 
 
+def _mtf_through(samples, nu: float, azimuth_deg: float, aperture) -> np.ndarray:
+    """The MTF of each row through the stop alone (``aperture`` None) or the cut pupil."""
+    if aperture is None:
+        return mtf_batch(samples, nu, (azimuth_deg,), keep_defocus=True)
+    return mtf_vignetted_batch(samples, nu, azimuth_deg, aperture)
+
+
+def aperture_variations(vignetting, h) -> list:
+    """``(plus, minus)`` second apertures ``(r, cx, cy)`` at ``h`` (or None where one no longer
+    reaches the stop) with ``(r, s)`` moved by one standard deviation along each principal direction
+    of its covariance; ``vignetting = (values (2,), cov (2, 2))`` (:func:`aperture_of`)."""
+    values, cov = (np.asarray(v, dtype=np.float64) for v in vignetting)
+    ev, vec = np.linalg.eigh(0.5 * (cov + cov.T))
+    return [(vignetting_at(values + math.sqrt(max(e, 0.0)) * v, h), vignetting_at(values - math.sqrt(max(e, 0.0)) * v, h))
+            for e, v in zip(ev, vec.T) if e > 0]
+
+
 def tangential_azimuth_deg(h) -> float:
     """Azimuth of the tangential frequency vector at ``h`` (2,), degrees from +x towards +y: the
     direction of ``H``; 0 (``+x``) on the axis."""
@@ -118,7 +137,7 @@ def image_plane_focus(curvature, h: np.ndarray, na: float, wavelength_nm: float)
 
 
 def mtf_at_point(c, cov, h, frequencies_cyc_per_mm, wavelength_nm: float, na: float, n_draws: int = N_DRAWS,
-                 seed: int = SEED, aperture=None) -> dict:
+                 seed: int = SEED, aperture=None, variations=()) -> dict:
     """Sagittal and tangential MTF at one field point with their uncertainty.
 
     Parameters
@@ -135,6 +154,9 @@ def mtf_at_point(c, cov, h, frequencies_cyc_per_mm, wavelength_nm: float, na: fl
     aperture : (float, float, float), optional
         The second aperture ``(r, cx, cy)`` at the point (:func:`metrology.field_terms.vignetting_at`;
         None: the stop alone).
+    variations : list of (plus, minus) apertures, optional
+        The aperture moved by its own uncertainty (:func:`aperture_variations`): half the MTF's
+        change between each pair is added to ``u`` in quadrature.
 
     Returns
     -------
@@ -152,11 +174,10 @@ def mtf_at_point(c, cov, h, frequencies_cyc_per_mm, wavelength_nm: float, na: fl
     for f in frequencies_cyc_per_mm:
         nu = float(f) / cut
         for name, az in (("tangential", az_t), ("sagittal", az_t + 90.0)):
-            if aperture is None:
-                fn = (lambda s, nu=nu, az=az: mtf_batch(s, nu, (az,), keep_defocus=True))
-            else:
-                fn = (lambda s, nu=nu, az=az: mtf_vignetted_batch(s, nu, az, aperture))
-            out[name].append(monte_carlo(fn, c, cv, "", samples=samples))
+            q = monte_carlo(lambda s, nu=nu, az=az: _mtf_through(s, nu, az, aperture), c, cv, "", samples=samples)
+            extra = [0.5 * (_mtf_through(c[None], nu, az, plus)[0] - _mtf_through(c[None], nu, az, minus)[0])
+                     for plus, minus in variations]
+            out[name].append(Quantity.from_u(q.value, math.hypot(q.u, *extra), q.unit, q.method) if extra else q)
         out["diffraction_limited"].append(float(mtf_diffraction_limited(nu)))
     return out
 
@@ -165,7 +186,7 @@ def mtf_at_points(model, curvature, h, frequencies_cyc_per_mm, wavelength_nm: fl
                   n_draws: int = N_DRAWS, seed: int = SEED, vignetting=None) -> list:
     """:func:`mtf_at_point` at every point ``h`` (P, 2) of a field model (``FieldModel``) in the
     image plane of ``curvature`` (:func:`image_plane_focus`), through the field's second aperture
-    ``vignetting = (r, s)`` where given; a list (P) of its dicts."""
+    ``vignetting = ((r, s), cov)`` (:func:`aperture_of`) where given; a list (P) of its dicts."""
     h = np.asarray(h, dtype=np.float64).reshape(-1, 2)
     c, cov = model.lens_at(h)
     if c.shape[1] < 4:
@@ -174,8 +195,11 @@ def mtf_at_points(model, curvature, h, frequencies_cyc_per_mm, wavelength_nm: fl
     c[:, 3] = c4
     cov[:, 3, :], cov[:, :, 3] = 0.0, 0.0
     cov[:, 3, 3] = u4**2
+    if vignetting is None:
+        return [mtf_at_point(ci, vi, hi, frequencies_cyc_per_mm, wavelength_nm, na, n_draws, seed)
+                for ci, vi, hi in zip(c, cov, h)]
     return [mtf_at_point(ci, vi, hi, frequencies_cyc_per_mm, wavelength_nm, na, n_draws, seed,
-                         vignetting_at(vignetting, hi))
+                         vignetting_at(vignetting[0], hi), aperture_variations(vignetting, hi))
             for ci, vi, hi in zip(c, cov, h)]
 
 
@@ -185,7 +209,7 @@ class FieldMtf:
     point computed once (the zone verdicts and the result document share the points).
 
     ``at(h)`` returns :func:`mtf_at_point`'s dict at ``h`` (2,). ``vignetting``: the field's second
-    aperture ``(r, s)`` (:func:`aperture_of`), or None.
+    aperture ``((r, s), cov)`` (:func:`aperture_of`), or None.
     """
 
     def __init__(self, model, curvature, frequencies, wavelength_nm: float, na: float, n_draws: int = DRAWS,
@@ -218,7 +242,10 @@ def focus_text(curvature) -> str:
 
 
 def aperture_of(field) -> tuple | None:
-    """The second aperture ``(r, s)`` (pupil radii) a full-field measurement fitted
-    (``field.vignetting``, a ``LinearFit``), or None."""
+    """The second aperture a full-field measurement fitted (``field.vignetting``, a ``LinearFit``)
+    as ``((r, s), cov)`` (pupil radii; ``cov`` (2, 2) the fit's Birge-scaled covariance), or None."""
     fit = getattr(field, "vignetting", None)
-    return None if fit is None else (fit.value("radius")[0], fit.value("shift_per_h")[0])
+    if fit is None:
+        return None
+    i = [fit.names.index("radius"), fit.names.index("shift_per_h")]
+    return np.asarray(fit.values)[i], np.asarray(fit.cov_scaled)[np.ix_(i, i)]

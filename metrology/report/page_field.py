@@ -281,7 +281,7 @@ def _mtf_note(f: dict, st: dict):
     if not m:
         return spacer()
     pupil = ("Uniform pupil amplitude (no vignetting modelled)" if f.get("vignetting") is None else
-             "Uniform amplitude on the stop cut by the fitted second aperture (its own u not propagated)")
+             "Uniform amplitude on the stop cut by the fitted second aperture (its u included)")
     return para(f"{m['directions']} Focus: {m['focus']}. {pupil}; bars U (k = 2).", st["small"])
 
 
