@@ -56,7 +56,7 @@ VIGNETTED_GRID = 160
 counted on it, to about 0.5 % of the pupil's."""
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # each entry a (points, K) float64 basis difference, up to ~5 MB
 def _vignetted_overlap(nu: float, azimuth_deg: float, n_terms: int, aperture: tuple, n_grid: int = VIGNETTED_GRID):
     """``B(p) - B(p - s)`` on the overlap of the vignetted pupil ``P`` (the unit stop inside the
     circle ``aperture = (r, cx, cy)``) and its copy shifted by ``s = 2 nu`` pupil radii along the
