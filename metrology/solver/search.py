@@ -139,7 +139,6 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
         pad = nobj // 2
         spec_p = torch.nn.functional.pad(spec, (pad, pad, pad, pad))  # zero outside the grid
         centre = nobj // 2 + pad
-        cc = nc // 2
         for j in range(g.n_leds):
             if leds is not None and not bool(leds[j]):
                 est[j] = s_nom[j]
@@ -152,14 +151,7 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
             ox = int(base[0]) + d_dev[None, :].expand(d.numel(), -1).flatten()
             rows = centre + oy[:, None] + u[None, :]
             cols = centre + ox[:, None] + u[None, :]
-            scores_all = torch.empty(oy.numel(), device=dev)
-            for s in range(0, oy.numel(), 512):
-                sl = slice(s, s + 512)
-                crop = spec_p[rows[sl][:, :, None], cols[sl][:, None, :]]
-                full = torch.zeros((crop.shape[0], nc, nc), dtype=torch.complex64, device=dev)
-                full[:, cc - half : cc + half + 1, cc - half : cc + half + 1] = crop * pupil
-                img = torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1))).abs() ** 2
-                scores_all[sl] = (_features(img) * feats[j]).sum(dim=(-2, -1))
+            scores_all = _candidate_scores(spec_p, rows, cols, pupil, feats[j], nc)
             i = int(torch.argmax(scores_all))
             best = (scores_all[i].item(), i)
             side = d.numel()
@@ -169,6 +161,23 @@ def search_led_frequencies(model: StationModel, data: torch.Tensor, crop_px: int
             est[j, 1] = base[1] + d[iy] + max(-0.5, min(0.5, sub[1]))
             score[j] = best[0]
         return (est * df).to(dev), score.to(dev)
+
+
+def _candidate_scores(spec: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, pupil: torch.Tensor,
+                      feats: torch.Tensor, nc: int, chunk: int = 512) -> torch.Tensor:
+    """Correlation of one measured frame's features ``feats`` (nc, nc) with the frames modelled at
+    each candidate offset: the object spectrum ``spec`` cropped at ``rows``/``cols`` (C, B) through
+    ``pupil`` (B, B), imaged on the ``nc``-pixel crop; shape (C,)."""
+    half, cc = pupil.shape[-1] // 2, nc // 2
+    out = torch.empty(rows.shape[0], device=spec.device)
+    for s in range(0, rows.shape[0], chunk):
+        sl = slice(s, s + chunk)
+        crop = spec[rows[sl][:, :, None], cols[sl][:, None, :]]
+        full = torch.zeros((crop.shape[0], nc, nc), dtype=torch.complex64, device=spec.device)
+        full[:, cc - half : cc + half + 1, cc - half : cc + half + 1] = crop * pupil
+        img = torch.fft.ifft2(torch.fft.ifftshift(full, dim=(-2, -1))).abs() ** 2
+        out[sl] = (_features(img) * feats).sum(dim=(-2, -1))
+    return out
 
 
 def _parabolic_peak(grid, iy: int, ix: int) -> list:
