@@ -73,7 +73,7 @@ def test_the_simulators_pupil_is_the_stop_inside_the_second_aperture():
 @pytest.fixture(scope="module")
 def two_tiles(tmp_path_factory):
     """An edge and a corner tile of a full-frame capture through a lens with a second aperture,
-    inspected with the aperture modelled (start 1.25, 0.45) and without it."""
+    inspected with the aperture modelled (start 1.25, 0.45), and the corner tile without it."""
     # lazy: the API facade loads the application layer by name
     import metrology
 
@@ -85,7 +85,8 @@ def two_tiles(tmp_path_factory):
                  "--misalignment", "random", "--seed", "3"]) == 0
     truth = json.loads((out / "cap" / "truth.json").read_text(encoding="utf-8"))
     results = {}
-    for name, extra in (("model", tiles + "vignetting = [1.25, 0.45]\n"), ("none", tiles)):
+    # the stop-alone fit needs only the corner tile (where the bias shows): one tile fit less
+    for name, extra in (("model", tiles + "vignetting = [1.25, 0.45]\n"), ("none", "tiles = [[2, 2]]\n")):
         station = out / f"station-{name}.toml"
         station.write_text(STATION.read_text(encoding="utf-8") + extra, encoding="utf-8")
         results[name] = metrology.inspect(out / "cap" / "capture.tif", station, SPEC, device="cpu")
@@ -131,8 +132,6 @@ def test_without_the_aperture_the_off_axis_astigmatism_is_biased(two_tiles):
     (astigmatism above all); with the aperture modelled the terms come back."""
     docs, truth = {k: r.document for k, r in two_tiles[0].items()}, two_tiles[1]
     with_model, without = _tile_errors(docs["model"], truth), _tile_errors(docs["none"], truth)
-    for name in with_model:
-        print(name, "model", np.round(with_model[name], 4), "none", np.round(without[name], 4))
     corner_with, corner_without = with_model["r2c2"], without["r2c2"]
     assert np.abs(corner_with).max() < 0.003, corner_with
     assert np.abs(corner_without).max() > 0.006 and np.abs(corner_without).max() > 3 * np.abs(corner_with).max()
