@@ -100,14 +100,15 @@ def tile_data(name: str, h, measurement) -> TileData:
     own = measurement.zernike_cov if measurement.parts is None or not measurement.budget else measurement.parts.fit
     budget = np.array([b.zernike for b in measurement.budget]) if measurement.parts is not None and measurement.budget \
         else None
+    aperture = measurement.vignetting if len(measurement.vignetting) == 3 else ()  # radius, centre x, y
     return TileData(
         name=name, h=tuple(h), zernike_waves=np.asarray(measurement.zernike_waves), zernike_cov=np.asarray(own),
         position_um=np.array([p.value if p else math.nan for p in pos]),
         position_u=np.array([p.u if p else math.nan for p in pos]),
         defocus_um=dz.value if dz else math.nan, defocus_u=dz.u if dz else math.nan,
         budget=budget, budget_names=tuple(b.name for b in measurement.budget) if budget is not None else (),
-        vignetting=np.array([v.value for v in measurement.vignetting]) if len(measurement.vignetting) == 3 else None,
-        vignetting_u=np.array([v.u for v in measurement.vignetting]) if len(measurement.vignetting) == 3 else None,
+        vignetting=np.array([v.value for v in aperture]) if aperture else None,
+        vignetting_u=np.array([v.u for v in aperture]) if aperture else None,
     )
 
 

@@ -162,12 +162,13 @@ def search_geometry_known(model: StationModel, data, background, ranges=None, br
         radius = torch.linalg.vector_norm(k_nom, dim=-1)
         near_bf = radius < model.geometry.cutoff + 3 * model.geometry.df
         inner = (radius < INNER_SEARCH_NA_FACTOR * model.geometry.cutoff).cpu()
-    k_bf, w_bf = search_bright_field(model, data - background) if bright_field is None else bright_field
+    signal = data - background  # once: each search reads it
+    k_bf, w_bf = search_bright_field(model, signal) if bright_field is None else bright_field
     two_pass = int((inner & ~near_bf.cpu()).sum()) >= MIN_INNER_DARK_FIELD and not bool(inner.all())
-    k, score = search_led_frequencies(model, data - background, ranges=ranges, leds=inner if two_pass else None)
+    k, score = search_led_frequencies(model, signal, ranges=ranges, leds=inner if two_pass else None)
     if two_pass:
         fit_geometry(model, *_with_disks(k, score, near_bf, k_bf, w_bf))
-        k_out, s_out = search_led_frequencies(model, data - background, leds=~inner, radius_px=REFINE_RADIUS_PX)
+        k_out, s_out = search_led_frequencies(model, signal, leds=~inner, radius_px=REFINE_RADIUS_PX)
         outer = (~inner).to(k.device)
         k = torch.where(outer[:, None], k_out, k)
         score = torch.where(outer, s_out, score)
