@@ -3,7 +3,8 @@
 This is a second simulator, independent of the solver's model (:mod:`metrology.physics`) and of the
 literal simulator's imaging code (:mod:`metrology.simulate`): numpy float64, one FFT pair per LED,
 wavelength and emitter point, nothing shared with the model but the conventions
-(:mod:`metrology.conventions`) and the LED geometry of :func:`metrology.simulate.led_positions_mm`.
+(:mod:`metrology.conventions`), the LED geometry of :func:`metrology.simulate.led_positions_mm` and
+the LED spectrum's quadrature (:func:`metrology.simulate.spectrum_samples`).
 It exists so that recovery and uncertainty checks meet the ways a real station differs from the
 model (``GUIDE.md``, "Avoid the inverse crime"):
 
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from metrology.simulate import illumination_frequencies, led_positions_mm
+from metrology.simulate import illumination_frequencies, led_positions_mm, spectrum_samples
 
 
 @dataclass(frozen=True)
@@ -88,15 +89,6 @@ class RealPhysics:
     true_distance_mm: float | None = None
     spherical_illumination: bool = False
     extra: dict = field(default_factory=dict)
-
-
-def spectrum_samples(centroid_nm: float, fwhm_nm: float, points: int):
-    """Wavelengths (nm) and weights of a Gaussian LED spectrum (Gauss-Hermite quadrature)."""
-    if fwhm_nm <= 0 or points <= 1:
-        return np.array([float(centroid_nm)]), np.array([1.0])
-    x, w = np.polynomial.hermite_e.hermegauss(int(points))
-    sigma = fwhm_nm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    return centroid_nm + sigma * x, w / w.sum()
 
 
 def _noll_nm(j: int) -> tuple[int, int]:

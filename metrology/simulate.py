@@ -15,6 +15,10 @@ This deliberately takes a different, slower and more literal path than the solve
   by the defocus propagator ``H(f) = exp(i 2 pi z (sqrt(1/lambda^2 - |f|^2) - 1/lambda))``; the
   field is formed at the camera pixels and ``|.|^2`` taken; a finite LED (``size_mm > 0``) is an
   incoherent average over ``led_subsources^2`` points across the emitter;
+* a finite LED spectrum (``spectral_fwhm_nm > 0``) is an incoherent sum over
+  :data:`SPECTRAL_NODES` wavelengths (each with its own illumination frequencies, cut-off,
+  defocus and aberration in waves, the lens's optical path difference fixed); the LEDs' angular
+  emission ``cos^p`` (``emission_exponent``) scales each frame (:func:`emission_law`);
 * camera: each pixel integrates the intensity over its area when the station says so
   (``camera.pixel_integration``; exact: the field at 2 x 2 points per pixel, the intensity
   box-filtered in Fourier); Poisson shot noise, Gaussian read noise, gain, background,
@@ -53,6 +57,10 @@ from metrology.misalignment import (  # noqa: F401  (re-exported: the simulator'
     nominal_misalignment,
 )
 from metrology.references import CATALOGUE, reference_transmission
+
+SPECTRAL_NODES = 5
+"""Wavelengths the literal simulator samples across a finite LED spectrum (Gauss-Hermite nodes;
+more than the model's default ``spectral_points`` = 3, so that the two do not share a quadrature)."""
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -310,7 +318,8 @@ def _emitter_offsets(size_mm: float, subsources: int) -> list:
 def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zernike_waves,
                        *, lens_na=None, log_amplitude=None, led_subsources: int = 9, progress=None,
                        edge_width_cpum: float = 0.0, pupil_edge: str = "hard", vignetting=None) -> np.ndarray:
-    """Noise-free intensity at the camera pixels for each LED (brightness not applied).
+    """Noise-free intensity at the camera pixels for each LED (brightness not applied; the
+    station's LED spectrum and emission law applied).
 
     Parameters
     ----------
@@ -343,25 +352,58 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
     -------
     ndarray float64, shape (J, n, n)
     """
-    fov = station.fov_um
     n = station.frame_px
     if transmission.shape[0] % n:
         raise ValueError("the fine grid must be a multiple of the frame size")
-    pupil = HardPupil(station.na if lens_na is None else lens_na, station.wavelength_nm * 1e-3,
-                      zernike_waves, log_amplitude, truth["sample.defocus_um"], edge_width_cpum,
-                      cell_cpum=(1.0 / fov) if pupil_edge == "cell" else 0.0, vignetting=vignetting)
-    spectrum = fine_spectrum(transmission, fov, truth["sample.position_um"])
+    spectrum = fine_spectrum(transmission, station.fov_um, truth["sample.position_um"])
     offsets = _emitter_offsets(station.led_size_mm, led_subsources)
-    ks = [illumination_frequencies(station, led_positions_mm(station, leds, truth, o)) for o in offsets]
-    out = np.zeros((len(leds), n, n))
     sub = 2 if getattr(station, "pixel_integration", False) else 1  # 2: the intensity is unaliased
-    for j in range(len(leds)):
-        inten = emitter_intensity(spectrum, [k[j] for k in ks], pupil, fov, n, sub=sub)
-        # the pixel average is linear: once per LED, on the emitter points' summed intensity
-        out[j] = (pixel_average(inten, sub) if sub > 1 else inten) / len(ks)
-        if progress is not None:
-            progress(j + 1, len(leds))
-    return out
+    out = np.zeros((len(leds), n, n))
+    lams, weights = led_spectrum(station)
+    for i, (lam_nm, weight) in enumerate(zip(lams, weights)):
+        here = station.replace(wavelength_nm=float(lam_nm)) if lam_nm != station.wavelength_nm else station
+        # the lens's optical path difference is fixed: its phase in waves scales as 1 / lambda
+        pupil = HardPupil(station.na if lens_na is None else lens_na, lam_nm * 1e-3,
+                          np.asarray(zernike_waves, dtype=np.float64) * (station.wavelength_nm / lam_nm), log_amplitude,
+                          truth["sample.defocus_um"], edge_width_cpum,
+                          cell_cpum=(1.0 / station.fov_um) if pupil_edge == "cell" else 0.0, vignetting=vignetting)
+        ks = [illumination_frequencies(here, led_positions_mm(here, leds, truth, o)) for o in offsets]
+        for j in range(len(leds)):
+            inten = emitter_intensity(spectrum, [k[j] for k in ks], pupil, station.fov_um, n, sub=sub)
+            # the pixel average is linear: once per LED, on the emitter points' summed intensity
+            out[j] += weight * (pixel_average(inten, sub) if sub > 1 else inten) / len(ks)
+            if progress is not None:
+                progress(i * len(leds) + j + 1, len(leds) * len(lams))
+    return out * emission_law(station, leds, truth)[:, None, None]
+
+
+def spectrum_samples(centroid_nm: float, fwhm_nm: float, points: int):
+    """Wavelengths (nm) and weights of a Gaussian LED spectrum (Gauss-Hermite quadrature)."""
+    if fwhm_nm <= 0 or points <= 1:
+        return np.array([float(centroid_nm)]), np.array([1.0])
+    x, w = np.polynomial.hermite_e.hermegauss(int(points))
+    sigma = fwhm_nm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    return centroid_nm + sigma * x, w / w.sum()
+
+
+def led_spectrum(station):
+    """Wavelengths (nm) and weights the literal simulator sums over: :data:`SPECTRAL_NODES`
+    Gauss-Hermite nodes of the station's Gaussian LED spectrum (``spectral_fwhm_nm`` FWHM around
+    ``wavelength_nm``); one wavelength when it is 0."""
+    return spectrum_samples(station.wavelength_nm, getattr(station, "spectral_fwhm_nm", 0.0), SPECTRAL_NODES)
+
+
+def emission_law(station, leds, truth: dict) -> np.ndarray:
+    """Relative irradiance of the sample by each LED, shape (J,): ``cos(theta)^p`` with ``theta``
+    the angle of the straight line from the (misaligned) LED centre to the tile centre and ``p`` the
+    station's ``emission_exponent`` (all ones when it is 0)."""
+    p = float(getattr(station, "emission_exponent", 0.0))
+    if p == 0.0:
+        return np.ones(len(leds))
+    pos = led_positions_mm(station, leds, truth)
+    dx = pos[:, 0] - station.tile_center_mm[0]
+    dy = pos[:, 1] - station.tile_center_mm[1]
+    return (-pos[:, 2] / np.sqrt(dx**2 + dy**2 + pos[:, 2] ** 2)) ** p
 
 
 # ---------------------------------------------------------------------------- capture
@@ -504,6 +546,7 @@ def _lens_and_camera_truth(station, coeffs, lens_na, log_amp, counts_per_unit) -
         "pupil.zernike_waves": z.tolist(),
         "pupil.na": float(lens_na),
         "pupil.log_amplitude": [] if log_amp is None else np.asarray(log_amp).tolist(),
+        "illumination.emission_exponent": float(getattr(station, "emission_exponent", 0.0)),
         "camera.background_counts": float(station.camera.background_counts),
         "camera.counts_per_unit": float(counts_per_unit),
     }
