@@ -179,14 +179,14 @@ def run_ours(station, leds, capture, truth, metric: PupilMetric, mode: str, max_
     import torch
 
     from metrology.physics import StationModel
-    from metrology.references import reference_transmission
+    from metrology.references import catalogue_over_field
     from metrology.solver import NoiseModel, default_schedule, reconstruct
 
     geometry = station.geometry(leds)
     transmission = None
     if mode in ("known", "prior"):
-        transmission = reference_transmission(truth["reference_sample"], station.fov_um, geometry.object_px,
-                                              seed=truth["reference_seed"])
+        transmission = catalogue_over_field(truth["reference_sample"], station.fov_um, geometry,
+                                            seed=truth["reference_seed"])
     # as metrology.pipeline does: float32 model, the camera's noise (read noise + quantisation)
     model = StationModel(geometry, transmission=transmission, exposure=truth["relative_exposure"],
                          dtype=torch.float32).to(device)

@@ -71,14 +71,14 @@ def fit(station, capture, truth, mode="known", frozen=(), max_iterations=None):
 
     from metrology.io.capture import relative_exposure
     from metrology.physics import StationModel
-    from metrology.references import reference_transmission
+    from metrology.references import catalogue_over_field
     from metrology.solver import NoiseModel, default_schedule, reconstruct
     from metrology.solver.uncertainty import measurement_from_fit
 
     g = station.geometry(capture.leds)
     ref = None
     if mode != "blind":
-        ref = reference_transmission(truth["reference_sample"], station.fov_um, g.object_px, seed=truth["reference_seed"])
+        ref = catalogue_over_field(truth["reference_sample"], station.fov_um, g, seed=truth["reference_seed"])
     model = StationModel(g, ref, relative_exposure(capture), dtype=torch.float32).to(DEVICE)
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale)

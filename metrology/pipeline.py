@@ -29,7 +29,9 @@ from metrology.physics import StationModel
 from metrology.progress import reporter
 from metrology.physics.illumination import max_nominal_illumination_na
 from metrology.limits import MAX_SEED
-from metrology.references import CATALOGUE, read_reference_image, reference_from_image, reference_transmission
+from metrology.references import (
+    CATALOGUE, continued_periodically, read_reference_image, reference_from_image, reference_transmission,
+)
 from metrology.measurement import Identifiability, Measurement, SolverReport
 from metrology.solver import FitResult, NoiseModel, reconstruct
 from metrology.solver.schedule import station_schedule
@@ -85,11 +87,14 @@ def resolve_reference(reference, capture, station, geometry):
     -------
     label : str
     transmission : ndarray complex (N, N)
+        Over the frame's field of view, ``N = frame_px * upsampling`` (the model's margin, where the
+        station has one, is added by :func:`model_reference`; before 2026-12-02 the map was drawn
+        with the margin's extra samples over the frame's field of view, i.e. at the wrong scale).
     source : dict or None
         ``{"path", "sha256"}`` of the file, when the reference came from one (hashed into the
         report from the bytes read).
     """
-    n = geometry.object_px
+    n = geometry.frame_px * geometry.upsampling
     if reference is None:
         sample_id = capture.reference_sample or ""
         if sample_id not in CATALOGUE:
@@ -172,9 +177,25 @@ def foreign_noise(capture) -> NoiseModel:
 def build_model(loaded: LoadedInputs, mode: str = "known", dtype=None):
     """Nominal station model for the capture (reference map in known/prior modes)."""
     dtype = dtype or torch.float32
-    transmission = loaded.reference if mode in ("known", "prior") else None
     geometry = replace(loaded.geometry, margin_px=margin_for(loaded, mode))
+    transmission = model_reference(loaded, geometry) if mode in ("known", "prior") else None
     return StationModel(geometry, transmission, relative_exposure(loaded.capture), dtype=dtype)
+
+
+def model_reference(loaded: LoadedInputs, geometry):
+    """The reference map over the modelled field (the frame and ``geometry.margin_px`` beyond it).
+
+    A catalogue sample repeats with the field of view (:mod:`metrology.references`), so beyond the
+    frame it is its own periodic continuation, which the model then holds exactly. A map from a file
+    covers the frame alone: the model pads it with its mean (:func:`metrology.physics.sample.pad_with_mean`),
+    the best guess of a sample unknown there. (Padding a catalogue sample with its mean, as before
+    2026-12-02, mis-modelled the light the margin scatters into the frame: a known-mode fit of a
+    periodic capture with ``margin_px = 8`` ended with the LED tilt at 2.2 degrees and did not converge.)
+    """
+    ref = loaded.reference
+    if ref is None or any(i["role"] == "reference" for i in loaded.inputs):
+        return ref
+    return continued_periodically(ref, geometry.frame_offset_px)
 
 
 AUTO_MARGIN_FRACTION = 0.125

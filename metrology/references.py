@@ -179,6 +179,23 @@ def reference_transmission(sample_id: str, fov_um: float, n_px: int, seed: int |
     return _usaf_bars(fov_um, n_px)
 
 
+def continued_periodically(transmission, offset_px: int) -> np.ndarray:
+    """A catalogue map over the frame (N, N) continued ``offset_px`` grid pixels beyond each side by
+    its own periodic continuation, shape (N + 2 offset, N + 2 offset): every catalogue sample repeats
+    with the field of view, so this is the sample a model with a margin
+    (:attr:`metrology.physics.StationGeometry.margin_px`) sees beyond the frame."""
+    t = np.asarray(transmission)
+    return np.pad(t, int(offset_px), mode="wrap") if offset_px else t
+
+
+def catalogue_over_field(sample_id: str, fov_um: float, geometry, seed: int | None = None) -> np.ndarray:
+    """A catalogue sample over a model's whole field (the frame and its margin), on its grid:
+    drawn over the frame's field of view ``fov_um`` at ``frame_px * upsampling`` samples, then
+    :func:`continued_periodically` by ``geometry.frame_offset_px``; shape ``(object_px, object_px)``."""
+    inner = reference_transmission(sample_id, fov_um, geometry.frame_px * geometry.upsampling, seed=seed)
+    return continued_periodically(inner, geometry.frame_offset_px)
+
+
 def fourier_resample(image: np.ndarray, n_px: int) -> np.ndarray:
     """Resample a periodic square image to ``n_px x n_px`` by zero-padding/cropping its spectrum.
 

@@ -56,7 +56,7 @@ from metrology.misalignment import (  # noqa: F401  (re-exported: the simulator'
     draw_misalignment,
     nominal_misalignment,
 )
-from metrology.references import CATALOGUE, reference_transmission
+from metrology.references import CATALOGUE, catalogue_over_field, reference_transmission
 
 SPECTRAL_NODES = 5
 """Wavelengths the literal simulator samples across a finite LED spectrum (Gauss-Hermite nodes;
@@ -577,8 +577,8 @@ def model_from_truth(station, truth: dict, transmission=None, dtype=None, leds=N
     leds = truth.get("leds", station.led_list()) if leds is None else leds
     geometry = station.geometry([tuple(rc) for rc in leds])
     if transmission is None:
-        transmission = reference_transmission(truth.get("reference_sample", "random-broadband"), station.fov_um,
-                                              geometry.object_px, seed=truth.get("reference_seed", 0))
+        transmission = catalogue_over_field(truth.get("reference_sample", "random-broadband"), station.fov_um,
+                                            geometry, seed=truth.get("reference_seed", 0))
     if exposure is None:
         exposure = truth.get("relative_exposure")
     model = StationModel(geometry, transmission, exposure, dtype=dtype)

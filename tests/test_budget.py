@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from metrology.physics import StationModel
-from metrology.references import reference_transmission
+from metrology.references import catalogue_over_field
 from metrology.solver import NoiseModel, default_schedule, reconstruct
 from metrology.solver.budget import _moved, _residual, constant_sensitivities, residual_scale
 from metrology.solver.jacobian import psd_inverse
@@ -31,7 +31,7 @@ from tests.sim_cases import misaligned_capture
 def fit():
     station, leds, capture, truth, _ = misaligned_capture(32, 9, seed=21)
     g = station.geometry(leds)
-    ref = reference_transmission(truth["reference_sample"], station.fov_um, g.object_px, seed=truth["reference_seed"])
+    ref = catalogue_over_field(truth["reference_sample"], station.fov_um, g, seed=truth["reference_seed"])
     model = StationModel(g, transmission=ref, exposure=truth["relative_exposure"])
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)

@@ -14,7 +14,7 @@ import torch
 from metrology.cli import main
 from metrology.errors import InputError
 from metrology.physics import CALIBRATABLE, StationModel
-from metrology.references import reference_transmission
+from metrology.references import catalogue_over_field
 from metrology.solver import NoiseModel, default_schedule, reconstruct
 from metrology.solver.device import compute_device, device_label
 from metrology.solver.jacobian import normal_equations
@@ -57,7 +57,7 @@ def test_inspect_with_cuda_but_no_gpu_exits_2_and_writes_nothing(tmp_path, capsy
 def small_case():
     station, leds, capture, truth, coeffs = misaligned_capture(32, 7, seed=5)
     g = station.geometry(leds)
-    ref = reference_transmission(truth["reference_sample"], station.fov_um, g.object_px, seed=truth["reference_seed"])
+    ref = catalogue_over_field(truth["reference_sample"], station.fov_um, g, seed=truth["reference_seed"])
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)
     return g, ref, truth, capture, noise, coeffs

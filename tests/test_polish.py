@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from metrology.physics import StationModel
-from metrology.references import reference_transmission
+from metrology.references import catalogue_over_field
 from metrology.solver import NoiseModel, default_schedule, reconstruct
 from metrology.solver.jacobian import linearise
 from metrology.solver.priors import add_to_normal_equations
@@ -31,7 +31,7 @@ polish_module = importlib.import_module("metrology.solver.polish")
 def _known_fit_inputs(frame_px=16, leds_per_side=5, seed=3):
     station, leds, capture, truth, _ = misaligned_capture(frame_px, leds_per_side, seed=seed)
     g = station.geometry(leds)
-    ref = reference_transmission(truth["reference_sample"], station.fov_um, g.object_px, seed=truth["reference_seed"])
+    ref = catalogue_over_field(truth["reference_sample"], station.fov_um, g, seed=truth["reference_seed"])
     model = StationModel(g, transmission=ref, exposure=truth["relative_exposure"], dtype=torch.float32)
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)

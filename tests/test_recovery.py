@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from metrology.physics import StationModel
-from metrology.references import reference_transmission
+from metrology.references import catalogue_over_field
 from metrology.solver import NoiseModel, default_schedule, reconstruct
 from metrology.solver.schedule import parameters_at_bounds
 from tests.sim_cases import misaligned_capture
@@ -30,7 +30,7 @@ def _fit(case, mode):
     g = station.geometry(leds)
     ref = None
     if mode == "known":
-        ref = reference_transmission(truth["reference_sample"], station.fov_um, g.object_px, seed=truth["reference_seed"])
+        ref = catalogue_over_field(truth["reference_sample"], station.fov_um, g, seed=truth["reference_seed"])
     model = StationModel(g, transmission=ref, exposure=truth["relative_exposure"])
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)
@@ -237,7 +237,7 @@ def test_frozen_misalignment_leaks_into_the_lens(case):
     why the misalignment must be fitted (the separation benchmark prints it for 8 misalignments)."""
     station, leds, capture, truth, coeffs = case
     g = station.geometry(leds)
-    ref = reference_transmission(truth["reference_sample"], station.fov_um, g.object_px, seed=truth["reference_seed"])
+    ref = catalogue_over_field(truth["reference_sample"], station.fov_um, g, seed=truth["reference_seed"])
     model = StationModel(g, transmission=ref, exposure=truth["relative_exposure"])
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True)

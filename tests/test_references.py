@@ -78,3 +78,49 @@ def test_load_reference_file(tmp_path):
         load_reference_file(tmp_path / "bad.npy", 0.5, FOV, 64)
     with pytest.raises(InputError, match="not found"):
         load_reference_file(tmp_path / "none.npy", 0.5, FOV, 64)
+
+
+def test_a_station_margin_keeps_the_known_reference_at_its_scale(tmp_path):
+    """With ``reconstruction.margin_px`` set, the known reference is drawn over the frame at its own
+    scale and continued periodically over the margin (a catalogue sample repeats with the field of
+    view): with a field twice the frame (16 px of margin on 32) the model's frames at the same state
+    equal those without a margin to rounding (:func:`test_margin_of_a_periodic_sample_changes_nothing`
+    in ``test_physics_closed_forms.py``). A map from a file
+    keeps its scale too, padded with its mean. Before 2026-12-02 the map was drawn with the margin's
+    extra samples over the frame's field of view (scaled by 0.8 with 8 px of margin on 32 px), and a
+    known-mode fit of a periodic capture ended with the LED tilt at 2.2 degrees, not converged."""
+    from pathlib import Path
+
+    import torch
+
+    from metrology.io import write_capture
+    from metrology.io.station_file import load_station
+    from metrology.pipeline import build_model, load_inputs
+    from metrology.simulate import simulate_capture
+
+    root = Path(__file__).resolve().parents[1]
+    plain = load_station(root / "fixtures/stations/bench-4x-15x15.toml").replace(frame_px=32)
+    capture, _ = simulate_capture(plain, np.zeros(15), None, noise=False, led_subsources=1)
+    write_capture(tmp_path / "capture.tif", capture)
+    models = {}
+    for name, margin in (("plain", None), ("margin", 16)):
+        (tmp_path / f"{name}.toml").write_text(plain.replace(margin_px=margin).to_toml())
+        loaded = load_inputs(tmp_path / "capture.tif", tmp_path / f"{name}.toml")
+        assert loaded.reference.shape == (32 * plain.upsampling,) * 2
+        models[name] = build_model(loaded, "known", torch.float64)
+    off = 16 * plain.upsampling
+    assert models["margin"].geometry.frame_offset_px == off
+    with torch.no_grad():
+        for m in models.values():
+            m.pupil.zernike_waves[4:10].copy_(torch.linspace(-0.05, 0.06, 6, dtype=torch.float64))
+            m.illumination.shift_mm.copy_(torch.tensor([0.3, -0.2], dtype=torch.float64))
+            m.sample.defocus_um.fill_(2.0)
+        a, b = models["plain"].intensity(), models["margin"].intensity()
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-10 * float(a.max()))
+    # a map from a file: its own scale inside the frame, its mean beyond
+    np.save(tmp_path / "map.npy", loaded.reference)
+    from_file = load_inputs(tmp_path / "capture.tif", tmp_path / "margin.toml", reference=tmp_path / "map.npy")
+    t = build_model(from_file, "known", torch.float64).sample.transmission().detach().numpy()
+    inner = slice(off, off + loaded.reference.shape[0])
+    np.testing.assert_allclose(t[inner, inner], loaded.reference, atol=1e-6)
+    np.testing.assert_allclose(t[:off, :off], loaded.reference.mean(), atol=1e-6)
