@@ -195,6 +195,7 @@ def _edited(tmp_path, old, new, name="s.toml"):
         ("upsampling = 4", "upsampling = 2", "reconstruction.upsampling"),
         ("shift_mm = 0.05", "shift_m = 0.05", "calibration.drift_limits.shift_m"),
         ("upsampling = 4", "upsampling = 4\nradius_refits = \"yes\"", "reconstruction.radius_refits must be true or false"),
+        ("pitch_mm = 4.0", "pitch_mm = 4.0\nspectral_points = 9", "led_array.spectral_points must be in 1..7, got 9"),
     ],
 )
 def test_station_errors_name_file_and_key(tmp_path, old, new, fragment):
@@ -213,6 +214,16 @@ def test_radius_refits_defaults_on_and_can_be_turned_off(tmp_path):
     assert load_station(STATION_4X).radius_refits is True
     off = load_station(_edited(tmp_path, "upsampling = 4", "upsampling = 4\nradius_refits = false"))
     assert off.radius_refits is False and parse_station(off.to_toml()).radius_refits is False
+
+
+def test_spectral_points_reach_the_model_and_are_written_back(tmp_path):
+    """``[led_array] spectral_points``: the model's wavelengths across the LED spectrum (3 unless the
+    file says otherwise), read, passed to the geometry and written back by ``to_toml``."""
+    assert load_station(STATION_4X).geometry().spectral_points == 3
+    two = load_station(_edited(tmp_path, "pitch_mm = 4.0", "pitch_mm = 4.0\nspectral_fwhm_nm = 25.0\nspectral_points = 2"))
+    g = two.geometry()
+    assert two.spectral_points == 2 and g.spectral_points == 2 and len(g.spectral_nodes()) == 2
+    assert parse_station(two.to_toml()).spectral_points == 2
 
 
 def test_station_checks_capture():

@@ -121,6 +121,7 @@ SCHEMA = {
     ("camera", "background_counts"): ("background_counts", "float", 0.0, _ge0),
     ("camera", "pixel_integration"): ("pixel_integration", "bool", True, None),
     ("led_array", "spectral_fwhm_nm"): ("spectral_fwhm_nm", "float", 0.0, _ge0),
+    ("led_array", "spectral_points"): ("spectral_points", "int", 3, _in(1, 7)),
     ("led_array", "emission_exponent"): ("emission_exponent", "float", 0.0, None),
     ("lens", "vignetting"): ("vignetting", "triple", None, _vignetting),
     ("reconstruction", "upsampling"): ("upsampling", "int", None, _in(1, MAX_UPSAMPLING)),
@@ -223,6 +224,7 @@ class StationDescription:
     background_counts: float = 0.0
     pixel_integration: bool = True
     spectral_fwhm_nm: float = 0.0
+    spectral_points: int = 3  # wavelengths the model samples across the LED spectrum (Gauss-Hermite)
     emission_exponent: float = 0.0
     vignetting: tuple | None = None
     margin_px: int | None = None
@@ -292,6 +294,7 @@ class StationDescription:
             slide_index=self.slide_index,
             pixel_quadrature=PIXEL_QUADRATURE if self.pixel_integration else 0,
             spectral_fwhm_nm=self.spectral_fwhm_nm,
+            spectral_points=self.spectral_points,
             emission_exponent=self.emission_exponent,
             vignetting=None if self.vignetting is None else tuple(self.vignetting),
             margin_px=self.margin_px or 0,
