@@ -11,7 +11,7 @@ periodic with the frame, which a field of twice the frame represents exactly
 
 Until 2026-12-02 the simulator ignored the spectrum and the emission law, and a margin set in the
 station file broke known mode (the reference drawn at the wrong scale: the LED tilt fitted to 2.2
-degrees). With a 1 mm slide and an off-axis tile added as well, misalignment seed 1 stalled ("no
+degrees). With a 1 mm slide and an off-axis tile added as well (9 x 9 LEDs, 8-px margin), misalignment seed 1 stalled ("no
 step reduces the loss", 4 sigma left: INCONCLUSIVE, as it must be) while seeds 2 and 3 converged.
 """
 
