@@ -188,9 +188,10 @@ def model_reference(loaded: LoadedInputs, geometry):
     A catalogue sample repeats with the field of view (:mod:`metrology.references`), so beyond the
     frame it is its own periodic continuation, which the model then holds exactly. A map from a file
     covers the frame alone: the model pads it with its mean (:func:`metrology.physics.sample.pad_with_mean`),
-    the best guess of a sample unknown there. (Padding a catalogue sample with its mean, as before
-    2026-12-02, mis-modelled the light the margin scatters into the frame: a known-mode fit of a
-    periodic capture with ``margin_px = 8`` ended with the LED tilt at 2.2 degrees and did not converge.)
+    the best guess of a sample unknown there. (Before 2026-12-02 a margin set in the station file
+    made :func:`resolve_reference` draw the map over the frame's field of view with the whole field's
+    samples, i.e. shrunk: a known-mode fit of a periodic capture with ``margin_px = 8`` ended with the
+    LED tilt at 2.2 degrees and did not converge.)
     """
     ref = loaded.reference
     if ref is None or any(i["role"] == "reference" for i in loaded.inputs):
