@@ -51,10 +51,15 @@ class LoadedInputs:
     station: object  # metrology.io.station_file.StationDescription
     geometry: object  # metrology.physics.StationGeometry
     reference_label: str
-    reference: np.ndarray | None  # complex (N, N) on the reconstruction grid; None in blind mode without one
+    reference: np.ndarray | None  # complex (N, N) over the frame, N = frame_px * upsampling; None in blind mode without one
     inputs: list = field(default_factory=list)  # [{"role", "path", "sha256"}]
     spec_path: Path | None = None
     spec: object = None  # metrology.analysis.spec.LensSpec
+
+    @property
+    def reference_from_file(self) -> bool:
+        """The reference map came from a file (it covers the frame alone), not from the catalogue."""
+        return any(i["role"] == "reference" for i in self.inputs)
 
 
 def _require_file(path, role: str) -> Path:
@@ -194,7 +199,7 @@ def model_reference(loaded: LoadedInputs, geometry):
     LED tilt at 2.2 degrees and did not converge.)
     """
     ref = loaded.reference
-    if ref is None or any(i["role"] == "reference" for i in loaded.inputs):
+    if ref is None or loaded.reference_from_file:
         return ref
     return continued_periodically(ref, geometry.frame_offset_px)
 
@@ -211,8 +216,7 @@ def margin_for(loaded: LoadedInputs, mode: str) -> int:
     :data:`AUTO_MARGIN_FRACTION` and :class:`metrology.physics.StationGeometry`)."""
     if loaded.station.margin_px is not None:
         return int(loaded.station.margin_px)
-    from_file = any(i["role"] == "reference" for i in loaded.inputs)
-    if mode in ("known", "prior") and not from_file:
+    if mode in ("known", "prior") and not loaded.reference_from_file:
         return 0
     return max(4, int(round(AUTO_MARGIN_FRACTION * loaded.geometry.frame_px)))
 

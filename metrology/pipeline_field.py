@@ -73,7 +73,7 @@ def tile_inputs(loaded: LoadedInputs) -> list:
     single-tile station (exact tile centre) and geometry, and the reference map the tile sees."""
     st = loaded.station
     layout = st.field_layout
-    if any(i["role"] == "reference" for i in loaded.inputs):
+    if loaded.reference_from_file:
         raise InputError("--reference", "a full-field capture needs a catalogue reference sample (a reference map "
                                         "file covers one tile, not the frame)")
     out = []
