@@ -25,6 +25,7 @@ import numpy as np
 from metrology.analysis.field import (
     TileData, fit_distortion, fit_field_curvature, fit_field_model, fit_field_vignetting,
 )
+from metrology.analysis.station_agreement import combine_tiles
 from metrology.errors import InputError
 from metrology.io.capture import Capture
 from metrology.io.field_layout import tile_reference
@@ -52,7 +53,8 @@ class FieldMeasurement:
     and verdict); ``model`` (:class:`~metrology.analysis.field.FieldModel` or None),
     ``distortion`` (dict or None), ``curvature`` (LinearFit or None), ``vignetting`` (LinearFit of
     the second aperture across the field, or None where no tile models one), ``notes`` (why a part is
-    missing), ``station`` (combined station estimates: name -> dict).
+    missing), ``station`` (combined station estimates and the tiles' agreement: name ->
+    :class:`~metrology.analysis.station_agreement.StationAgreement`).
     """
 
     tiles: list
@@ -112,30 +114,31 @@ def tile_data(name: str, h, measurement) -> TileData:
     )
 
 
-def combine_station(measurements: list) -> dict:
-    """Inverse-variance weighted mean of each station estimate over the tiles (the sample pose
-    excluded: :data:`POSE_NAMES`), with ``u`` from the weights widened by the Birge ratio when the
-    tiles disagree beyond their uncertainties, and the chi-square of that agreement.
+def combine_station(measurements: list, names=None) -> dict:
+    """Each station estimate combined over the tiles (the sample pose excluded: :data:`POSE_NAMES`):
+    name -> :class:`~metrology.analysis.station_agreement.StationAgreement`.
 
-    The tiles' estimates share the station constants' errors (the GUM budget); the weighted mean
-    treats them as independent, so ``u`` is the spread-based part only (the joint solve replaces this)."""
+    The generalised least-squares mean with the tiles' fit-part uncertainties independent and the
+    station constants' contributions (the GUM budget) common to the tiles, Birge-widened, and the
+    chi-square of the tiles' agreement (:func:`~metrology.analysis.station_agreement.combine_tiles`).
+    A tile without the uncertainty parts counts with its total ``u`` as independent. ``names``: the
+    tiles' names (default ``tile 0``, ``tile 1``, ...)."""
+    names = names or [f"tile {i}" for i in range(len(measurements))]
+    constants = sorted({b.name for m in measurements for b in m.budget})
     out = {}
-    names = [s.name for s in measurements[0].station if s.name not in POSE_NAMES]
-    for name in names:
-        vals, us = [], []
-        for m in measurements:
-            s = next((e for e in m.station if e.name == name), None)
-            if s is not None and math.isfinite(s.value) and math.isfinite(s.u) and s.u > 0:
-                vals.append(s.value)
-                us.append(s.u)
-        if not vals:
-            continue
-        w = 1.0 / np.square(us)
-        mean = float(np.sum(w * vals) / np.sum(w))
-        chi2 = float(np.sum(w * (np.asarray(vals) - mean) ** 2))
-        birge = math.sqrt(chi2 / (len(vals) - 1)) if len(vals) > 1 else 1.0
-        out[name] = {"value": mean, "u": float(max(1.0, birge) / math.sqrt(np.sum(w))), "chi2": chi2,
-                     "tiles": len(vals)}
+    for element in [s.name for s in measurements[0].station if s.name not in POSE_NAMES]:
+        rows = []
+        for tile, m in zip(names, measurements):
+            s = next((e for e in m.station if e.name == element), None)
+            u_fit = m.parts.station_fit.get(element, math.nan) if m.parts is not None else (s.u if s else math.nan)
+            if s is None or not (math.isfinite(s.value) and math.isfinite(u_fit) and u_fit > 0):
+                continue
+            shares = {b.name: b.station.get(element, 0.0) for b in m.budget} if m.parts is not None else {}
+            rows.append((tile, s.value, u_fit, [shares.get(c, 0.0) for c in constants]))
+        if rows:
+            tiles, values, u_fit, contributions = zip(*rows)
+            out[element] = combine_tiles(element, values, u_fit, np.array(contributions).reshape(len(rows), -1),
+                                         tiles)
     return out
 
 
@@ -164,7 +167,8 @@ def measure_field(loaded: LoadedInputs, mode: str = "known", max_iterations=None
     fitted = _fit_tiles(tiles, per_tile, (mode, max_iterations, tuple(frozen), device), rep, workers)
     fits, measurements = [f for f, _ in fitted], [m for _, m in fitted]
     central = int(np.argmin([math.hypot(*t.h) for t in tiles]))
-    result = FieldMeasurement(tiles, per_tile, fits, measurements, central, station=combine_station(measurements))
+    result = FieldMeasurement(tiles, per_tile, fits, measurements, central,
+                              station=combine_station(measurements, [t.name for t in tiles]))
     data = [tile_data(t.name, t.h, m) for t, m in zip(tiles, measurements)]
     rep.stage("field model (generalised least squares over the tiles)")
     _fit_parts(result, data, loaded, mode)

@@ -73,7 +73,7 @@ def test_the_simulators_pupil_is_the_stop_inside_the_second_aperture():
 @pytest.fixture(scope="module")
 def two_tiles(tmp_path_factory):
     """An edge and a corner tile of a full-frame capture through a lens with a second aperture,
-    inspected with the aperture modelled (start 1.25, 0.45), and the corner tile without it."""
+    inspected with the aperture modelled (start 1.25, 0.45), and the same two without it."""
     # lazy: the API facade loads the application layer by name
     import metrology
 
@@ -85,8 +85,7 @@ def two_tiles(tmp_path_factory):
                  "--misalignment", "random", "--seed", "3"]) == 0
     truth = json.loads((out / "cap" / "truth.json").read_text(encoding="utf-8"))
     results = {}
-    # the stop-alone fit needs only the corner tile (where the bias shows): one tile fit less
-    for name, extra in (("model", tiles + "vignetting = [1.25, 0.45]\n"), ("none", "tiles = [[2, 2]]\n")):
+    for name, extra in (("model", tiles + "vignetting = [1.25, 0.45]\n"), ("none", tiles)):
         station = out / f"station-{name}.toml"
         station.write_text(STATION.read_text(encoding="utf-8") + extra, encoding="utf-8")
         results[name] = metrology.inspect(out / "cap" / "capture.tif", station, SPEC, device="cpu")
@@ -135,6 +134,27 @@ def test_without_the_aperture_the_off_axis_astigmatism_is_biased(two_tiles):
     corner_with, corner_without = with_model["r2c2"], without["r2c2"]
     assert np.abs(corner_with).max() < 0.003, corner_with
     assert np.abs(corner_without).max() > 0.006 and np.abs(corner_without).max() > 3 * np.abs(corner_with).max()
+
+
+def test_tiles_that_disagree_on_the_station_flag_the_undeclared_aperture(two_tiles):
+    """Without the aperture the corner tile bends its LED geometry to absorb the cut pupil while its
+    own fit looks good; the two tiles then disagree on the station they share far beyond their
+    uncertainty, and the verdict says so first among the tiles' findings. With the aperture
+    modelled they agree."""
+    docs = {k: r.document for k, r in two_tiles[0].items()}
+    agree = {s["name"]: s for s in docs["model"]["field"]["station"]}
+    apart = {s["name"]: s for s in docs["none"]["field"]["station"]}
+    assert not any(s["disagrees"] for s in agree.values()), agree
+    assert max(s["birge_ratio"] for s in agree.values()) < 3
+    shift = [apart[f"illumination.shift_mm[{i}]"] for i in (0, 1)]
+    assert max(s["birge_ratio"] for s in shift) > 3 * 5, shift
+    assert all(s["dof"] == 1 and s["tiles"] == 2 for s in apart.values())
+    reasons = docs["none"]["verdict"]["reasons"]
+    assert docs["none"]["verdict"]["overall"] == "INCONCLUSIVE"
+    first = next(i for i, r in enumerate(reasons) if "tiles disagree on the one station" in r)
+    assert "[field] vignetting" in reasons[first]
+    assert all("tile r2c2:" not in r for r in reasons[:first]), reasons
+    assert not any("tiles disagree" in r for r in docs["model"]["verdict"]["reasons"])
 
 
 def test_the_full_field_page_prints_the_fitted_aperture(two_tiles, tmp_path):

@@ -19,7 +19,13 @@ tile nearest the axis as before) and the zones, with the validity of **every** t
 
 Nothing here imports the physics, the solver or the pipeline: the full-field measurement is read
 through its attributes (``tiles``, ``measurements``, ``central``, ``model``, ``distortion``,
-``curvature``, ``notes``; :class:`metrology.pipeline_field.FieldMeasurement`).
+``curvature``, ``station``, ``notes``; :class:`metrology.pipeline_field.FieldMeasurement`).
+
+The tiles share one station: where their station estimates disagree far beyond their uncertainty
+(:func:`station_finding`), some tile's model misses a field-dependent effect (an undeclared second
+aperture above all) and its lens terms are biased while its own fit looks good, so the zones'
+verdict is INCONCLUSIVE (a finding that blocks); a spec without zones judges the tile nearest the
+axis only, and gets it as a warning.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 
 from metrology.analysis.propagation import N_DRAWS, SEED, Quantity, derived_figures, family_indices
 from metrology.analysis.spec import LensSpec, Zone
+from metrology.analysis.station_agreement import disagreement_finding
 from metrology.analysis.field_mtf import DRAWS as MTF_DRAWS
 from metrology.analysis.field_mtf import DIRECTIONS, FieldMtf, aperture_of
 from metrology.analysis.verdict import (FAIL, INCONCLUSIVE, PASS, LimitResult, Verdict, decide_upper, judge,
@@ -259,6 +266,16 @@ def tile_findings(field, spec: LensSpec, seen=()) -> tuple:
     return blocking, warnings
 
 
+def station_finding(field) -> str | None:
+    """The tiles' disagreement on their shared station as one sentence
+    (:func:`~metrology.analysis.station_agreement.disagreement_finding`), or None where they agree
+    (or the capture has one tile: ``field`` None)."""
+    if field is None or not getattr(field, "station", None):
+        return None
+    labels = {s.name: s.label for s in field.measurements[field.central].station}
+    return disagreement_finding(field.station.values(), labels)
+
+
 def judge_field(measurement, spec: LensSpec, station_status: dict | None = None, field=None,
                 n_draws: int = N_DRAWS, seed: int = SEED, mtf: FieldMtf | None = None) -> Verdict:
     """The verdict of an inspection, across the field when the spec has zones.
@@ -282,10 +299,14 @@ def judge_field(measurement, spec: LensSpec, station_status: dict | None = None,
     Verdict
         Without zones: :func:`judge`'s, with a warning on a full-field capture that only the tile
         nearest the axis was judged. With zones: the on-axis rows and every zone's rows, the
-        validity of every tile, ``zones`` (:func:`judge_zone` summaries).
+        validity of every tile, the tiles' agreement on the station (:func:`station_finding`),
+        ``zones`` (:func:`judge_zone` summaries).
     """
     base = judge(measurement, spec, station_status, n_draws=n_draws, seed=seed)
+    disagreement = station_finding(field)
     if not spec.zones:
+        if disagreement:
+            base.warnings.append(disagreement)
         if field is not None:
             tile = field.tiles[field.central]
             base.warnings.append(
@@ -293,6 +314,7 @@ def judge_field(measurement, spec: LensSpec, station_status: dict | None = None,
                 f"(|H| = {math.hypot(*tile.h):.2f}) was judged; the other tiles are reported, not judged")
         return base
     blocking, warnings = validity_findings(measurement, spec, station_status)
+    blocking += [disagreement] if disagreement else []
     if field is not None:
         b, w = tile_findings(field, spec, seen=set(blocking + warnings))
         blocking += b
