@@ -32,7 +32,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +170,7 @@ def _station_errors(fm, mis) -> dict:
     out = {}
     for name, (path, i) in LED_GEOMETRY.items():
         true = float(np.asarray(mis[path]).reshape(-1)[0 if i is None else i])
-        out[name] = {"combined": abs(fm.station[name]["value"] - true), "central": abs(central[name] - true)}
+        out[name] = {"combined": abs(fm.station[name].value - true), "central": abs(central[name] - true)}
     return out
 
 
@@ -181,7 +181,7 @@ def _row(fm, station, seconds, mis) -> dict:
     return {"values": dict(zip(fit.names, fit.values.tolist())), "u": dict(zip(fit.names, fit.u.tolist())),
             "chi2": fm.model.chi2, "dof": fm.model.dof, "seidel": fm.model.seidel, "w220": curv,
             "distortion_edge": fm.distortion["distortion_percent_edge"], "seconds": seconds,
-            "station": fm.station, "scatter_waves": fm.model.scatter_waves,
+            "station": {k: asdict(v) for k, v in fm.station.items()}, "scatter_waves": fm.model.scatter_waves,
             "station_errors": _station_errors(fm, mis),
             "tiles": [{"name": t.name, "zernike": m.zernike_waves.tolist(), "u": m.zernike_u.tolist(),
                        "converged": bool(m.solver.converged)} for t, m in zip(fm.tiles, fm.measurements)]}

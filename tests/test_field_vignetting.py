@@ -8,6 +8,7 @@ the same capture's astigmatism is biased."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,19 @@ def test_the_full_field_page_prints_the_fitted_aperture(two_tiles, tmp_path):
     every = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout.split())
     assert "Vignetting aperture radius" in every  # the station table of the tile nearest the axis
     assert f"{radius['value']:.3f}"[:4] in text
+
+
+def test_the_full_field_page_and_page_one_say_the_tiles_disagree(two_tiles, tmp_path):
+    # lazy: the API facade loads the application layer by name
+    import shutil
+    import subprocess
+
+    import metrology
+
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    pdf, _ = metrology.write_report(two_tiles[0]["none"], tmp_path)
+    every = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout.split())
+    assert "Station across the tiles: largest scatter / uncertainty (Birge ratio; > 5 disagrees)" in every
+    assert re.search(r"\d+\.\d \(LED array shift [xy]\): DISAGREE \(tile r\dc\d", every), every[-1500:]
+    assert "the tiles disagree on the one station they share (LED array shift" in every

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -190,8 +191,10 @@ def test_full_field_pdf_page_rendered_and_read(inspected, tmp_path):
                      "Verdict per field zone (overall FAIL)", "0-0.7 field (|H| <= 0.7): PASS",
                      "full field (|H| <= 1): FAIL", "MTF at 100 cycles/mm (sagittal and tangential)",
                      "MTF directions: at field point H the tangential MTF has its frequency vector along H",
-                     "Focus: image plane through the axis's best focus"):
+                     "Focus: image plane through the axis's best focus",
+                     "Station across the tiles: largest scatter / uncertainty"):
         assert fragment in text, fragment
+    assert re.search(r"\d+\.\d \([A-Za-z ]+\): agree", text), text
     w222 = result.document["field"]["model"]["seidel_waves"]["W222"]
     assert f"{w222['value']:.3f}"[:4] in text  # the table prints the fitted W222
     subprocess.run(["pdftoppm", "-f", "5", "-l", "5", "-r", "30", "-png", str(pdf), str(tmp_path / "p")], check=True)

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from metrology.analysis.spec import zone_extent
+from metrology.parameters import element_label
 from metrology.report.layout import TINTS, format_value_u, para, png, spacer, table
 from metrology.report.plots import figure, png_bytes
 
@@ -222,10 +223,26 @@ def summary_rows(doc: dict) -> list:
     if v is not None:
         rows.append(("Vignetting: second aperture radius", _q(v["radius"]), "pupil radii"))
         rows.append(("Vignetting: aperture centre shift per unit H", _q(v["shift_per_h"]), "pupil radii"))
+    agreement = station_agreement_row(f.get("station") or [])
+    if agreement:
+        rows.append(agreement)
     if model is not None:
         rows.append(("Field model chi-square / dof (tiles' own u)", f"{model['chi2']:.1f} / {model['dof']}", ""))
         rows.append(("Per-field scatter not explained by the model", f"{model['scatter_waves']:.4f}", "waves"))
     return rows
+
+
+def station_agreement_row(station: list) -> tuple | None:
+    """``(quantity, text, unit)``: the largest Birge ratio of the station over the tiles, its element,
+    and whether the tiles agree (docs/full-field.md); None with one tile."""
+    judged = [s for s in station if s.get("dof") and s.get("birge_ratio") is not None]
+    if not judged:
+        return None
+    worst = max(judged, key=lambda s: s["birge_ratio"])
+    state = (f"DISAGREE (tile {worst['worst_tile']} furthest)" if any(s["disagrees"] for s in judged)
+             else "agree")
+    return ("Station across the tiles: largest scatter / uncertainty (Birge ratio; > 5 disagrees)",
+            f"{worst['birge_ratio']:.1f} ({element_label(worst['name'])}): {state}", "")
 
 
 def tile_rows(doc: dict) -> list:
