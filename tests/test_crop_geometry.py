@@ -19,6 +19,7 @@ import torch
 
 from metrology.io.station_file import load_station
 from metrology.physics import StationModel
+from metrology.pipeline_field import combine_station
 from metrology.references import reference_transmission
 from metrology.render import RealPhysics, render_intensity
 from metrology.simulate import check_misalignment
@@ -76,6 +77,7 @@ def _fit_crop(station, frames, reference, row0: int, col0: int) -> dict:
     out = {s.name: (s.value, s.u, math.sqrt(max(cov_fit[index[s.name], index[s.name]], 0.0)))
            for s in meas.station if s.name in GEOMETRY}
     out["converged"] = fit.converged
+    out["measurement"] = meas
     return out
 
 
@@ -100,3 +102,8 @@ def test_two_crops_of_one_rendered_capture_give_one_geometry_within_u():
     field_point_mm = (BIG - CROP) * station.camera_pixel_um / station.magnification * 1e-3
     for name in GEOMETRY[:2]:
         assert abs(a[name][0] - b[name][0]) <= 0.25 * field_point_mm, name
+    # the full-field inspection's agreement test (the constants' contributions common to the two
+    # crops) must not call this off-model capture's crops disagreeing: no false finding
+    agreement = combine_station([a["measurement"], b["measurement"]], ["A", "B"])
+    print("  Birge ratios:", {k: round(v.birge_ratio, 2) for k, v in agreement.items()})
+    assert not any(v.disagrees for v in agreement.values()), agreement

@@ -88,7 +88,7 @@ def test_agreeing_tiles_give_no_finding_and_one_tile_cannot_disagree():
     assert disagreement_finding([ok]) is None
     one = combine_tiles("x", [3.0], [0.1], np.zeros((1, 0)), ["r1c1"])
     assert one.dof == 0 and not one.disagrees and one.worst_sigma == 0.0 and one.u == pytest.approx(0.1)
-    many = [StationAgreement(f"p{i}", 0.0, 0.1, 400.0 * (i + 1), 8, math.sqrt(50.0 * (i + 1)), 9, "r2c2", 9.0)
+    many = [StationAgreement(f"p{i}", 0.0, 0.1, 640.0 * (i + 1), 8, math.sqrt(80.0 * (i + 1)), 9, "r2c2", 9.0)
             for i in range(4)]
     text = disagreement_finding(many)
     assert text.index("p3") < text.index("p2") and "p1" not in text and " and 2 more)" in text

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from metrology.analysis.spec import zone_extent
+from metrology.analysis.station_agreement import DISAGREEMENT_RATIO
 from metrology.parameters import element_label
 from metrology.report.layout import TINTS, format_value_u, para, png, spacer, table
 from metrology.report.plots import figure, png_bytes
@@ -241,7 +242,7 @@ def station_agreement_row(station: list) -> tuple | None:
     worst = max(judged, key=lambda s: s["birge_ratio"])
     state = (f"DISAGREE (tile {worst['worst_tile']} furthest)" if any(s["disagrees"] for s in judged)
              else "agree")
-    return ("Station across the tiles: largest scatter / uncertainty (Birge ratio; > 5 disagrees)",
+    return (f"Station across the tiles: largest scatter / uncertainty (Birge ratio; > {DISAGREEMENT_RATIO:g} disagrees)",
             f"{worst['birge_ratio']:.1f} ({element_label(worst['name'])}): {state}", "")
 
 
