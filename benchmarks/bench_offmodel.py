@@ -148,6 +148,11 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
                            n_draws=400)
     u_rms = float(figs["rms_waves"].u)
     values = {s.name: s.value for s in meas.station}
+    plain = None  # with --refit-edge: the same fit's measurement without the edge term, for comparison
+    if (budget or {}).get("refit_edge"):
+        from metrology.solver.uncertainty import measurement_from_fit
+
+        plain = measurement_from_fit(fit, station.uncertainty, **{**budget, "refit_edge": False})
     shift = 1e3 * math.hypot(values.get("illumination.shift_mm[0]", float("nan")) - mis["illumination.shift_mm"][0],
                              values.get("illumination.shift_mm[1]", float("nan")) - mis["illumination.shift_mm"][1])
     return {
@@ -167,7 +172,27 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
         "time_s": float(fit.wall_time_s), "constants": consts, "lens": np.asarray(lens).tolist(),
         # the pupil radius's two re-fits (--refit-radius): converged, time; None where they did not run
         "radius_refits": meas.arrays.get("uncertainty_method", {}).get("pupil_radius_refits"),
+        "edge_refit": meas.arrays.get("uncertainty_method", {}).get("pupil_edge_refit"),
+        "geometry_z": geometry_z(meas, mis),
+        "u_plain": plain.zernike_u[4:15].tolist() if plain is not None else None,
+        "geometry_z_plain": geometry_z(plain, mis) if plain is not None else None,
     }
+
+
+def geometry_z(meas, mis) -> dict:
+    """``(estimate - truth) / u`` of each LED-geometry element the mode fits (:data:`GEOMETRY_Z`)."""
+    out = {}
+    for est in meas.station:
+        path, _, index = est.name.partition("[")
+        if path in GEOMETRY_Z and path in mis and est.u > 0:
+            true = np.ravel(mis[path])[int(index[:-1]) if index else 0]
+            out[est.name] = float((est.value - true) / est.u)
+    return out
+
+
+GEOMETRY_Z = ("illumination.shift_mm", "illumination.rotation_deg", "illumination.distance_error_mm",
+              "illumination.tilt_deg")
+"""The LED-geometry estimates whose U the trials also check (error / u against the rendered truth)."""
 
 
 def valid(r) -> bool:
@@ -203,6 +228,17 @@ def summarise(rows):
     print(f" RMS wavefront: RMS(err/u) {np.sqrt(np.mean(r_rms**2)):.2f}, coverage {100 * np.mean(np.abs(r_rms) <= 2):.0f} %")
     print(f" all coefficients: RMS(err/u) {np.sqrt(np.mean(ratio**2)):.2f} (target 0.7-1.4), "
           f"coverage {100 * cover.mean():.0f} % (target >= 90 %)")
+    if rows[0].get("u_plain"):  # --refit-edge: the same fits without the edge term
+        rp = err / np.array([r["u_plain"] for r in rows])
+        print(f" without the edge term: RMS(err/u) {np.sqrt(np.mean(rp**2)):.2f}, coverage "
+              f"{100 * np.mean(np.abs(rp) <= 2):.0f} %; per Noll 5-15 "
+              f"{' '.join(f'{np.sqrt(np.mean(rp[:, i] ** 2)):.2f}' for i in range(11))}")
+    for key, what in (("geometry_z", ""), ("geometry_z_plain", " (without the edge term)")):
+        names = sorted({n for r in rows for n in (r.get(key) or {})})
+        for name in names:  # the station's U, which the lens's calibration does not check
+            z = np.array([r[key][name] for r in rows if name in (r.get(key) or {})])
+            print(f" {name}{what}: RMS(err/u) {np.sqrt(np.mean(z**2)):.2f}, coverage "
+                  f"{100 * np.mean(np.abs(z) <= 2):.0f} %, max |err|/u {np.abs(z).max():.1f} ({z.size} trials)")
     far = [(r, i) for r in rows for i in range(11) if abs(r["err"][i]) > 4 * r["u"][i]]
     for r, i in far:  # where U misses by more than 2 U: how small u was, and against what
         part = f", fit part {r['u_fit'][i]:.5f}" if r.get("u_fit") else ""
@@ -286,6 +322,9 @@ def main() -> None:
     ap.add_argument("--refit-radius", action="store_true",
                     help="blind/prior: the NA, magnification and pixel as one pupil-radius term, by two warm "
                          "re-fits at +/- its u (measurement_from_fit(refit_radius=True))")
+    ap.add_argument("--refit-edge", action="store_true",
+                    help="the pupil edge's model form: the fit re-run with the other edge discretisation, the "
+                         "difference as one standard uncertainty (measurement_from_fit(refit_edge=True))")
     ap.add_argument("--exact-constants", action="store_true",
                     help="the station's constants exactly as stated (only the physics is off-model)")
     args = ap.parse_args()
@@ -299,7 +338,7 @@ def main() -> None:
     else:
         rows = []
         budget = {"finite_budget": args.finite_budget, "free_sample_budget": args.free_sample_budget,
-                  "refit_radius": args.refit_radius}
+                  "refit_radius": args.refit_radius, "refit_edge": args.refit_edge}
         jobs = [(st, leds, args.first_seed + k, args.mode, None, args.exact_constants, budget)
                 for k in range(args.trials)]
         for r in run_trials(jobs, args.workers, args.json):

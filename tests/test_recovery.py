@@ -16,7 +16,9 @@ import pytest
 from metrology.physics import StationModel
 from metrology.references import catalogue_over_field
 from metrology.solver import NoiseModel, default_schedule, reconstruct
+from metrology.solver import refit_budget
 from metrology.solver.schedule import parameters_at_bounds
+from metrology.solver.uncertainty import measurement_from_fit
 from tests.sim_cases import misaligned_capture
 
 
@@ -43,9 +45,14 @@ def _lens_error(model, coeffs):
     return float(np.sqrt(np.sum((got[4:15] - coeffs[4:15]) ** 2)))
 
 
-def test_known_mode_recovers_lens_and_misalignment(case):
+@pytest.fixture(scope="module")
+def known(case):
+    return _fit(case, "known")
+
+
+def test_known_mode_recovers_lens_and_misalignment(case, known):
     station, leds, capture, truth, coeffs = case
-    model, result = _fit(case, "known")
+    model, result = known
     assert result.converged and result.reduced_chi2 < 1.2
     assert result.at_bounds == []  # a fit inside its basin leaves every parameter off its bounds
     assert _lens_error(model, coeffs) < 0.003
@@ -158,8 +165,6 @@ def test_the_pupil_radius_term_stands_for_the_na_magnification_and_pixel(blind):
     held terms in quadrature: the sample's freedom changes the size, not the kind, of the effect)."""
     from dataclasses import replace
 
-    from metrology.solver.uncertainty import measurement_from_fit
-
     _, result = blind
     g = result.model.geometry
     na = float(result.model.pupil.na.detach())
@@ -207,9 +212,6 @@ def test_an_unconverged_radius_refit_keeps_the_held_terms_beside_it(blind, monke
     than the held budget's, and the method record says which re-fit stopped short. (The re-fit is
     replaced by one that stops at once, reporting no convergence: the policy, not the re-fit, is under
     test here; the re-fit itself is tested above.)"""
-    import metrology.solver.refit_budget as refit_budget
-    from metrology.solver.uncertainty import measurement_from_fit
-
     _, result = blind
     g = result.model.geometry
     u = {"na": 0.01 * float(result.model.pupil.na.detach()), "magnification": 0.01 * g.magnification,
@@ -230,6 +232,42 @@ def test_an_unconverged_radius_refit_keeps_the_held_terms_beside_it(blind, monke
     both = {b.name: b.zernike for b in m.budget}
     for name in ("na", "magnification", "camera_pixel_um", "wavelength_nm"):
         np.testing.assert_allclose(both[name], {b.name: b.zernike for b in held.budget}[name], rtol=1e-9, atol=1e-12)
+
+
+def test_the_pupil_edge_term_is_the_other_edges_refit(known, monkeypatch):
+    """``refit_edge``: the fit re-run, warm, with the other edge discretisation (the pixel-coverage
+    edge for the default source-averaged one); the change of every fitted column enters the budget
+    as one standard uncertainty of one common cause (u = 1, contribution = the change itself, fully
+    correlated), and only there. On a capture of the model's own physics the two edges' optima are
+    close: within a few times the lens's Type A u of this fit (no station constants here)."""
+    model, result = known
+    refitted = []
+    original = refit_budget.refit_from
+
+    def recording(fit, moved):
+        out = original(fit, moved)
+        refitted.append(moved)
+        return out
+
+    monkeypatch.setattr(refit_budget, "refit_from", recording)
+    plain = measurement_from_fit(result, {})
+    m = measurement_from_fit(result, {}, refit_edge=True)
+    refit = m.arrays["uncertainty_method"]["pupil_edge_refit"]
+    assert refit["edges"] == ["source", "coverage"] and refit["converged"], refit
+    (moved,) = refitted
+    assert moved.pupil.edge == "coverage" and result.model.pupil.edge == "source"  # the fit's model untouched
+    (edge,) = [b for b in m.budget if b.name == "pupil_edge_model"]
+    assert edge.u == 1.0 and plain.budget == []
+    delta = (moved.pupil.zernike_waves.detach() - result.model.pupil.zernike_waves.detach().double()).numpy()
+    np.testing.assert_allclose(edge.zernike[4:15], delta[4:15], atol=1e-9)
+    rotation = float(moved.illumination.rotation_deg.detach() - result.model.illumination.rotation_deg.detach().double())
+    assert edge.station["illumination.rotation_deg"] == pytest.approx(rotation, abs=1e-9)
+    # the covariance gains exactly the rank-one term of the change
+    added = np.diag(m.zernike_cov)[4:15] - np.diag(plain.zernike_cov)[4:15]
+    np.testing.assert_allclose(added, delta[4:15] ** 2, rtol=1e-6, atol=1e-14)
+    print(f"\nedge term on the literal simulator: |delta| Noll 5-15 {np.linalg.norm(delta[4:15]):.5f} waves, "
+          f"median u {np.median(plain.zernike_u[4:15]):.5f}; rotation {rotation:+.4f} deg")
+    assert np.abs(delta[4:15]).max() < 4 * np.median(plain.zernike_u[4:15])  # 0.00018 RSS against u 0.00008
 
 
 def test_frozen_misalignment_leaks_into_the_lens(case):

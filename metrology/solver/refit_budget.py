@@ -115,3 +115,56 @@ def pupil_radius_sensitivity(fit, uncertainties: dict) -> tuple:
     sensitivity = ConstantSensitivity(RADIUS_KEY, RADIUS_LABEL, "%", 100.0, (up - down) / (2.0 * 100.0 * u_r), RADIUS_KEY,
                                       second_order=math.sqrt(2.0) * 0.5 * (up + down))
     return sensitivity, RadiusRefits(u_r, tuple(converged), tuple(messages), time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- the pupil edge's model form
+EDGE_KEY = "pupil_edge_model"
+"""The budget source's name: the model form of the pupil edge (a Type B component, ``u`` = 1)."""
+EDGE_LABEL = "Pupil edge model (the fit re-run with the other edge discretisation)"
+ALTERNATIVE_EDGE = {"source": "coverage", "coverage": "source", "ramp": "coverage"}
+"""The edge the re-fit uses for each edge the fit used (:attr:`metrology.physics.pupil.Pupil.EDGES`)."""
+
+
+@dataclass
+class EdgeRefit:
+    """What the re-fit of :func:`edge_model_sensitivity` did (reported with the method)."""
+
+    edges: tuple  # (the fit's, the re-fit's)
+    converged: bool
+    message: str
+    wall_time_s: float
+
+    def summary(self) -> dict:
+        """Plain values for the measurement's ``uncertainty_method`` record."""
+        return {"edges": list(self.edges), "converged": self.converged, "message": self.message[-160:],
+                "wall_time_s": round(self.wall_time_s, 1)}
+
+
+def edge_model_sensitivity(fit) -> tuple:
+    """The model-form term of the pupil edge: the fit re-run, warm, with the other edge discretisation.
+
+    A real pupil edge is neither of the model's discretisations (the source-averaged edge of a finite
+    LED, the pixel-coverage edge): it is a hard circle seen through the emitter and integrated over
+    the camera pixel. Off-model (``metrology/render.py``: a hard edge on a finer lattice, a finite
+    emitter) the LED geometry of a known fit is off by up to 6 times its fit-part ``u`` while the two
+    discretisations' fits differ by about as much (docs/uncertainty.md, section 6). The difference of
+    the two optima, ``delta`` for every fitted column, is taken as one standard uncertainty of a
+    common cause (JCGM 100, 4.3: the difference between two plausible models): its contribution is
+    ``delta`` itself, fully correlated over the columns.
+
+    Returns
+    -------
+    sensitivity : ConstantSensitivity
+        Key :data:`EDGE_KEY`, value 1, ``per_unit`` the change of every fitted column (their units),
+        to be used with ``u = 1``.
+    refit : EdgeRefit
+    """
+    t0 = time.perf_counter()
+    base = copy.deepcopy(fit.model).double().cpu()
+    before = _column_values(base, fit.columns)
+    model = copy.deepcopy(base)
+    model.pupil.edge = ALTERNATIVE_EDGE[base.pupil.edge]
+    ok, message = refit_from(fit, model)
+    delta = _column_values(model, fit.columns) - before
+    sensitivity = ConstantSensitivity(EDGE_KEY, EDGE_LABEL, "", 1.0, delta, EDGE_KEY)
+    return sensitivity, EdgeRefit((base.pupil.edge, model.pupil.edge), bool(ok), message, time.perf_counter() - t0)

@@ -38,7 +38,9 @@ from metrology.orderings import lens_only
 from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, element_names
 from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution
 from metrology.solver.jacobian import psd_inverse
-from metrology.solver.refit_budget import RADIUS_KEY, RADIUS_KEYS, pupil_radius_sensitivity, radius_applies
+from metrology.solver.refit_budget import (
+    EDGE_KEY, RADIUS_KEY, RADIUS_KEYS, edge_model_sensitivity, pupil_radius_sensitivity, radius_applies,
+)
 from metrology.solver.schedule import VIGNETTING_PATHS
 
 STRONG_CORRELATION = 0.95
@@ -160,25 +162,33 @@ def _station_u(cov, index) -> dict:
 
 
 def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False, free_sample: bool = False,
-                    refit_radius: bool = False) -> tuple:
+                    refit_radius: bool = False, refit_edge: bool = False) -> tuple:
     """GUM sources of the station constants: :class:`BudgetSource` list, their covariance over the
-    fitted parameters (see :mod:`metrology.solver.budget`) and, with ``refit_radius``, what the
-    pupil radius's re-fits did (:class:`~metrology.solver.refit_budget.RadiusRefits`, else None)."""
+    fitted parameters (see :mod:`metrology.solver.budget`) and what the re-fits did: a dict with
+    ``pupil_radius_refits`` (:class:`~metrology.solver.refit_budget.RadiusRefits`) with
+    ``refit_radius``, ``pupil_edge_refit`` (:class:`~metrology.solver.refit_budget.EdgeRefit`)
+    with ``refit_edge``."""
     p = len(fit.columns.names)
     uncertainties = dict(constant_uncertainties or {})
     wanted = [n for n, u in uncertainties.items() if u and n in CONSTANTS]
-    if not wanted:
-        return [], np.zeros((p, p)), None
+    if not wanted and not refit_edge:
+        return [], np.zeros((p, p)), {}
     applicable = set(applicable_constants(fit))
-    refits, radius = None, []
+    refits, radius, done = None, [], {}
+    if refit_edge:
+        s, edge = edge_model_sensitivity(fit)
+        radius.append(s)
+        uncertainties[EDGE_KEY] = 1.0
+        done["pupil_edge_refit"] = edge
     if refit_radius and radius_applies(fit, uncertainties):
         s, refits = pupil_radius_sensitivity(fit, uncertainties)
-        radius = [s]
+        radius.append(s)
         uncertainties[RADIUS_KEY] = refits.u_percent
+        done["pupil_radius_refits"] = refits
     # a re-fit that did not converge leaves the term's size open: the held terms it replaces stay beside it
     replaced = RADIUS_KEYS if refits is not None and all(refits.converged) else ()
     held = [n for n in wanted if n in applicable and n not in replaced]
-    sens = constant_sensitivities(fit, held, uncertainties if finite else None, free_sample) + radius
+    sens = (constant_sensitivities(fit, held, uncertainties if finite else None, free_sample) if held else []) + radius
     sources = []
     for s in sens:
         u = float(uncertainties[s.key])
@@ -191,11 +201,12 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False,
         station = {name: float(vec[i]) for name, i in index.items()
                    if any(name == e for path in TRACKED for e in element_names(path))}
         sources.append(BudgetSource(s.name, s.label, s.unit, u, z, station))
-    return sources, constants_covariance(sens, uncertainties), refits
+    return sources, constants_covariance(sens, uncertainties), done
 
 
 def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite_budget: bool = False,
-                         free_sample_budget: bool = False, refit_radius: bool = False) -> Measurement:
+                         free_sample_budget: bool = False, refit_radius: bool = False,
+                         refit_edge: bool = False) -> Measurement:
     """Turn a :class:`~metrology.solver.reconstruct.FitResult` into a plain :class:`Measurement`.
 
     Parameters
@@ -219,6 +230,10 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         Prior and blind modes: the NA, magnification and camera pixel as one term, the pupil radius,
         by two warm re-fits at +/- its u with the sample free (:mod:`metrology.solver.refit_budget`).
         If either re-fit does not converge, the held NA, magnification and pixel terms stay beside it.
+    refit_edge : bool
+        Add the pupil edge's model form: the fit re-run, warm, with the other edge discretisation,
+        the difference taken as one standard uncertainty (:func:`metrology.solver.refit_budget.
+        edge_model_sensitivity`). Not the default: measured by ``bench_offmodel.py --refit-edge``.
     """
     model = fit.model
     g = model.geometry
@@ -228,7 +243,7 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
     k = g.zernike_terms
     z = model.pupil.zernike_waves.detach().double().cpu().numpy()
     budget, cov_const, refits = _budget_sources(fit, index, k, constant_uncertainties, finite_budget,
-                                                free_sample_budget, refit_radius)
+                                                free_sample_budget, refit_radius, refit_edge)
     total = cov.double().cpu().numpy() + cov_const
     station = _fitted_estimates(model, TRACKED, index, total)  # the elements fitted in this mode
     solver = SolverReport(
@@ -264,6 +279,6 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         parts=parts,
         vignetting=_fitted_estimates(model, VIGNETTING_PATHS, index, total),
     )
-    m.arrays["uncertainty_method"] = info if refits is None else {**info, "pupil_radius_refits": refits.summary()}
+    m.arrays["uncertainty_method"] = {**info, **{key: r.summary() for key, r in refits.items()}}
     m.arrays["sample_px"] = int(g.object_px)  # side of the sample grid (element names of its values)
     return m
