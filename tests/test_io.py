@@ -290,3 +290,22 @@ def test_blind_mode_needs_no_reference_name(tmp_path):
     assert [i["role"] for i in loaded.inputs] == ["capture", "station"]
     with pytest.raises(InputError, match="reference"):
         load_inputs(path, station, mode="known")
+
+
+def test_the_pupil_edge_model_term_is_off_unless_the_station_asks(tmp_path):
+    """``[uncertainty] pupil_edge_model``: 0 (off) by default; a station's value is kept, written back,
+    and a negative one is refused naming the key."""
+    assert load_station(STATION_4X).uncertainty["pupil_edge_model"] == 0.0
+    text = STATION_4X.read_text(encoding="utf-8")
+    text += "" if "[uncertainty]" in text else "\n[uncertainty]\n"
+    on = tmp_path / "on.toml"
+    on.write_text(text.replace("[uncertainty]\n", "[uncertainty]\npupil_edge_model = 1.0\n"), encoding="utf-8")
+    st = load_station(on)
+    assert st.uncertainty["pupil_edge_model"] == 1.0
+    again = tmp_path / "again.toml"
+    again.write_text(st.to_toml(), encoding="utf-8")
+    assert load_station(again).uncertainty["pupil_edge_model"] == 1.0
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("[uncertainty]\n", "[uncertainty]\npupil_edge_model = -1.0\n"), encoding="utf-8")
+    with pytest.raises(InputError, match="uncertainty.pupil_edge_model"):
+        load_station(bad)

@@ -235,7 +235,7 @@ def test_an_unconverged_radius_refit_keeps_the_held_terms_beside_it(blind, monke
 
 
 def test_the_pupil_edge_term_is_the_other_edges_refit(known, monkeypatch):
-    """``refit_edge``: the fit re-run, warm, with the other edge discretisation (the pixel-coverage
+    """``[uncertainty] pupil_edge_model`` (or ``refit_edge``): the fit re-run, warm, with the other edge discretisation (the pixel-coverage
     edge for the default source-averaged one); the change of every fitted column enters the budget
     as one standard uncertainty of one common cause (u = 1, contribution = the change itself, fully
     correlated), and only there. On a capture of the model's own physics the two edges' optima are
@@ -251,20 +251,21 @@ def test_the_pupil_edge_term_is_the_other_edges_refit(known, monkeypatch):
 
     monkeypatch.setattr(refit_budget, "refit_from", recording)
     plain = measurement_from_fit(result, {})
-    m = measurement_from_fit(result, {}, refit_edge=True)
+    # as a station asks for it: [uncertainty] pupil_edge_model = 2 (the difference counts as 2 u)
+    m = measurement_from_fit(result, {"pupil_edge_model": 2.0})
     refit = m.arrays["uncertainty_method"]["pupil_edge_refit"]
     assert refit["edges"] == ["source", "coverage"] and refit["converged"], refit
     (moved,) = refitted
     assert moved.pupil.edge == "coverage" and result.model.pupil.edge == "source"  # the fit's model untouched
     (edge,) = [b for b in m.budget if b.name == "pupil_edge_model"]
-    assert edge.u == 1.0 and plain.budget == []
+    assert edge.u == 2.0 and plain.budget == []
     delta = (moved.pupil.zernike_waves.detach() - result.model.pupil.zernike_waves.detach().double()).numpy()
-    np.testing.assert_allclose(edge.zernike[4:15], delta[4:15], atol=1e-9)
+    np.testing.assert_allclose(edge.zernike[4:15], 2 * delta[4:15], atol=1e-9)
     rotation = float(moved.illumination.rotation_deg.detach() - result.model.illumination.rotation_deg.detach().double())
-    assert edge.station["illumination.rotation_deg"] == pytest.approx(rotation, abs=1e-9)
-    # the covariance gains exactly the rank-one term of the change
+    assert edge.station["illumination.rotation_deg"] == pytest.approx(2 * rotation, abs=1e-9)
+    # the covariance gains exactly the rank-one term of the (scaled) change
     added = np.diag(m.zernike_cov)[4:15] - np.diag(plain.zernike_cov)[4:15]
-    np.testing.assert_allclose(added, delta[4:15] ** 2, rtol=1e-6, atol=1e-14)
+    np.testing.assert_allclose(added, 4 * delta[4:15] ** 2, rtol=1e-6, atol=1e-14)
     print(f"\nedge term on the literal simulator: |delta| Noll 5-15 {np.linalg.norm(delta[4:15]):.5f} waves, "
           f"median u {np.median(plain.zernike_u[4:15]):.5f}; rotation {rotation:+.4f} deg")
     assert np.abs(delta[4:15]).max() < 4 * np.median(plain.zernike_u[4:15])  # 0.00018 RSS against u 0.00008

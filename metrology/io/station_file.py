@@ -137,9 +137,11 @@ SCHEMA = {
 SECTIONS = ("station", "led_array", "lens", "camera", "reconstruction", "slide", "calibration", "uncertainty", "field")
 
 UNCERTAINTY_KEYS = ("wavelength_nm", "spectral_fwhm_nm", "na", "magnification", "camera_pixel_um", "led_pitch_mm",
-                    "led_distance_mm", "led_size_mm", "slide_thickness_mm", "slide_index", "led_tilt_deg")
+                    "led_distance_mm", "led_size_mm", "slide_thickness_mm", "slide_index", "led_tilt_deg",
+                    "pupil_edge_model")
 """Station constants with a standard uncertainty in ``[uncertainty]`` (their units; the GUM budget
-of every fit the station makes, :mod:`metrology.solver.budget`)."""
+of every fit the station makes, :mod:`metrology.solver.budget`), and ``pupil_edge_model``, the
+model-form term of the pupil edge (:func:`metrology.solver.refit_budget.edge_model_sensitivity`)."""
 
 
 def default_uncertainty(values: dict) -> dict:
@@ -154,7 +156,10 @@ def default_uncertainty(values: dict) -> dict:
     * ``led_distance_mm``: 0.5 mm (used only where a fit holds the distance);
     * ``led_size_mm``: 25 % of the stated emitter size (die and encapsulation);
     * ``slide_thickness_mm`` 0.03 and ``slide_index`` 0.005 (cover and slide glass specifications);
-    * ``led_tilt_deg`` 0.5 per axis (board mounting; used only where a fit holds the tilt: blind mode).
+    * ``led_tilt_deg`` 0.5 per axis (board mounting; used only where a fit holds the tilt: blind mode);
+    * ``pupil_edge_model`` 0 (off): the change of the fit when re-run with the other pupil-edge
+      discretisation counts as this many standard uncertainties (1 is calibrated off-model,
+      docs/uncertainty.md section 6; it costs one warm re-fit, about the fit's own time).
     """
     return {
         "wavelength_nm": 2.0,
@@ -168,6 +173,7 @@ def default_uncertainty(values: dict) -> dict:
         "slide_thickness_mm": 0.03 if values["slide_thickness_mm"] > 0 else 0.0,
         "slide_index": 0.005 if values["slide_thickness_mm"] > 0 else 0.0,
         "led_tilt_deg": 0.5,
+        "pupil_edge_model": 0.0,
     }
 
 

@@ -170,15 +170,16 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False,
     with ``refit_edge``."""
     p = len(fit.columns.names)
     uncertainties = dict(constant_uncertainties or {})
+    edge_u = float(uncertainties.get(EDGE_KEY, 0.0) or 0.0) or (1.0 if refit_edge else 0.0)
     wanted = [n for n, u in uncertainties.items() if u and n in CONSTANTS]
-    if not wanted and not refit_edge:
+    if not wanted and not edge_u:
         return [], np.zeros((p, p)), {}
     applicable = set(applicable_constants(fit))
     refits, radius, done = None, [], {}
-    if refit_edge:
+    if edge_u:
         s, edge = edge_model_sensitivity(fit)
         radius.append(s)
-        uncertainties[EDGE_KEY] = 1.0
+        uncertainties[EDGE_KEY] = edge_u
         done["pupil_edge_refit"] = edge
     if refit_radius and radius_applies(fit, uncertainties):
         s, refits = pupil_radius_sensitivity(fit, uncertainties)
@@ -233,7 +234,9 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
     refit_edge : bool
         Add the pupil edge's model form: the fit re-run, warm, with the other edge discretisation,
         the difference taken as one standard uncertainty (:func:`metrology.solver.refit_budget.
-        edge_model_sensitivity`). Not the default: measured by ``bench_offmodel.py --refit-edge``.
+        edge_model_sensitivity`). A station asks for it with ``[uncertainty] pupil_edge_model = 1``
+        (the number scales the difference; that key in ``constant_uncertainties`` turns it on too).
+        Not the default (it costs one warm re-fit); measured by ``bench_offmodel.py --refit-edge``.
     """
     model = fit.model
     g = model.geometry
