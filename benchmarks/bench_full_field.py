@@ -165,12 +165,16 @@ LED_GEOMETRY = {"illumination.shift_mm[0]": ("illumination.shift_mm", 0), "illum
 
 
 def _station_errors(fm, mis) -> dict:
-    """|error| of the LED geometry: the tiles combined, and the central tile alone (one-tile fit)."""
-    central = {e.name: e.value for e in fm.measurements[fm.central].station}
+    """|error| of the LED geometry: the tiles combined, and the central tile alone (one-tile fit);
+    each with its error / u (``z_combined``, ``z_central``) and the tiles' Birge ratio."""
+    central = {e.name: e for e in fm.measurements[fm.central].station}
     out = {}
     for name, (path, i) in LED_GEOMETRY.items():
         true = float(np.asarray(mis[path]).reshape(-1)[0 if i is None else i])
-        out[name] = {"combined": abs(fm.station[name].value - true), "central": abs(central[name] - true)}
+        comb = fm.station[name]
+        out[name] = {"combined": abs(comb.value - true), "central": abs(central[name].value - true),
+                     "z_combined": (comb.value - true) / comb.u, "z_central": (central[name].value - true) / central[name].u,
+                     "birge": comb.birge_ratio}
     return out
 
 
@@ -215,7 +219,13 @@ def report(rows, frozen_rows, truth):
         for name in LED_GEOMETRY:
             comb = np.sqrt(np.mean([r["station_errors"][name]["combined"] ** 2 for r in rows]))
             cent = np.sqrt(np.mean([r["station_errors"][name]["central"] ** 2 for r in rows]))
-            print(f"  {name:<32} combined {comb:.5f}  central tile {cent:.5f}")
+            zc = np.array([r["station_errors"][name]["z_combined"] for r in rows])
+            z1 = np.array([r["station_errors"][name]["z_central"] for r in rows])
+            birge = [r["station_errors"][name]["birge"] for r in rows]
+            print(f"  {name:<32} combined {comb:.5f}  central tile {cent:.5f}; RMS(err/u) combined "
+                  f"{np.sqrt(np.mean(zc**2)):.2f} (coverage {100 * np.mean(np.abs(zc) <= 2):.0f} %), central "
+                  f"{np.sqrt(np.mean(z1**2)):.2f} ({100 * np.mean(np.abs(z1) <= 2):.0f} %); tiles' Birge ratio "
+                  f"median {np.median(birge):.2f}, max {max(birge):.2f}")
 
 
 if __name__ == "__main__":

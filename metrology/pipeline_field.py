@@ -118,9 +118,10 @@ def combine_station(measurements: list, names=None) -> dict:
     """Each station estimate combined over the tiles (the sample pose excluded: :data:`POSE_NAMES`):
     name -> :class:`~metrology.analysis.station_agreement.StationAgreement`.
 
-    The generalised least-squares mean with the tiles' fit-part uncertainties independent and the
-    station constants' contributions (the GUM budget) common to the tiles, Birge-widened, and the
-    chi-square of the tiles' agreement (:func:`~metrology.analysis.station_agreement.combine_tiles`).
+    The mean weighted by the tiles' fit parts of u, with u from their covariance (fit parts
+    independent, the station constants' contributions, the GUM budget, common to the tiles),
+    Birge-widened, and the chi-square of the tiles' agreement
+    (:func:`~metrology.analysis.station_agreement.combine_tiles`).
     A tile without the uncertainty parts counts with its total ``u`` as independent. ``names``: the
     tiles' names (default ``tile 0``, ``tile 1``, ...)."""
     names = names or [f"tile {i}" for i in range(len(measurements))]

@@ -92,3 +92,21 @@ def test_agreeing_tiles_give_no_finding_and_one_tile_cannot_disagree():
             for i in range(4)]
     text = disagreement_finding(many)
     assert text.index("p3") < text.index("p2") and "p1" not in text and " and 2 more)" in text
+
+
+def test_the_mean_is_weighted_by_the_fit_parts_and_u_carries_the_constants():
+    """Constants acting on the tiles with different sensitivities: the reported mean is weighted by
+    the fit parts alone (it does not lean on the tiles' differences to cancel a constant), and its u
+    is the full ``w^T V w``; the agreement is the generalised least-squares chi-square."""
+    y = np.array([0.10, 0.13, 0.08, 0.11])
+    u = np.array([0.01, 0.02, 0.01, 0.015])
+    c = np.array([[0.02], [0.05], [-0.01], [0.03]])
+    a = combine_tiles("x", y, u, c, NAMES[:4])
+    w = (1 / u**2) / (1 / u**2).sum()
+    v = np.diag(u**2) + c @ c.T
+    assert a.value == pytest.approx(float(w @ y), rel=1e-12)
+    vi = np.linalg.inv(v)
+    m_gls = float(np.ones(4) @ vi @ y / (np.ones(4) @ vi @ np.ones(4)))
+    chi2 = float((y - m_gls) @ vi @ (y - m_gls))
+    assert a.chi2 == pytest.approx(chi2, rel=1e-9)
+    assert a.u == pytest.approx(max(1.0, math.sqrt(chi2 / 3)) * math.sqrt(w @ v @ w), rel=1e-9)
