@@ -34,6 +34,7 @@ import numpy as np
 from common import machine, standard_lens, standard_misalignment, standard_station
 
 from metrology.render import RealPhysics, render_intensity
+from metrology.solver.refit_budget import EDGE_KEY
 from metrology.references import _synthesise, broadband_coefficients
 from metrology.simulate import check_misalignment
 
@@ -148,11 +149,9 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
                            n_draws=400)
     u_rms = float(figs["rms_waves"].u)
     values = {s.name: s.value for s in meas.station}
-    plain = None  # with --refit-edge: the same fit's measurement without the edge term, for comparison
-    if (budget or {}).get("refit_edge"):
-        from metrology.solver.uncertainty import measurement_from_fit
-
-        plain = measurement_from_fit(fit, station.uncertainty, **{**budget, "refit_edge": False})
+    # with --refit-edge: u without the edge term, for comparison (the term adds its contribution in
+    # quadrature, rank one: tests/test_recovery.py)
+    edge = next((b for b in meas.budget if b.name == EDGE_KEY), None)
     shift = 1e3 * math.hypot(values.get("illumination.shift_mm[0]", float("nan")) - mis["illumination.shift_mm"][0],
                              values.get("illumination.shift_mm[1]", float("nan")) - mis["illumination.shift_mm"][1])
     return {
@@ -174,19 +173,21 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
         "radius_refits": meas.arrays.get("uncertainty_method", {}).get("pupil_radius_refits"),
         "edge_refit": meas.arrays.get("uncertainty_method", {}).get("pupil_edge_refit"),
         "geometry_z": geometry_z(meas, mis),
-        "u_plain": plain.zernike_u[4:15].tolist() if plain is not None else None,
-        "geometry_z_plain": geometry_z(plain, mis) if plain is not None else None,
+        "u_plain": np.sqrt(np.clip(u**2 - edge.zernike[4:15] ** 2, 0, None)).tolist() if edge else None,
+        "geometry_z_plain": geometry_z(meas, mis, edge) if edge else None,
     }
 
 
-def geometry_z(meas, mis) -> dict:
-    """``(estimate - truth) / u`` of each LED-geometry element the mode fits (:data:`GEOMETRY_Z`)."""
+def geometry_z(meas, mis, without=None) -> dict:
+    """``(estimate - truth) / u`` of each LED-geometry element the mode fits (:data:`GEOMETRY_Z`);
+    ``without``: a budget source whose contribution is taken out of ``u`` first."""
     out = {}
     for est in meas.station:
         path, _, index = est.name.partition("[")
-        if path in GEOMETRY_Z and path in mis and est.u > 0:
+        u = est.u if without is None else math.sqrt(max(est.u**2 - without.station.get(est.name, 0.0) ** 2, 0.0))
+        if path in GEOMETRY_Z and path in mis and u > 0:
             true = np.ravel(mis[path])[int(index[:-1]) if index else 0]
-            out[est.name] = float((est.value - true) / est.u)
+            out[est.name] = float((est.value - true) / u)
     return out
 
 

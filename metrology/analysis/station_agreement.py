@@ -20,7 +20,8 @@ out on purpose: the generalised least-squares mean ``1^T V^-1 y / 1^T V^-1 1`` w
 tiles' *differences* in sensitivity to cancel a constant's error, trading it for fit noise and for
 the linearised sensitivities' own error (on the full-field fixture with exact constants it put the
 LED rotation 0.0091 deg off against 0.0066 for the central tile alone; these weights: see
-docs/full-field.md). The tiles' agreement is tested by the generalised least-squares fit,
+docs/full-field.md). The tiles' agreement is tested by the generalised least-squares fit
+(:func:`metrology.analysis.field.gls`),
 ``chi2 = min_m (y - m)^T V^-1 (y - m)`` on ``n - 1`` degrees of freedom (independent of the mean
 reported), and ``u(m)`` is widened by the Birge ratio ``sqrt(chi2 / (n - 1))`` when it exceeds 1.
 
@@ -39,6 +40,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from metrology.analysis.field import gls
 
 DISAGREEMENT_RATIO = 8.0
 """Birge ratio ``sqrt(chi2 / (n - 1))`` of one station element over the tiles above which the tiles
@@ -102,18 +105,12 @@ def combine_tiles(name: str, values, u_fit, contributions, tile_names) -> Statio
     w = w / w.sum()
     mean = float(w @ y)
     variance = float(w @ v @ w)
-    # the agreement: the generalised least-squares fit of one value to the tiles
-    vi = np.linalg.pinv(v, hermitian=True)
-    one = np.ones(n)
-    info = float(one @ vi @ one)
-    r = y - float(one @ vi @ y) / info
-    chi2 = max(float(r @ vi @ r), 0.0)
-    dof = n - 1
+    fit = gls(np.ones((n, 1)), y, v, [name])  # the agreement: one value fitted to the tiles
+    chi2, dof = max(fit.chi2, 0.0), fit.dof
     birge = math.sqrt(chi2 / dof) if dof > 0 else 1.0
     sigma = np.zeros(n)
-    if dof > 0:  # each residual over its own standard deviation: Cov(r) = V - 1 1^T / info
-        sd = np.sqrt(np.clip(np.diag(v) - 1.0 / info, 1e-300, None))
-        sigma = r / sd
+    if dof > 0:  # each residual over its own standard deviation: Cov(r) = V - var(fitted value)
+        sigma = fit.residuals / np.sqrt(np.clip(np.diag(v) - fit.cov[0, 0], 1e-300, None))
     worst = int(np.argmax(np.abs(sigma)))
     return StationAgreement(name=name, value=mean, u=max(1.0, birge) * math.sqrt(max(variance, 0.0)), chi2=chi2,
                             dof=dof, birge_ratio=birge, tiles=n, worst_tile=str(tile_names[worst]),

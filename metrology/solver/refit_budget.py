@@ -119,7 +119,9 @@ def pupil_radius_sensitivity(fit, uncertainties: dict) -> tuple:
 
 # ----------------------------------------------------------------------------- the pupil edge's model form
 EDGE_KEY = "pupil_edge_model"
-"""The budget source's name: the model form of the pupil edge (a Type B component, ``u`` = 1)."""
+"""The budget source's name and ``[uncertainty]`` key: the model form of the pupil edge (a Type B
+component whose ``u`` is the station's value: how many standard uncertainties the difference counts
+for; 1 with ``refit_edge`` alone)."""
 EDGE_LABEL = "Pupil edge model (the fit re-run with the other edge discretisation)"
 ALTERNATIVE_EDGE = {"source": "coverage", "coverage": "source", "ramp": "coverage"}
 """The edge the re-fit uses for each edge the fit used (:attr:`metrology.physics.pupil.Pupil.EDGES`)."""
@@ -150,13 +152,14 @@ def edge_model_sensitivity(fit) -> tuple:
     discretisations' fits differ by about as much (docs/uncertainty.md, section 6). The difference of
     the two optima, ``delta`` for every fitted column, is taken as one standard uncertainty of a
     common cause (JCGM 100, 4.3: the difference between two plausible models): its contribution is
-    ``delta`` itself, fully correlated over the columns.
+    ``delta`` times the station's ``pupil_edge_model`` (1: ``delta`` itself), fully correlated over
+    the columns.
 
     Returns
     -------
     sensitivity : ConstantSensitivity
-        Key :data:`EDGE_KEY`, value 1, ``per_unit`` the change of every fitted column (their units),
-        to be used with ``u = 1``.
+        Key :data:`EDGE_KEY`, value 1, ``per_unit`` the change of every fitted column (their units)
+        per unit of ``u`` (the station's ``pupil_edge_model``).
     refit : EdgeRefit
     """
     t0 = time.perf_counter()

@@ -175,21 +175,21 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False,
     if not wanted and not edge_u:
         return [], np.zeros((p, p)), {}
     applicable = set(applicable_constants(fit))
-    refits, radius, done = None, [], {}
+    refits, refitted, done = None, [], {}  # refitted: the terms measured by re-fits
     if edge_u:
         s, edge = edge_model_sensitivity(fit)
-        radius.append(s)
+        refitted.append(s)
         uncertainties[EDGE_KEY] = edge_u
         done["pupil_edge_refit"] = edge
     if refit_radius and radius_applies(fit, uncertainties):
         s, refits = pupil_radius_sensitivity(fit, uncertainties)
-        radius.append(s)
+        refitted.append(s)
         uncertainties[RADIUS_KEY] = refits.u_percent
         done["pupil_radius_refits"] = refits
     # a re-fit that did not converge leaves the term's size open: the held terms it replaces stay beside it
     replaced = RADIUS_KEYS if refits is not None and all(refits.converged) else ()
     held = [n for n in wanted if n in applicable and n not in replaced]
-    sens = (constant_sensitivities(fit, held, uncertainties if finite else None, free_sample) if held else []) + radius
+    sens = (constant_sensitivities(fit, held, uncertainties if finite else None, free_sample) if held else []) + refitted
     sources = []
     for s in sens:
         u = float(uncertainties[s.key])
