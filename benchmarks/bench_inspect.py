@@ -9,7 +9,8 @@ Run: ``python benchmarks/bench_inspect.py [--frame 128] [--all-terms]``. Prints 
 ``--all-terms`` turns on the physics terms of issue 14 the fixture station leaves off (a 25 nm LED
 spectrum, a cos^4 emission law, an 8-px non-periodic margin; pixel integration is on by default),
 whose time the issue bounds at 1.5x. The capture then comes from the literal simulator with the
-same spectrum (5 wavelengths) and emission law (it renders both since 2026-12-02).
+same spectrum (15 wavelengths since 2026-12-03, 5 before) and emission law (it renders both since
+2026-12-02).
 """
 
 from __future__ import annotations

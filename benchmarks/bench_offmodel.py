@@ -45,7 +45,8 @@ MARGIN_FRACTION = 0.5
 
 
 def trial_station(frame: int):
-    """The fixture 4x bench at ``frame`` px, stating a 25 nm LED spectrum (modelled with 3 wavelengths)."""
+    """The fixture 4x bench at ``frame`` px, stating a 25 nm LED spectrum (modelled with the station
+    default, 2 wavelengths since 2026-12-03; rendered continuous, :class:`RealPhysics`)."""
     return standard_station(frame).replace(spectral_fwhm_nm=LED_FWHM_NM)
 
 

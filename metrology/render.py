@@ -56,7 +56,10 @@ class RealPhysics:
     fwhm_nm : float
         LED spectral width (FWHM, nm; 0: monochromatic).
     spectral_points : int
-        Wavelengths sampled across the spectrum (Gauss-Hermite nodes).
+        Wavelengths sampled across the spectrum (:func:`metrology.simulate.spectrum_samples`:
+        equal steps over +/- 3 standard deviations; in the literal simulator's 32-px frames 11 are
+        0.12 noise standard deviations RMS from the continuous spectrum, and the 3 Gauss-Hermite
+        nodes used here before 2026-12-03 were 0.8 off).
     pixel_integration : bool
         Each pixel integrates the intensity over its area (True) or samples it at its centre.
     emitter_points : int
@@ -77,7 +80,7 @@ class RealPhysics:
     margin: float = 0.5
     centroid_nm: float | None = None
     fwhm_nm: float = 0.0
-    spectral_points: int = 3
+    spectral_points: int = 11
     pixel_integration: bool = True
     emitter_points: int = 3
     vignetting: tuple | None = None

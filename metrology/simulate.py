@@ -58,9 +58,16 @@ from metrology.misalignment import (  # noqa: F401  (re-exported: the simulator'
 )
 from metrology.references import CATALOGUE, catalogue_over_field, reference_transmission
 
-SPECTRAL_NODES = 5
-"""Wavelengths the literal simulator samples across a finite LED spectrum (Gauss-Hermite nodes;
-more than the model's default ``spectral_points`` = 3, so that the two do not share a quadrature)."""
+SPECTRAL_NODES = 15
+"""Wavelengths the literal simulator samples across a finite LED spectrum (:func:`spectrum_samples`:
+equally spaced over +/- :data:`SPECTRUM_SPAN_SIGMA` standard deviations). A real LED's spectrum is
+continuous: against 41 wavelengths (32 px, 15 x 15 LEDs, 25 nm, 3000 counts in bright field) the
+frames' RMS error is 0.06 noise standard deviations with 15, 0.12 with 11 and 0.28 with 7; the
+5 Gauss-Hermite nodes used before 2026-12-03 were 0.58 off (a comb of 5 sharp pupil edges)."""
+
+SPECTRUM_SPAN_SIGMA = 3.0
+"""Half-width of the simulated LED spectrum in standard deviations (the tails beyond hold 0.3 % of
+the light)."""
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -378,18 +385,24 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
 
 
 def spectrum_samples(centroid_nm: float, fwhm_nm: float, points: int):
-    """Wavelengths (nm) and weights of a Gaussian LED spectrum (Gauss-Hermite quadrature)."""
+    """Wavelengths (nm) and weights (summing to 1) of a Gaussian LED spectrum of ``fwhm_nm`` FWHM:
+    the midpoint rule on ``points`` equal intervals over +/- :data:`SPECTRUM_SPAN_SIGMA` standard
+    deviations, weighted by the Gaussian. Not Gauss-Hermite: the pupil edge crosses frequency
+    cells as the wavelength changes, so a frame is not a smooth function of it and a few
+    high-order nodes render a comb of sharp edges; equal steps converge on the continuous
+    spectrum (:data:`SPECTRAL_NODES`)."""
     if fwhm_nm <= 0 or points <= 1:
         return np.array([float(centroid_nm)]), np.array([1.0])
-    x, w = np.polynomial.hermite_e.hermegauss(int(points))
     sigma = fwhm_nm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    x = ((np.arange(int(points)) + 0.5) / int(points) * 2.0 - 1.0) * SPECTRUM_SPAN_SIGMA
+    w = np.exp(-0.5 * x**2)
     return centroid_nm + sigma * x, w / w.sum()
 
 
 def led_spectrum(station):
     """Wavelengths (nm) and weights the literal simulator sums over: :data:`SPECTRAL_NODES`
-    Gauss-Hermite nodes of the station's Gaussian LED spectrum (``spectral_fwhm_nm`` FWHM around
-    ``wavelength_nm``); one wavelength when it is 0."""
+    samples of the station's Gaussian LED spectrum (``spectral_fwhm_nm`` FWHM around
+    ``wavelength_nm``, :func:`spectrum_samples`); one wavelength when it is 0."""
     return spectrum_samples(station.wavelength_nm, getattr(station, "spectral_fwhm_nm", 0.0), SPECTRAL_NODES)
 
 

@@ -217,13 +217,13 @@ def test_radius_refits_defaults_on_and_can_be_turned_off(tmp_path):
 
 
 def test_spectral_points_reach_the_model_and_are_written_back(tmp_path):
-    """``[led_array] spectral_points``: the model's wavelengths across the LED spectrum (3 unless the
+    """``[led_array] spectral_points``: the model's wavelengths across the LED spectrum (2 unless the
     file says otherwise), read, passed to the geometry and written back by ``to_toml``."""
-    assert load_station(STATION_4X).geometry().spectral_points == 3
-    two = load_station(_edited(tmp_path, "pitch_mm = 4.0", "pitch_mm = 4.0\nspectral_fwhm_nm = 25.0\nspectral_points = 2"))
-    g = two.geometry()
-    assert two.spectral_points == 2 and g.spectral_points == 2 and len(g.spectral_nodes()) == 2
-    assert parse_station(two.to_toml()).spectral_points == 2
+    assert load_station(STATION_4X).geometry().spectral_points == 2
+    three = load_station(_edited(tmp_path, "pitch_mm = 4.0", "pitch_mm = 4.0\nspectral_fwhm_nm = 25.0\nspectral_points = 3"))
+    g = three.geometry()
+    assert three.spectral_points == 3 and g.spectral_points == 3 and len(g.spectral_nodes()) == 3
+    assert parse_station(three.to_toml()).spectral_points == 3
 
 
 def test_station_checks_capture():

@@ -121,7 +121,7 @@ SCHEMA = {
     ("camera", "background_counts"): ("background_counts", "float", 0.0, _ge0),
     ("camera", "pixel_integration"): ("pixel_integration", "bool", True, None),
     ("led_array", "spectral_fwhm_nm"): ("spectral_fwhm_nm", "float", 0.0, _ge0),
-    ("led_array", "spectral_points"): ("spectral_points", "int", 3, _in(1, 7)),
+    ("led_array", "spectral_points"): ("spectral_points", "int", 2, _in(1, 7)),
     ("led_array", "emission_exponent"): ("emission_exponent", "float", 0.0, None),
     ("lens", "vignetting"): ("vignetting", "triple", None, _vignetting),
     ("reconstruction", "upsampling"): ("upsampling", "int", None, _in(1, MAX_UPSAMPLING)),
@@ -230,7 +230,7 @@ class StationDescription:
     background_counts: float = 0.0
     pixel_integration: bool = True
     spectral_fwhm_nm: float = 0.0
-    spectral_points: int = 3  # wavelengths the model samples across the LED spectrum (Gauss-Hermite)
+    spectral_points: int = 2  # wavelengths the model samples across the LED spectrum (Gauss-Hermite; docs/solver.md)
     emission_exponent: float = 0.0
     vignetting: tuple | None = None
     margin_px: int | None = None

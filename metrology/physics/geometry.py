@@ -51,7 +51,8 @@ class StationGeometry:
         LED spectral width (FWHM, nm; Gaussian): frames are the weighted sum over
         ``spectral_points`` wavelengths (Gauss-Hermite nodes); 0: monochromatic.
     spectral_points : int
-        Wavelengths sampled across the LED spectrum when ``spectral_fwhm_nm > 0``.
+        Wavelengths sampled across the LED spectrum when ``spectral_fwhm_nm > 0`` (2: the lens is
+        measured as well as with 3 at 0.7x the cost; docs/solver.md, "The LED spectrum").
     vignetting : (float, float, float) or None
         Two-circle vignetting of an off-axis tile: the nominal second aperture ``(radius, dx, dy)``
         in pupil radii (start of ``pupil.vignetting_*``); None: the stop alone.
@@ -87,7 +88,7 @@ class StationGeometry:
     margin_px: int = 0
     emission_exponent: float = 0.0
     spectral_fwhm_nm: float = 0.0
-    spectral_points: int = 3
+    spectral_points: int = 2
     vignetting: tuple | None = None
 
     def __post_init__(self):
