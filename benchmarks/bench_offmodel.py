@@ -18,7 +18,7 @@ Parts:
   and FAIL, and the INCONCLUSIVE rate among lenses whose truth is more than 2U from the limit.
 
 Run: ``python benchmarks/bench_offmodel.py [--part trials|sweep] [--mode known|blind] [--trials 30]
-[--frame 48 --leds 9] [--workers N] [--json out.json]``. Prints the machine.
+[--frame 48 --leds 9] [--workers N] [--spectral-points N] [--json out.json]``. Prints the machine.
 """
 
 from __future__ import annotations
@@ -329,9 +329,13 @@ def main() -> None:
                          "difference as one standard uncertainty (measurement_from_fit(refit_edge=True))")
     ap.add_argument("--exact-constants", action="store_true",
                     help="the station's constants exactly as stated (only the physics is off-model)")
+    ap.add_argument("--spectral-points", type=int, default=None,
+                    help="the model's wavelengths across the LED spectrum (default: the station's, 2)")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     st = trial_station(args.frame)
+    if args.spectral_points:
+        st = st.replace(spectral_points=args.spectral_points)
     h = args.leds // 2
     leds = [(r, c) for r in range(7 - h, 8 + h) for c in range(7 - h, 8 + h)]
     t0 = time.perf_counter()
