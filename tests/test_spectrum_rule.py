@@ -17,13 +17,6 @@ from tests.physics_cases import random_object, small_geometry
 SIGMA_NM = 25.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
-def spectral_geometry(**kw):
-    args = dict(frame_px=24, n_side=5, upsampling=3, zernike_terms=15, led_size_mm=0.2, pixel_quadrature=2,
-                spectral_fwhm_nm=25.0, spectral_points=3)
-    args.update(kw)
-    return small_geometry(**args)
-
-
 @pytest.mark.parametrize("points", [7, SPECTRAL_NODES, 41])
 def test_the_simulators_samples_are_the_gaussian_spectrum_on_equal_steps(points):
     lam, w = spectrum_samples(520.0, 25.0, points)
@@ -59,7 +52,8 @@ def test_the_models_nodes_approach_the_continuous_spectrum():
     of sharp edges (1.5 and 2.1 sigma RMS here). Not made smaller on purpose: an edge widened
     within each node to carry the rest of the spectrum fitted the frames better but moved the
     lens more (docs/solver.md, "The LED spectrum")."""
-    g = spectral_geometry()
+    g = small_geometry(frame_px=24, n_side=5, upsampling=3, zernike_terms=15, led_size_mm=0.2, pixel_quadrature=2,
+                       spectral_fwhm_nm=25.0, spectral_points=3)
     obj = random_object(g.object_px, seed=5, phase=0.8, amp=0.3, smooth=1.0)
     coeffs = torch.linspace(-0.05, 0.06, 11, dtype=torch.float64)
 
