@@ -227,14 +227,16 @@ Below it the data are explained and the fit's own reason stands."""
 
 def _start_cause(summary: dict, reduced_chi2_noise: float) -> str:
     """The likely cause of a fit that did not converge, as a leading clause of its message: the
-    blind start had too few bright-field disks to place the LED array and the fit does not explain
-    the data (reduced chi-square against the noise above :data:`START_CAUSE_CHI2`). Empty otherwise:
-    a fit that found the geometry from a nominal start (a small-pixel station: chi-square 2.8 against
-    the noise, LED shift 33 um off) keeps its own reason (e.g. a sample still changing)."""
+    blind start had too few bright-field disks to fit the LED array (:data:`MIN_BRIGHT_FIELD_LEDS`;
+    it kept the nominal geometry or scanned for one) and the fit does not explain the data (reduced
+    chi-square against the noise above :data:`START_CAUSE_CHI2`). Empty otherwise: a fit that found
+    the geometry from such a start (a small-pixel station: chi-square 2.8 against the noise, LED
+    shift 33 um off) keeps its own reason (e.g. a sample still changing)."""
     kept = (summary or {}).get("geometry_search", {})
-    if "nominal geometry kept" not in kept.get("note", "") or reduced_chi2_noise <= START_CAUSE_CHI2:
+    disks = kept.get("bright_field_leds", MIN_BRIGHT_FIELD_LEDS)
+    if disks >= MIN_BRIGHT_FIELD_LEDS or reduced_chi2_noise <= START_CAUSE_CHI2:
         return ""
-    return (f"not converged: the LED geometry could not be started from the data ({kept['bright_field_leds']} "
+    return (f"not converged: the LED geometry could not be started from the data ({disks} "
             f"bright-field LED(s), {MIN_BRIGHT_FIELD_LEDS} needed) and the fit did not find it; ")
 
 

@@ -119,7 +119,8 @@ def initial_sample(model: StationModel, data: torch.Tensor, background: float) -
 
 
 MIN_BRIGHT_FIELD_LEDS = 4
-"""Bright-field disks the blind start needs to fit the LED shift and rotation (fewer: nominal kept)."""
+"""Bright-field disks the blind start needs to fit the LED shift and rotation (fewer: nominal kept,
+and a scan tried beside it: :func:`start_blind_few_disks`)."""
 
 
 def initialise_blind_geometry(model: StationModel, data: torch.Tensor, background: float, bright_field=None) -> dict:
@@ -134,6 +135,81 @@ def initialise_blind_geometry(model: StationModel, data: torch.Tensor, backgroun
     out = fit_geometry(model, k, w, names=("shift_mm", "rotation_deg"))
     out["bright_field_leds"] = int((w > 0).sum())
     return out
+
+
+SCAN_SHIFT_POINTS = 5
+"""Blind start with fewer than :data:`MIN_BRIGHT_FIELD_LEDS` disks (:func:`scan_geometry`): LED
+shifts per axis over the misalignment range (0.5 mm apart over +/- 1 mm)."""
+SCAN_REFINE_ITERATIONS = 10
+"""Projection iterations that rank the scan's best candidates (:data:`SCAN_FINALISTS`)."""
+SCAN_FINALISTS = 3
+
+_SCAN_STATE = ("pupil.zernike_waves", "sample.defocus_um", "sample.position_um", "sample.field_real",
+               "sample.field_imag", "illumination.brightness", "camera.counts_per_unit", "camera.background_counts")
+
+
+def _set_geometry(model, geometry: dict) -> None:
+    """Set ``illumination.<name>`` for each ``{name: value}`` (``misfit`` ignored)."""
+    ill = model.illumination
+    with torch.no_grad():
+        for name, value in geometry.items():
+            if name != "misfit":
+                getattr(ill, name).copy_(torch.as_tensor(value, dtype=getattr(ill, name).dtype))
+
+
+def _scan_misfit(model, data, mask, background, geometry: dict, iterations: int, saved: dict) -> float:
+    """Amplitude misfit of the blind start at one LED geometry (``{name: value}``), after
+    ``iterations`` projections (1: the start's own misfit); the model's state restored after."""
+    _set_geometry(model, geometry)
+    initialise_intensity(model, data, background, mask, object_known=False)
+    misfit = project(model, data, mask, background, iterations, True)["error_end"]
+    with torch.no_grad():
+        for p, v in saved.items():
+            model.parameter(p).copy_(v)
+    return float(misfit)
+
+
+def scan_geometry(model: StationModel, data, mask, background: float, ranges=None) -> dict:
+    """LED shift, rotation and distance of a board with few bright-field disks, by a scan.
+
+    One disk cannot place the array: its two-disk pattern is symmetric in the sign of the
+    illumination frequency, and a wide pitch leaves no second one. What the frames do show is which
+    LEDs light the pupil and how much of it (a neighbour at the bright-/dark-field transition is
+    half lit): the start's amplitude misfit (the smooth start sample, no dark-field light) ranks
+    candidate geometries by that pattern. Coordinate-wise over ``ranges``
+    (:data:`~metrology.solver.search.DEFAULT_RANGES`): the shift on a
+    :data:`SCAN_SHIFT_POINTS`-square grid, then rotation and distance at
+    -range, 0, +range, then the shift again on a half-step grid around the best; the
+    :data:`SCAN_FINALISTS` best of each stage ranked after :data:`SCAN_REFINE_ITERATIONS`
+    projections. The model is left at the best geometry, its sample and pupil as found.
+    """
+    ranges = ranges or DEFAULT_RANGES
+    ill = model.illumination
+    saved = {p: model.parameter(p).detach().clone() for p in _SCAN_STATE}
+    best = {"shift_mm": ill.shift_mm.detach().double().cpu().numpy().copy(),
+            "rotation_deg": float(ill.rotation_deg.detach()), "distance_error_mm": float(ill.distance_error_mm.detach())}
+    tried = 0
+
+    def pick(candidates: list) -> dict:
+        nonlocal tried
+        tried += len(candidates)
+        first = [_scan_misfit(model, data, mask, background, c, 1, saved) for c in candidates]
+        finalists = [candidates[i] for i in np.argsort(first)[:SCAN_FINALISTS]]
+        refined = [_scan_misfit(model, data, mask, background, c, SCAN_REFINE_ITERATIONS, saved) for c in finalists]
+        return finalists[int(np.argmin(refined))] | {"misfit": min(refined)}
+
+    span = np.linspace(-ranges["shift_mm"], ranges["shift_mm"], SCAN_SHIFT_POINTS)
+    step = span[1] - span[0]
+    shifts = [np.array([x, y]) for x in span for y in span]
+    best = pick([best | {"shift_mm": s} for s in shifts])
+    best = pick([best | {"rotation_deg": r, "distance_error_mm": d}
+                 for r in (-ranges["rotation_deg"], 0.0, ranges["rotation_deg"])
+                 for d in (-ranges["distance_error_mm"], 0.0, ranges["distance_error_mm"])])
+    fine = (-step / 2, 0.0, step / 2)
+    best = pick([best | {"shift_mm": best["shift_mm"] + np.array([x, y])} for x in fine for y in fine])
+    _set_geometry(model, best)
+    return {"scan_candidates": tried, "scan_misfit": best["misfit"], "shift_mm": [float(v) for v in best["shift_mm"]],
+            "rotation_deg": float(best["rotation_deg"]), "distance_error_mm": float(best["distance_error_mm"])}
 
 
 INNER_SEARCH_NA_FACTOR = 2.0
@@ -285,18 +361,54 @@ def start_known(model: StationModel, data, mask, background, schedule, *, search
 def start_blind(model: StationModel, data, mask, background, schedule, *, search_geometry: bool = True,
                 ranges=None, observe=None, sample_given: bool = False) -> dict:
     """Start of the ``blind`` mode (see the module docstring); ``sample_given``: the model's sample
-    is already a start (else :func:`initial_sample` sets it). ``ranges`` is not used (no per-LED
-    search without a known sample)."""
+    is already a start (else :func:`initial_sample` sets it). ``ranges``: the misalignment the
+    geometry scan covers where the bright-field disks are too few (:func:`start_blind_few_disks`)."""
     if not sample_given:
         initial_sample(model, data, background)
     summary = {}
     if search_geometry:
         summary["geometry_search"] = initialise_blind_geometry(model, data, background)
+        if summary["geometry_search"]["bright_field_leds"] < MIN_BRIGHT_FIELD_LEDS and schedule.projection_iterations:
+            return start_blind_few_disks(model, data, mask, background, schedule, ranges, observe, summary)
     initialise_intensity(model, data, background, mask, object_known=False)
     if schedule.projection_iterations:
         summary["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations,
                                                  True, basis_mask(model, schedule.parameters, True), observe)
     return summary
+
+
+def start_blind_few_disks(model, data, mask, background, schedule, ranges, observe, summary) -> dict:
+    """Blind start where the bright-field disks are too few to place the LED array
+    (:data:`MIN_BRIGHT_FIELD_LEDS`; a board at a wide pitch has the centre LED alone in bright
+    field): two geometries, each followed by the projections, and the one whose projections end
+    with the lower amplitude misfit kept (as :func:`start_two_geometries` does with a known sample).
+
+    1. The nominal geometry.
+    2. The geometry of :func:`scan_geometry` (which LEDs light the pupil, and how much of it).
+
+    Neither is sure: the fit's chi-square and the verdict judge the result, and a fit that does
+    not explain the data names this start as the likely cause
+    (:func:`metrology.solver.reconstruct.reconstruct`).
+    """
+    free = basis_mask(model, schedule.parameters, True)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    initialise_intensity(model, data, background, mask, object_known=False)
+    nominal = {"projection": initialise_pupil(model, data, mask, background, schedule.projection_iterations, True,
+                                              free, observe)}
+    after_nominal = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(start)
+    scanned = scan_geometry(model, data, mask, background, ranges)
+    initialise_intensity(model, data, background, mask, object_known=False)
+    scanned["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations, True,
+                                             free, observe)
+    search = summary["geometry_search"]
+    search["scan"] = {k: v for k, v in scanned.items() if k != "projection"}
+    if nominal["projection"]["error_end"] <= scanned["projection"]["error_end"]:
+        model.load_state_dict(after_nominal)
+        search["note"] = "too few bright-field LEDs; nominal geometry kept (a scanned geometry fitted worse)"
+        return summary | {"projection": nominal["projection"], "other": scanned["projection"]}
+    search["note"] = "too few bright-field LEDs; scanned geometry kept (it fitted better than the nominal one)"
+    return summary | {"projection": scanned["projection"], "other": nominal["projection"]}
 
 
 START = {"known": start_known, "prior": start_known, "blind": start_blind}
