@@ -344,12 +344,12 @@ def test_a_wide_board_is_scanned_into_place_where_a_neighbour_sits_at_the_pupil_
     (-0.6, 0.7) mm and 2 mm nearer nominal's 90 mm, two of them sit at illumination NA 0.101-0.102,
     on the pupil edge (NA 0.1), half lit. The scan of the start's misfit
     (:func:`metrology.solver.start.scan_geometry`) finds the shift within 0.3 mm, where the nominal
-    geometry is 0.9 mm off; it costs a few seconds."""
+    geometry is 0.9 mm off; it costs a few seconds. The blind start keeps it over the nominal one."""
     import torch
 
     from metrology.simulate import simulate_capture
     from metrology.solver.reconstruct import prepare
-    from metrology.solver.start import initial_sample, scan_geometry
+    from metrology.solver.start import initial_sample, scan_geometry, start
     from tests.sim_cases import bench_station, lens_coefficients
 
     station = bench_station(32).replace(led_rows=5, led_cols=5, led_pitch_mm=10.0, led_center_row=None,
@@ -369,6 +369,12 @@ def test_a_wide_board_is_scanned_into_place_where_a_neighbour_sits_at_the_pupil_
     assert np.allclose(model.illumination.shift_mm.detach().double().numpy(), found["shift_mm"])
     with torch.no_grad():  # the scan restores what it tried: only the geometry moved
         assert float(model.pupil.zernike_waves.abs().max()) == 0.0
+    # the blind start tries it beside the nominal geometry and keeps it: its projections fit better
+    model = StationModel(station.geometry(leds), transmission=None)
+    summary = start(model, data, mask, background, default_schedule("blind", 15))
+    assert summary["geometry_search"]["note"].startswith("too few bright-field LEDs; scanned geometry kept")
+    assert summary["projection"]["error_end"] < summary["other"]["error_end"]
+    assert np.hypot(*(model.illumination.shift_mm.detach().double().numpy() - truth["illumination.shift_mm"])) < 0.3
 
 
 def test_a_nominal_start_is_blamed_only_where_the_fit_does_not_explain_the_data():
