@@ -143,6 +143,7 @@ shifts per axis over the misalignment range (0.5 mm apart over +/- 1 mm)."""
 SCAN_REFINE_ITERATIONS = 10
 """Projection iterations that rank the scan's best candidates (:data:`SCAN_FINALISTS`)."""
 SCAN_FINALISTS = 3
+"""Candidates of each scan stage, best by the start's own misfit, that the projections rank."""
 
 _SCAN_STATE = ("pupil.zernike_waves", "sample.defocus_um", "sample.position_um", "sample.field_real",
                "sample.field_imag", "illumination.brightness", "camera.counts_per_unit", "camera.background_counts")
