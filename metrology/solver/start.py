@@ -11,7 +11,10 @@ of the minimum. :func:`start` runs the start of the schedule's mode:
 * ``blind`` (:func:`start_blind`, unknown sample): the sample from the mean bright-field frame
   (:func:`initial_sample`), the LED shift and rotation from the bright-field disks
   (:func:`initialise_blind_geometry`), the intensity scale, then the projections with the sample
-  free, staged and single (:func:`initialise_pupil`).
+  free, staged and single (:func:`initialise_pupil`). With fewer than
+  :data:`MIN_BRIGHT_FIELD_LEDS` disks, the nominal geometry and a scanned one
+  (:func:`scan_geometry`), each followed by the projections, the better kept
+  (:func:`start_blind_few_disks`).
 
 The building blocks live in :mod:`.search` (geometry searches) and :mod:`.projection` (the
 alternating projections and their fit onto the model's basis).
