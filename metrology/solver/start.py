@@ -153,12 +153,11 @@ _SCAN_STATE = ("pupil.zernike_waves", "sample.defocus_um", "sample.position_um",
 
 
 def _set_geometry(model, geometry: dict) -> None:
-    """Set ``illumination.<name>`` for each ``{name: value}`` (``misfit`` ignored)."""
+    """Set ``illumination.<name>`` for each ``{name: value}``."""
     ill = model.illumination
     with torch.no_grad():
         for name, value in geometry.items():
-            if name != "misfit":
-                getattr(ill, name).copy_(torch.as_tensor(value, dtype=getattr(ill, name).dtype))
+            getattr(ill, name).copy_(torch.as_tensor(value, dtype=getattr(ill, name).dtype))
 
 
 def _scan_misfit(model, data, mask, background, geometry: dict, iterations: int, saved: dict) -> float:
@@ -194,25 +193,25 @@ def scan_geometry(model: StationModel, data, mask, background: float, ranges=Non
             "rotation_deg": float(ill.rotation_deg.detach()), "distance_error_mm": float(ill.distance_error_mm.detach())}
     tried = 0
 
-    def pick(candidates: list) -> dict:
+    def pick(candidates: list) -> tuple:
         nonlocal tried
         tried += len(candidates)
         first = [_scan_misfit(model, data, mask, background, c, 1, saved) for c in candidates]
         finalists = [candidates[i] for i in np.argsort(first)[:SCAN_FINALISTS]]
         refined = [_scan_misfit(model, data, mask, background, c, SCAN_REFINE_ITERATIONS, saved) for c in finalists]
-        return finalists[int(np.argmin(refined))] | {"misfit": min(refined)}
+        return finalists[int(np.argmin(refined))], min(refined)
 
     span = np.linspace(-ranges["shift_mm"], ranges["shift_mm"], SCAN_SHIFT_POINTS)
     step = span[1] - span[0]
     shifts = [np.array([x, y]) for x in span for y in span]
-    best = pick([best | {"shift_mm": s} for s in shifts])
-    best = pick([best | {"rotation_deg": r, "distance_error_mm": d}
-                 for r in (-ranges["rotation_deg"], 0.0, ranges["rotation_deg"])
-                 for d in (-ranges["distance_error_mm"], 0.0, ranges["distance_error_mm"])])
+    best, _ = pick([best | {"shift_mm": s} for s in shifts])
+    best, _ = pick([best | {"rotation_deg": r, "distance_error_mm": d}
+                    for r in (-ranges["rotation_deg"], 0.0, ranges["rotation_deg"])
+                    for d in (-ranges["distance_error_mm"], 0.0, ranges["distance_error_mm"])])
     fine = (-step / 2, 0.0, step / 2)
-    best = pick([best | {"shift_mm": best["shift_mm"] + np.array([x, y])} for x in fine for y in fine])
+    best, misfit = pick([best | {"shift_mm": best["shift_mm"] + np.array([x, y])} for x in fine for y in fine])
     _set_geometry(model, best)
-    return {"scan_candidates": tried, "scan_misfit": best["misfit"], "shift_mm": [float(v) for v in best["shift_mm"]],
+    return {"scan_candidates": tried, "scan_misfit": misfit, "shift_mm": [float(v) for v in best["shift_mm"]],
             "rotation_deg": float(best["rotation_deg"]), "distance_error_mm": float(best["distance_error_mm"])}
 
 
@@ -278,27 +277,37 @@ def start_two_geometries(model, data, mask, background, schedule, ranges, observ
        finds distance and tilt, but a wave of aberration biases it (PtyLab case 2: 0.2 mm and
        0.2 deg off, projections end at 0.033 waves against 0.0035 from the disks alone).
     """
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     free = basis_mask(model, schedule.parameters, False)
     bright_field = search_bright_field(model, data - background)  # both geometries start from it
-    disks = initialise_blind_geometry(model, data, background, bright_field)
-    first = initialise_pose(model, data, mask, background)
-    first["geometry_search"] = disks
-    first["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations, False,
-                                           free, observe)
+
+    def start_from(search):
+        geometry = search()
+        summary = initialise_pose(model, data, mask, background)
+        summary["geometry_search"] = geometry
+        summary["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations,
+                                                 False, free, observe)
+        return summary
+
+    kept, other, first = _lower_misfit(
+        model, lambda: start_from(lambda: initialise_blind_geometry(model, data, background, bright_field)),
+        lambda: start_from(lambda: search_geometry_known(model, data, background, ranges, bright_field)))
+    kept.update(kept="bright-field geometry" if first else "full geometry search", other=other)
+    return kept
+
+
+def _lower_misfit(model, first, second) -> tuple:
+    """Run the starts ``first()`` and ``second()`` from the same model state (each returns a summary
+    with its projections' ``projection["error_end"]``) and leave the model where the lower one ended
+    (``second`` on a tie). Returns ``(kept summary, other summary, whether first was kept)``."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    a = first()
     after_first = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(start)
-    full = search_geometry_known(model, data, background, ranges, bright_field)
-    second = initialise_pose(model, data, mask, background)
-    second["geometry_search"] = full
-    second["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations, False,
-                                            free, observe)
-    if first["projection"]["error_end"] < second["projection"]["error_end"]:
+    model.load_state_dict(state)
+    b = second()
+    if a["projection"]["error_end"] < b["projection"]["error_end"]:
         model.load_state_dict(after_first)
-        first.update(kept="bright-field geometry", other=second)
-        return first
-    second.update(kept="full geometry search", other=first)
-    return second
+        return a, b, True
+    return b, a, False
 
 
 BLIND_FIRST_NA_FACTOR = 2.0
@@ -395,24 +404,21 @@ def start_blind_few_disks(model, data, mask, background, schedule, ranges, obser
     (:func:`metrology.solver.reconstruct.reconstruct`).
     """
     free = basis_mask(model, schedule.parameters, True)
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    initialise_intensity(model, data, background, mask, object_known=False)
-    nominal = {"projection": initialise_pupil(model, data, mask, background, schedule.projection_iterations, True,
-                                              free, observe)}
-    after_nominal = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(start)
-    scanned = scan_geometry(model, data, mask, background, ranges)
-    initialise_intensity(model, data, background, mask, object_known=False)
-    scanned["projection"] = initialise_pupil(model, data, mask, background, schedule.projection_iterations, True,
-                                             free, observe)
+
+    def projections():
+        initialise_intensity(model, data, background, mask, object_known=False)
+        return initialise_pupil(model, data, mask, background, schedule.projection_iterations, True, free, observe)
+
+    def scanned():
+        scan = scan_geometry(model, data, mask, background, ranges)
+        return {"scan": scan, "projection": projections()}
+
+    kept, other, scan_kept = _lower_misfit(model, scanned, lambda: {"projection": projections()})
     search = summary["geometry_search"]
-    search["scan"] = {k: v for k, v in scanned.items() if k != "projection"}
-    if nominal["projection"]["error_end"] <= scanned["projection"]["error_end"]:
-        model.load_state_dict(after_nominal)
-        search["note"] = "too few bright-field LEDs; nominal geometry kept (a scanned geometry fitted worse)"
-        return summary | {"projection": nominal["projection"], "other": scanned["projection"]}
-    search["note"] = "too few bright-field LEDs; scanned geometry kept (it fitted better than the nominal one)"
-    return summary | {"projection": scanned["projection"], "other": nominal["projection"]}
+    search["scan"] = (kept if scan_kept else other)["scan"]
+    search["note"] = ("too few bright-field LEDs; scanned geometry kept (it fitted better than the nominal one)"
+                      if scan_kept else "too few bright-field LEDs; nominal geometry kept (a scanned geometry fitted worse)")
+    return summary | {"projection": kept["projection"], "other": other["projection"]}
 
 
 START = {"known": start_known, "prior": start_known, "blind": start_blind}
