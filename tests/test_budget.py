@@ -21,7 +21,7 @@ import torch
 from metrology.physics import StationModel
 from metrology.references import catalogue_over_field
 from metrology.solver import NoiseModel, default_schedule, reconstruct
-from metrology.solver.budget import _moved, _residual, constant_sensitivities, residual_scale
+from metrology.solver.budget import FINITE_TOLERANCE, _moved, _residual, constant_sensitivities, residual_scale
 from metrology.solver.jacobian import psd_inverse
 from metrology.solver.uncertainty import measurement_from_fit
 from tests.sim_cases import misaligned_capture
@@ -145,7 +145,7 @@ def test_finite_response_restores_the_optimum_at_the_scale_of_u(fit):
     up = fin.per_unit * u + fin.second_order / np.sqrt(2.0)  # the response at c + u (odd + even part)
     assert remainder(up) < 0.01 * before, (remainder(up), before)
     assert remainder(lin.per_unit * u) > 5 * remainder(up)
-    assert fin.remaining_sigma < 0.5
+    assert fin.remaining_sigma < FINITE_TOLERANCE  # it stops there (with 2 threads ~50 iterations; 30 fell 0.77 short)
     (small,) = constant_sensitivities(fit, ["wavelength_nm"], {"wavelength_nm": 0.05})
     big = np.abs(lin.per_unit) > 0.1 * np.abs(lin.per_unit).max()
     np.testing.assert_allclose(small.per_unit[big], lin.per_unit[big], rtol=0.2)  # seen 0.1-16 %
