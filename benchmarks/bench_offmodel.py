@@ -104,7 +104,10 @@ def fit_capture(station, leds, frames, ref, mode, budget=None):
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale)
     fit = reconstruct(model, frames, noise, station_schedule(g, mode))
-    return fit, measurement_from_fit(fit, station.uncertainty, **(budget or {}))
+    budget = dict(budget or {})
+    # as the pipeline: where the fit measures the NA (blind mode), the pupil edge's model-form term is in U
+    budget["refit_edge"] = budget.get("refit_edge", False) or "pupil.na" in fit.columns.paths
+    return fit, measurement_from_fit(fit, station.uncertainty, **budget)
 
 
 def held_from_stated(truth: dict, station, mode: str, seed: int) -> dict:
@@ -176,7 +179,17 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
         "geometry_z": geometry_z(meas, mis),
         "u_plain": np.sqrt(np.clip(u**2 - edge.zernike[4:15] ** 2, 0, None)).tolist() if edge else None,
         "geometry_z_plain": geometry_z(meas, mis, edge) if edge else None,
+        # the pupil edge's NA: fitted (blind mode) or held, against the NA that gives the true pupil radius
+        "na": float(meas.na), "na_u": next((e.u for e in meas.lens_parameters if e.name == "pupil.na"), None),
+        "na_effective_truth": effective_na(station, consts),
     }
+
+
+def effective_na(station, consts: dict) -> float:
+    """The NA that gives the rendered pupil radius in the model's frequency pixels, ``NA N p / (lambda M)``,
+    with the station's stated pixel, magnification and wavelength: what a fitted NA should find."""
+    scale = (consts["camera_pixel_um"] / consts["magnification"]) / (station.camera_pixel_um / station.magnification)
+    return consts["na"] * scale * station.wavelength_nm / consts["centroid_nm"]
 
 
 def geometry_z(meas, mis, without=None) -> dict:
@@ -241,6 +254,12 @@ def summarise(rows):
             z = np.array([r[key][name] for r in rows if name in (r.get(key) or {})])
             print(f" {name}{what}: RMS(err/u) {np.sqrt(np.mean(z**2)):.2f}, coverage "
                   f"{100 * np.mean(np.abs(z) <= 2):.0f} %, max |err|/u {np.abs(z).max():.1f} ({z.size} trials)")
+    fitted = [r for r in rows if r.get("na_u")]  # the NA fitted (blind mode): its error against the radius rendered
+    if fitted:
+        rel = np.array([100 * (r["na"] / r["na_effective_truth"] - 1) for r in fitted])
+        z = np.array([(r["na"] - r["na_effective_truth"]) / r["na_u"] for r in fitted])
+        print(f" pupil edge NA (fitted): error median {np.median(rel):+.2f} %, range {rel.min():+.2f} to {rel.max():+.2f} %; "
+              f"RMS(err/u) {np.sqrt(np.mean(z**2)):.2f}, coverage {100 * np.mean(np.abs(z) <= 2):.0f} % ({len(fitted)} trials)")
     far = [(r, i) for r in rows for i in range(11) if abs(r["err"][i]) > 4 * r["u"][i]]
     for r, i in far:  # where U misses by more than 2 U: how small u was, and against what
         part = f", fit part {r['u_fit'][i]:.5f}" if r.get("u_fit") else ""
@@ -353,7 +372,8 @@ def main() -> None:
                   f"chi2r {r['reduced_chi2']:.2f} (noise {r['reduced_chi2_noise']:.2f}), bounds {r['at_bounds']}, data fraction {r['effective_data_fraction'] or float('nan'):.2f}, "
                   f"{'converged' if r['converged'] else 'NOT converged'}, RMS(err/u) "
                   f"{np.sqrt(np.mean((np.array(r['err']) / np.array(r['u'])) ** 2)):.2f}, largest constant "
-                  f"{r['largest']}, {r['time_s']:.0f} s", flush=True)
+                  f"{r['largest']}, {r['time_s']:.0f} s; NA {r['na']:.5f} (effective truth {r['na_effective_truth']:.5f})",
+                  flush=True)
         summarise(rows)
     print(f"\n{args.part} {args.mode}{' (constants as stated)' if args.exact_constants else ''}: {args.frame} px "
           f"frames, {len(leds)} LEDs, {time.perf_counter() - t0:.0f} s")

@@ -132,6 +132,9 @@ class Measurement:
     vignetting : list of StationEstimate
         The fitted second aperture (``pupil.vignetting_radius``, ``pupil.vignetting_center[0/1]``,
         pupil radii) where the station models one; empty otherwise.
+    lens_parameters : list of StationEstimate
+        The lens's scalar parameters the mode fitted (``pupil.na``, the pupil edge's NA, in blind
+        mode; then :attr:`na` is the fitted value); empty where the mode holds them.
     """
 
     wavelength_nm: float
@@ -148,6 +151,7 @@ class Measurement:
     budget: list = field(default_factory=list)  # BudgetSource per station constant with u > 0
     parts: UncertaintyParts | None = None
     vignetting: list = field(default_factory=list)
+    lens_parameters: list = field(default_factory=list)
 
     @property
     def zernike_u(self) -> np.ndarray:

@@ -215,10 +215,16 @@ PARAMETERS = (
     Parameter("pupil.log_amplitude", ("zernike_terms",), "", "pupil log-amplitude (apodisation), Noll coefficients",
               "lens", key="apodisation", bounds=(-2.0, 2.0),
               fit=Fit(0.01, stages=(Stage(3, (3, 10)),))),  # radial apodisation (Noll 4, 11), last
-    # held at the station's NA: fitted together with the LED distance it made small captures converge
-    # poorly (the edge radius trades against the brightness of the LEDs on the edge); its tolerance,
-    # with the magnification's and the wavelength's, enters the GUM budget (metrology.solver.budget)
-    Parameter("pupil.na", (), "", "pupil edge NA", "lens", label="Lens NA (pupil edge)", bounds=(0.01, 0.95)),
+    # fitted in blind mode (released with Noll 22-36, after the LED geometry has settled): the fit sees the
+    # NA, the magnification and the camera pixel through one number, the pupil radius in frequency pixels
+    # NA N p / (lambda M); held at its stated value, the radius's tolerance (1.4 % by default) was the
+    # largest term of every blind trial's budget. The data measure it: the images' cut-off and the
+    # bright-/dark-field transition (docs/uncertainty.md, section 5, "The pupil radius measured").
+    # Held in known and prior modes (an early known-mode trial, NA and distance free from the start,
+    # converged poorly on small captures: the edge radius traded against the brightness of the LEDs on
+    # the edge); there its tolerance enters the GUM budget (metrology.solver.budget).
+    Parameter("pupil.na", (), "", "pupil edge NA", "lens", label="Lens NA (pupil edge)", bounds=(0.01, 0.95),
+              fit=Fit(0.002, start=3, modes=("blind",))),
     # two-circle vignetting (station lens.vignetting): freed by the pipeline when the station states it
     Parameter("pupil.vignetting_radius", (), "pupil radii", "second aperture radius (two-circle vignetting), pupil radii",
               "lens", label="Vignetting aperture radius", bounds=(0.2, 5.0)),
@@ -246,7 +252,7 @@ BY_PATH = {p.path: p for p in PARAMETERS}
 SCHEDULE_ORDER = (
     "illumination.shift_mm", "illumination.rotation_deg", "illumination.distance_error_mm",
     "illumination.tilt_deg", "illumination.brightness", "sample.position_um", "sample.defocus_um",
-    "camera.background_counts", "pupil.zernike_waves", "pupil.log_amplitude", "sample.field_real",
+    "camera.background_counts", "pupil.zernike_waves", "pupil.log_amplitude", "pupil.na", "sample.field_real",
     "sample.field_imag",
 )
 """Order of the default schedule's entries (the order of the Jacobian's columns): geometry and pose

@@ -276,6 +276,8 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     """
     rep = reporter(progress)
     schedule = station_schedule(loaded.geometry, mode, max_iterations)
+    if not loaded.station.fit_na:
+        schedule = schedule.without("pupil.na")
     if frozen:
         schedule = schedule.without(*frozen)
     model = build_model(loaded, mode).to(compute_device(device))
@@ -302,8 +304,12 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     except NonFiniteFit as exc:
         return not_measured(loaded, mode, schedule, data, str(exc), time.perf_counter() - t0, device)
     refits = loaded.station.radius_refits and radius_applies(fit, loaded.station.uncertainty)
-    rep.stage("uncertainty (Jacobian, covariance, budget" + ("; two re-fits for the pupil radius)" if refits else ")"))
-    return fit, measurement_from_fit(fit, loaded.station.uncertainty, refit_radius=loaded.station.radius_refits)
+    # where the fit measures the NA it leans on the pupil edge's model form: that term is always in U there
+    edge = "pupil.na" in fit.columns.paths
+    rep.stage("uncertainty (Jacobian, covariance, budget" + ("; two re-fits for the pupil radius)" if refits else
+                                                            "; a re-fit with the other pupil edge)" if edge else ")"))
+    return fit, measurement_from_fit(fit, loaded.station.uncertainty, refit_radius=loaded.station.radius_refits,
+                                     refit_edge=edge)
 
 
 def not_measured(loaded: LoadedInputs, mode: str, schedule, frames, why: str, wall_time_s: float, device="cpu"):

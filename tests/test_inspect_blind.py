@@ -1,6 +1,6 @@
 """`metrology inspect --mode blind` end to end (issue 14): the unknown-sample path through the
-command, the pipeline, the GUM budget with the pupil radius by re-fits, the verdict, the JSON and
-the PDF. The fit is short (the point is the glue, not the optics: docs/uncertainty.md measures U)."""
+command, the pipeline, the GUM budget (the NA fitted, or the pupil radius by re-fits), the verdict,
+the JSON and the PDF. The fit is short (the point is the glue, not the optics: docs/uncertainty.md measures U)."""
 
 import json
 import re
@@ -8,27 +8,38 @@ import shutil
 import subprocess
 from dataclasses import replace
 
+import pytest
+
 from metrology.cli import main
 from metrology.report.document import validate_document
-from metrology.solver.refit_budget import RADIUS_KEY, RADIUS_KEYS
+from metrology.solver import refit_budget
+from metrology.solver.refit_budget import EDGE_KEY, RADIUS_KEY, RADIUS_KEYS
 from tests.sim_cases import FIXTURES, bench_station, centre_leds, lens_coefficients, simulate_to
 
 SPEC = FIXTURES / "specs" / "plan-4x-010.toml"
 
 
-def test_a_blind_inspection_writes_its_budget_with_the_pupil_radius_refits(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("fit_na", [True, False], ids=["NA fitted", "NA held"])
+def test_a_blind_inspection_writes_its_budget_and_how_it_took_the_pupil_radius(fit_na, tmp_path, capsys, monkeypatch):
     """3 x 3 LEDs at 16 px and a short fit (it ends not converged, INCONCLUSIVE): the command must
-    still end in a verdict, say it in one line, and write both files with the budget's re-fit term
-    (with the held terms kept beside it where the re-fits did not converge). With the full 24
-    settle rounds this capture's U was ~1e133 waves, which the line and the PDF once wrote with all
-    its digits (:func:`test_an_unbounded_u_is_written_in_significant_figures`)."""
+    still end in a verdict, say it in one line, and write both files. By default (``[reconstruction]
+    fit_na = true``) the pupil edge's NA is fitted: the JSON's ``lens_parameters`` and the PDF's
+    station table report it with its U, and the budget has no NA term and no radius re-fits but the
+    pupil edge's model-form term (one re-fit with the other edge discretisation). With
+    ``fit_na = false`` the NA is held and the budget carries the pupil radius's re-fit term, which
+    replaces the NA, magnification and pixel terms where both re-fits converged (here the re-fits
+    report convergence without moving: the glue is under test; the re-fits themselves, and the held
+    terms kept where one does not converge, in ``tests/test_recovery.py``). With the full 24 settle rounds
+    this capture's U was ~1e133 waves, which the line and the PDF once wrote with all its digits
+    (:func:`test_an_unbounded_u_is_written_in_significant_figures`)."""
     import metrology.pipeline as pipeline
 
     real = pipeline.station_schedule
     # 2 settle rounds instead of 24 for the fit and its re-fits: the test is about the path, not the optics
     monkeypatch.setattr(pipeline, "station_schedule", lambda *a, **k: replace(real(*a, **k), settle_rounds=2))
-    capture, station, _ = simulate_to(tmp_path / "sim", bench_station(16), lens_coefficients(0.03, 1), seed=2,
-                                      leds=centre_leds(3))
+    monkeypatch.setattr(refit_budget, "refit_from", lambda fit, model: (True, "converged (the test's stand-in)"))
+    capture, station, _ = simulate_to(tmp_path / "sim", replace(bench_station(16), fit_na=fit_na),
+                                      lens_coefficients(0.03, 1), seed=2, leds=centre_leds(3))
     out = tmp_path / "out"
     code = main([str(a) for a in ("inspect", capture, "--station", station, "--spec", SPEC, "--mode", "blind",
                                   "--max-iterations", 10, "--out", out, "--audit-db", tmp_path / "audit.sqlite")])
@@ -41,19 +52,30 @@ def test_a_blind_inspection_writes_its_budget_with_the_pupil_radius_refits(tmp_p
     validate_document(doc)
     assert doc["solver"]["mode"] == "blind" and doc["extensions"]["run"]["mode"] == "blind"
     budget = doc["uncertainty_budget"]
-    refits = budget["pupil_radius_refits"]
-    assert len(refits["converged"]) == 2 and refits["u_relative"] > 0
-    sources = {r["source"] for r in budget["rms_waves"]["rows"]}
-    assert RADIUS_KEY in sources
-    # the re-fit term stands for the NA, magnification and camera pixel only where both re-fits converged
-    assert all(k not in sources for k in RADIUS_KEYS) == all(refits["converged"]), (sources, refits)
     assert all("\n" not in r and len(r) < 400 for r in doc["verdict"]["reasons"]), doc["verdict"]["reasons"]
     (pdf,) = out.glob("*.pdf")
-    if shutil.which("pdftotext"):
-        text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
-                              check=True).stdout
-        assert "Pupil radius term: two re-fits" in text
+    text = (subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+            if shutil.which("pdftotext") else None)
+    if text is not None:
         assert not re.search(r"\d{20,}", text), "a number written with all its digits"
+    if fit_na:
+        (na,) = doc["lens_parameters"]
+        assert na["name"] == "pupil.na" and na["value"] == pytest.approx(doc["na"], rel=1e-6) and na["U"] > 0, na
+        assert "pupil_radius_refits" not in budget
+        assert "na" not in {c["name"] for c in budget["constants"]}
+        # the fitted NA leans on the pupil edge's model form: its re-fit term is in U
+        assert EDGE_KEY in {r["source"] for r in budget["rms_waves"]["rows"]}
+        if text is not None:
+            assert "Lens NA (pupil edge)" in text and "pupil edge's NA fitted" in text
+        return
+    assert "lens_parameters" not in doc
+    refits = budget["pupil_radius_refits"]
+    assert refits["converged"] == [True, True] and refits["u_relative"] > 0
+    sources = {r["source"] for r in budget["rms_waves"]["rows"]}
+    # the re-fit term stands for the NA, magnification and camera pixel where both re-fits converged
+    assert RADIUS_KEY in sources and not sources & set(RADIUS_KEYS), sources
+    if text is not None:
+        assert "Pupil radius term: two re-fits" in text and "both converged" in text
 
 
 def test_an_unbounded_u_is_written_in_significant_figures():

@@ -38,8 +38,9 @@ def test_schema_is_valid_draft_2020_12():
     assert schema["additionalProperties"] is False
     # optional blocks: results written before issue 17 (report ID, audit record, covariance, further
     # outputs) still validate; the field block belongs to full-field inspections only (issue 16), the
-    # fitted second aperture to stations that model one
-    optional = {"extensions", "report", "audit_record", "zernike_covariance", "outputs", "field", "vignetting"}
+    # fitted second aperture to stations that model one, the lens's fitted scalars to modes that fit them
+    optional = {"extensions", "report", "audit_record", "zernike_covariance", "outputs", "field", "vignetting",
+                "lens_parameters"}
     assert set(schema["required"]) == set(schema["properties"]) - optional
     assert SCHEMA_PATH.name == "inspection_result.schema.json"
 

@@ -129,6 +129,7 @@ SCHEMA = {
     ("reconstruction", "margin_px"): ("margin_px", "int", None, _margin),
     ("reconstruction", "tile_center_mm"): ("tile_center_mm", "pair", (0.0, 0.0), None),
     ("reconstruction", "radius_refits"): ("radius_refits", "bool", True, None),
+    ("reconstruction", "fit_na"): ("fit_na", "bool", True, None),
     ("slide", "thickness_mm"): ("slide_thickness_mm", "float", 0.0, _ge0),
     ("slide", "index"): ("slide_index", "float", 1.52, _ge1),
     ("calibration", "validity_days"): ("validity_days", "float", 30.0, _days),
@@ -237,6 +238,7 @@ class StationDescription:
     zernike_terms: int = 36
     tile_center_mm: tuple = (0.0, 0.0)
     radius_refits: bool = True  # blind/prior: the pupil radius's budget term by two re-fits (solver.refit_budget)
+    fit_na: bool = True  # blind: the pupil edge's NA fitted (the registry's default); false holds it at the stated value
     slide_thickness_mm: float = 0.0
     slide_index: float = 1.52
     validity_days: float = 30.0

@@ -67,6 +67,10 @@ def unmeasured_station_terms(doc: dict) -> list:
     return [p.label for p in PARAMETERS if p.drift is not None and p.path not in measured]
 
 
+BLIND_CAUTION_NA = (
+    "Caution: blind-mode U with the pupil edge's NA fitted was calibrated off-model on 8 simulated 48-px captures only "
+    "(RMS(error/u) 0.90, per coefficient 0.41-1.18, coverage 94 %; without the pupil edge's model-form term 1.50; "
+    "docs/uncertainty.md, section 5).")
 BLIND_CAUTION_REFITS = (
     "Caution: blind-mode U with the pupil radius's re-fits was calibrated off-model on simulated 32-px captures only "
     "(14 converged fits: RMS(error/u) 1.05, per coefficient 0.69-1.34, coverage 95 %, none beyond 4 u; "
@@ -100,7 +104,9 @@ def budget_page(doc, arrays, st, width_mm, table, para, png):
         out.append(para(f"Pupil radius term: two re-fits at +/- {100 * refits['u_relative']:.2g} % of the radius, the "
                         f"sample free ({state}; {refits['wall_time_s']:.0f} s).", st["small"]))
     if doc["solver"]["mode"] == "blind":
-        out.append(para(BLIND_CAUTION_REFITS if refits else BLIND_CAUTION_HELD, st["small"]))
+        na_fitted = any(r["name"] == "pupil.na" for r in doc.get("lens_parameters", []))
+        out.append(para(BLIND_CAUTION_NA if na_fitted else BLIND_CAUTION_REFITS if refits else BLIND_CAUTION_HELD,
+                        st["small"]))
     missing = unmeasured_station_terms(doc)
     if missing:
         out.append(para(f"Not measured by this {doc['solver']['mode']}-mode fit (held at nominal; the LED distance and "

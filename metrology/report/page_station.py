@@ -17,9 +17,10 @@ from metrology.report.plots import convergence_png, frames_png, psf_mtf_png, sam
 
 def station_rows(doc) -> list:
     """The station table's rows ``(parameter, value ± U, unit)``, in the document's order, then the
-    lens's fitted second aperture (``vignetting``) where the station models one."""
+    lens's fitted second aperture (``vignetting``) where the station models one and the lens's fitted
+    scalars (``lens_parameters``: the pupil edge's NA in blind mode)."""
     return [(m["label"] or m["name"], format_value_u(m["value"], m["U"]), m["unit"])
-            for m in doc["station_misalignment"] + doc.get("vignetting", [])]
+            for m in doc["station_misalignment"] + doc.get("vignetting", []) + doc.get("lens_parameters", [])]
 
 
 def _station_table(doc, st):

@@ -249,6 +249,8 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
     }
     if measurement.vignetting:
         doc["vignetting"] = _station_rows(measurement.vignetting)
+    if measurement.lens_parameters:
+        doc["lens_parameters"] = _station_rows(measurement.lens_parameters)
     if report_id is not None:
         doc["report"] = report_block(report_id, loaded)
         doc["audit_record"] = None

@@ -103,6 +103,10 @@ def covariance(fit) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return corr * u[:, None] * u[None, :], cf, info
 
 
+LENS_SCALARS = ("pupil.na",)
+"""The lens's scalar parameters a mode may fit (:attr:`Measurement.lens_parameters`)."""
+
+
 def _fitted_estimates(model, paths, index: dict, total: np.ndarray) -> list:
     """:class:`StationEstimate` of every fitted element of ``paths`` (value, ``u`` from ``total``);
     elements not fitted in this mode are left out."""
@@ -240,9 +244,8 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
     """
     model = fit.model
     g = model.geometry
-    names = fit.columns.names
     cov, cf, info = covariance(fit)
-    index = {n: i for i, n in enumerate(names)}
+    index = {n: i for i, n in enumerate(fit.columns.names)}
     k = g.zernike_terms
     z = model.pupil.zernike_waves.detach().double().cpu().numpy()
     budget, cov_const, refits = _budget_sources(fit, index, k, constant_uncertainties, finite_budget,
@@ -264,7 +267,7 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         reduced_chi2_noise=float(fit.reduced_chi2_noise),
         data_uncertainty={} if fit.weights is None else fit.weights.summary(),
     )
-    ident = identifiability(names, cf, fit.jtj)
+    ident = identifiability(fit.columns.names, cf, fit.jtj)
     parts = UncertaintyParts(
         noise=lens_only(z, _zernike_block(cf, index, k))[1], fit=lens_only(z, _zernike_block(cov, index, k))[1],
         station_noise=_station_u(cf, index), station_fit=_station_u(cov, index))
@@ -281,6 +284,7 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         budget=budget,
         parts=parts,
         vignetting=_fitted_estimates(model, VIGNETTING_PATHS, index, total),
+        lens_parameters=_fitted_estimates(model, LENS_SCALARS, index, total),
     )
     m.arrays["uncertainty_method"] = {**info, **{key: r.summary() for key, r in refits.items()}}
     m.arrays["sample_px"] = int(g.object_px)  # side of the sample grid (element names of its values)
