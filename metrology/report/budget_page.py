@@ -68,8 +68,8 @@ def unmeasured_station_terms(doc: dict) -> list:
 
 
 BLIND_CAUTION_NA = (
-    "Caution: blind-mode U with the pupil edge's NA fitted was calibrated off-model on 8 simulated 48-px captures only "
-    "(RMS(error/u) 0.90, per coefficient 0.41-1.18, coverage 94 %; without the pupil edge's model-form term 1.50; "
+    "Caution: blind-mode U with the pupil edge's NA fitted was calibrated off-model on 10 simulated 48-px captures only "
+    "(RMS(error/u) 0.89, per coefficient 0.40-1.13, coverage 95 %; without the pupil edge's model-form term 1.50; "
     "docs/uncertainty.md, section 5).")
 BLIND_CAUTION_REFITS = (
     "Caution: blind-mode U with the pupil radius's re-fits was calibrated off-model on simulated 32-px captures only "
