@@ -96,6 +96,7 @@ def fit_capture(station, leds, frames, ref, mode, budget=None):
 
     from metrology.physics import StationModel
     from metrology.solver import NoiseModel, reconstruct
+    from metrology.solver.refit_budget import edge_term_required
     from metrology.solver.schedule import station_schedule
     from metrology.solver.uncertainty import measurement_from_fit
 
@@ -105,8 +106,7 @@ def fit_capture(station, leds, frames, ref, mode, budget=None):
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale)
     fit = reconstruct(model, frames, noise, station_schedule(g, mode))
     budget = dict(budget or {})
-    # as the pipeline: where the fit measures the NA (blind mode), the pupil edge's model-form term is in U
-    budget["refit_edge"] = budget.get("refit_edge", False) or "pupil.na" in fit.columns.paths
+    budget["refit_edge"] = budget.get("refit_edge", False) or edge_term_required(fit)  # as the pipeline
     return fit, measurement_from_fit(fit, station.uncertainty, **budget)
 
 

@@ -37,7 +37,7 @@ from metrology.solver import FitResult, NoiseModel, reconstruct
 from metrology.solver.schedule import station_schedule
 from metrology.solver.device import compute_device, device_label
 from metrology.solver.reconstruct import prepare
-from metrology.solver.refit_budget import radius_applies
+from metrology.solver.refit_budget import edge_term_required, radius_applies
 from metrology.solver.uncertainty import measurement_from_fit
 
 
@@ -304,8 +304,7 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     except NonFiniteFit as exc:
         return not_measured(loaded, mode, schedule, data, str(exc), time.perf_counter() - t0, device)
     refits = loaded.station.radius_refits and radius_applies(fit, loaded.station.uncertainty)
-    # where the fit measures the NA it leans on the pupil edge's model form: that term is always in U there
-    edge = "pupil.na" in fit.columns.paths
+    edge = edge_term_required(fit)
     rep.stage("uncertainty (Jacobian, covariance, budget" + ("; two re-fits for the pupil radius)" if refits else
                                                             "; a re-fit with the other pupil edge)" if edge else ")"))
     return fit, measurement_from_fit(fit, loaded.station.uncertainty, refit_radius=loaded.station.radius_refits,

@@ -67,6 +67,13 @@ def radius_applies(fit, uncertainties: dict | None) -> bool:
                 and any(float((uncertainties or {}).get(k, 0.0) or 0.0) > 0 for k in RADIUS_KEYS))
 
 
+def edge_term_required(fit) -> bool:
+    """Whether U must carry the pupil edge's model-form term whatever the station asks: the fit
+    measured the NA (blind mode), whose estimate leans on the edge's form (without the term its
+    0.1-0.3 % edge bias went uncovered off-model: docs/uncertainty.md, section 5)."""
+    return "pupil.na" in fit.columns.paths
+
+
 def relative_radius_u(model, uncertainties: dict) -> float:
     """``u_r``: the relative standard uncertainty of the pupil radius from those of the NA, the
     magnification and the camera pixel (their units, ``[uncertainty]`` keys; missing: 0)."""
