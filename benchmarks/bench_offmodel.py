@@ -91,12 +91,12 @@ def render_capture(station, leds, lens, truth, consts, seed, photons=2e4):
 def fit_capture(station, leds, frames, ref, mode, budget=None):
     """The pipeline's fit and measurement (margin, schedule and budget as for a file reference);
     ``budget``: keyword options of ``measurement_from_fit`` (``finite_budget``, ``free_sample_budget``,
-    ``refit_radius``)."""
+    ``refit_radius``, ``refit_edge``; by default the edge term where the fit requires it, as the
+    pipeline)."""
     import torch
 
     from metrology.physics import StationModel
     from metrology.solver import NoiseModel, reconstruct
-    from metrology.solver.refit_budget import edge_term_required
     from metrology.solver.schedule import station_schedule
     from metrology.solver.uncertainty import measurement_from_fit
 
@@ -105,9 +105,7 @@ def fit_capture(station, leds, frames, ref, mode, budget=None):
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale)
     fit = reconstruct(model, frames, noise, station_schedule(g, mode))
-    budget = dict(budget or {})
-    budget["refit_edge"] = budget.get("refit_edge", False) or edge_term_required(fit)  # as the pipeline
-    return fit, measurement_from_fit(fit, station.uncertainty, **budget)
+    return fit, measurement_from_fit(fit, station.uncertainty, **(budget or {}))
 
 
 def held_from_stated(truth: dict, station, mode: str, seed: int) -> dict:
@@ -363,7 +361,7 @@ def main() -> None:
     else:
         rows = []
         budget = {"finite_budget": args.finite_budget, "free_sample_budget": args.free_sample_budget,
-                  "refit_radius": args.refit_radius, "refit_edge": args.refit_edge}
+                  "refit_radius": args.refit_radius, "refit_edge": args.refit_edge or None}
         jobs = [(st, leds, args.first_seed + k, args.mode, None, args.exact_constants, budget)
                 for k in range(args.trials)]
         for r in run_trials(jobs, args.workers, args.json):

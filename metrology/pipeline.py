@@ -307,8 +307,7 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     edge = edge_term_required(fit)
     rep.stage("uncertainty (Jacobian, covariance, budget" + ("; two re-fits for the pupil radius)" if refits else
                                                             "; a re-fit with the other pupil edge)" if edge else ")"))
-    return fit, measurement_from_fit(fit, loaded.station.uncertainty, refit_radius=loaded.station.radius_refits,
-                                     refit_edge=edge)
+    return fit, measurement_from_fit(fit, loaded.station.uncertainty, refit_radius=loaded.station.radius_refits)
 
 
 def not_measured(loaded: LoadedInputs, mode: str, schedule, frames, why: str, wall_time_s: float, device="cpu"):

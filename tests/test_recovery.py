@@ -87,13 +87,15 @@ def blind_held_na(case):
     return _fit(case, "blind", hold=("pupil.na",))
 
 
-def test_blind_mode_recovers_the_lens(case, blind):
+def test_blind_mode_recovers_the_lens(case, blind, monkeypatch):
     """Unknown sample: the lens within 0.004 waves RMS (Noll 5-15; 0.0012 seen with the NA stated
     exactly and held, 0.0030 before the dark-field LEDs started at their nominal brightness), no
     parameter on a bound; converged by the one test of every mode (the system's Gauss-Newton step,
     and for the free sample: still below tolerance after a further sample pass), and the message says
     so. The station states the NA 1.5 % high (:data:`STATED_NA_SCALE`): the fit measures it back to
-    within 0.3 % and within 3 of its standard uncertainties, which the measurement reports."""
+    within 0.3 % and within 3 of its standard uncertainties, which the measurement reports. A fit
+    that measured the NA carries the pupil edge's model-form term by default, whoever asks for the
+    measurement (here its re-fit is a stand-in that moves nothing); only ``refit_edge=False`` omits it."""
     station, _, _, truth, coeffs = case
     model, result = blind
     assert _lens_error(model, coeffs) < 0.004
@@ -102,7 +104,13 @@ def test_blind_mode_recovers_the_lens(case, blind):
     assert result.reduced_chi2 < 2.0  # the free sample's degrees of freedom counted as the data constrain them
     na, true_na = float(model.pupil.na.detach()), truth["pupil.na"]
     assert abs(na / true_na - 1) < 0.003, (na, true_na, station.na * STATED_NA_SCALE)
-    (est,) = measurement_from_fit(result).lens_parameters
+    refitted = []
+    monkeypatch.setattr(refit_budget, "refit_from", lambda fit, moved: refitted.append(moved) or (True, "stand-in"))
+    m = measurement_from_fit(result)
+    assert [b.name for b in m.budget] == ["pupil_edge_model"] and [r.pupil.edge for r in refitted] == ["coverage"]
+    assert m.arrays["uncertainty_method"]["pupil_edge_refit"]["edges"] == ["source", "coverage"]
+    assert measurement_from_fit(result, refit_edge=False).budget == [] and len(refitted) == 1
+    (est,) = m.lens_parameters
     assert est.name == "pupil.na" and est.value == pytest.approx(na) and 0 < est.u < 0.003 * true_na
     assert abs(na - true_na) < 3 * est.u, (na, true_na, est.u)
 

@@ -39,7 +39,8 @@ from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, 
 from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution
 from metrology.solver.jacobian import psd_inverse
 from metrology.solver.refit_budget import (
-    EDGE_KEY, RADIUS_KEY, RADIUS_KEYS, edge_model_sensitivity, pupil_radius_sensitivity, radius_applies,
+    EDGE_KEY, RADIUS_KEY, RADIUS_KEYS, edge_model_sensitivity, edge_term_required, pupil_radius_sensitivity,
+    radius_applies,
 )
 from metrology.solver.schedule import VIGNETTING_PATHS
 
@@ -166,14 +167,15 @@ def _station_u(cov, index) -> dict:
 
 
 def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False, free_sample: bool = False,
-                    refit_radius: bool = False, refit_edge: bool = False) -> tuple:
+                    refit_radius: bool = False, refit_edge: bool | None = None) -> tuple:
     """GUM sources of the station constants: :class:`BudgetSource` list, their covariance over the
     fitted parameters (see :mod:`metrology.solver.budget`) and what the re-fits did: a dict with
     ``pupil_radius_refits`` (:class:`~metrology.solver.refit_budget.RadiusRefits`) with
     ``refit_radius``, ``pupil_edge_refit`` (:class:`~metrology.solver.refit_budget.EdgeRefit`)
-    with ``refit_edge``."""
+    with ``refit_edge`` (``None``: where :func:`edge_term_required`)."""
     p = len(fit.columns.names)
     uncertainties = dict(constant_uncertainties or {})
+    refit_edge = edge_term_required(fit) if refit_edge is None else refit_edge
     edge_u = float(uncertainties.get(EDGE_KEY, 0.0) or 0.0) or (1.0 if refit_edge else 0.0)
     wanted = [n for n, u in uncertainties.items() if u and n in CONSTANTS]
     if not wanted and not edge_u:
@@ -211,7 +213,7 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False,
 
 def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite_budget: bool = False,
                          free_sample_budget: bool = False, refit_radius: bool = False,
-                         refit_edge: bool = False) -> Measurement:
+                         refit_edge: bool | None = None) -> Measurement:
     """Turn a :class:`~metrology.solver.reconstruct.FitResult` into a plain :class:`Measurement`.
 
     Parameters
@@ -235,12 +237,12 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         Prior and blind modes: the NA, magnification and camera pixel as one term, the pupil radius,
         by two warm re-fits at +/- its u with the sample free (:mod:`metrology.solver.refit_budget`).
         If either re-fit does not converge, the held NA, magnification and pixel terms stay beside it.
-    refit_edge : bool
-        Add the pupil edge's model form: the fit re-run, warm, with the other edge discretisation,
-        the difference taken as one standard uncertainty (:func:`metrology.solver.refit_budget.
-        edge_model_sensitivity`). A station asks for it with ``[uncertainty] pupil_edge_model = 1``
-        (the number scales the difference; that key in ``constant_uncertainties`` turns it on too).
-        Not the default (it costs one warm re-fit); measured by ``bench_offmodel.py --refit-edge``.
+    refit_edge : bool, optional
+        The pupil edge's model form: the fit re-run, warm, with the other edge discretisation, the
+        difference as one standard uncertainty (:mod:`metrology.solver.refit_budget`). ``None``: where
+        the fit measured the NA (``edge_term_required``, blind mode); ``True``: always (one warm
+        re-fit); ``False``: never, for studies. ``[uncertainty] pupil_edge_model = 1`` in
+        ``constant_uncertainties`` turns it on whatever this says (the number scales the difference).
     """
     model = fit.model
     g = model.geometry
