@@ -161,7 +161,8 @@ def make_case(station_path: Path, leds_per_side: int, frame_px: int, seed: int =
 
 def true_led_xy_mm(station, leds, truth) -> np.ndarray:
     """True LED positions ``(x, y)`` relative to the tile centre (mm)."""
-    from metrology.simulate import check_misalignment, led_positions_mm
+    from metrology.simulate import check_misalignment
+    from metrology.simulate_optics import led_positions_mm
 
     p = led_positions_mm(station, leds, check_misalignment(
         {k: v for k, v in truth.items() if k.startswith("illumination.")}, len(leds)))

@@ -1,10 +1,10 @@
 """A realistic station renderer: captures with the physics real stations show.
 
 This is a second simulator, independent of the solver's model (:mod:`metrology.physics`) and of the
-literal simulator's imaging code (:mod:`metrology.simulate`): numpy float64, one FFT pair per LED,
+literal simulator's imaging code (:mod:`metrology.simulate_optics`): numpy float64, one FFT pair per LED,
 wavelength and emitter point, nothing shared with the model but the conventions
-(:mod:`metrology.conventions`), the LED geometry of :func:`metrology.simulate.led_positions_mm` and
-the LED spectrum's quadrature (:func:`metrology.simulate.spectrum_samples`).
+(:mod:`metrology.conventions`), the LED geometry of :func:`metrology.simulate_optics.led_positions_mm` and
+the LED spectrum's quadrature (:func:`metrology.simulate_optics.spectrum_samples`).
 It exists so that recovery and uncertainty checks meet the ways a real station differs from the
 model (``GUIDE.md``, "Avoid the inverse crime"):
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from metrology.simulate import illumination_frequencies, led_positions_mm, spectrum_samples
+from metrology.simulate_optics import illumination_frequencies, led_positions_mm, spectrum_samples
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class RealPhysics:
     fwhm_nm : float
         LED spectral width (FWHM, nm; 0: monochromatic).
     spectral_points : int
-        Wavelengths sampled across the spectrum (:func:`metrology.simulate.spectrum_samples`:
+        Wavelengths sampled across the spectrum (:func:`metrology.simulate_optics.spectrum_samples`:
         equal steps over +/- 3 standard deviations; in the literal simulator's 32-px frames 11 are
         0.12 noise standard deviations RMS from the continuous spectrum, and the 3 Gauss-Hermite
         nodes used here before 2026-12-03 were 0.8 off).

@@ -3,7 +3,7 @@ pupil changes across the field.
 
 The sensor is drawn in blocks of one tile (:meth:`metrology.io.field_layout.FieldLayout.blocks`,
 aligned with the station's tile grid and covering the whole sensor): each block is rendered by
-the single-tile literal simulator (:func:`metrology.simulate.simulate_intensity`: fine grid, hard
+the single-tile literal simulator (:func:`metrology.simulate_optics.simulate_intensity`: fine grid, hard
 pupil, exact illumination angles from the block's own centre, finite LEDs, pixel integration) with
 the lens pupil at the block's field vector ``H`` (:meth:`metrology.io.lens_file.LensDescription.field_coefficients`),
 one station misalignment for the whole frame, and the part of the reference sample it sees
@@ -24,9 +24,8 @@ from metrology.field_terms import vignetting_at
 from metrology.io.capture import Capture
 from metrology.io.field_layout import tile_reference
 from metrology.references import CATALOGUE, reference_transmission
-from metrology.simulate import (
-    _camera_counts, _lens_and_camera_truth, check_misalignment, simulate_intensity,
-)
+from metrology.simulate import _camera_counts, _lens_and_camera_truth, check_misalignment
+from metrology.simulate_optics import simulate_intensity
 
 
 def field_truth_zernike(station, lens, tiles, per_field_noise_waves: float = 0.0, noise_seed: int = 0) -> np.ndarray:

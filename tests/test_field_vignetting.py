@@ -21,7 +21,7 @@ from metrology.field_terms import VIGNETTING_MARGIN, vignetting_at
 from metrology.io.lens_file import load_lens
 from metrology.io.station_file import parse_station
 from metrology.report.document import document_errors
-from metrology.simulate import HardPupil
+from metrology.simulate_optics import HardPupil
 
 ROOT = Path(__file__).resolve().parent.parent
 STATION = ROOT / "fixtures/stations/bench-4x-fullfield.toml"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from metrology import simulate as S
+from metrology import simulate_optics as O
 from metrology.physics import StationModel
 from metrology.physics.pupil import source_edge
 from tests.physics_cases import small_geometry
@@ -69,7 +70,7 @@ def transition_case():
     coeffs[4:15] = rng.normal(0, 0.04, 11)
     n_fine = st.frame_px * st.upsampling * 2
     t = S.reference_transmission("random-broadband", st.fov_um, n_fine, seed=3)
-    sim = S.simulate_intensity(st, leds, truth, t, coeffs, led_subsources=15)
+    sim = O.simulate_intensity(st, leds, truth, t, coeffs, led_subsources=15)
     full = {**truth, "pupil.zernike_waves": list(coeffs), "leds": [list(x) for x in leds], "reference_seed": 3}
     return st, leds, full, sim
 
@@ -94,7 +95,7 @@ def test_model_matches_the_incoherent_average_through_a_hard_stop(transition_cas
     def rel(a):
         return np.sqrt(((a - sim) ** 2).sum(axis=(1, 2)) / (sim**2).sum(axis=(1, 2)))
 
-    d = np.hypot(*S.illumination_frequencies(st, S.led_positions_mm(st, leds, full)).T) * st.fov_um
+    d = np.hypot(*O.illumination_frequencies(st, O.led_positions_mm(st, leds, full)).T) * st.fov_um
     d = d - st.na / (st.wavelength_nm * 1e-3) * st.fov_um
     near = np.abs(d) < 1.0
     assert near.sum() >= 2  # the case has transition frames
@@ -113,7 +114,7 @@ def test_a_point_led_is_the_hard_stop():
     coeffs = np.zeros(36)
     coeffs[[4, 6, 10]] = [0.05, -0.03, 0.02]
     t = S.reference_transmission("random-broadband", st.fov_um, st.frame_px * st.upsampling * 2, seed=1)
-    sim = S.simulate_intensity(st, leds, truth, t, coeffs)
+    sim = O.simulate_intensity(st, leds, truth, t, coeffs)
     full = {**truth, "pupil.zernike_waves": list(coeffs), "leds": [list(x) for x in leds], "reference_seed": 1}
     ours = _model_frames(st, full, "source")
     rel = np.sqrt(((ours - sim) ** 2).sum() / (sim**2).sum())

@@ -24,7 +24,8 @@ from metrology.physics.illumination import Illumination
 from metrology.pipeline import load_inputs
 from metrology.references import reference_transmission
 from metrology.report.document import document_errors
-from metrology.simulate import illumination_frequencies, led_positions_mm, nominal_misalignment
+from metrology.misalignment import nominal_misalignment
+from metrology.simulate_optics import illumination_frequencies, led_positions_mm
 
 ROOT = Path(__file__).resolve().parent.parent
 STATION = ROOT / "fixtures/stations/bench-4x-fullfield.toml"

@@ -26,7 +26,7 @@ LAYERS = (
               "metrology.tables", "metrology.limits", "metrology.field_terms")),
     ("physics", ("metrology.physics",)),
     ("io", ("metrology.io", "metrology.references", "metrology.misalignment", "metrology.simulate", "metrology.render",
-            "metrology.simulate_field")),
+            "metrology.simulate_optics", "metrology.simulate_field")),
     ("solver", ("metrology.solver",)),
     ("analysis", ("metrology.analysis",)),
     ("edges", ("metrology.report", "metrology.audit")),

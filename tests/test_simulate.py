@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from metrology import simulate as S
+from metrology import simulate_optics as O
 from metrology.cli import main
 from metrology.io import read_capture
 from metrology.io.station_file import load_station
@@ -37,7 +38,7 @@ def cutoff(st):
 def test_rzern_matches_our_zernike_convention():
     rng = np.random.default_rng(0)
     coeffs = rng.normal(0, 0.1, 36)
-    pupil = S.HardPupil(0.1, 0.52, coeffs)
+    pupil = O.HardPupil(0.1, 0.52, coeffs)
     x, y = rng.uniform(-0.7, 0.7, (2, 500))
     ours = evaluate_numpy(coeffs, x, y)
     theirs = pupil.zernike_sum(coeffs, np.hypot(x, y), np.arctan2(y, x))
@@ -48,13 +49,13 @@ def test_led_frequencies_match_model_conventions(small):
     st, leds = small
     st = st.replace(slide_thickness_mm=1.0)
     truth = S.draw_misalignment(np.random.default_rng(5), n_leds=len(leds))
-    ours = S.illumination_frequencies(st, S.led_positions_mm(st, leds, truth))
+    ours = O.illumination_frequencies(st, O.led_positions_mm(st, leds, truth))
     model = S.model_from_truth(st, {**truth, "leds": [list(x) for x in leds]})
     with torch.no_grad():
         theirs = model.illumination.spatial_frequencies().numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-12)
     # an LED at +x has k_x > 0 on an aligned board
-    k = S.illumination_frequencies(st, S.led_positions_mm(st, [(7, 9)], S.nominal_misalignment(1)))
+    k = O.illumination_frequencies(st, O.led_positions_mm(st, [(7, 9)], S.nominal_misalignment(1)))
     assert k[0, 0] > 0 and abs(k[0, 1]) < 1e-15
 
 
@@ -63,10 +64,10 @@ def test_clear_sample_bright_and_dark_field(small):
     st = st.replace(led_size_mm=0.0)
     truth = S.check_misalignment(S.draw_misalignment(np.random.default_rng(2), n_leds=len(leds)), len(leds))
     n = st.frame_px * st.upsampling * 2
-    intensity = S.simulate_intensity(st, leds, truth, np.ones((n, n), complex), np.zeros(36), pupil_edge="hard")
+    intensity = O.simulate_intensity(st, leds, truth, np.ones((n, n), complex), np.zeros(36), pupil_edge="hard")
     b = np.asarray(truth["illumination.brightness"])
     frames = intensity * b[:, None, None]
-    k = S.illumination_frequencies(st, S.led_positions_mm(st, leds, truth))
+    k = O.illumination_frequencies(st, O.led_positions_mm(st, leds, truth))
     bright = np.hypot(*k.T) <= cutoff(st)
     assert 0 < bright.sum() < len(leds)
     np.testing.assert_allclose(frames[bright], np.broadcast_to(b[bright, None, None], frames[bright].shape), atol=1e-12)
@@ -78,12 +79,12 @@ def test_sign_led_at_plus_x_sees_plus_x_frequencies(small):
     st = st.replace(led_size_mm=0.0)
     leds = [(7, 11), (7, 3)]  # +x and -x, dark field (16 mm off axis)
     mis = S.nominal_misalignment(2)
-    k = S.illumination_frequencies(st, S.led_positions_mm(st, leds, mis))
+    k = O.illumination_frequencies(st, O.led_positions_mm(st, leds, mis))
     n = st.frame_px * st.upsampling * 2
     f0 = round(k[0, 0] * st.fov_um) / st.fov_um  # a lattice frequency near k_(+x)
     x = np.arange(n) * st.fov_um / n
     t = np.ones((n, n), complex) + 0.2 * np.exp(2j * np.pi * f0 * x)[None, :]
-    intensity = S.simulate_intensity(st, leds, mis, t, np.zeros(36))
+    intensity = O.simulate_intensity(st, leds, mis, t, np.zeros(36))
     assert intensity[0].mean() > 0.01 and intensity[1].max() < 1e-20
 
 
@@ -91,11 +92,11 @@ def test_small_ifft_equals_fine_grid_sampling(small):
     st, _ = small
     n_fine = st.frame_px * st.upsampling * 2
     t = reference_transmission("random-broadband", st.fov_um, n_fine, seed=1)
-    spectrum = S.fine_spectrum(t, st.fov_um, (0.3, -0.2))
-    pupil = S.HardPupil(st.na, 0.52, np.r_[0, 0, 0, 0, 0.05], defocus_um=3.0)
+    spectrum = O.fine_spectrum(t, st.fov_um, (0.3, -0.2))
+    pupil = O.HardPupil(st.na, 0.52, np.r_[0, 0, 0, 0, 0.05], defocus_um=3.0)
     k = np.array([0.123, -0.071])
-    a = S.camera_field(spectrum, k, pupil, st.fov_um, st.frame_px)
-    b = S.camera_field(spectrum, k, pupil, st.fov_um, st.frame_px, full=True)
+    a = O.camera_field(spectrum, k, pupil, st.fov_um, st.frame_px)
+    b = O.camera_field(spectrum, k, pupil, st.fov_um, st.frame_px, full=True)
     np.testing.assert_allclose(a, b, atol=1e-12)
 
 
@@ -105,11 +106,11 @@ def test_emitter_intensity_is_the_sum_of_the_points_intensities(small):
     st, _ = small
     n_fine = st.frame_px * st.upsampling * 2
     t = reference_transmission("random-broadband", st.fov_um, n_fine, seed=1)
-    spectrum = S.fine_spectrum(t, st.fov_um, (0.3, -0.2))
-    pupil = S.HardPupil(st.na, 0.52, np.r_[0, 0, 0, 0, 0.05, 0, 0, 0.02], defocus_um=3.0)
+    spectrum = O.fine_spectrum(t, st.fov_um, (0.3, -0.2))
+    pupil = O.HardPupil(st.na, 0.52, np.r_[0, 0, 0, 0, 0.05, 0, 0, 0.02], defocus_um=3.0)
     ks = [np.array([0.123, -0.071]), np.array([0.131, -0.064]), np.array([-0.2, 0.05])]
-    one_by_one = sum(np.abs(S.camera_field(spectrum, k, pupil, st.fov_um, st.frame_px, sub=2)) ** 2 for k in ks)
-    together = S.emitter_intensity(spectrum, ks, pupil, st.fov_um, st.frame_px, sub=2)
+    one_by_one = sum(np.abs(O.camera_field(spectrum, k, pupil, st.fov_um, st.frame_px, sub=2)) ** 2 for k in ks)
+    together = O.emitter_intensity(spectrum, ks, pupil, st.fov_um, st.frame_px, sub=2)
     assert together.shape == (2 * st.frame_px, 2 * st.frame_px)
     np.testing.assert_allclose(together, one_by_one, rtol=1e-12, atol=1e-15 * one_by_one.max())
 
@@ -118,7 +119,7 @@ def _compare_with_model(st, leds, truth, coeffs, edge_width):
     n_fine = st.frame_px * st.upsampling * 2
     t = reference_transmission("random-broadband", st.fov_um, n_fine, seed=0)
     mis = S.check_misalignment(truth, len(leds))
-    sim = S.simulate_intensity(st, leds, mis, t, coeffs, edge_width_cpum=edge_width)
+    sim = O.simulate_intensity(st, leds, mis, t, coeffs, edge_width_cpum=edge_width)
     full = {**mis, "pupil.zernike_waves": list(coeffs), "leds": [list(x) for x in leds]}
     model = S.model_from_truth(st, full)  # float64, reference on the reconstruction grid
     if edge_width > 0:
@@ -174,7 +175,7 @@ def test_led_spectrum_and_emission_law_agree_with_model(small):
     coeffs[4:15] = rng.normal(0, 0.03, 11)
     t = reference_transmission("random-broadband", st.fov_um, st.frame_px * st.upsampling * 2, seed=0)
     point = st.replace(led_size_mm=0.0, pixel_integration=False, spectral_fwhm_nm=25.0, emission_exponent=2.0)
-    sim = S.simulate_intensity(point, leds, mis, t, coeffs, edge_width_cpum=1.0 / st.fov_um)
+    sim = O.simulate_intensity(point, leds, mis, t, coeffs, edge_width_cpum=1.0 / st.fov_um)
     full = {**mis, "pupil.zernike_waves": list(coeffs), "leds": [list(x) for x in leds]}
 
     def rel(a, b):
@@ -185,8 +186,8 @@ def test_led_spectrum_and_emission_law_agree_with_model(small):
         with torch.no_grad():
             return (model.intensity() * model.illumination.emission()[:, None, None]).numpy()
 
-    lams, weights = S.led_spectrum(point)
-    assert len(lams) == S.SPECTRAL_NODES and abs(float((weights * lams).sum()) - point.wavelength_nm) < 1e-9
+    lams, weights = O.led_spectrum(point)
+    assert len(lams) == O.SPECTRAL_NODES and abs(float((weights * lams).sum()) - point.wavelength_nm) < 1e-9
     summed = sum(w * frames(S.model_from_truth(point.replace(wavelength_nm=float(lam), spectral_fwhm_nm=0.0),
                                                 {**full, "pupil.zernike_waves": list(coeffs * point.wavelength_nm / lam)}))
                  for lam, w in zip(lams, weights))
@@ -194,9 +195,9 @@ def test_led_spectrum_and_emission_law_agree_with_model(small):
     model = S.model_from_truth(point, full)
     model.geometry = replace(model.geometry, spectral_points=3)
     assert rel(sim, frames(model)) < 2e-3
-    mono = S.simulate_intensity(point.replace(spectral_fwhm_nm=0.0), leds, mis, t, coeffs, edge_width_cpum=1.0 / st.fov_um)
+    mono = O.simulate_intensity(point.replace(spectral_fwhm_nm=0.0), leds, mis, t, coeffs, edge_width_cpum=1.0 / st.fov_um)
     assert 1e-3 < rel(sim, mono) < 0.02  # the spectrum changes the frames beyond the quadrature error
-    law = S.emission_law(point, leds, mis)
+    law = O.emission_law(point, leds, mis)
     assert law.max() <= 1.0 and 0.9 < law.min() < 0.97  # cos^2 of the outer LEDs of the central 7 x 7
     _, truth = S.simulate_capture(point, coeffs, {"sample.defocus_um": 1.0}, noise=False, leds=leds[:2], led_subsources=1)
     assert truth["illumination.emission_exponent"] == 2.0
@@ -205,7 +206,7 @@ def test_led_spectrum_and_emission_law_agree_with_model(small):
 def edge_distance_px(st, leds, truth):
     """Signed distance of each LED's DC term from the pupil edge, in frequency pixels (< 0 inside)."""
     mis = S.check_misalignment(truth, len(leds))
-    k = S.illumination_frequencies(st, S.led_positions_mm(st, leds, mis))
+    k = O.illumination_frequencies(st, O.led_positions_mm(st, leds, mis))
     return (np.hypot(*k.T) - cutoff(st)) * st.fov_um
 
 

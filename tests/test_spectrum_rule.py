@@ -1,5 +1,5 @@
 """The LED spectrum: the model's few wavelengths (``StationGeometry.spectral_nodes``, Gauss-Hermite)
-and the simulator's many (``metrology.simulate.spectrum_samples``, equal steps), each against the
+and the simulator's many (``metrology.simulate_optics.spectrum_samples``, equal steps), each against the
 continuous spectrum built independently: many monochromatic models, each at its own wavelength
 with the lens's optical path difference fixed, weighted by the Gaussian spectrum.
 """
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metrology.physics import StationModel
-from metrology.simulate import SPECTRAL_NODES, SPECTRUM_SPAN_SIGMA, spectrum_samples
+from metrology.simulate_optics import SPECTRAL_NODES, SPECTRUM_SPAN_SIGMA, spectrum_samples
 from tests.physics_cases import random_object, small_geometry
 
 SIGMA_NM = 25.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
