@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from metrology.solver import jacobian
+from metrology.solver import assembly, jacobian
 from metrology.solver.jacobian import Columns, Linearisation
 
 
@@ -36,7 +36,7 @@ def _case(n_frames=37, px=5, n_plain=4, seed=0):
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 64])
 def test_the_chunked_assembly_equals_the_dense_normal_equations(chunk, monkeypatch):
-    monkeypatch.setattr(jacobian, "ASSEMBLE_CHUNK", chunk)
+    monkeypatch.setattr(assembly, "ASSEMBLE_CHUNK", chunk)
     lin, dense, r = _case()
     jtj, jtr = lin.normal()
     torch.testing.assert_close(jtj, dense.T @ dense, rtol=1e-12, atol=1e-10)

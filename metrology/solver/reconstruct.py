@@ -53,7 +53,7 @@ class FitResult:
     init_summary: dict = field(default_factory=dict)
     jtj: torch.Tensor | None = None  # Fisher information of the system parameters at the solution
     columns: object = None  # metrology.solver.jacobian.Columns naming the rows of jtj
-    meat: torch.Tensor | None = None  # J^T W S W J with the residuals' spatial covariance (jacobian.spectral_meat)
+    meat: torch.Tensor | None = None  # J^T W S W J with the residuals' spatial covariance (assembly.spectral_meat)
     jackknife: list | None = None  # per LED group (J_g^T J_g, J_g^T r_g) at the solution
     jackknife_regions: list | None = None  # per image region (J_b^T J_b, J_b^T r_b) at the solution
     device: str = "cpu"  # where the fit ran (metrology.solver.device.device_label)

@@ -8,7 +8,7 @@ Method (stated in every report through ``docs/uncertainty.md``):
   explains poorly carry less information. ``C_F = F^-1`` (Laplace approximation).
 * **Type B, model mismatch**: (a) the sandwich ``C_S = F^-1 (J^T W S W J) F^-1`` with ``S`` the
   residuals' own spatial covariance, estimated per frame from their smoothed power spectrum
-  (:func:`metrology.solver.jacobian.spectral_meat`): a structured, spatially correlated misfit
+  (:func:`metrology.solver.assembly.spectral_meat`): a structured, spatially correlated misfit
   carries far less information than the same variance of white noise, and the sandwich says how
   much less at the frequencies each parameter is measured at; (b) ``C_F`` scaled by the reduced
   chi-square when it exceeds 1 (Birge ratio); (c) a linearised delete-one-group jackknife over
