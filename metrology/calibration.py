@@ -30,7 +30,8 @@ from pathlib import Path
 from metrology import __version__
 from metrology.audit.golden import closure_check, load_certificate, measured_from_measurement
 from metrology.audit.status import record_calibration
-from metrology.audit.store import AuditStore, parse_utc
+from metrology.audit.canonical import parse_utc
+from metrology.audit.store import AuditStore
 from metrology.conventions import CONVENTIONS_TEXT, COVERAGE_FACTOR
 from metrology.errors import InputError
 from metrology.io.files import safe_file_name

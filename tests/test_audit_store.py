@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from metrology.audit import store as store_mod
-from metrology.audit.store import (GENESIS_SHA256, AuditStore, canonical_json, chain_hash, sha256_hex)
+from metrology.audit.canonical import GENESIS_SHA256, canonical_json, chain_hash, sha256_hex
+from metrology.audit.store import AuditStore
 from metrology.errors import InputError
 from tests.audit_backends import raw_exec, raw_query, server_url, with_schema
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from metrology.audit.status import station_status
-from metrology.audit.store import AuditStore, parse_utc
+from metrology.audit.canonical import parse_utc
+from metrology.audit.store import AuditStore
 from metrology.calibration import one_line, run_calibration
 from metrology.cli import main
 from metrology.errors import InputError

@@ -14,7 +14,8 @@ from datetime import timedelta
 
 import pytest
 
-from metrology.audit.store import AuditStore, parse_utc
+from metrology.audit.canonical import parse_utc
+from metrology.audit.store import AuditStore
 from metrology.calibration import run_calibration
 from metrology.inspection import run_inspection
 from metrology.solver.schedule import GEOMETRY_PATHS
@@ -140,7 +141,7 @@ def _tamper(db, seq, edit, rehash=False):
     ``rehash``: also recompute its content and chain hashes (the next record's link then breaks)."""
     import sqlite3
 
-    from metrology.audit.store import canonical_json, chain_hash, sha256_hex
+    from metrology.audit.canonical import canonical_json, chain_hash, sha256_hex
 
     con = sqlite3.connect(db)
     text, prev = con.execute("SELECT content, prev_sha256 FROM audit_records WHERE seq = ?", (seq,)).fetchone()

@@ -18,7 +18,8 @@ from xml.sax.saxutils import escape
 
 from metrology import __version__
 from metrology.audit.drift import DEFAULT_RULES, station_charts
-from metrology.audit.store import AuditStore, format_utc, parse_utc, utc_now
+from metrology.audit.canonical import format_utc, parse_utc, utc_now
+from metrology.audit.store import AuditStore
 from metrology.conventions import CONVENTIONS_TEXT
 from metrology.errors import InputError
 from metrology.io.files import atomic_write_bytes, safe_file_name

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 
 from metrology.audit.golden import ClosureResult
-from metrology.audit.store import AuditStore, Record, parse_utc, plus_days, utc_now
+from metrology.audit.canonical import parse_utc, plus_days, utc_now
+from metrology.audit.store import AuditStore, Record
 from metrology.conventions import COVERAGE_FACTOR
 from metrology.errors import InputError
 from metrology.io.files import file_sha256

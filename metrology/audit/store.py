@@ -3,8 +3,8 @@
 Two databases hold the same tables, hashes and guarantees: an SQLite file (the embedded default,
 :mod:`metrology.audit.sqlite_db`, shared by the processes of one host) and PostgreSQL (a
 ``postgresql://`` URL, :mod:`metrology.audit.postgres_db`, shared by stations on many hosts).
-This module holds what does not depend on the database: the canonical form, the hashes, the
-records and the integrity check.
+This module holds what does not depend on the database: the records and the integrity check;
+their canonical form, hashes and time stamps are :mod:`metrology.audit.canonical`.
 
 Layout (schema version 1)
 -------------------------
@@ -36,16 +36,15 @@ mid-write leaves the last committed state.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
+from metrology.audit.canonical import (
+    GENESIS_SHA256, canonical_json, chain_hash, format_utc, parse_utc, sha256_hex, utc_now,
+)
 from metrology.audit.database import is_database_url
 from metrology.audit.postgres_db import PostgresDatabase
 from metrology.audit.sqlite_db import SQLiteDatabase
@@ -53,95 +52,9 @@ from metrology.errors import InputError
 
 SCHEMA_VERSION = 1
 STORE_FORMAT = "metrology-audit"
-GENESIS_SHA256 = "0" * 64
 KINDS = ("inspection", "calibration", "alarm")
 ENV_DB = "METROLOGY_AUDIT_DB"
 ENV_SITE = "METROLOGY_SITE_DIR"
-_UTC_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
-
-# --------------------------------------------------------------------------- canonical form
-def _plain(obj, where="content"):
-    """Convert ``obj`` to JSON-ready builtins (numpy scalars/arrays, tuples, non-str keys)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist(), where)
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        if math.isnan(x):
-            return "NaN"  # float("NaN") reads it back
-        if math.isinf(x):
-            return "Infinity" if x > 0 else "-Infinity"
-        return x
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, datetime):
-        return format_utc(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise InputError(where, f"cannot store a value of type {type(obj).__name__} in the audit store")
-
-
-def canonical_json(obj) -> str:
-    """Canonical JSON text of ``obj``: sorted keys, compact separators, floats as ``repr``.
-
-    Numpy values become builtins, dict keys become strings and non-finite floats become the
-    strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (so the text is strict JSON and ``float()``
-    reads them back). The same content always gives the same text, hence the same hash.
-    """
-    return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
-
-
-def sha256_hex(text: str) -> str:
-    """SHA-256 of ``text`` (UTF-8) as 64 lowercase hex digits."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def chain_hash(prev_sha256: str, content_sha256: str) -> str:
-    """``SHA-256(prev_sha256 + content_sha256)`` of the two hex strings."""
-    return hashlib.sha256((prev_sha256 + content_sha256).encode("ascii")).hexdigest()
-
-
-# --------------------------------------------------------------------------- time
-def format_utc(t: datetime) -> str:
-    """Fixed-width ISO 8601 UTC text ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (sorts as time does).
-
-    Naive datetimes are taken as UTC.
-    """
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc).strftime(_UTC_FMT)
-
-
-def parse_utc(value, source="time") -> datetime:
-    """Parse a date (``YYYY-MM-DD``, midnight UTC), ISO datetime text or datetime to aware UTC.
-
-    Raises InputError naming ``source`` on bad text.
-    """
-    if isinstance(value, datetime):
-        t = value
-    else:
-        text = str(value).strip()
-        try:
-            t = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-        except ValueError:
-            raise InputError(source, f"not a date or ISO 8601 time: {text!r}") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc)
-
-
-def utc_now() -> datetime:
-    """The current time, aware UTC."""
-    return datetime.now(timezone.utc)
 
 
 def default_db_path():
@@ -576,8 +489,3 @@ def open_database(location, create: bool, initial_meta: dict):
     if is_database_url(location):
         return PostgresDatabase(location, create, initial_meta)
     return SQLiteDatabase(location, create, initial_meta)
-
-
-def plus_days(t, days: float) -> str:
-    """``t + days`` as fixed-width UTC text."""
-    return format_utc(parse_utc(t) + timedelta(days=float(days)))

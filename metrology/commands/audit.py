@@ -13,7 +13,8 @@ import argparse
 import dataclasses
 import json
 
-from metrology.audit.store import KINDS, AuditStore, parse_utc, resolve_db_path
+from metrology.audit.canonical import parse_utc
+from metrology.audit.store import KINDS, AuditStore, resolve_db_path
 from metrology.commands.options import add_audit_option
 from metrology.errors import InputError
 from metrology.tables import format_table
