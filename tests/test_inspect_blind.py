@@ -65,8 +65,11 @@ def test_a_blind_inspection_writes_its_budget_and_how_it_took_the_pupil_radius(f
         assert "na" not in {c["name"] for c in budget["constants"]}
         # the fitted NA leans on the pupil edge's model form: its re-fit term is in U
         assert EDGE_KEY in {r["source"] for r in budget["rms_waves"]["rows"]}
+        edge = budget["pupil_edge_refit"]  # how that re-fit went, with the budget (here the stand-in's)
+        assert edge["edges"] == ["source", "coverage"] and edge["converged"] is True, edge
         if text is not None:
             assert "Lens NA (pupil edge)" in text and "pupil edge's NA fitted" in text
+            assert "Pupil edge term: the fit re-run with the coverage edge" in " ".join(text.split()), text
         return
     assert "lens_parameters" not in doc
     refits = budget["pupil_radius_refits"]

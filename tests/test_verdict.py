@@ -200,6 +200,22 @@ def test_poorly_explained_data_are_inconclusive(spec):
     assert judge(m, spec, n_draws=200).overall == "PASS"
 
 
+def test_an_unconverged_uncertainty_refit_is_inconclusive(spec):
+    """The pupil edge's model-form term of U comes from a warm re-fit with the other edge
+    discretisation (blind mode, the NA fitted): where that re-fit did not converge, the term's size is
+    not known (a stalled re-fit moves only part of the way), so U is not established: INCONCLUSIVE,
+    in one short reason, however good the lens. Converged, the lens passes."""
+    m = _measurement(_lens_coeffs("good"))
+    record = {"edges": ["source", "coverage"], "converged": False, "message": "not converged", "wall_time_s": 90.0}
+    m.arrays["uncertainty_method"] = {"pupil_edge_refit": record}
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "INCONCLUSIVE"
+    (reason,) = [r for r in v.reasons if "pupil edge" in r]
+    assert "did not converge" in reason and "U is not established" in reason and len(reason) < 160, reason
+    record["converged"] = True
+    assert judge(m, spec, n_draws=200).overall == "PASS"
+
+
 def test_unmeasured_term_is_inconclusive(spec):
     data = tomllib.loads(SPEC.read_text())
     data["limits"] = {"term": {"22": 0.05}, "rms_waves_max": 0.07}

@@ -79,7 +79,8 @@ def budget_document(measurement, lens_terms: int = 15) -> dict:
     if measurement.parts is None:
         return {}
     k = min(lens_terms, measurement.zernike_waves.size)
-    refits = measurement.arrays.get("uncertainty_method", {}).get("pupil_radius_refits")
+    method_record = measurement.arrays.get("uncertainty_method", {})
+    refits, edge = method_record.get("pupil_radius_refits"), method_record.get("pupil_edge_refit")
     method = ("GUM first-order law (JCGM 100); sensitivities of the station constants by implicit "
               "differentiation of the fitted optimum")
     doc = {
@@ -93,4 +94,6 @@ def budget_document(measurement, lens_terms: int = 15) -> dict:
     }
     if refits is not None:
         doc["pupil_radius_refits"] = refits
+    if edge is not None:
+        doc["pupil_edge_refit"] = edge
     return doc

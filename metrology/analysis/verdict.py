@@ -203,6 +203,9 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
 
     if station_status is not None:
         _calibration_findings(station_status, v.require_calibration, blocking, warnings)
+    edge = measurement.arrays.get("uncertainty_method", {}).get("pupil_edge_refit")
+    if edge is not None and not edge["converged"]:
+        blocking.append("the pupil edge's model-form re-fit (a term of U) did not converge: U is not established")
     if not np.all(np.isfinite(measurement.zernike_waves)) or not np.all(np.isfinite(measurement.zernike_cov)):
         blocking.append("non-finite Zernike coefficients or covariance")
     return blocking, warnings

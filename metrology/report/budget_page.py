@@ -103,6 +103,12 @@ def budget_page(doc, arrays, st, width_mm, table, para, png):
                  "NOT both converged: the held NA, magnification and camera-pixel terms are kept beside it")
         out.append(para(f"Pupil radius term: two re-fits at +/- {100 * refits['u_relative']:.2g} % of the radius, the "
                         f"sample free ({state}; {refits['wall_time_s']:.0f} s).", st["small"]))
+    edge = budget.get("pupil_edge_refit")
+    if edge:
+        state = "converged" if edge["converged"] else "NOT converged: this term of U is not established"
+        out.append(para(f"Pupil edge term: the fit re-run with the {edge['edges'][1]} edge against the {edge['edges'][0]} "
+                        f"edge, the difference taken as one standard uncertainty ({state}; {edge['wall_time_s']:.0f} s).",
+                        st["small"]))
     if doc["solver"]["mode"] == "blind":
         na_fitted = any(r["name"] == "pupil.na" for r in doc.get("lens_parameters", []))
         out.append(para(BLIND_CAUTION_NA if na_fitted else BLIND_CAUTION_REFITS if refits else BLIND_CAUTION_HELD,
