@@ -210,9 +210,12 @@ GEOMETRY_Z = ("illumination.shift_mm", "illumination.rotation_deg", "illuminatio
 
 def valid(r) -> bool:
     """The verdict's validity checks (metrology.analysis.spec.Validity defaults): a fit the tool
-    would judge; the others end INCONCLUSIVE and are counted, not measured."""
+    would judge, with the pupil edge's re-fit converged where U has its term; the others end
+    INCONCLUSIVE and are counted, not measured."""
     eff = r.get("effective_data_fraction")
-    return bool(r["converged"] and r["reduced_chi2"] <= 4.0 and r["at_bounds"] == 0 and (eff is None or eff >= 0.2))
+    edge_ok = (r.get("edge_refit") or {}).get("converged", True)
+    return bool(r["converged"] and edge_ok and r["reduced_chi2"] <= 4.0 and r["at_bounds"] == 0
+                and (eff is None or eff >= 0.2))
 
 
 def summarise(rows):
