@@ -68,9 +68,9 @@ def unmeasured_station_terms(doc: dict) -> list:
 
 
 BLIND_CAUTION_NA = (
-    "Caution: blind-mode U with the pupil edge's NA fitted was calibrated off-model on 10 simulated 48-px captures only "
-    "(RMS(error/u) 0.89, per coefficient 0.40-1.13, coverage 95 %; without the pupil edge's model-form term 1.50; "
-    "docs/uncertainty.md, section 5).")
+    "Caution: blind-mode U with the pupil edge's NA fitted was calibrated off-model on 25 simulated 48-px captures "
+    "(lens coefficients: RMS(error/u) 0.94, coverage 94 %; RMS wavefront: 1.24, coverage 92 %, short at the "
+    "sub-milliwave level; docs/uncertainty.md, section 5).")
 BLIND_CAUTION_REFITS = (
     "Caution: blind-mode U with the pupil radius's re-fits was calibrated off-model on simulated 32-px captures only "
     "(14 converged fits: RMS(error/u) 1.05, per coefficient 0.69-1.34, coverage 95 %, none beyond 4 u; "
