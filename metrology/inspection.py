@@ -338,12 +338,10 @@ def _write_unit(result: InspectionResult, out: Path, store_path, export_sample, 
         contents[".pdf"] = render_inspection_report(doc, result.arrays, report_started=t0)
         doc["timings_s"]["report"] = float(time.perf_counter() - t0)
         contents[".json"] = document_bytes(doc)
-        commit = None
-        if store_path is not None:
-            def commit(unit=unit, contents=contents, head=head):
-                _append_inspection(result, store_path, _result_ref(unit, contents), head)
+        def commit(unit=unit, contents=contents, head=head):
+            _append_inspection(result, store_path, _result_ref(unit, contents), head)
         try:
-            return write_unit(unit, contents, commit)
+            return write_unit(unit, contents, commit if store_path is not None else None)
         except ResultsNotWritten as exc:
             if not isinstance(exc.__cause__, HeadMoved) or attempt == HEAD_ATTEMPTS - 1:
                 raise

@@ -37,7 +37,7 @@ from metrology.solver import FitResult, NoiseModel, reconstruct
 from metrology.solver.schedule import station_schedule
 from metrology.solver.device import compute_device, device_label
 from metrology.solver.reconstruct import prepare
-from metrology.solver.refit_budget import edge_term_required, radius_applies
+from metrology.solver.refit_budget import edge_term_u, radius_applies
 from metrology.solver.uncertainty import measurement_from_fit
 
 
@@ -304,7 +304,7 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
     except NonFiniteFit as exc:
         return not_measured(loaded, mode, schedule, data, str(exc), time.perf_counter() - t0, device)
     refits = loaded.station.radius_refits and radius_applies(fit, loaded.station.uncertainty)
-    edge = edge_term_required(fit)
+    edge = edge_term_u(fit, loaded.station.uncertainty) > 0  # the fit measured the NA, or the station asks
     rep.stage("uncertainty (Jacobian, covariance, budget" + ("; two re-fits for the pupil radius)" if refits else
                                                             "; a re-fit with the other pupil edge)" if edge else ")"))
     return fit, measurement_from_fit(fit, loaded.station.uncertainty, refit_radius=loaded.station.radius_refits)

@@ -149,3 +149,23 @@ def test_finite_response_restores_the_optimum_at_the_scale_of_u(fit):
     (small,) = constant_sensitivities(fit, ["wavelength_nm"], {"wavelength_nm": 0.05})
     big = np.abs(lin.per_unit) > 0.1 * np.abs(lin.per_unit).max()
     np.testing.assert_allclose(small.per_unit[big], lin.per_unit[big], rtol=0.2)  # seen 0.1-16 %
+
+
+def test_the_edge_term_is_on_where_the_fit_measured_the_na_or_the_station_asks():
+    """``edge_term_u``, which decides both whether the edge re-fit runs and what the pipeline's
+    uncertainty stage says: 1 (the re-fit's difference as one u) where the NA was fitted, the
+    station's ``pupil_edge_model`` where set (whatever the mode), 0 otherwise; ``refit_edge=False``
+    (studies) turns off only the default."""
+    from types import SimpleNamespace
+
+    from metrology.solver.refit_budget import edge_term_u
+
+    def fit(*paths):
+        return SimpleNamespace(columns=SimpleNamespace(paths=list(paths)))
+
+    held, fitted = fit("pupil.zernike_waves", "sample.defocus_um"), fit("pupil.zernike_waves", "pupil.na")
+    assert edge_term_u(held, {}) == 0.0 and edge_term_u(held, None) == 0.0
+    assert edge_term_u(fitted, {"pupil_edge_model": 0.0}) == 1.0
+    assert edge_term_u(held, {"pupil_edge_model": 0.5}) == 0.5 and edge_term_u(fitted, {"pupil_edge_model": 2.0}) == 2.0
+    assert edge_term_u(fitted, {}, refit_edge=False) == 0.0 and edge_term_u(held, {}, refit_edge=True) == 1.0
+    assert edge_term_u(held, {"pupil_edge_model": 0.5}, refit_edge=False) == 0.5

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from metrology.analysis.propagation import Quantity, monte_carlo, pv_batch, sample_coefficients
+from metrology.analysis.propagation import monte_carlo, pv_batch, sample_coefficients
 from metrology.analysis.wavefront import pair_table, remove_terms, wavefront_map, zernike_basis
 from metrology.analysis.figures import PVR_NOLL_TERMS, psf
 from metrology.conventions import ALIGNMENT_NOLL

@@ -14,6 +14,7 @@ schema. Either way, non-finite numbers are refused: strict JSON cannot hold NaN 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -160,12 +161,7 @@ def document_errors(doc, use_jsonschema: bool | None = None) -> list[str]:
     """
     schema = load_schema()
     if use_jsonschema is None:
-        try:
-            import jsonschema  # noqa: F401 # lazy: optional, the test extra
-        except ImportError:
-            use_jsonschema = False
-        else:
-            use_jsonschema = True
+        use_jsonschema = importlib.util.find_spec("jsonschema") is not None  # optional, the test extra
     errors = []
     if use_jsonschema:
         import jsonschema  # lazy: optional, the test extra

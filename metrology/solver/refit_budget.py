@@ -74,6 +74,14 @@ def edge_term_required(fit) -> bool:
     return "pupil.na" in fit.columns.paths
 
 
+def edge_term_u(fit, uncertainties: dict | None, refit_edge: bool | None = None) -> float:
+    """The standard uncertainty, per unit of the edge re-fit's difference, of the pupil edge's
+    model-form term (0: no term, no re-fit): the station's ``[uncertainty] pupil_edge_model`` where
+    set, else 1 where ``refit_edge`` (``None``: :func:`edge_term_required`)."""
+    refit_edge = edge_term_required(fit) if refit_edge is None else refit_edge
+    return float((uncertainties or {}).get(EDGE_KEY, 0.0) or 0.0) or (1.0 if refit_edge else 0.0)
+
+
 def relative_radius_u(model, uncertainties: dict) -> float:
     """``u_r``: the relative standard uncertainty of the pupil radius from those of the NA, the
     magnification and the camera pixel (their units, ``[uncertainty]`` keys; missing: 0)."""

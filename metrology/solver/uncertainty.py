@@ -39,7 +39,7 @@ from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, 
 from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution
 from metrology.solver.jacobian import psd_inverse
 from metrology.solver.refit_budget import (
-    EDGE_KEY, RADIUS_KEY, RADIUS_KEYS, edge_model_sensitivity, edge_term_required, pupil_radius_sensitivity,
+    EDGE_KEY, RADIUS_KEY, RADIUS_KEYS, edge_model_sensitivity, edge_term_u, pupil_radius_sensitivity,
     radius_applies,
 )
 from metrology.solver.schedule import VIGNETTING_PATHS
@@ -175,8 +175,7 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False,
     with ``refit_edge`` (``None``: where :func:`edge_term_required`)."""
     p = len(fit.columns.names)
     uncertainties = dict(constant_uncertainties or {})
-    refit_edge = edge_term_required(fit) if refit_edge is None else refit_edge
-    edge_u = float(uncertainties.get(EDGE_KEY, 0.0) or 0.0) or (1.0 if refit_edge else 0.0)
+    edge_u = edge_term_u(fit, uncertainties, refit_edge)
     wanted = [n for n, u in uncertainties.items() if u and n in CONSTANTS]
     if not wanted and not edge_u:
         return [], np.zeros((p, p)), {}
