@@ -150,6 +150,7 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
     figs = derived_figures(np.nan_to_num(z), np.nan_to_num(meas.zernike_cov), meas.wavelength_nm, meas.na,
                            n_draws=400)
     u_rms = float(figs["rms_waves"].u)
+    no_unit = without_unit_term(meas)  # the budget before the wavelength's unit term, for comparison
     values = {s.name: s.value for s in meas.station}
     # with --refit-edge: u without the edge term, for comparison (the term adds its contribution in
     # quadrature, rank one: tests/test_recovery.py)
@@ -180,7 +181,27 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
         # the pupil edge's NA: fitted (blind mode) or held, against the NA that gives the true pupil radius
         "na": float(meas.na), "na_u": next((e.u for e in meas.lens_parameters if e.name == "pupil.na"), None),
         "na_effective_truth": effective_na(station, consts),
+        # the same measurement's u without the wavelength's unit term (budget.in_stated_waves): the
+        # budget before 2026-12-03 16:30 UTC, computed from the same fit
+        "u_no_unit": no_unit[0], "u_rms_no_unit": no_unit[1],
     }
+
+
+def without_unit_term(meas) -> tuple:
+    """``(u of Noll 5-15, u of the RMS wavefront)`` of ``meas`` with the wavelength's unit term
+    (``W u / lambda_s`` on its budget row, :func:`metrology.solver.budget.in_stated_waves`) taken out:
+    the covariance loses the row's outer product and gains that of the row without the term."""
+    from metrology.analysis.propagation import derived_figures
+
+    row = next((b for b in meas.budget if b.name == "wavelength_nm"), None)
+    if row is None:
+        return None, None
+    new = np.asarray(row.zernike, dtype=float)
+    old = new - np.asarray(meas.zernike_waves, dtype=float) * row.u / meas.wavelength_nm
+    cov = np.asarray(meas.zernike_cov, dtype=float) - np.outer(new, new) + np.outer(old, old)
+    figs = derived_figures(np.nan_to_num(meas.zernike_waves), np.nan_to_num(cov), meas.wavelength_nm, meas.na,
+                           n_draws=400)
+    return np.sqrt(np.clip(np.diag(cov)[4:15], 0, None)).tolist(), float(figs["rms_waves"].u)
 
 
 def effective_na(station, consts: dict) -> float:
@@ -244,6 +265,12 @@ def summarise(rows):
     print(f" RMS wavefront: RMS(err/u) {np.sqrt(np.mean(r_rms**2)):.2f}, coverage {100 * np.mean(np.abs(r_rms) <= 2):.0f} %")
     print(f" all coefficients: RMS(err/u) {np.sqrt(np.mean(ratio**2)):.2f} (target 0.7-1.4), "
           f"coverage {100 * cover.mean():.0f} % (target >= 90 %)")
+    if rows[0].get("u_no_unit"):  # the same fits without the wavelength's unit term (the budget before it)
+        ru = err / np.array([r["u_no_unit"] for r in rows])
+        rr = np.array([(r["rms_measured"] - r["rms_true"]) / r["u_rms_no_unit"] for r in rows])
+        print(f" without the wavelength's unit term: RMS(err/u) {np.sqrt(np.mean(ru**2)):.2f}, coverage "
+              f"{100 * np.mean(np.abs(ru) <= 2):.0f} %; RMS wavefront {np.sqrt(np.mean(rr**2)):.2f}, "
+              f"{100 * np.mean(np.abs(rr) <= 2):.0f} %")
     if rows[0].get("u_plain"):  # --refit-edge: the same fits without the edge term
         rp = err / np.array([r["u_plain"] for r in rows])
         print(f" without the edge term: RMS(err/u) {np.sqrt(np.mean(rp**2)):.2f}, coverage "
@@ -334,6 +361,7 @@ def main() -> None:
     ap.add_argument("--frame", type=int, default=48)
     ap.add_argument("--leds", type=int, default=9)
     ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (instead of --first-seed and --trials)")
     ap.add_argument("--json", default=None, help="write every trial's numbers here")
     ap.add_argument("--workers", type=int, default=1, help="trials run in this many processes")
     ap.add_argument("--finite-budget", action="store_true",
@@ -365,8 +393,9 @@ def main() -> None:
         rows = []
         budget = {"finite_budget": args.finite_budget, "free_sample_budget": args.free_sample_budget,
                   "refit_radius": args.refit_radius, "refit_edge": args.refit_edge or None}
-        jobs = [(st, leds, args.first_seed + k, args.mode, None, args.exact_constants, budget)
-                for k in range(args.trials)]
+        seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
+                 else [args.first_seed + k for k in range(args.trials)])
+        jobs = [(st, leds, seed, args.mode, None, args.exact_constants, budget) for seed in seeds]
         for r in run_trials(jobs, args.workers, args.json):
             rows.append(r)
             print(f"  seed {r['seed']}: error {r['error_5_15']:.5f} waves, shift {r['shift_error_um']:.1f} um, "

@@ -169,3 +169,45 @@ def test_the_edge_term_is_on_where_the_fit_measured_the_na_or_the_station_asks()
     assert edge_term_u(held, {"pupil_edge_model": 0.5}) == 0.5 and edge_term_u(fitted, {"pupil_edge_model": 2.0}) == 2.0
     assert edge_term_u(fitted, {}, refit_edge=False) == 0.0 and edge_term_u(held, {}, refit_edge=True) == 1.0
     assert edge_term_u(held, {"pupil_edge_model": 0.5}, refit_edge=False) == 0.5
+
+
+def test_the_wavelength_also_sets_the_unit_of_the_coefficients():
+    """The lens's optical path difference, reported in waves at the stated wavelength: a capture whose
+    LED centroid is 5 nm (1 %) above the stated one, of the same lens (its coefficients in waves at the
+    true wavelength are 1 % smaller), fitted at the stated wavelength (known mode). The coefficients'
+    errors follow ``-(S + W / lambda_s) delta``, the budget's sensitivity with the unit term
+    (``in_stated_waves``), and not the model response ``-S delta`` alone (seen: residual RMS 0.00014
+    against 0.00038 waves over Noll 5-15; the RMS wavefront's error +0.00037 waves against +0.00059
+    and +0.00156 predicted)."""
+    from metrology.simulate import draw_misalignment, simulate_capture
+    from metrology.solver.budget import in_stated_waves
+    from tests.sim_cases import bench_station, centre_leds, lens_coefficients
+
+    delta, seed = 5.0, 21
+    station, leds = bench_station(32), centre_leds(9)
+    lam = station.wavelength_nm
+    coeffs = np.asarray(lens_coefficients(0.1, seed=seed))
+    truth = draw_misalignment(np.random.default_rng([seed, 1]), n_leds=len(leds))
+    capture, truth = simulate_capture(station.replace(wavelength_nm=lam + delta), coeffs * lam / (lam + delta), truth,
+                                      seed=seed, leds=leds)
+    g = station.geometry(leds)
+    ref = catalogue_over_field(truth["reference_sample"], station.fov_um, g, seed=truth["reference_seed"])
+    cam = station.camera
+    fit = reconstruct(StationModel(g, transmission=ref, exposure=truth["relative_exposure"]), capture.frames,
+                      NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale, True),
+                      default_schedule("known", g.zernike_terms))
+    assert fit.converged, fit.message
+    (s,) = constant_sensitivities(fit, ["wavelength_nm"])
+    (full,) = in_stated_waves([s], fit.model, fit.columns)
+    assert s.per_unit is not full.per_unit  # a copy: the model response stays what the tests above check
+    row = {k: i for i, (p, k) in enumerate(zip(fit.columns.paths, fit.columns.flat_index)) if p == "pupil.zernike_waves"}
+    lens = range(4, 15)
+    w = fit.model.pupil.zernike_waves.detach().double().numpy()
+    err = np.array([w[k] - coeffs[k] for k in lens])
+    held = np.array([-s.per_unit[row[k]] * delta for k in lens])
+    stated = np.array([-full.per_unit[row[k]] * delta for k in lens])
+    assert np.allclose(stated - held, -delta * w[4:15] / lam)
+    assert np.sqrt(np.mean(err**2)) > 0.001  # the wavelength's effect is well above the fit's noise
+    assert np.sqrt(np.mean((err - stated) ** 2)) < 0.6 * np.sqrt(np.mean((err - held) ** 2))
+    c = coeffs[4:15] / np.linalg.norm(coeffs[4:15])  # the RMS wavefront's gradient
+    assert abs(c @ (err - stated)) < 0.5 * abs(c @ (err - held))

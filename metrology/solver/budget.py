@@ -363,6 +363,34 @@ def finite_response(moved, data, noise, scale, cols, priors, inverse, g_opt) -> 
     return state["delta"].numpy(), left
 
 
+def in_stated_waves(sensitivities, model, cols) -> list:
+    """The sensitivities of the reported quantities: the Zernike coefficients in waves at the station's
+    stated wavelength, whatever the true one.
+
+    The model's coefficients are waves at its own wavelength ``lambda`` (the phase ``2 pi W`` at the
+    LED centroid), so the wavelength's model response ``S`` is that of waves at ``lambda``. The lens's
+    optical path difference is ``W lambda``; reported in waves at the stated ``lambda_s``, it reads
+    ``W lambda / lambda_s``, whose response to the true wavelength is ``S + W / lambda_s`` per nm. A
+    centroid ``delta`` nm above the stated one makes every coefficient read ``-(S + W / lambda_s)
+    delta`` off: the unit term is along the lens itself, so it adds most to the RMS wavefront's u
+    (without it blind U(RMS) under-covered, the errors following the drawn centroid: docs/uncertainty.md,
+    section 5). Returns copies; a wavelength entry gains ``W / lambda_s`` on the Zernike columns, the
+    others are unchanged (:func:`constant_sensitivities` keeps the model response, which its tests
+    check against the model)."""
+    out = []
+    lam = float(model.geometry.wavelength_nm)
+    w = model.pupil.zernike_waves.detach().double().reshape(-1).cpu().numpy()
+    rows = [(i, k) for i, (p, k) in enumerate(zip(cols.paths, cols.flat_index)) if p == "pupil.zernike_waves"]
+    for s in sensitivities:
+        if s.name == "wavelength_nm" and rows:
+            per_unit = np.array(s.per_unit, dtype=float, copy=True)
+            for i, k in rows:
+                per_unit[i] += w[k] / lam
+            s = replace(s, per_unit=per_unit)
+        out.append(s)
+    return out
+
+
 def contribution(s: ConstantSensitivity, u: float) -> np.ndarray:
     """One constant's standard-uncertainty contribution to every fitted parameter (P,): the linear
     part ``S u`` and, where the response was evaluated at ``c +/- u``, its curvature term added in

@@ -36,7 +36,9 @@ from metrology.measurement import (
 )
 from metrology.orderings import lens_only
 from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, element_names
-from metrology.solver.budget import CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution
+from metrology.solver.budget import (
+    CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution, in_stated_waves,
+)
 from metrology.solver.jacobian import psd_inverse
 from metrology.solver.refit_budget import (
     EDGE_KEY, RADIUS_KEY, RADIUS_KEYS, edge_model_sensitivity, edge_term_u, pupil_radius_sensitivity,
@@ -195,6 +197,7 @@ def _budget_sources(fit, index, k, constant_uncertainties, finite: bool = False,
     replaced = RADIUS_KEYS if refits is not None and all(refits.converged) else ()
     held = [n for n in wanted if n in applicable and n not in replaced]
     sens = (constant_sensitivities(fit, held, uncertainties if finite else None, free_sample) if held else []) + refitted
+    sens = in_stated_waves(sens, fit.model, fit.columns)  # the wavelength also sets the unit of the coefficients
     sources = []
     for s in sens:
         u = float(uncertainties[s.key])
