@@ -68,9 +68,10 @@ def unmeasured_station_terms(doc: dict) -> list:
 
 
 BLIND_CAUTION_NA = (
-    "Caution: blind-mode U with the pupil edge's NA fitted was calibrated off-model on 25 simulated 48-px captures "
-    "(lens coefficients: RMS(error/u) 0.94, coverage 94 %; RMS wavefront: 1.24, coverage 92 %, short at the "
-    "sub-milliwave level; docs/uncertainty.md, section 5).")
+    "Caution: blind-mode U with the pupil edge's NA fitted was calibrated off-model on 30 simulated 48-px captures "
+    "(lens coefficients: RMS(error/u) 0.94, coverage 94 %; RMS wavefront: 1.16, coverage 93 %), before the "
+    "wavelength's unit term, which on the 7 trials re-run with it took the RMS wavefront's RMS(error/u) from 2.54 "
+    "to 1.42 (docs/uncertainty.md, section 5).")
 BLIND_CAUTION_REFITS = (
     "Caution: blind-mode U with the pupil radius's re-fits was calibrated off-model on simulated 32-px captures only "
     "(14 converged fits: RMS(error/u) 1.05, per coefficient 0.69-1.34, coverage 95 %, none beyond 4 u; "
