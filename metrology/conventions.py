@@ -50,7 +50,8 @@ MTF directions
 Units
 -----
 mm for station geometry, um for the sample plane, nm for wavelength and optical path difference,
-waves for Zernike coefficients, degrees for angles.
+waves for Zernike coefficients (the optical path difference over the station's stated wavelength,
+whatever the LED's true centroid: :func:`metrology.solver.budget.in_stated_waves`), degrees for angles.
 
 Uncertainty and decisions
 -------------------------
@@ -73,7 +74,7 @@ CONVENTIONS_TEXT = (
     "Zernike: Noll ordering and normalisation (unit RMS on the unit disk), cos for even j, sin for odd j, "
     "theta from +x towards +y; piston, tilt, defocus are alignment terms. "
     "Axes: x along image columns, y along image rows, +y down on every map, z towards the objective. "
-    "Units: mm station, um sample plane, nm wavelength/OPD, waves Zernike. "
+    "Units: mm station, um sample plane, nm wavelength/OPD, waves Zernike (OPD / the stated wavelength). "
     "Decision rule: " + DECISION_RULE + "."
 )
 """One-paragraph summary printed in every report footer and JSON result."""

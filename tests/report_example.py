@@ -188,7 +188,7 @@ def example_document(verdict: str = "PASS", invalid: bool = False) -> dict:
             "text": CONVENTIONS_TEXT, "zernike_ordering": "Noll",
             "zernike_normalisation": "Noll: unit RMS over the unit disk; cos for even j, sin for odd j",
             "axes": "x along image columns, y along image rows, +y down on every map, z towards the objective",
-            "units": "mm station, um sample plane, nm wavelength/OPD, waves Zernike",
+            "units": "mm station, um sample plane, nm wavelength/OPD, waves Zernike (OPD / the stated wavelength)",
             "decision_rule": DECISION_RULE, "coverage_factor": 2},
         "wavelength_nm": wavelength_nm,
         "na": na,

@@ -49,7 +49,7 @@ def conventions_block() -> dict:
         "zernike_ordering": "Noll",
         "zernike_normalisation": "Noll: unit RMS over the unit disk; cos for even j, sin for odd j",
         "axes": "x along image columns, y along image rows, +y down on every map, z towards the objective",
-        "units": "mm station, um sample plane, nm wavelength/OPD, waves Zernike",
+        "units": "mm station, um sample plane, nm wavelength/OPD, waves Zernike (OPD / the stated wavelength)",
         "decision_rule": DECISION_RULE,
         "coverage_factor": int(COVERAGE_FACTOR),
     }
