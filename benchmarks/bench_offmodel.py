@@ -3,7 +3,8 @@
 Captures come from the realistic renderer (:mod:`metrology.render`), which shares no imaging code
 with the solver's model: the frame is the central crop of a larger, non-periodic field; the pupil is
 a hard circle on that field's finer lattice; the LED has a Gaussian spectrum and a finite emitter;
-each camera pixel integrates the intensity. Every trial draws a new lens, misalignment and noise,
+each camera pixel integrates the intensity; with ``--spherical`` each LED's exact spherical wave
+lights the sample (and the station states ``led_array.spherical_illumination``). Every trial draws a new lens, misalignment and noise,
 and the station's constants as they really are from their stated uncertainties (the station
 file's ``[uncertainty]`` table): wavelength centroid, NA, magnification, camera pixel, LED pitch,
 emitter size, spectral width. The tool gets the station file's stated values and the reference
@@ -18,7 +19,7 @@ Parts:
   and FAIL, and the INCONCLUSIVE rate among lenses whose truth is more than 2U from the limit.
 
 Run: ``python benchmarks/bench_offmodel.py [--part trials|sweep] [--mode known|blind] [--trials 30]
-[--frame 48 --leds 9] [--workers N] [--spectral-points N] [--json out.json]``. Prints the machine.
+[--frame 48 --leds 9] [--workers N] [--spectral-points N] [--spherical] [--json out.json]``. Prints the machine.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def render_capture(station, leds, lens, truth, consts, seed, photons=2e4):
     physics = RealPhysics(margin=MARGIN_FRACTION, centroid_nm=consts["centroid_nm"], fwhm_nm=consts["fwhm_nm"],
                           spectral_points=5, pixel_integration=True, emitter_points=3,
                           true_na=consts["na"], true_pixel_um=consts["camera_pixel_um"],
-                          true_magnification=consts["magnification"], true_pitch_mm=consts["pitch_mm"])
+                          true_magnification=consts["magnification"], true_pitch_mm=consts["pitch_mm"],
+                          spherical_illumination=station.spherical_illumination)
     rendered_station = station.replace(led_size_mm=consts["led_size_mm"])
     mis = check_misalignment(truth, len(leds))
     inten = render_intensity(rendered_station, leds, mis, sample, lens, physics)
@@ -379,11 +381,16 @@ def main() -> None:
                     help="the station's constants exactly as stated (only the physics is off-model)")
     ap.add_argument("--spectral-points", type=int, default=None,
                     help="the model's wavelengths across the LED spectrum (default: the station's, 2)")
+    ap.add_argument("--spherical", action="store_true",
+                    help="each LED's exact spherical wave rendered, and the station stating "
+                         "led_array.spherical_illumination (the model's curvature)")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     st = trial_station(args.frame)
     if args.spectral_points:
         st = st.replace(spectral_points=args.spectral_points)
+    if args.spherical:
+        st = st.replace(spherical_illumination=True)
     h = args.leds // 2
     leds = [(r, c) for r in range(7 - h, 8 + h) for c in range(7 - h, 8 + h)]
     t0 = time.perf_counter()

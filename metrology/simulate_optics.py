@@ -331,7 +331,9 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
     n = station.frame_px
     if transmission.shape[0] % n:
         raise ValueError("the fine grid must be a multiple of the frame size")
-    spectrum = fine_spectrum(transmission, station.fov_um, truth["sample.position_um"])
+    lit = illumination_curvature(station, truth, transmission.shape[0])
+    spectrum = fine_spectrum(transmission if lit is None else transmission * lit, station.fov_um,
+                             truth["sample.position_um"])
     offsets = _emitter_offsets(station.led_size_mm, led_subsources)
     sub = 2 if getattr(station, "pixel_integration", False) else 1  # 2: the intensity is unaliased
     out = np.zeros((len(leds), n, n))
@@ -351,6 +353,21 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
             if progress is not None:
                 progress(i * len(leds) + j + 1, len(leds) * len(lams))
     return out * emission_law(station, leds, truth)[:, None, None]
+
+
+def illumination_curvature(station, truth: dict, n_fine: int):
+    """The LEDs' common wavefront curvature ``exp(i pi |x|^2 / (lambda R))`` on the fine grid
+    (``n_fine`` over the field of view, ``x`` from its centre) when the station states
+    ``spherical_illumination``, else None: the same second-order spherical wave as the model's
+    (:meth:`metrology.physics.StationModel.illumination_phase`; ``R`` the LED distance with the
+    drawn distance error, a slide counting its thickness over its index). The sample is periodic
+    here, and the phase is too (its values match at opposite borders; its slope does not)."""
+    if not getattr(station, "spherical_illumination", False):
+        return None
+    t = station.slide_thickness_mm
+    r_um = 1e3 * (station.led_distance_mm + truth["illumination.distance_error_mm"] - t + t / station.slide_index)
+    x = (np.arange(n_fine) - n_fine / 2) * (station.fov_um / n_fine)
+    return np.exp(1j * math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (station.wavelength_nm * 1e-3 * r_um))
 
 
 def spectrum_samples(centroid_nm: float, fwhm_nm: float, points: int):

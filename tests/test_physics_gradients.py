@@ -8,11 +8,11 @@ from tests.physics_cases import random_object, small_geometry
 
 
 def _tiny_model():
-    # a real emitter (the source-smeared edge), pixel integration, a finite LED spectrum and
-    # two-circle vignetting: every path of the forward model
+    # a real emitter (the source-smeared edge), pixel integration, a finite LED spectrum,
+    # two-circle vignetting and the LEDs' spherical waves: every path of the forward model
     g = small_geometry(frame_px=20, n_side=3, upsampling=4, zernike_terms=10, led_size_mm=0.3, pixel_quadrature=2,
                        spectral_fwhm_nm=20.0, spectral_points=2, vignetting=(1.1, 0.3, -0.2), emission_exponent=4.0,
-                       margin_px=2)
+                       margin_px=2, spherical_illumination=True)
     m = StationModel(g, random_object(g.object_px, seed=2), dtype=torch.float64)
     with torch.no_grad():
         m.illumination.shift_mm.copy_(torch.tensor([0.31, -0.22], dtype=torch.float64))

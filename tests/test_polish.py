@@ -107,7 +107,7 @@ def test_an_offmodel_polish_converges_with_fewer_jacobian_rebuilds(offmodel, mon
 
 @pytest.mark.parametrize("physics", [
     dict(),
-    dict(pixel_quadrature=2, margin_px=3, spectral_fwhm_nm=25.0, spectral_points=3),
+    dict(pixel_quadrature=2, margin_px=3, spectral_fwhm_nm=25.0, spectral_points=3, spherical_illumination=True),
     dict(pixel_quadrature=3, vignetting=(1.3, 0.4, -0.2)),
     dict(emission_exponent=4.0),  # the gain's dependence on the LED geometry (cos^p of each LED's angle)
 ])

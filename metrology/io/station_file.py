@@ -85,6 +85,7 @@ class StationDescription:
     spectral_fwhm_nm: float = 0.0
     spectral_points: int = 2  # wavelengths the model samples across the LED spectrum (Gauss-Hermite; docs/solver.md)
     emission_exponent: float = 0.0
+    spherical_illumination: bool = False
     vignetting: tuple | None = None
     margin_px: int | None = None
     zernike_terms: int = 36
@@ -156,6 +157,7 @@ class StationDescription:
             spectral_fwhm_nm=self.spectral_fwhm_nm,
             spectral_points=self.spectral_points,
             emission_exponent=self.emission_exponent,
+            spherical_illumination=self.spherical_illumination,
             vignetting=None if self.vignetting is None else tuple(self.vignetting),
             margin_px=self.margin_px or 0,
         )

@@ -110,6 +110,7 @@ SCHEMA = {
     ("led_array", "spectral_fwhm_nm"): ("spectral_fwhm_nm", "float", 0.0, non_negative),
     ("led_array", "spectral_points"): ("spectral_points", "int", 2, _in(1, 7)),
     ("led_array", "emission_exponent"): ("emission_exponent", "float", 0.0, None),
+    ("led_array", "spherical_illumination"): ("spherical_illumination", "bool", False, None),
     ("lens", "vignetting"): ("vignetting", "triple", None, _vignetting),
     ("reconstruction", "upsampling"): ("upsampling", "int", None, _in(1, MAX_UPSAMPLING)),
     ("reconstruction", "zernike_terms"): ("zernike_terms", "int", 36, _zterms),

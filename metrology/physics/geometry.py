@@ -66,6 +66,11 @@ class StationGeometry:
         Camera pixels of sample modelled beyond each side of the frame: the frame is the central
         crop of the image of a larger (periodic) field, so light from outside the frame reaches its
         border as on a real slide (0: the frame itself is the periodic field).
+    spherical_illumination : bool
+        Each LED lights the sample with a spherical wave, not a plane wave: across the modelled
+        field the illumination angle changes by ``x / R`` (``R`` the LED distance, reduced by a
+        slide), so a frame's border sees each LED from another angle than its centre. Modelled as the
+        waves' common curvature on the sample (:meth:`metrology.physics.StationModel.illumination_phase`).
     """
 
     wavelength_nm: float
@@ -90,6 +95,7 @@ class StationGeometry:
     spectral_fwhm_nm: float = 0.0
     spectral_points: int = 2
     vignetting: tuple | None = None
+    spherical_illumination: bool = False
 
     def __post_init__(self):
         checks = [

@@ -153,6 +153,36 @@ class StationModel(nn.Module):
             inside = ((rows >= 0) & (rows < n_obj))[:, :, None] & ((cols >= 0) & (cols < n_obj))[:, None, :]
         return rows.clamp(0, n_obj - 1), cols.clamp(0, n_obj - 1), inside, remainder
 
+    def illumination_phase(self):
+        """The LEDs' common wavefront curvature on the sample grid, shape (N, N) complex, or None
+        for plane waves (``geometry.spherical_illumination`` off).
+
+        An LED at distance ``R`` lights the sample with ``exp(i 2 pi r / lambda)`` (``r`` its
+        distance from the LED): the tile centre's plane wave (``k_j``, the spectrum's shift) times
+        ``exp(i pi |x|^2 / (lambda R))`` to second order in the position ``x`` from the tile centre.
+        That factor moves the illumination frequency across the field by ``x / (lambda R)``: at the
+        border of a 208 um field 90 mm below, 0.0012 in NA, which decides on which side of the pupil
+        edge an LED near it falls. Taken alike for every LED with ``R`` the distance along the axis
+        (the LED board's nominal distance plus ``illumination.distance_error_mm``, a slide of
+        thickness ``t`` and index ``n`` counting ``t / n``): an LED at angle ``theta`` has the radius
+        ``R / cos theta`` across its direction and ``R / cos^3 theta`` along it (0.5 % and 1.5 % longer
+        at NA 0.1, whose LEDs the effect matters for); the wavelength is the stated one (the spectral nodes share it).
+        """
+        g = self.geometry
+        if not g.spherical_illumination:
+            return None
+        d = self.illumination.distance_error_mm
+        r_um = 1e3 * (g.led_distance_mm + d - g.slide_thickness_mm + g.slide_thickness_mm / g.slide_index)
+        x = (torch.arange(g.object_px, dtype=d.dtype, device=d.device) - g.object_px / 2) * g.object_pixel_um
+        phase = math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (g.wavelength_um * r_um)
+        return torch.polar(torch.ones_like(phase), phase)
+
+    def illuminated_spectrum(self) -> torch.Tensor:
+        """Centred spectrum of the sample as the LEDs light it, shape (N, N) complex: the
+        transmission times :meth:`illumination_phase` (the transmission's own spectrum for plane
+        waves)."""
+        return self.sample.spectrum(self.illumination_phase())
+
     def box_factor(self) -> torch.Tensor:
         """Sample-position phase ramp times the FFT scale on the box, shape (B, B) complex."""
         g = self.geometry
@@ -168,7 +198,7 @@ class StationModel(nn.Module):
         """Exit-pupil field spectrum on the pupil box, shape (J', B, B) complex (the coherent part
         of the image; :meth:`intensity` adds the source's incoherent remainder)."""
         rows, cols, inside, remainder = self.spectrum_window(indices)
-        crop = self.sample.spectrum()[rows[:, :, None], cols[:, None, :]]
+        crop = self.illuminated_spectrum()[rows[:, :, None], cols[:, None, :]]
         if inside is not None:
             crop = crop * inside
         source = self.source_side_px(indices) if self.pupil.edge == "source" else None
@@ -279,7 +309,7 @@ class StationModel(nn.Module):
             (:func:`metrology.solver.jacobian.linearise`) differentiates this cheap part by forward
             mode and the camera part in closed form.
         """
-        spectrum = self.sample.spectrum()
+        spectrum = self.illuminated_spectrum()
         source = self.source_side_px(indices) if self.pupil.edge == "source" else None
         factor = self.box_factor()
         parts = []

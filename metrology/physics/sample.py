@@ -55,6 +55,12 @@ class Sample(nn.Module):
         """Complex transmission, shape (N, N)."""
         return torch.complex(self.field_real, self.field_imag)
 
-    def spectrum(self) -> torch.Tensor:
-        """Centred spectrum ``fftshift(fft2(t))``, shape (N, N); DC at index N // 2."""
-        return torch.fft.fftshift(torch.fft.fft2(self.transmission()), dim=(-2, -1))
+    def spectrum(self, illumination=None) -> torch.Tensor:
+        """Centred spectrum ``fftshift(fft2(t))``, shape (N, N); DC at index N // 2.
+
+        ``illumination``: a phase (N, N) complex the sample is lit with besides each LED's plane
+        wave (:meth:`metrology.physics.StationModel.illumination_phase`), or None."""
+        t = self.transmission()
+        if illumination is not None:
+            t = t * illumination
+        return torch.fft.fftshift(torch.fft.fft2(t), dim=(-2, -1))

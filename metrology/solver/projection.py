@@ -97,7 +97,7 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
                              edge="coverage")[0]
         start = torch.polar(torch.ones_like(edge[0]), torch.angle(centre))
         phase = start.clone()
-        spectrum = model.sample.spectrum().clone()
+        spectrum = model.illuminated_spectrum().clone()  # the sample as the LEDs light it
         idx_r = rows[:, :, None].expand(-1, -1, rows.shape[1]).reshape(-1)
         idx_c = cols[:, None, :].expand(-1, cols.shape[1], -1).reshape(-1)
         support = centre.abs() > 0.5
@@ -139,6 +139,9 @@ def project(model: StationModel, data, mask, background: float, iterations: int 
         model.sample.position_um += position.to(model.sample.position_um.dtype)
         if update_sample:
             t = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1)))
+            lit = model.illumination_phase()
+            if lit is not None:  # back to the transmission
+                t = t * lit.conj().to(t.dtype)
             model.sample.field_real.copy_(t.real)
             model.sample.field_imag.copy_(t.imag)
     return {"iterations": iterations, "error_start": errors[0] if errors else None,
