@@ -345,7 +345,8 @@ def simulate_intensity(station, leds, truth: dict, transmission: np.ndarray, zer
                           np.asarray(zernike_waves, dtype=np.float64) * (station.wavelength_nm / lam_nm), log_amplitude,
                           truth["sample.defocus_um"], edge_width_cpum,
                           cell_cpum=(1.0 / station.fov_um) if pupil_edge == "cell" else 0.0, vignetting=vignetting)
-        ks = [illumination_frequencies(here, led_positions_mm(here, leds, truth, o)) for o in offsets]
+        tilt = curvature_tilt(station, truth, lam_nm)
+        ks = [illumination_frequencies(here, led_positions_mm(here, leds, truth, o)) + tilt for o in offsets]
         for j in range(len(leds)):
             inten = emitter_intensity(spectrum, [k[j] for k in ks], pupil, station.fov_um, n, sub=sub)
             # the pixel average is linear: once per LED, on the emitter points' summed intensity
@@ -361,13 +362,27 @@ def illumination_curvature(station, truth: dict, n_fine: int):
     ``spherical_illumination``, else None: the same second-order spherical wave as the model's
     (:meth:`metrology.physics.StationModel.illumination_phase`; ``R`` the LED distance with the
     drawn distance error, a slide counting its thickness over its index). The sample is periodic
-    here, and the phase is too (its values match at opposite borders; its slope does not)."""
+    here and so is the phase (its values match at opposite borders, its slope does not); the
+    displaced sample's share is :func:`curvature_tilt`."""
     if not getattr(station, "spherical_illumination", False):
         return None
-    t = station.slide_thickness_mm
-    r_um = 1e3 * (station.led_distance_mm + truth["illumination.distance_error_mm"] - t + t / station.slide_index)
     x = (np.arange(n_fine) - n_fine / 2) * (station.fov_um / n_fine)
-    return np.exp(1j * math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (station.wavelength_nm * 1e-3 * r_um))
+    return np.exp(1j * math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (station.wavelength_nm * 1e-3 * _curvature_radius_um(station, truth)))
+
+
+def _curvature_radius_um(station, truth: dict) -> float:
+    t = station.slide_thickness_mm
+    return 1e3 * (station.led_distance_mm + truth["illumination.distance_error_mm"] - t + t / station.slide_index)
+
+
+def curvature_tilt(station, truth: dict, lam_nm: float) -> np.ndarray:
+    """The shift of every LED's illumination frequency (cycles/um, ``(x, y)``) that keeps the waves'
+    curvature on the tile while the sample is displaced by ``sample.position_um`` (the displacement
+    is applied to the lit sample's spectrum): ``-s / (lambda R)``; zeros for plane waves (the
+    model's :meth:`~metrology.physics.StationModel.curvature_tilt`)."""
+    if not getattr(station, "spherical_illumination", False):
+        return np.zeros(2)
+    return -np.asarray(truth["sample.position_um"], dtype=float) / (lam_nm * 1e-3 * _curvature_radius_um(station, truth))
 
 
 def spectrum_samples(centroid_nm: float, fwhm_nm: float, points: int):

@@ -70,11 +70,12 @@ def test_pupil_edge_frames_follow_the_rendered_spherical_waves():
     angle's change across a 64-px field (0.0006 in NA at its border, 90 mm below) decides how much
     light passes: the renderer's spherical waves change them by ~20 % of their mean from its plane
     waves; the model with the curvature follows that change (correlation > 0.85) and halves its
-    mismatch to the spherical rendering; the other frames barely move (< 0.5 %)."""
+    mismatch to the spherical rendering; the other frames barely move (< 0.5 %), in the model as in the
+    rendering, with the sample displaced by a few um (the waves are centred on the tile, not on it)."""
     n, up, margin, m_px = 64, 4, 0.5, 8
     leds = [(7, 7), (6, 6), (8, 9), (6, 9), (8, 5), (6, 5), (9, 8), (5, 8), (9, 6), (5, 6)]  # centre, NA 0.063, 8 at 0.0994
     station = load_station(STATION).replace(frame_px=n, zernike_terms=15, upsampling=up)
-    truth = check_misalignment({}, len(leds))
+    truth = check_misalignment({"sample.position_um": [6.0, -4.0]}, len(leds))  # the waves stay on the tile
     lens = np.zeros(15)
     lens[[4, 6, 7, 10]] = [0.03, -0.02, 0.015, 0.02]
     pixel = station.camera_pixel_um / station.magnification
@@ -91,6 +92,7 @@ def test_pupil_edge_frames_follow_the_rendered_spherical_waves():
         m = StationModel(replace(station.geometry(leds), margin_px=m_px, spherical_illumination=s), ref, dtype=torch.float64)
         with torch.no_grad():
             m.pupil.zernike_waves[:15] = torch.tensor(lens)
+            m.sample.position_um.copy_(torch.tensor(truth["sample.position_um"]))
             model[s] = m.intensity().numpy()
     edge = np.abs(m.illumination.illumination_na().detach().numpy() - 0.1) < 0.002
     assert edge.sum() == 8
@@ -106,7 +108,11 @@ def test_pupil_edge_frames_follow_the_rendered_spherical_waves():
     print(f"\npupil-edge frames: rendered change {rms(a):.4f}, modelled {rms(b):.4f}, correlation {corr:.3f}; "
           f"mismatch to the spherical rendering: plane waves {plane:.4f}, with the curvature {curved:.4f}")
     assert rms(a) > 0.1 and corr > 0.85 and curved < 0.5 * plane
-    assert rms(true_change[~edge]) < 0.005 and rms(modelled[~edge]) < 0.005
+    other, other_model = rms(true_change[~edge]), rms(modelled[~edge])
+    print(f"the other frames: rendered change {other:.4f}, modelled {other_model:.4f}")
+    # small, and the same size: the waves stay on the tile while the sample is displaced (moving
+    # with it, the model's change would be several times the rendered one)
+    assert other < 0.005 and abs(other_model - other) < 0.5 * other
 
 
 def test_the_station_file_switches_it():

@@ -108,8 +108,11 @@ class StationModel(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def frequency_offsets_px(self) -> torch.Tensor:
-        """``k_j / df``: each LED's spectrum offset in grid pixels, shape (J, 2) ``(x, y)``."""
-        return self.illumination.spatial_frequencies() / self.geometry.df
+        """``k_j / df``: each LED's spectrum offset in grid pixels, shape (J, 2) ``(x, y)`` (with
+        :meth:`curvature_tilt` under spherical illumination)."""
+        k = self.illumination.spatial_frequencies()
+        tilt = self.curvature_tilt()
+        return (k if tilt is None else k + tilt) / self.geometry.df
 
     def bright_field(self) -> torch.Tensor:
         """Boolean (J,): LED inside the pupil cut-off (``|k_j| < NA / lambda``)."""
@@ -159,7 +162,9 @@ class StationModel(nn.Module):
 
         An LED at distance ``R`` lights the sample with ``exp(i 2 pi r / lambda)`` (``r`` its
         distance from the LED): the tile centre's plane wave (``k_j``, the spectrum's shift) times
-        ``exp(i pi |x|^2 / (lambda R))`` to second order in the position ``x`` from the tile centre.
+        ``exp(i pi |x|^2 / (lambda R))`` to second order in the position ``x`` from the tile centre
+        (on the transmission's grid; :meth:`curvature_tilt` keeps it on the tile when the sample is
+        displaced).
         That factor moves the illumination frequency across the field by ``x / (lambda R)``: at the
         border of a 208 um field 90 mm below, 0.0012 in NA, which decides on which side of the pupil
         edge an LED near it falls. Taken alike for every LED with ``R`` the distance along the axis
@@ -176,6 +181,23 @@ class StationModel(nn.Module):
         x = (torch.arange(g.object_px, dtype=d.dtype, device=d.device) - g.object_px / 2) * g.object_pixel_um
         phase = math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (g.wavelength_um * r_um)
         return torch.polar(torch.ones_like(phase), phase)
+
+    def curvature_tilt(self):
+        """The illumination frequency (cycles/um, shape (2,)) the waves' curvature adds for a sample
+        displaced by ``sample.position_um``, or None for plane waves.
+
+        :meth:`box_factor` displaces the illuminated sample as a whole, so the phase of
+        :meth:`illumination_phase` would move with the sample; the waves are centred on the tile
+        instead: ``Q(x' + s) = Q(x') exp(i 2 pi x'.s / (lambda R))`` up to a constant, on the
+        transmission's coordinates ``x'``. That tilt is taken as a shift of every LED's frequency by
+        ``-s / (lambda R)`` (exact, and periodic on the grid where the tilt itself is not); unmodelled
+        it would read as an LED shift equal to the sample's displacement."""
+        g = self.geometry
+        if not g.spherical_illumination:
+            return None
+        r_um = 1e3 * (g.led_distance_mm + self.illumination.distance_error_mm - g.slide_thickness_mm
+                      + g.slide_thickness_mm / g.slide_index)
+        return -self.sample.position_um / (g.wavelength_um * r_um)
 
     def illuminated_spectrum(self) -> torch.Tensor:
         """Centred spectrum of the sample as the LEDs light it, shape (N, N) complex: the

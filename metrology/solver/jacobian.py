@@ -28,7 +28,8 @@ from metrology.solver.losses import _offset, _roots
 BRIGHTNESS = "illumination.brightness"
 ZERNIKE = "pupil.zernike_waves"
 DEFOCUS = "sample.defocus_um"
-PHASE_PATHS = (ZERNIKE, DEFOCUS, "sample.position_um")
+POSITION = "sample.position_um"
+PHASE_PATHS = (ZERNIKE, DEFOCUS, POSITION)
 """Parameters that move only the phase of the frames' box spectra: their tangents in closed form."""
 GAIN_PATHS = (BRIGHTNESS, "illumination.emission_exponent", "camera.counts_per_unit", "camera.background_counts")
 """Parameters that move only the frames' gain or the background: forward mode through those alone."""
@@ -209,7 +210,9 @@ def linearise(model, data, mask, noise, specs, pixel_points: int | None = None) 
             # one parameter's tangents at a time: the others stay primal, so the branches of the
             # model that do not depend on it (e.g. the pupil edge for a Zernike column) carry no tangent
             rows = [t for t in range(n_tangents) if bool(tans[pi][t].any())]
-            if paths[pi] in PHASE_PATHS:  # a phase term: its parts' tangent in closed form, no forward-mode pass
+            if paths[pi] in PHASE_PATHS and not (paths[pi] == POSITION and model.geometry.spherical_illumination):
+                # a phase term: its parts' tangent in closed form, no forward-mode pass (the sample's
+                # position also moves it under the LEDs' curved waves: then by forward mode)
                 along = _phase_parts_tangent(model, nodes, p0, paths[pi])
                 for row in rows:
                     t_all[row] = camera.tangent(along(tans[pi][row]))
