@@ -4,7 +4,8 @@ Captures come from the realistic renderer (:mod:`metrology.render`), which share
 with the solver's model: the frame is the central crop of a larger, non-periodic field; the pupil is
 a hard circle on that field's finer lattice; the LED has a Gaussian spectrum and a finite emitter;
 each camera pixel integrates the intensity; with ``--spherical`` each LED's exact spherical wave
-lights the sample (and the station states ``led_array.spherical_illumination``). Every trial draws a new lens, misalignment and noise,
+lights the sample (``--model-spherical``: and the station states ``led_array.spherical_illumination``,
+the model's common curvature). Every trial draws a new lens, misalignment and noise,
 and the station's constants as they really are from their stated uncertainties (the station
 file's ``[uncertainty]`` table): wavelength centroid, NA, magnification, camera pixel, LED pitch,
 emitter size, spectral width. The tool gets the station file's stated values and the reference
@@ -19,7 +20,7 @@ Parts:
   and FAIL, and the INCONCLUSIVE rate among lenses whose truth is more than 2U from the limit.
 
 Run: ``python benchmarks/bench_offmodel.py [--part trials|sweep] [--mode known|blind] [--trials 30]
-[--frame 48 --leds 9] [--workers N] [--spectral-points N] [--spherical] [--json out.json]``. Prints the machine.
+[--frame 48 --leds 9] [--workers N] [--spectral-points N] [--spherical] [--model-spherical] [--json out.json]``. Prints the machine.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def draw_constants(station, rng) -> dict:
     }
 
 
-def render_capture(station, leds, lens, truth, consts, seed, photons=2e4):
-    """Noisy frames (uint16) and the FOV reference map (object grid) of one off-model capture."""
+def render_capture(station, leds, lens, truth, consts, seed, photons=2e4, spherical=False):
+    """Noisy frames (uint16) and the FOV reference map (object grid) of one off-model capture
+    (``spherical``: each LED's exact spherical wave, as whenever the station states it)."""
     n, up = station.frame_px, station.upsampling
     pix = consts["camera_pixel_um"] / consts["magnification"]
     n_large = int(round(n * (1 + 2 * MARGIN_FRACTION)))
@@ -76,7 +78,7 @@ def render_capture(station, leds, lens, truth, consts, seed, photons=2e4):
                           spectral_points=5, pixel_integration=True, emitter_points=3,
                           true_na=consts["na"], true_pixel_um=consts["camera_pixel_um"],
                           true_magnification=consts["magnification"], true_pitch_mm=consts["pitch_mm"],
-                          spherical_illumination=station.spherical_illumination)
+                          spherical_illumination=spherical or station.spherical_illumination)
     rendered_station = station.replace(led_size_mm=consts["led_size_mm"])
     mis = check_misalignment(truth, len(leds))
     inten = render_intensity(rendered_station, leds, mis, sample, lens, physics)
@@ -135,12 +137,12 @@ def stated_constants(station) -> dict:
             "pitch_mm": station.led_pitch_mm, "led_size_mm": station.led_size_mm}
 
 
-def trial(station, leds, seed, mode, lens=None, exact=False, budget=None):
+def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spherical=False):
     rng = np.random.default_rng([seed, 2024])
     lens = standard_lens(seed) if lens is None else lens
     truth = held_from_stated(standard_misalignment(seed, len(leds)), station, mode, seed)
     consts = stated_constants(station) if exact else draw_constants(station, rng)
-    frames, ref, mis = render_capture(station, leds, lens, truth, consts, seed)
+    frames, ref, mis = render_capture(station, leds, lens, truth, consts, seed, spherical=spherical)
     fit, meas = fit_capture(station, leds, frames, ref, mode, budget)
     z = meas.zernike_waves
     e = z[4:15] - lens[4:15]
@@ -382,14 +384,16 @@ def main() -> None:
     ap.add_argument("--spectral-points", type=int, default=None,
                     help="the model's wavelengths across the LED spectrum (default: the station's, 2)")
     ap.add_argument("--spherical", action="store_true",
-                    help="each LED's exact spherical wave rendered, and the station stating "
-                         "led_array.spherical_illumination (the model's curvature)")
+                    help="each LED's exact spherical wave rendered (the model keeps the station's plane waves)")
+    ap.add_argument("--model-spherical", action="store_true",
+                    help="the station states led_array.spherical_illumination: the model's common curvature "
+                         "(and the rendering's spherical waves)")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     st = trial_station(args.frame)
     if args.spectral_points:
         st = st.replace(spectral_points=args.spectral_points)
-    if args.spherical:
+    if args.model_spherical:
         st = st.replace(spherical_illumination=True)
     h = args.leds // 2
     leds = [(r, c) for r in range(7 - h, 8 + h) for c in range(7 - h, 8 + h)]
@@ -402,7 +406,7 @@ def main() -> None:
                   "refit_radius": args.refit_radius, "refit_edge": args.refit_edge or None}
         seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
                  else [args.first_seed + k for k in range(args.trials)])
-        jobs = [(st, leds, seed, args.mode, None, args.exact_constants, budget) for seed in seeds]
+        jobs = [(st, leds, seed, args.mode, None, args.exact_constants, budget, args.spherical) for seed in seeds]
         for r in run_trials(jobs, args.workers, args.json):
             rows.append(r)
             print(f"  seed {r['seed']}: error {r['error_5_15']:.5f} waves, shift {r['shift_error_um']:.1f} um, "
