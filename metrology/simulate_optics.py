@@ -367,10 +367,12 @@ def illumination_curvature(station, truth: dict, n_fine: int):
     if not getattr(station, "spherical_illumination", False):
         return None
     x = (np.arange(n_fine) - n_fine / 2) * (station.fov_um / n_fine)
-    return np.exp(1j * math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (station.wavelength_nm * 1e-3 * _curvature_radius_um(station, truth)))
+    r_um = _curvature_radius_um(station, truth)
+    return np.exp(1j * math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (station.wavelength_nm * 1e-3 * r_um))
 
 
 def _curvature_radius_um(station, truth: dict) -> float:
+    """``R`` (um) of :func:`illumination_curvature`: the drawn LED distance, a slide counting ``t / n``."""
     t = station.slide_thickness_mm
     return 1e3 * (station.led_distance_mm + truth["illumination.distance_error_mm"] - t + t / station.slide_index)
 
@@ -382,7 +384,8 @@ def curvature_tilt(station, truth: dict, lam_nm: float) -> np.ndarray:
     model's :meth:`~metrology.physics.StationModel.curvature_tilt`)."""
     if not getattr(station, "spherical_illumination", False):
         return np.zeros(2)
-    return -np.asarray(truth["sample.position_um"], dtype=float) / (lam_nm * 1e-3 * _curvature_radius_um(station, truth))
+    s = np.asarray(truth["sample.position_um"], dtype=float)
+    return -s / (lam_nm * 1e-3 * _curvature_radius_um(station, truth))
 
 
 def spectrum_samples(centroid_nm: float, fwhm_nm: float, points: int):

@@ -164,8 +164,7 @@ class StationModel(nn.Module):
         distance from the LED): the tile centre's plane wave (``k_j``, the spectrum's shift) times
         ``exp(i pi |x|^2 / (lambda R))`` to second order in the position ``x`` from the tile centre
         (on the transmission's grid; :meth:`curvature_tilt` keeps it on the tile when the sample is
-        displaced).
-        That factor moves the illumination frequency across the field by ``x / (lambda R)``: at the
+        displaced). That factor moves the illumination frequency across the field by ``x / (lambda R)``: at the
         border of a 208 um field 90 mm below, 0.0012 in NA, which decides on which side of the pupil
         edge an LED near it falls. Taken alike for every LED with ``R`` the distance along the axis
         (the LED board's nominal distance plus ``illumination.distance_error_mm``, a slide of
@@ -177,10 +176,16 @@ class StationModel(nn.Module):
         if not g.spherical_illumination:
             return None
         d = self.illumination.distance_error_mm
-        r_um = 1e3 * (g.led_distance_mm + d - g.slide_thickness_mm + g.slide_thickness_mm / g.slide_index)
         x = (torch.arange(g.object_px, dtype=d.dtype, device=d.device) - g.object_px / 2) * g.object_pixel_um
-        phase = math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (g.wavelength_um * r_um)
+        phase = math.pi * (x[None, :] ** 2 + x[:, None] ** 2) / (g.wavelength_um * self._curvature_radius_um())
         return torch.polar(torch.ones_like(phase), phase)
+
+    def _curvature_radius_um(self) -> torch.Tensor:
+        """``R`` of :meth:`illumination_phase` (um): the LED board's fitted distance, a slide of
+        thickness ``t`` and index ``n`` counting ``t / n``."""
+        g = self.geometry
+        t = g.slide_thickness_mm
+        return 1e3 * (g.led_distance_mm + self.illumination.distance_error_mm - t + t / g.slide_index)
 
     def curvature_tilt(self):
         """The illumination frequency (cycles/um, shape (2,)) the waves' curvature adds for a sample
@@ -195,9 +200,7 @@ class StationModel(nn.Module):
         g = self.geometry
         if not g.spherical_illumination:
             return None
-        r_um = 1e3 * (g.led_distance_mm + self.illumination.distance_error_mm - g.slide_thickness_mm
-                      + g.slide_thickness_mm / g.slide_index)
-        return -self.sample.position_um / (g.wavelength_um * r_um)
+        return -self.sample.position_um / (g.wavelength_um * self._curvature_radius_um())
 
     def illuminated_spectrum(self) -> torch.Tensor:
         """Centred spectrum of the sample as the LEDs light it, shape (N, N) complex: the
