@@ -35,7 +35,7 @@ from dataclasses import replace
 import numpy as np
 from common import machine, standard_lens, standard_misalignment, standard_station
 
-from metrology.render import RealPhysics, render_intensity
+from metrology.render import RealPhysics, field_side, render_intensity
 from metrology.solver.refit_budget import EDGE_KEY
 from metrology.references import _synthesise, broadband_coefficients
 from metrology.simulate import check_misalignment
@@ -71,8 +71,7 @@ def render_capture(station, leds, lens, truth, consts, seed, photons=2e4, spheri
     (``spherical``: each LED's exact spherical wave, as whenever the station states it)."""
     n, up = station.frame_px, station.upsampling
     pix = consts["camera_pixel_um"] / consts["magnification"]
-    n_large = int(round(n * (1 + 2 * MARGIN_FRACTION)))
-    n_large += (n_large - n) % 2
+    n_large = field_side(n, MARGIN_FRACTION)
     sample = _synthesise(*broadband_coefficients(n_large * pix, seed=seed), n_large * up * 2)
     physics = RealPhysics(margin=MARGIN_FRACTION, centroid_nm=consts["centroid_nm"], fwhm_nm=consts["fwhm_nm"],
                           spectral_points=5, pixel_integration=True, emitter_points=3,

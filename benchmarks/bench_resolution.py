@@ -23,7 +23,7 @@ import torch
 from common import machine, standard_station
 
 from metrology.analysis import resolution as ra
-from metrology.render import RealPhysics, render_intensity
+from metrology.render import RealPhysics, field_side, render_intensity
 from metrology.simulate import check_misalignment
 
 PERIODS_UM = (8.0, 6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.6)
@@ -34,8 +34,7 @@ def target_capture(station, leds, seed: int = 1, photons: float = 2e4):
     """Frames of the grating target (clear glass around the frame) and the target's layout."""
     n, up = station.frame_px, station.upsampling
     pixel = station.camera_pixel_um / station.magnification
-    n_large = int(round(n * (1 + 2 * MARGIN)))
-    n_large += (n_large - n) % 2
+    n_large = field_side(n, MARGIN)
     image, patches, blanks = ra.grating_target(n * up, pixel / up, PERIODS_UM)
     large = np.ones((n_large * up,) * 2, dtype=np.complex128)
     c0 = (n_large - n) // 2 * up

@@ -40,7 +40,7 @@ from common import ROOT, machine, standard_lens, standard_misalignment, standard
 from metrology.analysis import resolution as ra
 from metrology.io.capture import Capture, write_capture
 from metrology.physics.illumination import max_nominal_illumination_na
-from metrology.render import RealPhysics, render_intensity
+from metrology.render import RealPhysics, field_side, render_intensity
 from metrology.simulate import check_misalignment
 
 SPEC = ROOT / "fixtures" / "specs" / "plan-4x-010.toml"
@@ -97,8 +97,7 @@ def render_target(station, leds, truth, lens, consts, seed: int, photons: float 
     from the centre of the reconstruction grid's pixel [0, 0])."""
     n, up = station.frame_px, station.upsampling
     pixel = station.camera_pixel_um / station.magnification  # stated object pixel (the tool's grid)
-    n_large = int(round(n * (1 + 2 * MARGIN)))
-    n_large += (n_large - n) % 2
+    n_large = field_side(n, MARGIN)
     fine = 2  # the renderer's lattice is twice as fine as the tool's reconstruction grid
     image, patches, blanks = ra.grating_target(n * up * fine, pixel / (up * fine), PERIODS_UM)
     large = np.ones((n_large * up * fine,) * 2, dtype=np.complex128)

@@ -206,6 +206,15 @@ def _station_as_true(station, physics: RealPhysics):
     return station.replace(**changes) if changes else station
 
 
+def field_side(frame_px: int, margin: float) -> int:
+    """Side (camera pixels) of the rendered field around a ``frame_px`` frame with ``margin`` (a
+    fraction of the frame on each side): ``round(frame_px (1 + 2 margin))``, made to differ from
+    ``frame_px`` by an even count so that the frame sits centred, ``(side - frame_px) // 2`` pixels
+    from the field's edge. A sample for :func:`render_intensity` spans this side."""
+    side = int(round(frame_px * (1.0 + 2.0 * margin)))
+    return side + (side - frame_px) % 2
+
+
 def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zernike_waves, physics: RealPhysics,
                      *, log_amplitude=None, progress=None) -> np.ndarray:
     """Noise-free frames (intensity, clear sample = 1 on axis), shape (J, n, n), float64.
@@ -228,10 +237,7 @@ def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zerni
     mag = physics.true_magnification or station.magnification
     cam_px = physics.true_pixel_um or station.camera_pixel_um
     pixel = cam_px / mag  # true object-side pixel (um)
-    pad = 1.0 + 2.0 * physics.margin
-    n_large = int(round(n * pad))
-    if (n_large - n) % 2:
-        n_large += 1
+    n_large = field_side(n, physics.margin)
     fov_large = n_large * pixel
     m_side = large_sample.shape[0]
     na = physics.true_na or station.na

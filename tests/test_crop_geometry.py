@@ -21,7 +21,7 @@ from metrology.io.station_file import load_station
 from metrology.physics import StationModel
 from metrology.pipeline_field import combine_station
 from metrology.references import reference_transmission
-from metrology.render import RealPhysics, render_intensity
+from metrology.render import RealPhysics, field_side, render_intensity
 from metrology.simulate import check_misalignment
 from metrology.solver import NoiseModel, reconstruct
 from metrology.solver.schedule import station_schedule
@@ -45,8 +45,7 @@ def _capture():
                                 "illumination.distance_error_mm": 1.5,
                                 "illumination.brightness": 1 + 0.05 * rng.normal(size=len(LEDS))}, len(LEDS))
     pixel = station.camera_pixel_um / station.magnification
-    n_large = int(round(BIG * (1 + 2 * MARGIN)))
-    n_large += (n_large - BIG) % 2
+    n_large = field_side(BIG, MARGIN)
     sample = reference_transmission("random-broadband", n_large * pixel, n_large * UP, seed=4)
     physics = RealPhysics(margin=MARGIN, emitter_points=1, spherical_illumination=True)
     inten = render_intensity(station, LEDS, truth, sample, lens, physics)

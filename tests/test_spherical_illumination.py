@@ -18,7 +18,7 @@ import torch
 from metrology.io.station_file import load_station, parse_station
 from metrology.physics import StationModel
 from metrology.references import reference_transmission
-from metrology.render import RealPhysics, _spherical_residual, render_intensity
+from metrology.render import RealPhysics, _spherical_residual, field_side, render_intensity
 from metrology.simulate import check_misalignment
 from metrology.simulate_optics import illumination_frequencies, led_positions_mm
 from tests.physics_cases import small_geometry
@@ -79,8 +79,7 @@ def test_pupil_edge_frames_follow_the_rendered_spherical_waves():
     lens = np.zeros(15)
     lens[[4, 6, 7, 10]] = [0.03, -0.02, 0.015, 0.02]
     pixel = station.camera_pixel_um / station.magnification
-    n_large = int(round(n * (1 + 2 * margin)))
-    n_large += (n_large - n) % 2
+    n_large = field_side(n, margin)
     sample = reference_transmission("random-broadband", n_large * pixel, n_large * up, seed=4)
     rendered = {s: render_intensity(station, leds, truth, sample, lens,
                                     RealPhysics(margin=margin, emitter_points=3, spectral_points=1, spherical_illumination=s))
