@@ -35,6 +35,7 @@ from dataclasses import replace
 import numpy as np
 from common import machine, standard_lens, standard_misalignment, standard_station
 
+from metrology.analysis.spec import Validity
 from metrology.render import RealPhysics, field_side, render_intensity
 from metrology.solver.refit_budget import EDGE_KEY
 from metrology.references import _synthesise, broadband_coefficients
@@ -236,10 +237,11 @@ def valid(r) -> bool:
     """The verdict's validity checks (metrology.analysis.spec.Validity defaults): a fit the tool
     would judge, with the pupil edge's re-fit converged where U has its term; the others end
     INCONCLUSIVE and are counted, not measured."""
+    limits = Validity()
     eff = r.get("effective_data_fraction")
     edge_ok = (r.get("edge_refit") or {}).get("converged", True)
-    return bool(r["converged"] and edge_ok and r["reduced_chi2"] <= 4.0 and r["at_bounds"] == 0
-                and (eff is None or eff >= 0.2))
+    return bool(r["converged"] and edge_ok and r["reduced_chi2"] <= limits.max_reduced_chi2
+                and r["at_bounds"] == 0 and (eff is None or eff >= limits.min_effective_data_fraction))
 
 
 def summarise(rows):
