@@ -95,6 +95,8 @@ def test_unknown_key_rejected(tmp_path, old, new, key):
         ('"11" = 0.04', '"4" = 0.04', "limits.term.4"),
         ("coma = 0.05", "coma = -1", "limits.family.coma"),
         ("max_saturated_fraction = 0.05", "max_saturated_fraction = 2", "validity.max_saturated_fraction"),
+        ("max_saturated_fraction = 0.05", "max_saturated_fraction = 0.05\nmax_border_bounded_fraction = -0.1",
+         "validity.max_border_bounded_fraction"),
         ("shift_mm = 1.5", "shift_mm = -1.5", "validity.max_station_misalignment.shift_mm"),
         ("rms_waves_max = 0.07", "rms_waves_max = 'small'", "limits.rms_waves_max"),
     ],

@@ -1,5 +1,6 @@
 """Decision rule and judge(): PASS / FAIL / INCONCLUSIVE, and validity blocks."""
 
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
@@ -167,6 +168,41 @@ def test_sample_pixels_on_bounds_are_one_sentence(spec):
     (reason,) = [r for r in v.reasons if "sample values" in r]
     assert f"{len(names)} reconstructed sample values ended on their bounds (25 % of the sample's values" in reason
     assert len(reason) < 200 and "field_real[" not in reason
+
+
+def _border_names(side, count, inside=0):
+    """``count`` sample element names on the frame's first row (outer eighth) and ``inside`` at the
+    centre of a (side, side) field."""
+    centre = (side // 2) * side + side // 2
+    return ([f"sample.field_real[{k}]" for k in range(count)]
+            + [f"sample.field_imag[{centre + k}]" for k in range(inside)])
+
+
+def test_a_few_sample_values_pinned_at_the_border_are_a_warning(spec):
+    """A handful of sample values on their bounds, all in the outer eighth of the field and at most
+    ``validity.max_border_bounded_fraction`` of the sample's values, do not block: the lens is
+    judged and the sentence is a warning. One more inside, too many at the border, or a spec that
+    sets the fraction to 0 make it INCONCLUSIVE."""
+    side = 128  # 2 * 128^2 values: 0.1 % is 32
+    m = _measurement(_lens_coeffs("good"), at_bounds=_border_names(side, 5))
+    m.arrays["sample_px"] = side
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "PASS" and v.valid
+    assert any("5 reconstructed sample values" in w and "100 % of them in the outer eighth" in w for w in v.warnings)
+
+    for names in (_border_names(side, 5, inside=1), _border_names(side, 40)):
+        m = _measurement(_lens_coeffs("good"), at_bounds=names)
+        m.arrays["sample_px"] = side
+        v = judge(m, spec, n_draws=200)
+        assert v.overall == "INCONCLUSIVE" and any("sample values" in r for r in v.reasons), names[-1]
+
+    m = _measurement(_lens_coeffs("good"), at_bounds=_border_names(side, 5))  # where they lie unknown
+    assert judge(m, spec, n_draws=200).overall == "INCONCLUSIVE"
+
+    strict = dataclasses.replace(spec, validity=dataclasses.replace(spec.validity, max_border_bounded_fraction=0.0))
+    m = _measurement(_lens_coeffs("good"), at_bounds=_border_names(side, 1))
+    m.arrays["sample_px"] = side
+    assert judge(m, strict, n_draws=200).overall == "INCONCLUSIVE"
 
 
 def test_a_fit_that_did_not_converge_gives_one_short_reason(spec):

@@ -95,6 +95,12 @@ class Validity:
     max_reduced_chi2: float = 4.0
     min_effective_data_fraction: float = 0.2
     max_saturated_fraction: float = 0.05
+    max_border_bounded_fraction: float = 0.001
+    """Sample values on their search bounds in the outer eighth of the reconstructed field, up to this
+    fraction of the sample's values, are a warning; more, or any inside, make the measurement invalid
+    (0: any blocks). The border is where a periodic model meets a real, non-periodic field and where
+    the margin lies outside the camera frame, so a few values pinned there say the sample is not
+    measured there, not that the lens is not."""
     max_condition_number: float = 1e8
     max_station_misalignment: MisalignmentLimits = field(default_factory=MisalignmentLimits)
     wavelength_tolerance_nm: float = 1.0
@@ -361,6 +367,7 @@ def _parse_validity(data: dict, v: Validity, src) -> None:
     """``[validity]`` and its ``max_station_misalignment`` (keys: the registry's LED geometry)."""
     val = _table(src, data, "validity", "")
     _keys(src, val, "validity.", {"max_reduced_chi2", "max_saturated_fraction", "max_condition_number",
+                                  "max_border_bounded_fraction",
                                   "max_station_misalignment", "wavelength_tolerance_nm", "na_tolerance",
                                   "min_effective_data_fraction", "require_calibration"})
     if "require_calibration" in val:
@@ -371,6 +378,7 @@ def _parse_validity(data: dict, v: Validity, src) -> None:
     for key, lo_ok, text in (
         ("max_reduced_chi2", lambda x: x > 0, "must be > 0"),
         ("max_saturated_fraction", lambda x: 0 <= x <= 1, "must be in [0, 1]"),
+        ("max_border_bounded_fraction", lambda x: 0 <= x <= 1, "must be in [0, 1]"),
         ("min_effective_data_fraction", lambda x: 0 <= x <= 1, "must be in [0, 1]"),
         ("max_condition_number", lambda x: x >= 1, "must be >= 1"),
         ("wavelength_tolerance_nm", lambda x: x >= 0, "must be >= 0"),

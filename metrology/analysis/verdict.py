@@ -117,19 +117,36 @@ def solver_reason(message: str) -> str:
     return f"solver did not converge: {why}" if why else "solver did not converge"
 
 
+def _border_share(names, side: int | None) -> float | None:
+    """Share of the named sample elements in the outer eighth of the (side, side) field (element
+    ``k`` of an (N, N) map is row ``k // N``), or None when the side is not known."""
+    if not side:
+        return None
+    idx = np.asarray([parse_element(x)[1] for x in names])
+    rows, cols = np.divmod(idx, side)
+    edge = np.minimum(np.minimum(rows, cols), np.minimum(side - 1 - rows, side - 1 - cols)) < side // 8
+    return float(edge.mean())
+
+
 def bounded_pixels_sentence(names, side: int | None = None) -> str:
     """One sentence summarising sample pixels on their bounds: count, and where (frame border or
-    inside) when the grid side is known (element ``k`` of an (N, N) map is row ``k // N``)."""
+    inside) when the grid side is known."""
     n = len(names)
     where = ""
-    if side:
-        idx = [parse_element(x)[1] for x in names]
-        rows, cols = np.divmod(np.asarray(idx), side)
-        edge = np.minimum(np.minimum(rows, cols), np.minimum(side - 1 - rows, side - 1 - cols)) < side // 8
-        where = f", {100 * edge.mean():.0f} % of them in the outer eighth of the field"
-        frac = n / (2 * side * side)
-        where = f" ({100 * frac:.2g} % of the sample's values{where})"
+    share = _border_share(names, side)
+    if share is not None:
+        where = f" ({100 * n / (2 * side * side):.2g} % of the sample's values, {100 * share:.0f} % of them in the outer eighth of the field)"
     return f"{n} reconstructed sample values ended on their bounds{where}: the sample is not measured there"
+
+
+def sample_bounds_block(names, side: int | None, max_border_fraction: float) -> bool:
+    """Whether sample values on their bounds make the measurement invalid: any inside the outer
+    eighth of the field, more than ``max_border_fraction`` of the sample's values (real and
+    imaginary parts of a (side, side) field), or where they lie is unknown."""
+    share = _border_share(names, side)
+    if share is None or share < 1.0:
+        return True
+    return len(names) / (2 * side * side) > max_border_fraction
 
 
 def validity_findings(measurement: Measurement, spec: LensSpec, station_status: dict | None = None):
@@ -153,7 +170,9 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
         blocking.append("fitted parameters ended on their search bounds (the best fit lies outside the "
                         "allowed range; their uncertainties do not hold): " + _few(others))
     if pixels:
-        blocking.append(bounded_pixels_sentence(pixels, measurement.arrays.get("sample_px")))
+        side = measurement.arrays.get("sample_px")
+        block = sample_bounds_block(pixels, side, v.max_border_bounded_fraction)
+        (blocking if block else warnings).append(bounded_pixels_sentence(pixels, side))
     if leds:
         warnings.append(f"{len(leds)} LED brightness value(s) ended on a search bound: {_few(leds)}")
     chi2 = float(sol.reduced_chi2)
