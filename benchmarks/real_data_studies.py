@@ -26,7 +26,7 @@ ASSUMED = {
 }
 
 TERMS = ("pixel integration", "LED spectral width", "margin (non-periodic field)", "two-circle vignetting",
-         "cos^p emission", "learned data weights", "source-averaged pupil edge")
+         "cos^p emission", "learned data weights", "source-averaged pupil edge", "stray light")
 
 
 def configuration(colour: str, crop_px: int, off: frozenset) -> dict:
@@ -41,6 +41,7 @@ def configuration(colour: str, crop_px: int, off: frozenset) -> dict:
             "vignetting": ASSUMED["vignetting"] if on("two-circle vignetting") else None,
             "emission_exponent": ASSUMED["emission_exponent"] if on("cos^p emission") else 0.0,
             "led_size_mm": ASSUMED["led_size_mm"],
+            "stray_light": on("stray light"),
         },
         "data_weights": on("learned data weights"),
         "edge": "source" if on("source-averaged pupil edge") else "coverage",
@@ -63,7 +64,9 @@ def fit_real(capture, station, config: dict, iterations: int, zernike_terms: int
     schedule = dataclasses.replace(station_schedule(g, "blind", max_iterations=iterations),
                                    data_weights=config["data_weights"])
     c0, t0 = time.process_time(), time.perf_counter()
-    fit = reconstruct(model, capture.frames, foreign_noise(capture), schedule)
+    # with each frame's stray light fitted, the background is held at the description's HDR offset
+    fit = reconstruct(model, capture.frames, foreign_noise(capture), schedule,
+                      background_counts=st.background_counts if st.stray_light else None)
     return model, fit, time.process_time() - c0, time.perf_counter() - t0
 
 

@@ -210,6 +210,11 @@ PARAMETERS = (
     # per-LED brightness carries the rest, with a prior about the law (metrology.solver.priors)
     Parameter("illumination.emission_exponent", (), "", "LED angular emission law exponent p (cos^p)", "station",
               label="LED emission exponent", bounds=(-10.0, 30.0)),
+    # each frame's uniform stray light (flare): freed by the station schedule where the station states
+    # lens.stray_light (UConn red: a per-frame uniform offset took the mean chi2 per pixel 13.2 -> 5.6,
+    # docs/real-data.md); a per-frame nuisance like the brightness (compressed Jacobian columns)
+    Parameter("illumination.stray_light", ("leds",), "", "per-LED uniform stray light, clear-pupil intensity",
+              "nuisance", label="Stray light", bounds=(-1.0, 10.0)),
     Parameter("pupil.zernike_waves", ("zernike_terms",), "waves", "pupil phase, Noll coefficients, waves", "lens",
               key="zernike_waves", bounds=(-2.0, 2.0), fit=Fit(0.01, stages=_ZERNIKE_STAGES)),
     Parameter("pupil.log_amplitude", ("zernike_terms",), "", "pupil log-amplitude (apodisation), Noll coefficients",

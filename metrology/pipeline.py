@@ -300,6 +300,8 @@ def measure(loaded: LoadedInputs, mode: str = "known", max_iterations: int | Non
             schedule,
             initialise_geometry=not any(p.startswith("illumination.") for p in frozen),
             progress=_watch_loss(on_iteration),
+            # stray light fitted: the background is held at the camera's stated dark offset
+            background_counts=loaded.station.background_counts if model.geometry.stray_light else None,
         )
     except NonFiniteFit as exc:
         return not_measured(loaded, mode, schedule, data, str(exc), time.perf_counter() - t0, device)

@@ -86,6 +86,33 @@ def test_operator_products_are_adjoint(station):
     np.testing.assert_allclose(jtj.numpy(), station.lin.normal()[0].numpy(), rtol=1e-9, atol=1e-9)
 
 
+def test_operator_products_are_adjoint_with_two_per_frame_parameters(station):
+    """The same with each frame's stray light freed beside its brightness (two compressed per-frame
+    tangents): adjoint products, and ``J_s^T J_s`` the linearisation's normal matrix."""
+    from metrology.solver.schedule import ParameterSpec
+
+    model = station.model
+    with torch.no_grad():
+        model.illumination.stray_light.copy_(torch.linspace(0.0, 0.01, len(model.illumination.stray_light)))
+    try:
+        specs = station.specs + [ParameterSpec("illumination.stray_light", 0.001)]
+        lin = linearise(model, station.data, station.scale, station.noise, specs)
+        op = JointOperator(model, station.data, station.scale, station.noise, lin, torch.zeros(len(lin.columns.names)))
+        g = torch.Generator().manual_seed(2)
+        vs = torch.randn((3, op.p), generator=g, dtype=torch.float64)
+        w = torch.randn((3,) + tuple(station.data.shape), generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            lhs = (op.system_forward(vs) * w).sum((1, 2, 3))
+            rhs = (vs * op.system_adjoint(w)).sum(1)
+            jtj = op.system_adjoint(op.system_forward(torch.eye(op.p, dtype=torch.float64)))
+        np.testing.assert_allclose(lhs.numpy(), rhs.numpy(), rtol=1e-10)
+        np.testing.assert_allclose(jtj.numpy(), lin.normal()[0].numpy(), rtol=1e-9, atol=1e-9)
+        assert sum(p == "illumination.stray_light" for p in lin.columns.paths) == model.geometry.n_leds
+    finally:
+        with torch.no_grad():
+            model.illumination.stray_light.zero_()
+
+
 @pytest.fixture(scope="module")
 def dense(station):
     """The joint information ``H`` written out, and its pseudo-inverse."""

@@ -71,6 +71,7 @@ def test_gradients_non_zero_where_physics_says_so():
         "illumination.distance_error_mm",
         "illumination.tilt_deg",
         "illumination.brightness",
+        "illumination.stray_light",
         "pupil.na",
         "sample.defocus_um",
         "sample.position_um",

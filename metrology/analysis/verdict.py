@@ -163,7 +163,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     if not sol.converged:
         blocking.append(solver_reason(sol.message))
     pinned = list(sol.at_bounds)
-    leds = [n for n in pinned if n.startswith("illumination.brightness")]
+    leds = [n for n in pinned if n.startswith(("illumination.brightness", "illumination.stray_light"))]
     pixels = [n for n in pinned if n.startswith("sample.field")]
     others = [n for n in pinned if n not in leds and n not in pixels]
     if others:
@@ -174,7 +174,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
         block = sample_bounds_block(pixels, side, v.max_border_bounded_fraction)
         (blocking if block else warnings).append(bounded_pixels_sentence(pixels, side))
     if leds:
-        warnings.append(f"{len(leds)} LED brightness value(s) ended on a search bound: {_few(leds)}")
+        warnings.append(f"{len(leds)} LED brightness or stray-light value(s) ended on a search bound: {_few(leds)}")
     chi2 = float(sol.reduced_chi2)
     if not math.isfinite(chi2) or chi2 > v.max_reduced_chi2:
         blocking.append(f"fit residual too large: reduced chi2 {chi2:.3g} > {v.max_reduced_chi2:g}")

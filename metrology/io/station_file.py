@@ -87,6 +87,7 @@ class StationDescription:
     emission_exponent: float = 0.0
     spherical_illumination: bool = False
     vignetting: tuple | None = None
+    stray_light: bool = False  # each frame's uniform stray light fitted (illumination.stray_light)
     margin_px: int | None = None
     zernike_terms: int = 36
     tile_center_mm: tuple = (0.0, 0.0)
@@ -159,6 +160,7 @@ class StationDescription:
             emission_exponent=self.emission_exponent,
             spherical_illumination=self.spherical_illumination,
             vignetting=None if self.vignetting is None else tuple(self.vignetting),
+            stray_light=self.stray_light,
             margin_px=self.margin_px or 0,
         )
 

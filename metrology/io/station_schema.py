@@ -112,6 +112,7 @@ SCHEMA = {
     ("led_array", "emission_exponent"): ("emission_exponent", "float", 0.0, None),
     ("led_array", "spherical_illumination"): ("spherical_illumination", "bool", False, None),
     ("lens", "vignetting"): ("vignetting", "triple", None, _vignetting),
+    ("lens", "stray_light"): ("stray_light", "bool", False, None),
     ("reconstruction", "upsampling"): ("upsampling", "int", None, _in(1, MAX_UPSAMPLING)),
     ("reconstruction", "zernike_terms"): ("zernike_terms", "int", 36, _zterms),
     ("reconstruction", "margin_px"): ("margin_px", "int", None, _margin),

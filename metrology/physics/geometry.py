@@ -66,6 +66,10 @@ class StationGeometry:
         Camera pixels of sample modelled beyond each side of the frame: the frame is the central
         crop of the image of a larger (periodic) field, so light from outside the frame reaches its
         border as on a real slide (0: the frame itself is the periodic field).
+    stray_light : bool
+        Each frame carries a uniform haze of its LED's light that reached the camera off the imaging
+        path (flare, glare off mounts and barrel): ``illumination.stray_light`` is fitted, one value
+        per LED (False: held at 0).
     spherical_illumination : bool
         Each LED lights the sample with a spherical wave, not a plane wave: across the modelled
         field the illumination angle changes by ``x / R`` (``R`` the LED distance, reduced by a
@@ -96,6 +100,7 @@ class StationGeometry:
     spectral_points: int = 2
     vignetting: tuple | None = None
     spherical_illumination: bool = False
+    stray_light: bool = False
 
     def __post_init__(self):
         checks = [

@@ -64,6 +64,10 @@ class Illumination(nn.Module):
         sample ``cos(theta)^p`` as brightly as one on the axis (``p = n + 3`` for a ``cos^n``
         emitter on a flat board: ``cos^3`` from the distance and the obliquity; 4 for a Lambertian
         LED). Fitted from the brightness pattern, with a prior (:mod:`metrology.solver.priors`).
+    stray_light : (J,)
+        Uniform intensity each LED adds to its own frame off the imaging path (flare, glare off the
+        optics' mounts), in units of the clear-pupil intensity of that LED (so it scales with the
+        LED's gain); 0 nominal, fitted where the station states ``lens.stray_light``.
     """
 
     def __init__(self, geometry: StationGeometry, dtype=torch.float32):
@@ -76,6 +80,7 @@ class Illumination(nn.Module):
         self.tilt_deg = nn.Parameter(torch.zeros(2, dtype=dtype))
         self.brightness = nn.Parameter(torch.ones(j, dtype=dtype))
         self.emission_exponent = nn.Parameter(torch.tensor(float(geometry.emission_exponent), dtype=dtype))
+        self.stray_light = nn.Parameter(torch.zeros(j, dtype=dtype))
 
     def led_positions_mm(self) -> torch.Tensor:
         """LED positions after misalignment.

@@ -376,9 +376,16 @@ class StationModel(nn.Module):
         gain = self.illumination.brightness * self.illumination.emission() * self.exposure
         return gain if indices is None else gain[indices]
 
+    def frame_stray_light(self, indices=None) -> torch.Tensor:
+        """Per-frame uniform stray light (J',), in clear-pupil intensity (``illumination.stray_light``)."""
+        s = self.illumination.stray_light
+        return s if indices is None else s[indices]
+
     def forward(self, indices=None) -> torch.Tensor:
-        """Modelled frames in counts, shape (J', n, n) (``indices`` selects LEDs, default all)."""
-        return self.camera(self.intensity(indices), self.frame_gain(indices))
+        """Modelled frames in counts, shape (J', n, n) (``indices`` selects LEDs, default all):
+        ``camera(intensity + stray light, gain)``."""
+        return self.camera(self.intensity(indices) + self.frame_stray_light(indices)[:, None, None],
+                           self.frame_gain(indices))
 
     # ------------------------------------------------------------------ parameters
     def parameter(self, path: str) -> nn.Parameter:

@@ -1,8 +1,8 @@
 """Normal equations and the spectral meat from the Jacobian's tangents, in float64, in chunks.
 
 :class:`metrology.solver.jacobian.Linearisation` keeps the Jacobian as tangents ``t_all`` (T, J, n, n):
-the plain columns' tangents and, last, the compressed brightness tangent (the column of LED ``j``
-lives in frame ``j`` only). This module assembles from them ``J^T J`` and ``J^T r`` (whole, per frame
+the plain columns' tangents and, last, one compressed tangent per per-frame parameter
+(:data:`PER_FRAME_PATHS`: the column of LED ``j`` lives in frame ``j`` only). This module assembles from them ``J^T J`` and ``J^T r`` (whole, per frame
 group, per image region) and ``J^T S J`` with the residuals' own spatial covariance, a chunk of
 frames at a time so that the float64 copy of the whole set is never held.
 """
@@ -10,6 +10,9 @@ frames at a time so that the float64 copy of the whole set is never held.
 from __future__ import annotations
 
 import torch
+
+PER_FRAME_PATHS = ("illumination.brightness", "illumination.stray_light")
+"""Per-LED parameters that act on their own frame only: each is one compressed tangent, in this order."""
 
 MEAT_CHUNK = 16
 """Frames per chunk of the spectral meat (memory)."""
@@ -27,6 +30,23 @@ def block_index(n: int, blocks: int) -> list:
             cols = torch.arange(edges[b], edges[b + 1])
             out.append((rows[:, None] * n + cols[None, :]).reshape(-1))
     return out
+
+
+def frame_groups(cols, bright) -> list:
+    """The per-frame columns ``bright`` split by parameter, in :data:`PER_FRAME_PATHS` order, the
+    parameters without a column left out: group ``g``'s tangent is ``t_all[n_plain + g]``. Returns a
+    list of ``{led: column}``."""
+    groups = [{cols.flat_index[i]: i for i in bright if cols.paths[i] == path} for path in PER_FRAME_PATHS]
+    return [g for g in groups if g]
+
+
+def _pairs(frames: list, a: dict, b: dict, dev):
+    """Frames of a chunk whose LED has a column in both groups ``a`` and ``b``: positions and the two
+    columns, as index tensors; None when there is none."""
+    both = [(k, a[j], b[j]) for k, j in enumerate(frames) if j in a and j in b]
+    if not both:
+        return None
+    return tuple(torch.as_tensor(x, dtype=torch.long, device=dev) for x in zip(*both))
 
 
 def lit_frames(frames: list, col_of_led: dict, dev):
@@ -86,22 +106,32 @@ def spectral_meat(t_all, r, mask, cols, plain, bright, smooth_px: int = MEAT_SMO
     meat = torch.zeros((p_total, p_total), dtype=torch.float64, device=dev)
     n_plain = len(plain)
     pi = torch.as_tensor(plain, dtype=torch.long, device=dev)
-    col_of_led = {cols.flat_index[i]: i for i in bright}
+    groups = frame_groups(cols, bright)
     for start in range(0, r.shape[0], MEAT_CHUNK):  # frame chunks bound the memory
         frames = list(range(start, min(start + MEAT_CHUNK, r.shape[0])))
         w = weight[frames]
         fp = torch.view_as_real(torch.fft.rfft2(t_all[:n_plain, frames].double()) * w).reshape(n_plain, len(frames), -1)
         flat = fp.reshape(n_plain, -1)
         meat[pi[:, None], pi[None, :]] += flat @ flat.T
-        lit = lit_frames(frames, col_of_led, dev)
-        if lit is not None:
+        if groups:
+            fg = torch.view_as_real(torch.fft.rfft2(t_all[n_plain:, frames].double()) * w).reshape(len(groups), len(frames), -1)
+        for g, col_of_led in enumerate(groups):
+            lit = lit_frames(frames, col_of_led, dev)
+            if lit is None:
+                continue
             ks, ci = lit
-            fb = torch.view_as_real(torch.fft.rfft2(t_all[n_plain, [frames[k] for k in ks.tolist()]].double()) * w[ks])
-            fb = fb.reshape(len(ks), -1)
+            fb = fg[g, ks]
             meat[ci, ci] += (fb**2).sum(dim=1)
             cross = torch.einsum("pjk,jk->pj", fp[:, ks], fb)
             meat[pi[:, None], ci[None, :]] += cross
             meat[ci[:, None], pi[None, :]] += cross.T
+            for h in range(g):
+                both = _pairs(frames, groups[h], col_of_led, dev)
+                if both is not None:
+                    ks2, ch, cg = both
+                    c = (fg[h, ks2] * fg[g, ks2]).sum(dim=1)
+                    meat[ch, cg] += c
+                    meat[cg, ch] += c
     return meat
 
 
@@ -113,8 +143,8 @@ float64 once (the whole set, 1.3 GB at 225 x 128^2 in float64, is never held).""
 def assemble(t_all, r, cols, plain, bright, frames):
     """``J^T J`` and ``J^T r`` restricted to ``frames`` (None: all frames), in float64.
 
-    ``t_all`` (T, J, ...) holds the plain columns' tangents and, last, the compressed brightness
-    tangent (the column of LED j lives in frame j). The frames are taken :data:`ASSEMBLE_CHUNK` at a
+    ``t_all`` (T, J, ...) holds the plain columns' tangents and, last, the compressed per-frame
+    tangents (:func:`frame_groups`: the column of LED j lives in frame j). The frames are taken :data:`ASSEMBLE_CHUNK` at a
     time, each chunk converted to float64 once for both the plain block and the brightness terms.
     """
     n_plain = len(plain)
@@ -125,7 +155,7 @@ def assemble(t_all, r, cols, plain, bright, frames):
     plain_jtj = torch.zeros((n_plain, n_plain), dtype=torch.float64, device=dev)
     plain_jtr = torch.zeros(n_plain, dtype=torch.float64, device=dev)
     pi = torch.as_tensor(plain, dtype=torch.long, device=dev)
-    col_of_led = {cols.flat_index[i]: i for i in bright}
+    groups = frame_groups(cols, bright)
     order = list(range(t_all.shape[1])) if frames is None else [int(f) for f in frames]
     for start in range(0, len(order), ASSEMBLE_CHUNK):
         idx = order[start : start + ASSEMBLE_CHUNK]
@@ -135,15 +165,24 @@ def assemble(t_all, r, cols, plain, bright, frames):
         tp = chunk[:n_plain].reshape(n_plain, -1)
         plain_jtj += tp @ tp.T
         plain_jtr += tp @ rc.reshape(-1)
-        lit = lit_frames(idx, col_of_led, dev)
-        if lit is not None:
+        for g, col_of_led in enumerate(groups):
+            lit = lit_frames(idx, col_of_led, dev)
+            if lit is None:
+                continue
             ks, bi = lit
-            bcol = chunk[n_plain, ks]  # (L, pixels): each lit LED's column in its own frame
+            bcol = chunk[n_plain + g, ks]  # (L, pixels): each lit LED's column in its own frame
             jtj[bi, bi] = (bcol**2).sum(dim=1)
             cross = torch.einsum("pjx,jx->pj", chunk[:n_plain, ks], bcol)
             jtj[pi[:, None], bi[None, :]] = cross
             jtj[bi[:, None], pi[None, :]] = cross.T
             jtr[bi] = (bcol * rc[ks]).sum(dim=1)
+            for h in range(g):  # two per-frame parameters of one LED share its frame
+                both = _pairs(idx, groups[h], col_of_led, dev)
+                if both is not None:
+                    ks2, ch, cg = both
+                    c = (chunk[n_plain + h, ks2] * chunk[n_plain + g, ks2]).sum(dim=1)
+                    jtj[ch, cg] = c
+                    jtj[cg, ch] = c
     jtj[pi[:, None], pi[None, :]] = plain_jtj
     jtr[pi] = plain_jtr
     return jtj, jtr

@@ -4,8 +4,9 @@
 (``torch.func.jvp``, batched over tangents with ``vmap``) through the cheap part of the model (the
 frames' field spectra on the pupil box, their gains and the background), and the camera part
 (inverse FFT, ``|.|^2``, pixel quadrature, whitened square root) in closed form. Per-LED brightness
-affects only its own frame, so a single tangent (all brightnesses at once) yields all of their
-columns ("column compression"). The columns are kept as (T, J, n, n) tangents; ``J^T J`` and
+(and stray light) affects only its own frame, so a single tangent (all brightnesses at once) yields
+all of their columns ("column compression", one tangent per such parameter,
+:data:`metrology.solver.assembly.PER_FRAME_PATHS`). The columns are kept as (T, J, n, n) tangents; ``J^T J`` and
 ``J^T r`` are assembled from them in float64.
 
 Residuals are whitened amplitude residuals ``r = 2 sqrt(g) (sqrt(M + c) - sqrt(D + c))`` (unit
@@ -22,17 +23,20 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from metrology.parameters import element_name
-from metrology.solver.assembly import assemble, per_block, spectral_meat
+from metrology.solver.assembly import PER_FRAME_PATHS, assemble, per_block, spectral_meat
 from metrology.solver.losses import _offset, _roots
 
 BRIGHTNESS = "illumination.brightness"
+STRAY_LIGHT = "illumination.stray_light"
 ZERNIKE = "pupil.zernike_waves"
 DEFOCUS = "sample.defocus_um"
 POSITION = "sample.position_um"
 PHASE_PATHS = (ZERNIKE, DEFOCUS, POSITION)
 """Parameters that move only the phase of the frames' box spectra: their tangents in closed form."""
-GAIN_PATHS = (BRIGHTNESS, "illumination.emission_exponent", "camera.counts_per_unit", "camera.background_counts")
-"""Parameters that move only the frames' gain or the background: forward mode through those alone."""
+GAIN_PATHS = (BRIGHTNESS, "illumination.emission_exponent", "camera.counts_per_unit", "camera.background_counts",
+              STRAY_LIGHT)
+"""Parameters that move only the frames' stray light, gain or the background: forward mode through
+those alone."""
 TANGENT_CHUNK_ELEMENTS = 1 << 23
 """Pupil-box elements (tangents x frames x box pixels) per batched forward-mode pass of
 :func:`linearise`: 225 LEDs with a 105-pixel box take 3 tangents at once (memory)."""
@@ -89,7 +93,8 @@ class Linearisation:
     """The whitened residuals and their Jacobian at one point (see :func:`linearise`).
 
     ``tangents`` holds one (J, n, n) Jacobian column per plain column and, last, the compressed
-    brightness tangent (column j lives in frame j).
+    per-frame tangents (one per parameter of :data:`PER_FRAME_PATHS` present; its column j lives in
+    frame j); ``bright`` lists the per-frame columns.
     """
 
     tangents: torch.Tensor  # (T, J, n, n)
@@ -141,8 +146,8 @@ class Linearisation:
 class _FrameParts(nn.Module):
     """The cheap, parameter-dependent part of a model's frames as one module call (for
     ``functional_call``): per spectral node the field spectrum on the pupil box and the uniform
-    term (:meth:`StationModel.frame_parts`), then the per-frame gain (camera scale included) and
-    the background."""
+    term (:meth:`StationModel.frame_parts`), then the per-frame stray light, the per-frame gain
+    (camera scale included) and the background."""
 
     def __init__(self, model):
         super().__init__()
@@ -153,7 +158,7 @@ class _FrameParts(nn.Module):
         parts = m.frame_parts()
         uniform = [u for _, _, u in parts if u is not None]
         return tuple(spec for _, spec, _ in parts) + tuple(uniform) + (
-            m.camera.counts_per_unit * m.frame_gain(), m.camera.background_counts)
+            m.frame_stray_light(), m.camera.counts_per_unit * m.frame_gain(), m.camera.background_counts)
 
 
 def linearise(model, data, mask, noise, specs, pixel_points: int | None = None) -> Linearisation:
@@ -218,7 +223,7 @@ def linearise(model, data, mask, noise, specs, pixel_points: int | None = None) 
                     t_all[row] = camera.tangent(along(tans[pi][row]))
                 continue
             if paths[pi] in GAIN_PATHS:  # forward mode through the gain and background alone
-                still = [torch.zeros_like(x) for x in p0[:-2]]
+                still = [torch.zeros_like(x) for x in p0[:-3]]
                 _by_forward_mode(camera, gain_of, primals, pi, tans[pi], rows, chunk, t_all, still)
             else:
                 _by_forward_mode(camera, parts_of, primals, pi, tans[pi], rows, chunk, t_all)
@@ -284,8 +289,8 @@ def _phase_parts_tangent(model, nodes, parts, path: str):
 
 
 class _GainParts(nn.Module):
-    """The per-frame gain (camera scale included) and the background of :class:`_FrameParts` alone:
-    what the parameters of :data:`GAIN_PATHS` move."""
+    """The per-frame stray light, gain (camera scale included) and the background of
+    :class:`_FrameParts` alone: what the parameters of :data:`GAIN_PATHS` move."""
 
     def __init__(self, model):
         super().__init__()
@@ -293,7 +298,7 @@ class _GainParts(nn.Module):
 
     def forward(self):
         m = self.model
-        return m.camera.counts_per_unit * m.frame_gain(), m.camera.background_counts
+        return m.frame_stray_light(), m.camera.counts_per_unit * m.frame_gain(), m.camera.background_counts
 
 
 class _CameraPart:
@@ -302,7 +307,7 @@ class _CameraPart:
 
     def __init__(self, model, nodes, parts, data, mask, noise, pixel_points=None):
         self.model, self.nodes = model, nodes
-        specs, uniform = parts[: len(nodes)], parts[len(nodes) : -2]
+        specs, uniform, stray = parts[: len(nodes)], parts[len(nodes) : -3], parts[-3]
         self.gain, background = parts[-2], parts[-1]
         # computed once, kept for the tangents
         per_node = [list(model.camera_fields(spec, pixel_points)) for spec in specs]
@@ -310,6 +315,7 @@ class _CameraPart:
                        for si, ((_, weight), node) in enumerate(zip(nodes, per_node)) for w, ramp, f in node]
         self.intensity = model.intensity_of([(weight, spec, uniform[si] if uniform else None)
                                              for si, ((_, weight), spec) in enumerate(zip(nodes, specs))], per_node)
+        self.intensity = self.intensity + stray[:, None, None]
         signal = self.gain[:, None, None] * self.intensity
         c = _offset(noise.gain_e_per_count, noise.read_noise_counts)
         sm, sd = _roots(signal + background, data, background, c)
@@ -322,8 +328,8 @@ class _CameraPart:
         """The residual's tangent (J, n, n) from one tangent of the parts (as :class:`_FrameParts`
         returns them, without the tangent axis)."""
         k = len(self.nodes)
-        dspecs, duniform, dgain, dbg = d_parts[:k], d_parts[k:-2], d_parts[-2], d_parts[-1]
-        d_int = 0.0
+        dspecs, duniform, dstray, dgain, dbg = d_parts[:k], d_parts[k:-3], d_parts[-3], d_parts[-2], d_parts[-1]
+        d_int = dstray[:, None, None]
         for si, w, ramp, f in self.fields:
             ds = dspecs[si]
             if not bool(ds.any()):
@@ -337,8 +343,8 @@ class _CameraPart:
 
 
 def _tangent_definitions(model, specs):
-    """The columns of ``specs`` and their tangents: plain columns one tangent each, the
-    brightnesses compressed into one last tangent.
+    """The columns of ``specs`` and their tangents: plain columns one tangent each, then each
+    per-frame parameter (:data:`PER_FRAME_PATHS`, in that order) compressed into one tangent.
 
     Returns ``columns``, ``paths`` (the free parameters, once each), ``primals`` (their detached
     values) and ``(plain, bright, tangents)``: column indices, and one tangent tensor per path,
@@ -346,9 +352,10 @@ def _tangent_definitions(model, specs):
     cols = columns_for(model, specs)
     paths = list(dict.fromkeys(s.path for s in specs))
     primals = tuple(model.parameter(p).detach() for p in paths)
-    plain = [i for i, p in enumerate(cols.paths) if p != BRIGHTNESS]
-    bright = [i for i, p in enumerate(cols.paths) if p == BRIGHTNESS]
-    tangent_defs = [[i] for i in plain] + ([bright] if bright else [])
+    plain = [i for i, p in enumerate(cols.paths) if p not in PER_FRAME_PATHS]
+    bright = [i for i, p in enumerate(cols.paths) if p in PER_FRAME_PATHS]
+    groups = [[i for i in bright if cols.paths[i] == path] for path in PER_FRAME_PATHS]
+    tangent_defs = [[i] for i in plain] + [g for g in groups if g]
     tans = [torch.zeros((len(tangent_defs),) + tuple(p.shape), dtype=p.dtype, device=p.device) for p in primals]
     for ti, members in enumerate(tangent_defs):
         for ci in members:

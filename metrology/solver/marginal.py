@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
+from metrology.solver.assembly import frame_groups
 from metrology.solver.jacobian import Linearisation, psd_inverse, whitened_residual
 
 SAMPLE_PATHS = ("sample.field_real", "sample.field_imag")
@@ -82,8 +83,9 @@ class JointOperator:
         self.sample_prior = float(sample_prior)
         self.n_plain = len(lin.plain)
         self.plain = torch.as_tensor(lin.plain, dtype=torch.long)
-        self.bright = torch.as_tensor(lin.bright, dtype=torch.long)
-        self.leds = torch.as_tensor([lin.columns.flat_index[i] for i in lin.bright], dtype=torch.long)
+        # per-frame columns, one compressed tangent per parameter (assembly.frame_groups): (columns, LEDs)
+        self.groups = [(torch.as_tensor(list(g.values()), dtype=torch.long), torch.as_tensor(list(g), dtype=torch.long))
+                       for g in frame_groups(lin.columns, lin.bright)]
         self.p = len(lin.columns.names)
         primals = tuple(model.parameter(p).detach() for p in SAMPLE_PATHS)
         background = model.camera.background_counts.detach()
@@ -100,9 +102,8 @@ class JointOperator:
         """``J_s v`` (K, J, n, n) for system vectors ``vs`` (K, P)."""
         t = self.lin.tangents.double()
         out = torch.einsum("kp,pjab->kjab", vs[:, self.plain], t[: self.n_plain])
-        if len(self.bright):
-            tb = t[self.n_plain]
-            out[:, self.leds] += vs[:, self.bright, None, None] * tb[self.leds][None]
+        for g, (cols, leds) in enumerate(self.groups):
+            out[:, leds] += vs[:, cols, None, None] * t[self.n_plain + g][leds][None]
         return out
 
     def system_adjoint(self, w: torch.Tensor) -> torch.Tensor:
@@ -110,8 +111,8 @@ class JointOperator:
         t = self.lin.tangents.double()
         out = w.new_zeros((w.shape[0], self.p))
         out[:, self.plain] = torch.einsum("kjab,pjab->kp", w, t[: self.n_plain])
-        if len(self.bright):
-            out[:, self.bright] = (w[:, self.leds] * t[self.n_plain][self.leds][None]).sum((-2, -1))
+        for g, (cols, leds) in enumerate(self.groups):
+            out[:, cols] = (w[:, leds] * t[self.n_plain + g][leds][None]).sum((-2, -1))
         return out
 
     def sample_forward(self, vo: torch.Tensor) -> torch.Tensor:

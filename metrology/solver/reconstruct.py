@@ -100,10 +100,11 @@ def _objective(model, data, mask, noise, schedule, reference, weighting: Weighti
 
 
 
-def prepare(model: StationModel, frames, noise: NoiseModel):
-    """Data tensor, fit mask, data quality and background estimate of a capture."""
+def prepare(model: StationModel, frames, noise: NoiseModel, background: float | None = None):
+    """Data tensor, fit mask, data quality and background of a capture (``background``: the camera's
+    dark offset in counts where known, else estimated from the darkest frames)."""
     data_np = np.asarray(frames, dtype=np.float64)
-    background = estimate_background(data_np)
+    background = estimate_background(data_np) if background is None else float(background)
     mask_np, quality = assess(data_np, noise, background)
     dtype, dev = model.pupil.na.dtype, model.pupil.na.device
     data = torch.as_tensor(data_np, dtype=dtype, device=dev)
@@ -122,6 +123,7 @@ def reconstruct(
     progress=None,
     reference_transmission=None,
     observe=None,
+    background_counts: float | None = None,
 ) -> FitResult:
     """Fit the station model to a capture.
 
@@ -150,13 +152,18 @@ def reconstruct(
     reference_transmission : array-like, optional
         Given in blind mode when the model's sample already holds a start (else the start makes one
         from the bright-field frames).
+    background_counts : float, optional
+        The camera's dark offset (counts) where known and held (stray light fitted: the darkest
+        frames' level would count their stray light as offset); None: from the darkest frames.
+
+    Length: the documentation of its options; the body is the fit's stages in order.
 
     Returns
     -------
     FitResult
     """
     t0 = time.perf_counter()
-    data, mask, quality, background = prepare(model, frames, noise)
+    data, mask, quality, background = prepare(model, frames, noise, background_counts)
     model.edge_softening_px = schedule.edge_softening(0)  # the start sees the smooth edge too
     summary = start(model, data, mask, background, schedule, search_geometry=initialise_geometry, ranges=ranges,
                     observe=observe, sample_given=reference_transmission is not None)

@@ -253,14 +253,26 @@ def parameters_at_bounds(model, schedule: Schedule, rtol: float = 1e-6) -> list[
 
 
 VIGNETTING_PATHS = ("pupil.vignetting_radius", "pupil.vignetting_center")
+STRAY_LIGHT = "illumination.stray_light"
+BACKGROUND = "camera.background_counts"
 
 
 def station_schedule(geometry, mode: str = "known", max_iterations: int | None = None) -> Schedule:
-    """The default schedule for a station's geometry: :func:`default_schedule`, plus the two-circle
-    vignetting's aperture (``pupil.vignetting_*``) when the station states one (released with the
-    low-order aberrations; without it those parameters have no effect and stay out of the fit)."""
+    """The default schedule for a station's geometry: :func:`default_schedule`, plus
+
+    * the two-circle vignetting's aperture (``pupil.vignetting_*``) when the station states one
+      (released with the low-order aberrations; without it those parameters have no effect and stay
+      out of the fit);
+    * each frame's stray light (``illumination.stray_light``) when the station states
+      ``lens.stray_light``, released with the low-order aberrations. The camera background is then
+      held at its start: a common offset of every frame is the background or the sum of the stray
+      light, an exact gauge of the two.
+    """
     schedule = default_schedule(mode, geometry.zernike_terms, max_iterations)
-    if geometry.vignetting is None:
-        return schedule
-    extra = tuple(ParameterSpec(path, 0.01, 1, BY_PATH[path].bounds) for path in VIGNETTING_PATHS)
-    return replace(schedule, parameters=schedule.parameters + extra)
+    params = schedule.parameters
+    if geometry.vignetting is not None:
+        params = params + tuple(ParameterSpec(path, 0.01, 1, BY_PATH[path].bounds) for path in VIGNETTING_PATHS)
+    if geometry.stray_light:
+        params = tuple(p for p in params if p.path != BACKGROUND) + (
+            ParameterSpec(STRAY_LIGHT, 0.001, 1, BY_PATH[STRAY_LIGHT].bounds),)
+    return schedule if params == schedule.parameters else replace(schedule, parameters=params)

@@ -124,8 +124,9 @@ def _fitted_estimates(model, paths, index: dict, total: np.ndarray) -> list:
 
 
 def identifiability(names, cf: torch.Tensor, jtj: torch.Tensor) -> Identifiability:
-    """Correlation matrix, condition number and unidentifiable parameters (brightness excluded)."""
-    keep = [i for i, n in enumerate(names) if not n.startswith("illumination.brightness")]
+    """Correlation matrix, condition number and unidentifiable parameters (the per-frame nuisances,
+    LED brightness and stray light, excluded)."""
+    keep = [i for i, n in enumerate(names) if not n.startswith(("illumination.brightness", "illumination.stray_light"))]
     sub = cf[keep][:, keep]
     sd = torch.sqrt(sub.diagonal().clamp(min=1e-300))
     corr = torch.nan_to_num(sub / sd[:, None] / sd[None, :]).clamp(-1, 1)
