@@ -76,8 +76,17 @@ class Block:
             out[path] = flat.reshape(p.shape)
         return out
 
+    def finite(self) -> bool:
+        """Whether every value of the block is a finite number."""
+        with torch.no_grad():
+            return bool(torch.isfinite(self.theta()).all())
+
     def project_and_store(self) -> None:
-        """Write the values back into the model, clamped to the bounds."""
+        """Write the values back into the model, clamped to the bounds; a pass that left any value
+        non-finite is not stored (the model keeps the values it had; on a real capture a joint
+        settle pass once turned every parameter into NaN)."""
+        if not self.finite():
+            return
         with torch.no_grad():
             theta = torch.maximum(torch.minimum(self.theta(), self.upper), self.lower)
             for path in self.paths:
@@ -115,7 +124,14 @@ class SampleBlock:
         t = self.transmission()
         return {"sample.field_real": t.real, "sample.field_imag": t.imag}
 
+    def finite(self) -> bool:
+        with torch.no_grad():
+            return bool(torch.isfinite(self.transmission()).all())
+
     def project_and_store(self) -> None:
+        """Write the sample back into the model, unless any value is non-finite (then it keeps its own)."""
+        if not self.finite():
+            return
         with torch.no_grad():
             t = self.transmission()
             self.model.sample.field_real.copy_(t.real)
@@ -139,8 +155,10 @@ class JointBlock:
         return out
 
     def project_and_store(self) -> None:
-        for block in self.blocks:
-            block.project_and_store()
+        """Store every block, or none when any holds a non-finite value."""
+        if all(block.finite() for block in self.blocks):
+            for block in self.blocks:
+                block.project_and_store()
 
 
 INNER_ITERATIONS = 10

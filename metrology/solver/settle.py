@@ -13,6 +13,8 @@ instead (``H^-1 J^T W r`` over (system, sample) by the budget's preconditioned c
 
 from __future__ import annotations
 
+import torch
+
 from metrology.solver.blocks import Block, JointBlock, SampleBlock, lbfgs
 from metrology.solver.polish import POLISH_STEPS, POLISH_TOLERANCE, polish, remaining_step_sigma
 
@@ -40,6 +42,9 @@ def sample_settled(model, data, mask, noise, schedule, evaluate, weighting, syst
     step = min(p.step for p in schedule.sample_parameters())
     outputs, steps, worst = None, 0, float("inf")
     for rounds in range(1, schedule.settle_rounds + 1):
+        if not bool(torch.isfinite(jtj).all()):  # a non-finite Jacobian: nothing to test or whiten with
+            return (False, f"not converged: the Gauss-Newton information is not finite (settle round {rounds})",
+                    *(outputs or (None, None, None)), steps)
         block = SampleBlock(model, step)
         opt, closure = lbfgs(block, evaluate, SETTLE_SAMPLE_STEPS)
         opt.step(closure)
