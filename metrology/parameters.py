@@ -284,6 +284,10 @@ TRACKED = paths(drift=True)
 """The station state tracked by calibration audits and reported with its uncertainty: every
 parameter with a drift rule (LED board geometry, sample pose)."""
 
+PER_FRAME = paths(shape=("leds",))
+"""Per-LED parameters that act on their LED's own frame only (brightness, stray light): one
+compressed Jacobian tangent each, and nuisances whose bound hits are warnings."""
+
 GEOMETRY = paths(role="station", magnitude=True)
 """The LED board geometry (station parameters with a magnitude): what the spec's
 ``validity.max_station_misalignment`` bounds and what a geometry search sets."""

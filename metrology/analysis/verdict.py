@@ -22,7 +22,7 @@ from metrology.analysis.propagation import MTF_AZIMUTHS_DEG, N_DRAWS, SEED, deri
 from metrology.analysis.spec import LensSpec, MisalignmentLimits
 from metrology.measurement import Measurement
 from metrology.orderings import noll_to_nm, zernike_name
-from metrology.parameters import noll_of, parse_element, station_magnitudes
+from metrology.parameters import PER_FRAME, noll_of, parse_element, station_magnitudes
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 
@@ -163,7 +163,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     if not sol.converged:
         blocking.append(solver_reason(sol.message))
     pinned = list(sol.at_bounds)
-    leds = [n for n in pinned if n.startswith(("illumination.brightness", "illumination.stray_light"))]
+    leds = [n for n in pinned if n.startswith(PER_FRAME)]
     pixels = [n for n in pinned if n.startswith("sample.field")]
     others = [n for n in pinned if n not in leds and n not in pixels]
     if others:

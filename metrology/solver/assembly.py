@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-PER_FRAME_PATHS = ("illumination.brightness", "illumination.stray_light")
-"""Per-LED parameters that act on their own frame only: each is one compressed tangent, in this order."""
+from metrology.parameters import PER_FRAME as PER_FRAME_PATHS  # one compressed tangent each, in this order
 
 MEAT_CHUNK = 16
 """Frames per chunk of the spectral meat (memory)."""

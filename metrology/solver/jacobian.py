@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from metrology.parameters import element_name
-from metrology.solver.assembly import PER_FRAME_PATHS, assemble, per_block, spectral_meat
+from metrology.solver.assembly import PER_FRAME_PATHS, assemble, frame_groups, per_block, spectral_meat
 from metrology.solver.losses import _offset, _roots
 
 BRIGHTNESS = "illumination.brightness"
@@ -354,8 +354,8 @@ def _tangent_definitions(model, specs):
     primals = tuple(model.parameter(p).detach() for p in paths)
     plain = [i for i, p in enumerate(cols.paths) if p not in PER_FRAME_PATHS]
     bright = [i for i, p in enumerate(cols.paths) if p in PER_FRAME_PATHS]
-    groups = [[i for i in bright if cols.paths[i] == path] for path in PER_FRAME_PATHS]
-    tangent_defs = [[i] for i in plain] + [g for g in groups if g]
+    # the tangents' order is the assembly's (frame_groups): group g is tangent len(plain) + g
+    tangent_defs = [[i] for i in plain] + [list(g.values()) for g in frame_groups(cols, bright)]
     tans = [torch.zeros((len(tangent_defs),) + tuple(p.shape), dtype=p.dtype, device=p.device) for p in primals]
     for ti, members in enumerate(tangent_defs):
         for ci in members:

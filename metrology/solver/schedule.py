@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from metrology.parameters import BY_PATH, GEOMETRY, MODES, SCHEDULE_ORDER
-from metrology.solver.jacobian import columns_for
+from metrology.solver.jacobian import STRAY_LIGHT, columns_for
 from metrology.solver.priors import default_priors
 
 
@@ -253,7 +253,6 @@ def parameters_at_bounds(model, schedule: Schedule, rtol: float = 1e-6) -> list[
 
 
 VIGNETTING_PATHS = ("pupil.vignetting_radius", "pupil.vignetting_center")
-STRAY_LIGHT = "illumination.stray_light"
 BACKGROUND = "camera.background_counts"
 
 
@@ -265,7 +264,7 @@ def station_schedule(geometry, mode: str = "known", max_iterations: int | None =
       out of the fit);
     * each frame's stray light (``illumination.stray_light``) when the station states
       ``lens.stray_light``, released with the low-order aberrations. The camera background is then
-      held at its start: a common offset of every frame is the background or the sum of the stray
+      held at its start (the station's stated dark offset, ``reconstruct(background_counts=)``): a common offset of every frame is the background or the sum of the stray
       light, an exact gauge of the two.
     """
     schedule = default_schedule(mode, geometry.zernike_terms, max_iterations)

@@ -35,7 +35,7 @@ from metrology.measurement import (
     UncertaintyParts,
 )
 from metrology.orderings import lens_only
-from metrology.parameters import BY_PATH, TRACKED, element_label, element_name, element_names
+from metrology.parameters import BY_PATH, PER_FRAME, TRACKED, element_label, element_name, element_names
 from metrology.solver.budget import (
     CONSTANTS, applicable_constants, constant_sensitivities, constants_covariance, contribution, in_stated_waves,
 )
@@ -126,7 +126,7 @@ def _fitted_estimates(model, paths, index: dict, total: np.ndarray) -> list:
 def identifiability(names, cf: torch.Tensor, jtj: torch.Tensor) -> Identifiability:
     """Correlation matrix, condition number and unidentifiable parameters (the per-frame nuisances,
     LED brightness and stray light, excluded)."""
-    keep = [i for i, n in enumerate(names) if not n.startswith(("illumination.brightness", "illumination.stray_light"))]
+    keep = [i for i, n in enumerate(names) if not n.startswith(PER_FRAME)]
     sub = cf[keep][:, keep]
     sd = torch.sqrt(sub.diagonal().clamp(min=1e-300))
     corr = torch.nan_to_num(sub / sd[:, None] / sd[None, :]).clamp(-1, 1)
