@@ -4,11 +4,14 @@ The same captures (default 16, small: 32x32-px frames, 7x7 LEDs of the fixture 4
 levels) are inspected end to end (fit, uncertainty, verdict, PDF + JSON, SQLite audit record) by
 each executor in turn, each capture with one torch thread. Prints, per executor: wall time,
 captures per hour, seconds per capture, the peak memory of each worker process, and whether the
-result documents equal those of the 1-process run (compared as JSON without timings and time stamps).
-CPU only: no GPU is used (``--device cpu``).
+result documents equal those of the 1-process run (compared as JSON without timings, time stamps,
+the report id and the audit record).
+The fits run on the CPU by default (``--device cpu``); ``--device cuda`` runs every fit on a GPU
+(each worker process its own CUDA context on the one GPU), ``jobsN`` any number of local workers.
 
     python benchmarks/bench_throughput.py                 # 16 captures, all three executors
     python benchmarks/bench_throughput.py --captures 4 --executors local,jobs2
+    python benchmarks/bench_throughput.py --device cuda --executors local,jobs2,jobs4
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def make_captures(n: int, frame_px: int, leds_per_side: int):
     return folder, station_path
 
 
-def run(name: str, executor, folder, station_path):
+def run(name: str, executor, folder, station_path, device: str = "cpu"):
     """Inspect every capture on ``executor``; return (wall s, outcomes, documents by serial)."""
     from metrology.batch import Job, collect_jobs, run_batch
 
@@ -60,7 +63,7 @@ def run(name: str, executor, folder, station_path):
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     base = Job(index=0, capture="", station=str(station_path), spec=str(SPEC), out_dir=str(out),
-               device="cpu", audit_db=str(out / "audit.sqlite"), threads=1)
+               device=device, audit_db=str(out / "audit.sqlite"), threads=1)
     jobs = collect_jobs([str(folder)], None, base=base)
     t0 = time.perf_counter()
     outcomes = run_batch(jobs, executor, resume=False, report=lambda line: print(f"  {name}: {line}", flush=True))
@@ -70,6 +73,9 @@ def run(name: str, executor, folder, station_path):
         if o.json_path:
             doc = json.loads(open(o.json_path).read())
             doc.pop("timings_s"), doc.pop("created_utc")
+            # the report id carries the time stamp; the audit record names the executor's own store and
+            # chains to whichever capture that store recorded before (the order workers finish in)
+            doc.get("report", {}).pop("id", None), doc.pop("audit_record", None)
             docs[doc["lens"]["serial"]] = doc
     return wall, outcomes, docs
 
@@ -79,21 +85,27 @@ def main(argv=None) -> int:
     p.add_argument("--captures", type=int, default=16)
     p.add_argument("--frame-px", type=int, default=32)
     p.add_argument("--leds", type=int, default=7, help="LEDs per side (centre of the 15x15 board)")
-    p.add_argument("--executors", default="local,jobs2,ray", help="comma list of local, jobs2, ray")
+    p.add_argument("--executors", default="local,jobs2,ray", help="comma list of local, jobsN (N workers), ray")
+    p.add_argument("--device", default="cpu", help="where every fit runs: cpu (default), cuda, cuda:N")
     args = p.parse_args(argv)
     from metrology.batch.executors import make_executor
 
     print(f"machine: {machine()}")
-    print("GPU: none used (every fit on the CPU, --device cpu)")
+    if args.device == "cpu":
+        print("GPU: none used (every fit on the CPU, --device cpu)")
+    else:
+        import torch
+
+        print(f"GPU: every fit on {args.device} ({torch.cuda.get_device_name(torch.device(args.device))})")
     t0 = time.perf_counter()
     folder, station_path = make_captures(args.captures, args.frame_px, args.leds)
     print(f"{args.captures} captures: {args.leds}x{args.leds} LEDs, {args.frame_px}x{args.frame_px} px frames, "
           f"lens RMS levels {LEVELS} waves (simulated in {time.perf_counter() - t0:.1f} s)", flush=True)
-    specs = {"local": ("local", 1), "jobs2": ("local", 2), "ray": ("ray", None)}
     results = {}
     for name in args.executors.split(","):
-        executor = make_executor(*specs[name], threads=1)
-        results[name] = (executor.description,) + run(name, executor, folder, station_path)
+        spec = ("local", 1) if name == "local" else ("ray", None) if name == "ray" else ("local", int(name[4:]))
+        executor = make_executor(*spec, threads=1)
+        results[name] = (executor.description,) + run(name, executor, folder, station_path, args.device)
     reference = next(iter(results.values()))[3]
     rows = []
     for name, (description, wall, outcomes, docs) in results.items():
