@@ -5,7 +5,10 @@ with the solver's model: the frame is the central crop of a larger, non-periodic
 a hard circle on that field's finer lattice; the LED has a Gaussian spectrum and a finite emitter;
 each camera pixel integrates the intensity; with ``--spherical`` each LED's exact spherical wave
 lights the sample (``--model-spherical``: and the station states ``led_array.spherical_illumination``,
-the model's common curvature). Every trial draws a new lens, misalignment and noise,
+the model's common curvature); with ``--stray-light F`` each LED's veiling glare, a haze with a linear
+gradient across the frame (:class:`RealPhysics`), drawn per LED around ``F`` (clear-pupil units), which
+the station frees as its uniform stray-light term (``lens.stray_light``; ``--no-stray-model``: not, to
+print the bias without it). Every trial draws a new lens, misalignment and noise,
 and the station's constants as they really are from their stated uncertainties (the station
 file's ``[uncertainty]`` table): wavelength centroid, NA, magnification, camera pixel, LED pitch,
 emitter size, spectral width. The tool gets the station file's stated values and the reference
@@ -20,7 +23,8 @@ Parts:
   and FAIL, and the INCONCLUSIVE rate among lenses whose truth is more than 2U from the limit.
 
 Run: ``python benchmarks/bench_offmodel.py [--part trials|sweep] [--mode known|blind] [--trials 30]
-[--frame 48 --leds 9] [--workers N] [--spectral-points N] [--spherical] [--model-spherical] [--json out.json]``. Prints the machine.
+[--frame 48 --leds 9] [--workers N] [--spectral-points N] [--spherical] [--model-spherical]
+[--stray-light F [--stray-gradient G] [--no-stray-model]] [--json out.json]``. Prints the machine.
 """
 
 from __future__ import annotations
@@ -67,9 +71,10 @@ def draw_constants(station, rng) -> dict:
     }
 
 
-def render_capture(station, leds, lens, truth, consts, seed, photons=2e4, spherical=False):
+def render_capture(station, leds, lens, truth, consts, seed, photons=2e4, spherical=False, stray=None):
     """Noisy frames (uint16) and the FOV reference map (object grid) of one off-model capture
-    (``spherical``: each LED's exact spherical wave, as whenever the station states it)."""
+    (``spherical``: each LED's exact spherical wave, as whenever the station states it; ``stray``:
+    ``(per-LED mean glare, gradient)`` of :class:`RealPhysics`, or None)."""
     n, up = station.frame_px, station.upsampling
     pix = consts["camera_pixel_um"] / consts["magnification"]
     n_large = field_side(n, MARGIN_FRACTION)
@@ -78,7 +83,8 @@ def render_capture(station, leds, lens, truth, consts, seed, photons=2e4, spheri
                           spectral_points=5, pixel_integration=True, emitter_points=3,
                           true_na=consts["na"], true_pixel_um=consts["camera_pixel_um"],
                           true_magnification=consts["magnification"], true_pitch_mm=consts["pitch_mm"],
-                          spherical_illumination=spherical or station.spherical_illumination)
+                          spherical_illumination=spherical or station.spherical_illumination,
+                          stray_light=tuple(stray[0]) if stray else (), stray_gradient=stray[1] if stray else 0.0)
     rendered_station = station.replace(led_size_mm=consts["led_size_mm"])
     mis = check_misalignment(truth, len(leds))
     inten = render_intensity(rendered_station, leds, mis, sample, lens, physics)
@@ -108,7 +114,8 @@ def fit_capture(station, leds, frames, ref, mode, budget=None):
     model = StationModel(g, ref if mode != "blind" else None, None, dtype=torch.float32)
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale)
-    fit = reconstruct(model, frames, noise, station_schedule(g, mode))
+    fit = reconstruct(model, frames, noise, station_schedule(g, mode),
+                      background_counts=station.background_counts if g.stray_light else None)  # as the pipeline
     return fit, measurement_from_fit(fit, station.uncertainty, **(budget or {}))
 
 
@@ -137,12 +144,19 @@ def stated_constants(station) -> dict:
             "pitch_mm": station.led_pitch_mm, "led_size_mm": station.led_size_mm}
 
 
-def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spherical=False):
+def draw_stray(n_leds: int, level: float, seed: int) -> np.ndarray:
+    """Each LED's mean veiling glare: ``level`` times a log-uniform factor in [1/3, 3] (clear-pupil units)."""
+    return level * np.exp(np.random.default_rng([seed, 2026]).uniform(-math.log(3), math.log(3), n_leds))
+
+
+def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spherical=False, stray=None):
+    """One trial; ``stray``: ``(level, gradient)`` of the rendered veiling glare (:func:`draw_stray`), or None."""
     rng = np.random.default_rng([seed, 2024])
     lens = standard_lens(seed) if lens is None else lens
     truth = held_from_stated(standard_misalignment(seed, len(leds)), station, mode, seed)
     consts = stated_constants(station) if exact else draw_constants(station, rng)
-    frames, ref, mis = render_capture(station, leds, lens, truth, consts, seed, spherical=spherical)
+    glare = (draw_stray(len(leds), stray[0], seed), stray[1]) if stray else None
+    frames, ref, mis = render_capture(station, leds, lens, truth, consts, seed, spherical=spherical, stray=glare)
     fit, meas = fit_capture(station, leds, frames, ref, mode, budget)
     z = meas.zernike_waves
     e = z[4:15] - lens[4:15]
@@ -188,7 +202,15 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spheri
         # the same measurement's u without the wavelength's unit term (budget.in_stated_waves): the
         # budget before 2026-12-03 16:30 UTC, computed from the same fit
         "u_no_unit": no_unit[0], "u_rms_no_unit": no_unit[1],
+        "stray_error": stray_error(fit.model, glare[0]) if glare is not None and station.stray_light else None,
     }
+
+
+def stray_error(model, rendered: np.ndarray) -> dict:
+    """The fitted stray light against the rendered glare's mean (both clear-pupil units, per LED)."""
+    d = model.illumination.stray_light.detach().double().cpu().numpy() - rendered
+    return {"median_abs": float(np.median(np.abs(d))), "max_abs": float(np.abs(d).max()),
+            "median_rendered": float(np.median(rendered))}
 
 
 def without_unit_term(meas) -> tuple:
@@ -293,6 +315,10 @@ def summarise(rows):
         z = np.array([(r["na"] - r["na_effective_truth"]) / r["na_u"] for r in fitted])
         print(f" pupil edge NA (fitted): error median {np.median(rel):+.2f} %, range {rel.min():+.2f} to {rel.max():+.2f} %; "
               f"RMS(err/u) {np.sqrt(np.mean(z**2)):.2f}, coverage {100 * np.mean(np.abs(z) <= 2):.0f} % ({len(fitted)} trials)")
+    stray = [r["stray_error"] for r in rows if r.get("stray_error")]
+    if stray:  # the fitted uniform term against the rendered glare's mean (clear-pupil units)
+        print(f" stray light: |fitted - rendered mean| median {np.median([s['median_abs'] for s in stray]):.5f}, worst LED "
+              f"{max(s['max_abs'] for s in stray):.5f} (rendered median {np.median([s['median_rendered'] for s in stray]):.5f})")
     far = [(r, i) for r in rows for i in range(11) if abs(r["err"][i]) > 4 * r["u"][i]]
     for r, i in far:  # where U misses by more than 2 U: how small u was, and against what
         part = f", fit part {r['u_fit'][i]:.5f}" if r.get("u_fit") else ""
@@ -386,6 +412,13 @@ def main() -> None:
                     help="the model's wavelengths across the LED spectrum (default: the station's, 2)")
     ap.add_argument("--spherical", action="store_true",
                     help="each LED's exact spherical wave rendered (the model keeps the station's plane waves)")
+    ap.add_argument("--stray-light", type=float, default=0.0, metavar="F",
+                    help="render each LED's veiling glare around F (clear-pupil units, log-uniform F/3 to 3F) and "
+                         "state lens.stray_light (the model's uniform term)")
+    ap.add_argument("--stray-gradient", type=float, default=0.3,
+                    help="the glare's peak-to-peak change across the frame, fraction of its mean (default 0.3)")
+    ap.add_argument("--no-stray-model", action="store_true",
+                    help="with --stray-light: the station does not state the term (the bias without it)")
     ap.add_argument("--model-spherical", action="store_true",
                     help="the station states led_array.spherical_illumination: the model's common curvature "
                          "(and the rendering's spherical waves)")
@@ -396,6 +429,9 @@ def main() -> None:
         st = st.replace(spectral_points=args.spectral_points)
     if args.model_spherical:
         st = st.replace(spherical_illumination=True)
+    if args.stray_light and not args.no_stray_model:
+        st = st.replace(stray_light=True)
+    stray = (args.stray_light, args.stray_gradient) if args.stray_light else None
     h = args.leds // 2
     leds = [(r, c) for r in range(7 - h, 8 + h) for c in range(7 - h, 8 + h)]
     t0 = time.perf_counter()
@@ -407,7 +443,8 @@ def main() -> None:
                   "refit_radius": args.refit_radius, "refit_edge": args.refit_edge or None}
         seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
                  else [args.first_seed + k for k in range(args.trials)])
-        jobs = [(st, leds, seed, args.mode, None, args.exact_constants, budget, args.spherical) for seed in seeds]
+        jobs = [(st, leds, seed, args.mode, None, args.exact_constants, budget, args.spherical, stray)
+                for seed in seeds]
         for r in run_trials(jobs, args.workers, args.json):
             rows.append(r)
             print(f"  seed {r['seed']}: error {r['error_5_15']:.5f} waves, shift {r['shift_error_um']:.1f} um, "

@@ -24,6 +24,10 @@ model (``GUIDE.md``, "Avoid the inverse crime"):
   circle (another aperture of the lens seen from an off-axis field point);
 * **LED angular emission**: brightness ``cos^(n + 3)`` of the illumination angle (Lambertian-like
   emitter ``cos^n`` times the ``cos^3`` of distance and obliquity on the sample plane);
+* **veiling glare** (optional): each LED's light that reaches the camera off the imaging path (scatter
+  off the barrel, mounts and stop) as a smooth haze with a linear gradient across the frame along
+  the LED's azimuth; the model's stray-light term is uniform, so the gradient is the
+  part it does not represent;
 * **spherical illumination** (optional): each LED's wave is the exact spherical wave from its
   position, so the illumination angle changes across the field (two crops of one frame see
   different angles, as on a real station); without it the whole field sees the plane wave of the
@@ -75,6 +79,13 @@ class RealPhysics:
     spherical_illumination : bool
         Illuminate with each LED's exact spherical wave (the angle varies across the field; the
         tile centre ``station.tile_center_mm`` is the frame's centre); no slide allowed.
+    stray_light : tuple of float
+        Each LED's veiling glare, mean over the frame, in units of the clear-pupil on-axis intensity
+        (before the LED's emission law and brightness, which scale it as they scale the image);
+        empty: none.
+    stray_gradient : float
+        The glare's linear change across the frame, peak to peak as a fraction of its mean, along the
+        azimuth of the LED's illumination frequency.
     """
 
     margin: float = 0.5
@@ -91,6 +102,8 @@ class RealPhysics:
     true_pitch_mm: float | None = None
     true_distance_mm: float | None = None
     spherical_illumination: bool = False
+    stray_light: tuple = ()
+    stray_gradient: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -206,6 +219,18 @@ def _station_as_true(station, physics: RealPhysics):
     return station.replace(**changes) if changes else station
 
 
+def _veiling_glare(mean: np.ndarray, gradient: float, k: np.ndarray, n: int) -> np.ndarray:
+    """Each LED's haze over the frame, shape (J, n, n): ``mean_j (1 + gradient (x cos a_j + y sin a_j))``
+    with ``x, y`` in [-1/2, 1/2] frame widths and ``a_j`` the azimuth of the LED's illumination
+    frequency ``k_j`` (J, 2) (the on-axis LED's gradient along +x)."""
+    if mean.shape != (len(k),):
+        raise ValueError(f"stray_light must have one value per LED ({len(k)}), got shape {mean.shape}")
+    x = (np.arange(n) + 0.5) / n - 0.5
+    a = np.arctan2(k[:, 1], k[:, 0])
+    ramp = np.cos(a)[:, None, None] * x[None, None, :] + np.sin(a)[:, None, None] * x[None, :, None]
+    return mean[:, None, None] * (1.0 + gradient * ramp)
+
+
 def field_side(frame_px: int, margin: float) -> int:
     """Side (camera pixels) of the rendered field around a ``frame_px`` frame with ``margin`` (a
     fraction of the frame on each side): ``round(frame_px (1 + 2 margin))``, made to differ from
@@ -285,8 +310,10 @@ def render_intensity(station, leds, truth: dict, large_sample: np.ndarray, zerni
             out[j] += wl * _camera_pixels(acc, box2, (c0, n, q)) / len(ks)
             if progress is not None:
                 progress(j + 1, len(leds))
+    k0 = illumination_frequencies(geo, led_positions_mm(geo, leds, truth))
+    if len(physics.stray_light):
+        out += _veiling_glare(np.asarray(physics.stray_light, dtype=float), physics.stray_gradient, k0, n)
     if physics.emission_exponent is not None:
-        k0 = illumination_frequencies(geo, led_positions_mm(geo, leds, truth))
         s2 = np.clip((k0**2).sum(axis=1) * (lam0 * 1e-3) ** 2, 0.0, 0.999)
         out *= ((1.0 - s2) ** ((physics.emission_exponent + 3.0) / 2.0))[:, None, None]
     return out

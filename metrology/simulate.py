@@ -57,7 +57,7 @@ from metrology.misalignment import (  # noqa: F401  (re-exported: the simulator'
     nominal_misalignment,
 )
 from metrology.references import CATALOGUE, catalogue_over_field, reference_transmission
-from metrology.simulate_optics import illumination_frequencies, led_positions_mm, simulate_intensity
+from metrology.simulate_optics import emission_law, illumination_frequencies, led_positions_mm, simulate_intensity
 
 
 # ---------------------------------------------------------------------------- capture
@@ -72,7 +72,7 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
                      reference: str = "random-broadband", reference_seed: int = 0, oversample: int = 2,
                      photons: float = 2e4, hot_pixel_fraction: float = 0.0, blank_frames=(), progress=None,
                      noise: bool = True, lens=None, leds=None, led_subsources: int = 9, exposure_s: float = 0.01,
-                     dark_field_exposure: float = 1.0):
+                     dark_field_exposure: float = 1.0, stray_light=None):
     """Simulate a capture of ``station`` imaging a reference sample through a lens.
 
     Parameters
@@ -107,6 +107,11 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
         Emitter sub-sources per side (finite LED size).
     exposure_s : float
         Exposure of bright-field frames (s); dark-field frames get ``dark_field_exposure`` times it.
+    stray_light : float or array (J,), optional
+        Each frame's uniform haze of its LED's light that reached the camera off the imaging path,
+        in clear-pupil intensity (it scales with the LED's brightness and exposure as the image does;
+        the model's ``illumination.stray_light``, freed where the station states ``lens.stray_light``).
+        Recorded in the truth as ``illumination.stray_light``.
 
     Length: the documentation of its options; the steps are helpers (:func:`simulate_intensity`,
     :func:`_camera_counts`, :func:`_add_hot_pixels`, :func:`_lens_and_camera_truth`).
@@ -130,6 +135,10 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
     transmission = reference_transmission(reference, station.fov_um, n_fine, seed=reference_seed)
     intensity = simulate_intensity(station, leds, mis, transmission, coeffs, lens_na=lens_na,
                                    log_amplitude=log_amp, led_subsources=led_subsources, progress=progress)
+    stray = np.zeros(n_leds) if stray_light is None else np.broadcast_to(np.asarray(stray_light, float), (n_leds,))
+    if not (np.all(np.isfinite(stray)) and np.all(stray >= 0)):
+        raise InputError("stray_light", "must be finite and >= 0 (clear-pupil intensity)")
+    intensity = intensity + (stray * emission_law(station, leds, mis))[:, None, None]  # the LED's light, as the image
 
     bright = bright_field_mask(station, leds)
     exposure = np.where(bright, exposure_s, exposure_s * dark_field_exposure)
@@ -143,6 +152,8 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
     for j in blank_frames:
         frames[int(j)] = 0
     out_truth = dict(mis)
+    if stray_light is not None:
+        out_truth["illumination.stray_light"] = stray.tolist()
     out_truth.update(_lens_and_camera_truth(station, coeffs, lens_na, log_amp, photons / cam.photons_per_count))
     out_truth.update({
         "seed": int(seed),
@@ -247,7 +258,7 @@ def model_from_truth(station, truth: dict, transmission=None, dtype=None, leds=N
     la_t = np.asarray(truth.get("pupil.log_amplitude", []), dtype=np.float64)[:k]
     la[: len(la_t)] = la_t
     values["pupil.log_amplitude"] = la
-    for key in ("pupil.na", "camera.background_counts", "camera.counts_per_unit"):
+    for key in ("pupil.na", "camera.background_counts", "camera.counts_per_unit", "illumination.stray_light"):
         if key in truth:
             values[key] = truth[key]
     with torch.no_grad():

@@ -13,6 +13,7 @@ import torch
 from metrology import simulate as S
 from metrology import simulate_optics as O
 from metrology.cli import main
+from metrology.errors import InputError
 from metrology.io import read_capture
 from metrology.io.station_file import load_station
 from metrology.physics.zernike import evaluate_numpy
@@ -273,6 +274,45 @@ def test_hot_pixels_and_blank_frames(small):
     r, c = truth["hot_pixels"][0]
     assert (cap.frames[[0, 10, 40], r, c] > 0.9 * st.camera.full_scale).all()
     assert cap.frames[3].max() == 0 and truth["blank_frames"] == [3]
+
+
+def test_stray_light_adds_each_frames_haze_and_the_model_of_the_truth_reproduces_it(small):
+    """``simulate_capture(stray_light=s)``: frame ``j`` gains ``photons b_j e_j cos^p_j s_j / photons_per_count``
+    counts at every pixel (noise off), the truth records ``illumination.stray_light``, and the model
+    built from that truth adds the same counts as the simulator."""
+    st, leds = small
+    st = st.replace(emission_exponent=4.0)  # the haze is the LED's light: its emission law scales it too
+    leds = leds[::6]
+    s = np.linspace(0.0, 0.02, len(leds))
+    truth_in = {"illumination.brightness": np.linspace(0.9, 1.1, len(leds)).tolist()}
+    clear, _ = S.simulate_capture(st, np.zeros(15), truth_in, leds=leds, noise=False, led_subsources=1)
+    hazy, truth = S.simulate_capture(st, np.zeros(15), truth_in, leds=leds, noise=False, led_subsources=1,
+                                     stray_light=s)
+    emission = O.emission_law(st, leds, truth)
+    assert np.ptp(emission) > 0.01
+    gain = 2e4 * np.asarray(truth["illumination.brightness"]) * np.asarray(truth["relative_exposure"]) * emission
+    diff = hazy.frames.astype(np.float64) - clear.frames
+    np.testing.assert_allclose(diff, np.broadcast_to((gain * s / st.photons_per_count)[:, None, None], diff.shape),
+                               rtol=1e-5, atol=1e-6)
+    assert truth["illumination.stray_light"] == pytest.approx(s.tolist())
+    without = {k: v for k, v in truth.items() if k != "illumination.stray_light"}
+    models = [S.model_from_truth(st.replace(stray_light=True), t, leds=leds) for t in (without, truth)]
+    with torch.no_grad():
+        counts = [m().numpy() for m in models]
+    np.testing.assert_allclose(counts[1] - counts[0], diff, rtol=1e-5, atol=1e-5)  # float32 frames
+    with pytest.raises(InputError, match="stray_light"):
+        S.simulate_capture(st, np.zeros(15), None, leds=leds, noise=False, stray_light=-0.1)
+
+
+def test_cli_simulate_stray_light(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["simulate", "--station", str(STATION), "--lens", str(LENS), "--out", str(out), "--seed", "2",
+                 "--frame-px", "16", "--stray-light", "0.01"]) == 0
+    s = np.asarray(json.loads((out / "truth.json").read_text())["illumination.stray_light"])
+    assert s.shape == (225,) and s.min() >= 0.01 / 3 - 1e-12 and s.max() <= 0.03 + 1e-12 and np.ptp(s) > 0.01
+    rc = main(["simulate", "--station", str(STATION), "--lens", str(LENS), "--out", str(tmp_path / "o"),
+               "--stray-light", "-1"])
+    assert rc == 2 and "--stray-light" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_cli_simulate_writes_three_files(tmp_path, capsys):

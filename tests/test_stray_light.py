@@ -105,3 +105,41 @@ def test_a_known_fit_recovers_each_frames_stray_light(hazy_capture):
     assert np.abs(z[4:15] - coeffs[4:15]).max() <= 0.001
     _, plain = _fit(station, leds, frames, truth, stray=False)
     assert plain.reduced_chi2_noise > 5.0
+
+
+def test_the_renderer_adds_each_leds_veiling_glare_with_its_gradient():
+    """The off-model renderer's glare (:class:`metrology.render.RealPhysics`): with and without it the
+    frames differ by ``s_j (1 + G (x cos a_j + y sin a_j))`` times the LED's emission law, ``a_j`` the
+    azimuth of its illumination frequency: mean ``s_j`` over the frame (the part the model's uniform
+    term represents), and a gradient along the LED's azimuth that it does not."""
+    from metrology.render import RealPhysics, field_side, render_intensity
+    from metrology.references import reference_transmission
+    from metrology.simulate import check_misalignment
+    from metrology.simulate_optics import illumination_frequencies, led_positions_mm
+
+    station = load_station(FIXTURES / "stations" / "bench-4x-15x15.toml").replace(frame_px=16, upsampling=4,
+                                                                                 zernike_terms=10)
+    leds = [(7, 7), (7, 10), (4, 7)]  # on axis, along a board axis, along the other
+    truth = check_misalignment({}, len(leds))
+    pixel = station.camera_pixel_um / station.magnification
+    n_large = field_side(16, 0.25)
+    sample = reference_transmission("random-broadband", n_large * pixel, n_large * 4, seed=3)
+    s, grad = np.array([0.01, 0.002, 0.005]), 0.4
+    frames = [render_intensity(station, leds, truth, sample, np.zeros(10),
+                               RealPhysics(margin=0.25, spectral_points=1, emitter_points=1, emission_exponent=2.0,
+                                           stray_light=stray, stray_gradient=grad))
+              for stray in ((), tuple(s))]
+    k = illumination_frequencies(station, led_positions_mm(station, leds, truth))
+    emission = (1.0 - np.clip((k**2).sum(axis=1) * (station.wavelength_nm * 1e-3) ** 2, 0, 1)) ** 2.5
+    glare = (frames[1] - frames[0]) / emission[:, None, None]
+    np.testing.assert_allclose(glare.mean(axis=(1, 2)), s, rtol=1e-12)
+    x = (np.arange(16) + 0.5) / 16 - 0.5
+    a = np.arctan2(k[:, 1], k[:, 0])
+    ramp = np.cos(a)[:, None, None] * x[None, None, :] + np.sin(a)[:, None, None] * x[None, :, None]
+    np.testing.assert_allclose(glare, s[:, None, None] * (1 + grad * ramp), rtol=1e-10, atol=1e-15)
+    # the off-axis LEDs' glare changes along their own axis only
+    assert np.ptp(glare[1].mean(axis=0)) > 0.3 * s[1] and np.ptp(glare[1].mean(axis=1)) < 1e-12
+    assert np.ptp(glare[2].mean(axis=1)) > 0.3 * s[2] and np.ptp(glare[2].mean(axis=0)) < 1e-12
+    with pytest.raises(ValueError, match="one value per LED"):
+        render_intensity(station, leds, truth, sample, np.zeros(10),
+                         RealPhysics(margin=0.25, spectral_points=1, emitter_points=1, stray_light=(0.1,)))

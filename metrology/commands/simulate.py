@@ -33,7 +33,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--photons", type=float, default=2e4, metavar="P",
                    help="photo-electrons per pixel for unit intensity (default 2e4)")
     p.add_argument("--hot-pixels", type=float, default=0.0, metavar="FRAC", help="fraction of hot pixels (default 0)")
+    p.add_argument("--stray-light", type=float, default=0.0, metavar="F",
+                   help="each frame's uniform haze of its LED's light (flare), clear-pupil intensity: F times a "
+                   "log-uniform factor in [1/3, 3] per LED, seeded (default 0: none; the station's "
+                   "lens.stray_light frees the model's term)")
     p.set_defaults(func=run)
+
+
+def stray_levels(level: float, n_leds: int, seed: int) -> np.ndarray:
+    """Each LED's haze for ``--stray-light``: ``level`` times a log-uniform factor in [1/3, 3] (seeded)."""
+    rng = np.random.default_rng([seed, 3])
+    return level * np.exp(rng.uniform(-np.log(3.0), np.log(3.0), n_leds))
 
 
 def _misalignment(arg: str, n_leds: int, seed: int) -> dict:
@@ -86,6 +96,8 @@ def run(args) -> int:
         raise InputError("--photons", f"must be > 0, got {args.photons}")
     if not 0 <= args.hot_pixels < 1:
         raise InputError("--hot-pixels", f"must be in [0, 1), got {args.hot_pixels}")
+    if not (np.isfinite(args.stray_light) and args.stray_light >= 0):
+        raise InputError("--stray-light", f"must be >= 0 (clear-pupil intensity), got {args.stray_light}")
     leds = station.led_list()
     truth_in = _misalignment(args.misalignment, len(leds), args.seed)
     try:
@@ -99,8 +111,9 @@ def run(args) -> int:
         raise InputError(out, f"cannot create output folder: {exc.strerror or exc}") from None
     with Progress("simulate") as bar:
         if station.field_layout is not None:  # a full sensor frame, the pupil changing across the field
-            if args.hot_pixels:
-                raise InputError("--hot-pixels", "not available for full-field stations yet")
+            if args.hot_pixels or args.stray_light:
+                raise InputError("--hot-pixels" if args.hot_pixels else "--stray-light",
+                                 "not available for full-field stations yet")
             bar.stage("simulating full frames (one block of the field at a time)",
                       len(station.field_layout.blocks(station.fov_um / station.frame_px)))
             capture, truth = simulate_full_frame(station, lens, truth_in, seed=args.seed, reference=args.reference,
@@ -110,6 +123,7 @@ def run(args) -> int:
             capture, truth = simulate_capture(
                 station, coeffs, truth_in, seed=args.seed, reference=args.reference, photons=args.photons,
                 hot_pixel_fraction=args.hot_pixels, progress=bar, lens=lens, leds=leds,
+                stray_light=stray_levels(args.stray_light, len(leds), args.seed) if args.stray_light else None,
             )
     try:
         write_capture(out / "capture.tif", capture)
