@@ -451,8 +451,8 @@ def main() -> None:
                   f"chi2r {r['reduced_chi2']:.2f} (noise {r['reduced_chi2_noise']:.2f}), bounds {r['at_bounds']}, data fraction {r['effective_data_fraction'] or float('nan'):.2f}, "
                   f"{'converged' if r['converged'] else 'NOT converged'}, RMS(err/u) "
                   f"{np.sqrt(np.mean((np.array(r['err']) / np.array(r['u'])) ** 2)):.2f}, largest constant "
-                  f"{r['largest']}, {r['time_s']:.0f} s; NA {r['na']:.5f} (effective truth {r['na_effective_truth']:.5f})",
-                  flush=True)
+                  f"{r['largest']}, {r['time_s']:.0f} s; NA {r['na']:.5f} (effective truth {r['na_effective_truth']:.5f})"
+                  + ("" if r["converged"] else f"; {r['message'][:160]}"), flush=True)
         summarise(rows)
     print(f"\n{args.part} {args.mode}{' (constants as stated)' if args.exact_constants else ''}: {args.frame} px "
           f"frames, {len(leds)} LEDs, {time.perf_counter() - t0:.0f} s")
