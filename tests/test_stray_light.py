@@ -157,11 +157,16 @@ def test_stray_light_is_freed_in_the_dark_field_frames_alone():
     from dataclasses import replace
 
     from metrology.solver.reconstruct import dark_field_stray_light
+    from metrology.solver.schedule import STRAY_LIGHT_POLISH_STEPS
 
     g = small_geometry(frame_px=16, n_side=5, upsampling=4, zernike_terms=10, led_size_mm=0.3)
     g = replace(g, stray_light=True)
     m = StationModel(g, random_object(g.object_px, seed=1), dtype=torch.float64)
     schedule = station_schedule(g, "known")
+    # the polish's budget grows with the per-frame pairs (brightness, haze) it has to settle
+    plain = station_schedule(replace(g, stray_light=False), "known")
+    assert schedule.max_iterations == plain.max_iterations + STRAY_LIGHT_POLISH_STEPS
+    assert station_schedule(g, "known", 40).max_iterations == 40
     out = dark_field_stray_light(m, schedule)
     (spec,) = [p for p in out.parameters if p.path == "illumination.stray_light"]
     with torch.no_grad():
