@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from metrology.measurement import DataQuality
 from metrology.physics import StationModel
 from metrology.solver.blocks import INNER_ITERATIONS, Block, SampleBlock, lbfgs
 from metrology.solver.device import device_label
-from metrology.solver.jacobian import STRAY_LIGHT, columns_for, normal_equations
+from metrology.solver.jacobian import columns_for, normal_equations
 from metrology.solver.losses import LOSSES, chi_square, total_variation
 from metrology.solver.polish import WEIGHT_RESTART, polish
 from metrology.solver.priors import add_to_normal_equations, prior_chi2
@@ -168,7 +168,6 @@ def reconstruct(
     summary = start(model, data, mask, background, schedule, search_geometry=initialise_geometry, ranges=ranges,
                     observe=observe, sample_given=reference_transmission is not None)
     _exclude_blank_frames(model, data, mask, quality, background, noise)
-    schedule = dark_field_stray_light(model, schedule)
     reference = None
     if schedule.mode == "prior":
         reference = model.sample.transmission().detach().clone()
@@ -198,39 +197,6 @@ def reconstruct(
         jackknife_regions=cpu(per_group and per_group["regions"]), at_bounds=parameters_at_bounds(model, schedule),
         weights=weighting.weights, chi2_weighted=chi2_w, reference=reference,
     )
-
-
-def dark_field_stray_light(model: StationModel, schedule: Schedule) -> Schedule:
-    """``schedule`` with each frame's stray light freed in the dark-field frames alone.
-
-    A spec of ``illumination.stray_light`` that frees every frame (``indices=None``, as
-    :func:`metrology.solver.schedule.station_schedule` makes it) is restricted to the frames whose LED
-    the model, as started, places outside the pupil by more than the emitter's size in NA
-    (``led_size_mm / led_distance_mm``: the width of the pupil edge as one frame sees it). There the
-    haze is the frame's mean light, which its image does not explain. In bright field and at the
-    transition a uniform haze is a change of the LED's gain and the image's contrast that the fit
-    cannot tell from the model's errors at the pupil edge: on off-model captures (bench_offmodel,
-    rendered glare) the fitted bright-field haze came out 10-50 times the rendered one, and a frame
-    0.001 in NA outside the edge traded its brightness (0.06 for 0.98) for haze and the fit did not
-    converge. There the stray light stays at 0 and the brightness carries the light. Without a dark
-    frame the spec is dropped. A spec with its own ``indices`` is kept as given.
-    """
-    specs = schedule.parameters
-    if not any(p.path == STRAY_LIGHT and p.indices is None for p in specs):
-        return schedule
-    g = model.geometry
-    with torch.no_grad():
-        na = model.illumination.illumination_na().double().cpu()
-        outside = na > float(model.pupil.na) + g.led_size_mm / g.led_distance_mm
-    dark = tuple(int(j) for j in torch.nonzero(outside).flatten())
-    kept = []
-    for p in specs:
-        if p.path == STRAY_LIGHT and p.indices is None:
-            if dark:
-                kept.append(replace(p, indices=dark))
-        else:
-            kept.append(p)
-    return replace(schedule, parameters=tuple(kept))
 
 
 def refit_from(fit: FitResult, model: StationModel) -> tuple:

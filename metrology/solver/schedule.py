@@ -263,10 +263,7 @@ def station_schedule(geometry, mode: str = "known", max_iterations: int | None =
       (released with the low-order aberrations; without it those parameters have no effect and stay
       out of the fit);
     * each frame's stray light (``illumination.stray_light``) when the station states
-      ``lens.stray_light``, released with the low-order aberrations; :func:`reconstruct
-      <metrology.solver.reconstruct.reconstruct>` frees it in the dark-field frames alone, those whose
-      LED the start places outside the pupil by more than the emitter's size
-      (:func:`metrology.solver.reconstruct.dark_field_stray_light`). The camera background is then
+      ``lens.stray_light``, released with the low-order aberrations. The camera background is then
       held at its start (the station's stated dark offset, ``reconstruct(background_counts=)``): a
       common offset of the frames is the background or the stray light, a gauge of the two; and the
       default iteration budget grows by :data:`STRAY_LIGHT_POLISH_STEPS` Gauss-Newton steps.
