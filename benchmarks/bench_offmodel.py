@@ -43,7 +43,7 @@ from metrology.analysis.spec import Validity
 from metrology.render import RealPhysics, field_side, render_intensity
 from metrology.solver.refit_budget import EDGE_KEY
 from metrology.references import _synthesise, broadband_coefficients
-from metrology.simulate import check_misalignment
+from metrology.simulate import check_misalignment, stray_light_levels
 
 LED_FWHM_NM = 25.0
 """Stated LED spectral width of the trial station (FWHM, nm)."""
@@ -144,18 +144,14 @@ def stated_constants(station) -> dict:
             "pitch_mm": station.led_pitch_mm, "led_size_mm": station.led_size_mm}
 
 
-def draw_stray(n_leds: int, level: float, seed: int) -> np.ndarray:
-    """Each LED's mean veiling glare: ``level`` times a log-uniform factor in [1/3, 3] (clear-pupil units)."""
-    return level * np.exp(np.random.default_rng([seed, 2026]).uniform(-math.log(3), math.log(3), n_leds))
-
-
 def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spherical=False, stray=None):
-    """One trial; ``stray``: ``(level, gradient)`` of the rendered veiling glare (:func:`draw_stray`), or None."""
+    """One trial; ``stray``: ``(level, gradient)`` of the rendered veiling glare (each LED's mean drawn by
+    :func:`metrology.simulate.stray_light_levels`), or None."""
     rng = np.random.default_rng([seed, 2024])
     lens = standard_lens(seed) if lens is None else lens
     truth = held_from_stated(standard_misalignment(seed, len(leds)), station, mode, seed)
     consts = stated_constants(station) if exact else draw_constants(station, rng)
-    glare = (draw_stray(len(leds), stray[0], seed), stray[1]) if stray else None
+    glare = (stray_light_levels(stray[0], len(leds), np.random.default_rng([seed, 2026])), stray[1]) if stray else None
     frames, ref, mis = render_capture(station, leds, lens, truth, consts, seed, spherical=spherical, stray=glare)
     fit, meas = fit_capture(station, leds, frames, ref, mode, budget)
     z = meas.zernike_waves

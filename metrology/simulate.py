@@ -180,6 +180,13 @@ def simulate_capture(station, lens_zernike_waves, truth: dict | None = None, *, 
     return capture, out_truth
 
 
+def stray_light_levels(level: float, n_leds: int, rng: np.random.Generator) -> np.ndarray:
+    """Each LED's haze for a simulated capture: ``level`` times a log-uniform factor in [1/3, 3]
+    (clear-pupil intensity), shape (n_leds,); ``rng`` seeds it (``metrology simulate --stray-light``,
+    the off-model benchmark's glare)."""
+    return level * np.exp(rng.uniform(-np.log(3.0), np.log(3.0), n_leds))
+
+
 def _camera_counts(electrons, cam, rng, noise: bool) -> np.ndarray:
     """Frames the camera records from photo-electrons: shot and read noise, gain, background,
     quantisation and clipping (uint16); without ``noise`` the exact counts (float32)."""

@@ -40,12 +40,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def stray_levels(level: float, n_leds: int, seed: int) -> np.ndarray:
-    """Each LED's haze for ``--stray-light``: ``level`` times a log-uniform factor in [1/3, 3] (seeded)."""
-    rng = np.random.default_rng([seed, 3])
-    return level * np.exp(rng.uniform(-np.log(3.0), np.log(3.0), n_leds))
-
-
 def _misalignment(arg: str, n_leds: int, seed: int) -> dict:
     # lazy: the command's modules load only when it runs (start-up time of the CLI)
     from metrology.simulate import check_misalignment, draw_misalignment
@@ -79,7 +73,7 @@ def run(args) -> int:
     from metrology.io.station_file import load_station
     from metrology.progress import Progress
     from metrology.references import CATALOGUE
-    from metrology.simulate import simulate_capture
+    from metrology.simulate import simulate_capture, stray_light_levels
     from metrology.simulate_field import simulate_full_frame
 
     station = load_station(args.station)
@@ -123,7 +117,8 @@ def run(args) -> int:
             capture, truth = simulate_capture(
                 station, coeffs, truth_in, seed=args.seed, reference=args.reference, photons=args.photons,
                 hot_pixel_fraction=args.hot_pixels, progress=bar, lens=lens, leds=leds,
-                stray_light=stray_levels(args.stray_light, len(leds), args.seed) if args.stray_light else None,
+                stray_light=(stray_light_levels(args.stray_light, len(leds), np.random.default_rng([args.seed, 3]))
+                             if args.stray_light else None),
             )
     try:
         write_capture(out / "capture.tif", capture)

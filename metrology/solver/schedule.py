@@ -272,15 +272,12 @@ def station_schedule(geometry, mode: str = "known", max_iterations: int | None =
     params = schedule.parameters
     if geometry.vignetting is not None:
         params = params + tuple(ParameterSpec(path, 0.01, 1, BY_PATH[path].bounds) for path in VIGNETTING_PATHS)
-    extra = {}
     if geometry.stray_light:
         params = tuple(p for p in params if p.path != BACKGROUND) + (
             ParameterSpec(STRAY_LIGHT, 0.001, 1, BY_PATH[STRAY_LIGHT].bounds),)
-        if max_iterations is None:  # the Gauss-Newton polish's budget doubled (STRAY_LIGHT_POLISH_STEPS)
-            extra["max_iterations"] = schedule.max_iterations + STRAY_LIGHT_POLISH_STEPS
-    if params == schedule.parameters and not extra:
-        return schedule
-    return replace(schedule, parameters=params, **extra)
+        if max_iterations is None:  # the default budget's Gauss-Newton steps doubled
+            schedule = replace(schedule, max_iterations=schedule.max_iterations + STRAY_LIGHT_POLISH_STEPS)
+    return schedule if params == schedule.parameters else replace(schedule, parameters=params)
 
 
 STRAY_LIGHT_POLISH_STEPS = 12
