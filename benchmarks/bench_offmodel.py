@@ -198,15 +198,25 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spheri
         # the same measurement's u without the wavelength's unit term (budget.in_stated_waves): the
         # budget before 2026-12-03 16:30 UTC, computed from the same fit
         "u_no_unit": no_unit[0], "u_rms_no_unit": no_unit[1],
-        "stray_error": stray_error(fit.model, glare[0]) if glare is not None and station.stray_light else None,
+        "stray_error": (stray_error(fit.model, glare[0], mis["illumination.brightness"])
+                        if glare is not None and station.stray_light else None),
     }
 
 
-def stray_error(model, rendered: np.ndarray) -> dict:
-    """The fitted stray light against the rendered glare's mean (both clear-pupil units, per LED)."""
+def stray_error(model, rendered: np.ndarray, brightness) -> dict:
+    """The fitted stray light against the rendered glare's mean (both clear-pupil units, per LED), and
+    at the worst LED its illumination NA and its fitted and true brightness (a frame whose haze and
+    brightness traded places shows there)."""
+    import torch
+
     d = model.illumination.stray_light.detach().double().cpu().numpy() - rendered
+    k = int(np.argmax(np.abs(d)))
+    with torch.no_grad():
+        na = float(model.illumination.spatial_frequencies()[k].double().norm() * model.geometry.wavelength_um)
     return {"median_abs": float(np.median(np.abs(d))), "max_abs": float(np.abs(d).max()),
-            "median_rendered": float(np.median(rendered))}
+            "median_rendered": float(np.median(rendered)), "worst": k, "worst_illumination_na": na,
+            "worst_brightness": float(model.illumination.brightness[k].detach()),
+            "worst_brightness_true": float(np.asarray(brightness)[k])}
 
 
 def without_unit_term(meas) -> tuple:
@@ -315,6 +325,11 @@ def summarise(rows):
     if stray:  # the fitted uniform term against the rendered glare's mean (clear-pupil units)
         print(f" stray light: |fitted - rendered mean| median {np.median([s['median_abs'] for s in stray]):.5f}, worst LED "
               f"{max(s['max_abs'] for s in stray):.5f} (rendered median {np.median([s['median_rendered'] for s in stray]):.5f})")
+        for r in rows:  # a haze off by more than 10x the rendered median: where, and the brightness beside it
+            s = r.get("stray_error") or {}
+            if s.get("max_abs", 0.0) > 10 * s.get("median_rendered", np.inf) and "worst" in s:
+                print(f"  seed {r['seed']}: LED {s['worst']} (illumination NA {s['worst_illumination_na']:.4f}) haze off by "
+                      f"{s['max_abs']:.4f}, brightness {s['worst_brightness']:.3f} (true {s['worst_brightness_true']:.3f})")
     far = [(r, i) for r in rows for i in range(11) if abs(r["err"][i]) > 4 * r["u"][i]]
     for r, i in far:  # where U misses by more than 2 U: how small u was, and against what
         part = f", fit part {r['u_fit'][i]:.5f}" if r.get("u_fit") else ""

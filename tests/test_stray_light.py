@@ -158,3 +158,34 @@ def test_the_polish_budget_grows_where_the_stray_light_is_fitted():
         schedule = station_schedule(replace(g, stray_light=True), mode)
         assert schedule.max_iterations == plain.max_iterations + STRAY_LIGHT_POLISH_STEPS
         assert station_schedule(replace(g, stray_light=True), mode, 40).max_iterations == 40
+
+
+@pytest.mark.parametrize("loss", ["amplitude", "huber", "poisson"])
+def test_a_frame_modelled_under_the_dark_level_is_pulled_back(loss):
+    """A frame's negative stray light can put its model under the camera's dark level (the model's
+    counts below the background). There the data terms must still point back up: a clamp at the
+    dark level made them flat, and an off-model known fit (bench_offmodel --stray-light, seed 14)
+    stayed trapped with one dark-field frame 10 counts under its data (chi2 1853 per pixel; 5.7 at
+    the true values). The model's root continues along its tangent (``losses.model_root``): equal
+    to ``sqrt(s + c)`` above, continuously differentiable and increasing through the dark level."""
+    from metrology.solver.losses import LOSSES, _offset, model_root
+
+    gain, read, bg = 10.0, 0.35, 40.0
+    c = _offset(gain, read)
+    s = torch.linspace(-30.0, 30.0, 601, dtype=torch.float64, requires_grad=True)
+    root = model_root(s, c)
+    slope, = torch.autograd.grad(root.sum(), s)
+    above = s.detach() >= 0
+    torch.testing.assert_close(root.detach()[above], torch.sqrt(s.detach()[above] + c))
+    torch.testing.assert_close(slope[~above], torch.full_like(slope[~above], 0.5 / c**0.5))
+    assert bool((root[1:] > root[:-1]).all())
+    data = torch.full((1, 6, 6), bg + 4.5, dtype=torch.float64)
+    mask = torch.ones_like(data)
+    grads = {}
+    for level in (-10.0, -1e-6, 1e-6, 2.0):
+        t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # a uniform term added to the frame
+        value = LOSSES[loss](bg + level + t + 0 * data, data, mask, gain, read, background=bg)
+        grads[level], = torch.autograd.grad(value, t)
+    assert all(float(g) < 0 for g in grads.values()), grads  # every level below the data: raise the model
+    torch.testing.assert_close(grads[-1e-6], grads[1e-6], rtol=1e-4, atol=0)  # no kink at the dark level
+    assert float(grads[-10.0]) < 0.5 * float(grads[2.0])  # far under the data, pulled harder than near it

@@ -24,7 +24,7 @@ from torch.func import functional_call, jvp, vmap
 
 from metrology.parameters import element_name
 from metrology.solver.assembly import PER_FRAME_PATHS, assemble, frame_groups, per_block, spectral_meat
-from metrology.solver.losses import _offset, _roots
+from metrology.solver.losses import _offset, _roots, model_root_slope
 
 BRIGHTNESS = "illumination.brightness"
 STRAY_LIGHT = "illumination.stray_light"
@@ -170,7 +170,9 @@ def linearise(model, data, mask, noise, specs, pixel_points: int | None = None) 
     their tangents; the map to the whitened residual is differentiated in closed form with the
     camera fields ``F = ifft2(spectrum x ramp)`` computed once:
     ``dI = sum_s w_s (sum_q w_q 2 Re(conj(F_sq) ifft2(dspectrum_s x ramp_q)) + duniform_s)``,
-    ``dr = sqrt(g) mask (d(gain I) [gain I >= 0] / sqrt(gain I + c) + db [D - b + c > 0] / sqrt(D - b + c))``.
+    ``dr = sqrt(g) mask (d(gain I) / sqrt(gain I + c) + db [D - b + c > 0] / sqrt(D - b + c))``, with
+    ``sqrt(c)`` in the first denominator where ``gain I < 0`` (the root's tangent continuation,
+    :func:`metrology.solver.losses.model_root`).
     A tangent costs one inverse FFT per node and quadrature point instead of a forward-mode pass
     through the whole model (:func:`linearise_reference`, which this equals to rounding).
 
@@ -321,7 +323,7 @@ class _CameraPart:
         sm, sd = _roots(signal + background, data, background, c)
         sqrt_g = noise.gain_e_per_count**0.5
         self.residual = 2 * sqrt_g * (sm - sd) * mask  # whitened_residual, from the roots it needs anyway
-        self.on_signal = sqrt_g * mask * (signal >= 0) / sm
+        self.on_signal = 2 * sqrt_g * mask * model_root_slope(signal, sm, c)
         self.on_background = sqrt_g * mask * ((data - background + c) >= 1e-12) / sd
 
     def tangent(self, d_parts) -> torch.Tensor:
