@@ -98,7 +98,22 @@ def render_capture(station, leds, lens, truth, consts, seed, photons=2e4, spheri
     return frames, ref, mis
 
 
-def fit_capture(station, leds, frames, ref, mode, budget=None):
+def with_fitted_na(schedule):
+    """``schedule`` with the pupil edge's NA free from round 3 as blind mode frees it (the registry's
+    step and bounds), where it is not already: the ``--fit-na`` trials of known mode."""
+    from dataclasses import replace as replaced
+
+    from metrology.parameters import BY_PATH
+    from metrology.solver.schedule import ParameterSpec
+
+    if any(p.path == "pupil.na" for p in schedule.parameters):
+        return schedule
+    fit = BY_PATH["pupil.na"].fit
+    return replaced(schedule, parameters=schedule.parameters
+                    + (ParameterSpec("pupil.na", fit.step, fit.start, BY_PATH["pupil.na"].bounds),))
+
+
+def fit_capture(station, leds, frames, ref, mode, budget=None, fit_na=False):
     """The pipeline's fit and measurement (margin, schedule and budget as for a file reference);
     ``budget``: keyword options of ``measurement_from_fit`` (``finite_budget``, ``free_sample_budget``,
     ``refit_radius``, ``refit_edge``; by default the edge term where the fit requires it, as the
@@ -114,7 +129,8 @@ def fit_capture(station, leds, frames, ref, mode, budget=None):
     model = StationModel(g, ref if mode != "blind" else None, None, dtype=torch.float32)
     cam = station.camera
     noise = NoiseModel.from_camera(cam.photons_per_count, cam.read_noise_e, cam.full_scale)
-    fit = reconstruct(model, frames, noise, station_schedule(g, mode),
+    schedule = station_schedule(g, mode)
+    fit = reconstruct(model, frames, noise, with_fitted_na(schedule) if fit_na else schedule,
                       background_counts=station.background_counts if g.stray_light else None)  # as the pipeline
     return fit, measurement_from_fit(fit, station.uncertainty, **(budget or {}))
 
@@ -144,7 +160,7 @@ def stated_constants(station) -> dict:
             "pitch_mm": station.led_pitch_mm, "led_size_mm": station.led_size_mm}
 
 
-def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spherical=False, stray=None):
+def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spherical=False, stray=None, fit_na=False):
     """One trial; ``stray``: ``(level, gradient)`` of the rendered veiling glare (each LED's mean drawn by
     :func:`metrology.simulate.stray_light_levels`), or None."""
     rng = np.random.default_rng([seed, 2024])
@@ -153,7 +169,7 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spheri
     consts = stated_constants(station) if exact else draw_constants(station, rng)
     glare = (stray_light_levels(stray[0], len(leds), np.random.default_rng([seed, 2026])), stray[1]) if stray else None
     frames, ref, mis = render_capture(station, leds, lens, truth, consts, seed, spherical=spherical, stray=glare)
-    fit, meas = fit_capture(station, leds, frames, ref, mode, budget)
+    fit, meas = fit_capture(station, leds, frames, ref, mode, budget, fit_na)
     z = meas.zernike_waves
     e = z[4:15] - lens[4:15]
     u = meas.zernike_u[4:15]
@@ -430,6 +446,9 @@ def main() -> None:
                     help="the glare's peak-to-peak change across the frame, fraction of its mean (default 0.3)")
     ap.add_argument("--no-stray-model", action="store_true",
                     help="with --stray-light: the station does not state the term (the bias without it)")
+    ap.add_argument("--fit-na", action="store_true",
+                    help="known/prior: fit the pupil edge's NA as blind mode does (from round 3; U then carries "
+                         "the edge's model-form term)")
     ap.add_argument("--model-spherical", action="store_true",
                     help="the station states led_array.spherical_illumination: the model's common curvature "
                          "(and the rendering's spherical waves)")
@@ -454,7 +473,7 @@ def main() -> None:
                   "refit_radius": args.refit_radius, "refit_edge": args.refit_edge or None}
         seeds = ([int(x) for x in args.seeds.split(",")] if args.seeds
                  else [args.first_seed + k for k in range(args.trials)])
-        jobs = [(st, leds, seed, args.mode, None, args.exact_constants, budget, args.spherical, stray)
+        jobs = [(st, leds, seed, args.mode, None, args.exact_constants, budget, args.spherical, stray, args.fit_na)
                 for seed in seeds]
         for r in run_trials(jobs, args.workers, args.json):
             rows.append(r)
