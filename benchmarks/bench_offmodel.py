@@ -190,7 +190,8 @@ def trial(station, leds, seed, mode, lens=None, exact=False, budget=None, spheri
     return {
         "seed": seed, "converged": bool(fit.converged), "message": fit.message,
         "reduced_chi2": float(fit.reduced_chi2), "reduced_chi2_noise": float(fit.reduced_chi2_noise),
-        "at_bounds": len(fit.at_bounds), "error_5_15": float(np.sqrt(np.sum(e**2))), "shift_error_um": shift,
+        "at_bounds": len(fit.at_bounds), "at_bounds_blocking": blocking_bounds(fit.at_bounds, meas.arrays.get("sample_px")),
+        "error_5_15": float(np.sqrt(np.sum(e**2))), "shift_error_um": shift,
         "err": e.tolist(), "u": u.tolist(), "rms_true": rms_true, "rms_measured": rms_meas, "u_rms": u_rms,
         # the parts of u (waves, Noll 5-15): noise (Type A), fit (noise widened by the mismatch estimates),
         # and the largest Type B source per coefficient: where an outlier's u came from
@@ -277,6 +278,20 @@ GEOMETRY_Z = ("illumination.shift_mm", "illumination.rotation_deg", "illuminatio
 """The LED-geometry estimates whose U the trials also check (error / u against the rendered truth)."""
 
 
+def blocking_bounds(names, side) -> int:
+    """How many of the fit's values on a bound make the verdict INCONCLUSIVE, by its rule
+    (:func:`metrology.analysis.verdict.validity_findings`): a per-LED brightness or stray light on a
+    bound is a warning; sample values on their bounds block only inside the field or beyond the
+    validity's fraction; any other parameter blocks."""
+    from metrology.analysis.verdict import sample_bounds_block
+    from metrology.parameters import PER_FRAME
+
+    pixels = [n for n in names if n.startswith("sample.field")]
+    others = [n for n in names if not n.startswith(PER_FRAME) and n not in pixels]
+    blocked = bool(pixels) and sample_bounds_block(pixels, side, Validity().max_border_bounded_fraction)
+    return len(others) + (len(pixels) if blocked else 0)
+
+
 def valid(r) -> bool:
     """The verdict's validity checks (metrology.analysis.spec.Validity defaults): a fit the tool
     would judge, with the pupil edge's re-fit converged where U has its term; the others end
@@ -285,7 +300,8 @@ def valid(r) -> bool:
     eff = r.get("effective_data_fraction")
     edge_ok = (r.get("edge_refit") or {}).get("converged", True)
     return bool(r["converged"] and edge_ok and r["reduced_chi2"] <= limits.max_reduced_chi2
-                and r["at_bounds"] == 0 and (eff is None or eff >= limits.min_effective_data_fraction))
+                and r.get("at_bounds_blocking", r["at_bounds"]) == 0  # rows before 2026-12-04: every bound hit
+                and (eff is None or eff >= limits.min_effective_data_fraction))
 
 
 def summarise(rows):
