@@ -53,3 +53,43 @@ def test_the_settle_test_stops_on_a_non_finite_jacobian():
     assert not settled and "not finite" in message and message.startswith("not converged")
     for n, p in m.named_parameters():
         assert torch.equal(p.detach(), before[n]), n
+
+
+def test_a_joint_pass_that_raises_the_loss_is_undone(monkeypatch):
+    """The settle loop's joint L-BFGS pass runs unbounded and is clamped to the bounds at its end; a
+    pass that ends higher than it began (on the UConn red capture the clamp put the NA at 0.01 and
+    every aberration at +/-2 waves) is undone: the model keeps the point before it and the loop ends,
+    not converged, saying why."""
+    from torch.func import functional_call
+
+    from metrology.solver import default_schedule, settle
+    from metrology.solver.jacobian import columns_for
+
+    m = _model()
+    specs = [ParameterSpec("illumination.shift_mm", 0.1, bounds=(-3.0, 3.0)),
+             ParameterSpec("pupil.zernike_waves", 0.01, bounds=(-2.0, 2.0))]
+    with torch.no_grad():
+        data = m().detach().clone()
+        m.illumination.shift_mm.add_(0.05)  # a little off the data's optimum
+
+    def evaluate(overrides):
+        return ((functional_call(m, overrides, ()) - data) ** 2).mean()
+
+    def fake_lbfgs(block, evaluate, max_iter):  # the joint pass wanders far outside the bounds
+        class Opt:
+            def step(self, closure):
+                if isinstance(block, JointBlock):
+                    with torch.no_grad():
+                        for z in block.z:
+                            z.add_(1e3)
+        return Opt(), None
+
+    monkeypatch.setattr(settle, "lbfgs", fake_lbfgs)
+    monkeypatch.setattr(settle, "remaining_step_sigma", lambda *a, **k: 10.0)  # never settled by the test
+    n = len(columns_for(m, specs).names)
+    before = {k: p.detach().clone() for k, p in m.named_parameters()}
+    settled, message, *_ = settle.sample_settled(m, data, torch.ones_like(data), None, default_schedule("blind", 10),
+                                                 evaluate, None, specs, torch.eye(n, dtype=torch.float64), 1.0)
+    assert not settled and message.startswith("not converged") and "raised the loss" in message, message
+    for k, p in m.named_parameters():  # the sample's (no-op) pass round-trips it through its FFT: rounding
+        torch.testing.assert_close(p.detach(), before[k], rtol=1e-12, atol=1e-12, msg=k)

@@ -22,6 +22,23 @@ SETTLE_SAMPLE_STEPS = 20
 """L-BFGS iterations of each of those sample passes."""
 JOINT_STEPS = 80
 """L-BFGS iterations of the joint (system and sample) pass between two settle tests."""
+JOINT_RISE = 1e-3
+"""A joint pass that leaves the objective higher than this fraction above where it began is undone
+and ends the loop (not converged). The L-BFGS pass runs unbounded and its end is clamped to the
+bounds: on the UConn red capture (blind, all terms, 45 iterations, 2026-12-04) one pass ended far
+outside them, the clamp put the NA at 0.01, the defocus at -200 um and every aberration at +/-2 waves,
+and the next Gauss-Newton information was not finite (the green capture ended the same way on
+2026-12-03). Undone, the fit keeps its last good point and says why it is not converged."""
+
+
+def _snapshot(model) -> dict:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _restore(model, values: dict) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(values[name])
 
 
 def sample_settled(model, data, mask, noise, schedule, evaluate, weighting, system_specs, jtj, n_valid: float):
@@ -56,9 +73,19 @@ def sample_settled(model, data, mask, noise, schedule, evaluate, weighting, syst
         if rounds == schedule.settle_rounds:
             break
         joint = JointBlock(Block(model, system_specs, 2.0 * jtj.to(data.dtype) / n_valid), SampleBlock(model, step))
+        before = _snapshot(model)
+        with torch.no_grad():
+            loss_before = float(evaluate({}))
         opt, closure = lbfgs(joint, evaluate, JOINT_STEPS)
         opt.step(closure)
         joint.project_and_store()
+        with torch.no_grad():
+            loss_after = float(evaluate({}))
+        if not loss_after <= loss_before + JOINT_RISE * abs(loss_before):  # NaN fails too
+            _restore(model, before)
+            return (False, f"not converged: the joint pass of settle round {rounds} raised the loss "
+                           f"({loss_before:.6g} -> {loss_after:.4g}); the point before it is kept",
+                    *(outputs or (None, None, None)), steps)
         polished, (jtj, meat), _, per_group, _, k = polish(model, data, mask, noise, system_specs, evaluate,
                                                           POLISH_STEPS, weighting, schedule.priors)
         outputs, steps = (jtj, meat, per_group), steps + k
