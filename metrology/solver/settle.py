@@ -27,8 +27,9 @@ JOINT_RISE = 1e-3
 and ends the loop (not converged). The L-BFGS pass runs unbounded and its end is clamped to the
 bounds: on the UConn red capture (blind, all terms, 45 iterations, 2026-12-04) one pass ended far
 outside them, the clamp put the NA at 0.01, the defocus at -200 um and every aberration at +/-2 waves,
-and the next Gauss-Newton information was not finite (the green capture ended the same way on
-2026-12-03). Undone, the fit keeps its last good point and says why it is not converged."""
+and the next Gauss-Newton information was not finite (the green capture's fit of 2026-12-04
+12:28 UTC ended in NaN the same way). Undone, the fit keeps its last good point and says why it is
+not converged."""
 
 
 def _snapshot(model) -> dict:
