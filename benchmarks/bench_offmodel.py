@@ -99,18 +99,16 @@ def render_capture(station, leds, lens, truth, consts, seed, photons=2e4, spheri
 
 
 def with_fitted_na(schedule):
-    """``schedule`` with the pupil edge's NA free from round 3 as blind mode frees it (the registry's
-    step and bounds), where it is not already: the ``--fit-na`` trials of known mode."""
+    """``schedule`` with the pupil edge's NA free as blind mode frees it (blind's default spec: its
+    step, release round and bounds), where it is not already: the ``--fit-na`` trials of known mode."""
     from dataclasses import replace as replaced
 
-    from metrology.parameters import BY_PATH
-    from metrology.solver.schedule import ParameterSpec
+    from metrology.solver.schedule import default_specs
 
     if any(p.path == "pupil.na" for p in schedule.parameters):
         return schedule
-    fit = BY_PATH["pupil.na"].fit
-    return replaced(schedule, parameters=schedule.parameters
-                    + (ParameterSpec("pupil.na", fit.step, fit.start, BY_PATH["pupil.na"].bounds),))
+    na = next(p for p in default_specs("blind") if p.path == "pupil.na")
+    return replaced(schedule, parameters=schedule.parameters + (na,))
 
 
 def fit_capture(station, leds, frames, ref, mode, budget=None, fit_na=False):
@@ -279,17 +277,13 @@ GEOMETRY_Z = ("illumination.shift_mm", "illumination.rotation_deg", "illuminatio
 
 
 def blocking_bounds(names, side) -> int:
-    """How many of the fit's values on a bound make the verdict INCONCLUSIVE, by its rule
-    (:func:`metrology.analysis.verdict.validity_findings`): a per-LED brightness or stray light on a
-    bound is a warning; sample values on their bounds block only inside the field or beyond the
-    validity's fraction; any other parameter blocks."""
-    from metrology.analysis.verdict import sample_bounds_block
-    from metrology.parameters import PER_FRAME
+    """How many of the verdict's findings about the fit's values on a bound make it INCONCLUSIVE
+    (:func:`metrology.analysis.verdict.bound_findings`: a per-LED brightness or stray light on a bound
+    is a warning; sample values on their bounds block only inside the field or beyond the validity's
+    fraction; any other parameter blocks)."""
+    from metrology.analysis.verdict import bound_findings
 
-    pixels = [n for n in names if n.startswith("sample.field")]
-    others = [n for n in names if not n.startswith(PER_FRAME) and n not in pixels]
-    blocked = bool(pixels) and sample_bounds_block(pixels, side, Validity().max_border_bounded_fraction)
-    return len(others) + (len(pixels) if blocked else 0)
+    return len(bound_findings(names, side, Validity().max_border_bounded_fraction)[0])
 
 
 def valid(r) -> bool:

@@ -149,6 +149,31 @@ def sample_bounds_block(names, side: int | None, max_border_fraction: float) -> 
     return len(names) / (2 * side * side) > max_border_fraction
 
 
+def bound_findings(pinned, side: int | None, max_border_fraction: float) -> tuple[list, list]:
+    """The findings of fitted values that ended on their bounds (``FitResult.at_bounds`` names):
+    any parameter other than a per-LED one or a sample value blocks; sample values block as
+    :func:`sample_bounds_block` says (else warn); per-LED brightness or stray light warn.
+
+    Returns
+    -------
+    blocking, warnings : list of str
+    """
+    pinned = list(pinned)
+    leds = [n for n in pinned if n.startswith(PER_FRAME)]
+    pixels = [n for n in pinned if n.startswith("sample.field")]
+    others = [n for n in pinned if n not in leds and n not in pixels]
+    blocking, warnings = [], []
+    if others:
+        blocking.append("fitted parameters ended on their search bounds (the best fit lies outside the "
+                        "allowed range; their uncertainties do not hold): " + _few(others))
+    if pixels:
+        block = sample_bounds_block(pixels, side, max_border_fraction)
+        (blocking if block else warnings).append(bounded_pixels_sentence(pixels, side))
+    if leds:
+        warnings.append(f"{len(leds)} LED brightness or stray-light value(s) ended on a search bound: {_few(leds)}")
+    return blocking, warnings
+
+
 def validity_findings(measurement: Measurement, spec: LensSpec, station_status: dict | None = None):
     """Reasons that make the measurement invalid, and non-blocking warnings.
 
@@ -162,19 +187,10 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     sol = measurement.solver
     if not sol.converged:
         blocking.append(solver_reason(sol.message))
-    pinned = list(sol.at_bounds)
-    leds = [n for n in pinned if n.startswith(PER_FRAME)]
-    pixels = [n for n in pinned if n.startswith("sample.field")]
-    others = [n for n in pinned if n not in leds and n not in pixels]
-    if others:
-        blocking.append("fitted parameters ended on their search bounds (the best fit lies outside the "
-                        "allowed range; their uncertainties do not hold): " + _few(others))
-    if pixels:
-        side = measurement.arrays.get("sample_px")
-        block = sample_bounds_block(pixels, side, v.max_border_bounded_fraction)
-        (blocking if block else warnings).append(bounded_pixels_sentence(pixels, side))
-    if leds:
-        warnings.append(f"{len(leds)} LED brightness or stray-light value(s) ended on a search bound: {_few(leds)}")
+    pinned_blocking, pinned_warnings = bound_findings(sol.at_bounds, measurement.arrays.get("sample_px"),
+                                                      v.max_border_bounded_fraction)
+    blocking += pinned_blocking
+    warnings += pinned_warnings
     chi2 = float(sol.reduced_chi2)
     if not math.isfinite(chi2) or chi2 > v.max_reduced_chi2:
         blocking.append(f"fit residual too large: reduced chi2 {chi2:.3g} > {v.max_reduced_chi2:g}")

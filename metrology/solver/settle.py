@@ -32,15 +32,6 @@ and the next Gauss-Newton information was not finite (the green capture's fit of
 not converged."""
 
 
-def _snapshot(model) -> dict:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
-
-
-def _restore(model, values: dict) -> None:
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(values[name])
-
 
 def sample_settled(model, data, mask, noise, schedule, evaluate, weighting, system_specs, jtj, n_valid: float):
     """The convergence test of a free sample, the same as the system's: after a further pass of the
@@ -74,7 +65,7 @@ def sample_settled(model, data, mask, noise, schedule, evaluate, weighting, syst
         if rounds == schedule.settle_rounds:
             break
         joint = JointBlock(Block(model, system_specs, 2.0 * jtj.to(data.dtype) / n_valid), SampleBlock(model, step))
-        before = _snapshot(model)
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
         with torch.no_grad():
             loss_before = float(evaluate({}))
         opt, closure = lbfgs(joint, evaluate, JOINT_STEPS)
@@ -83,7 +74,7 @@ def sample_settled(model, data, mask, noise, schedule, evaluate, weighting, syst
         with torch.no_grad():
             loss_after = float(evaluate({}))
         if not loss_after <= loss_before + JOINT_RISE * abs(loss_before):  # NaN fails too
-            _restore(model, before)
+            model.load_state_dict(before)
             return (False, f"not converged: the joint pass of settle round {rounds} raised the loss "
                            f"({loss_before:.6g} -> {loss_after:.4g}); the point before it is kept",
                     *(outputs or (None, None, None)), steps)
