@@ -56,10 +56,9 @@ def test_the_settle_test_stops_on_a_non_finite_jacobian():
 
 
 def test_a_joint_pass_that_raises_the_loss_is_undone(monkeypatch):
-    """The settle loop's joint L-BFGS pass runs unbounded and is clamped to the bounds at its end; a
-    pass that ends higher than it began (on the UConn red capture the clamp put the NA at 0.01 and
-    every aberration at +/-2 waves) is undone: the model keeps the point before it and the loop ends,
-    not converged, saying why."""
+    """A joint settle pass that ends higher than it began (here forced: the fake pass jumps far outside
+    the bounds) is undone: the model keeps the point before it and the loop ends, not converged,
+    saying why (the backstop to the projected losses of the next test)."""
     from torch.func import functional_call
 
     from metrology.solver import default_schedule, settle
@@ -93,3 +92,35 @@ def test_a_joint_pass_that_raises_the_loss_is_undone(monkeypatch):
     assert not settled and message.startswith("not converged") and "raised the loss" in message, message
     for k, p in m.named_parameters():  # the sample's (no-op) pass round-trips it through its FFT: rounding
         torch.testing.assert_close(p.detach(), before[k], rtol=1e-12, atol=1e-12, msg=k)
+
+
+def test_an_lbfgs_pass_across_a_bound_stores_the_point_it_judged():
+    """An L-BFGS pass compares the losses of points it can store (the projected point,
+    :meth:`Block.values`). Closed form over two station parameters, x (bounds +/-5) and y (bounds
+    +/-1): L = (x - 0.5)^2 + 100 (x + y - 3)^2, from (1.9, 0.9) (L = 5.96). Unbounded, its optimum is
+    (0.5, 2.5) (L = 0), stored clamped at (0.5, 1) (L = 225: the UConn red joint settle pass went
+    from 0.78 to 23 this way); bounded, it is (401/202, 1) (L = 2.2277)."""
+    from metrology.solver.blocks import lbfgs
+
+    m = _model()
+    specs = [ParameterSpec("illumination.rotation_deg", 1.0, bounds=(-5.0, 5.0)),
+             ParameterSpec("illumination.distance_error_mm", 1.0, bounds=(-1.0, 1.0))]
+    with torch.no_grad():
+        m.illumination.rotation_deg.fill_(1.9)
+        m.illumination.distance_error_mm.fill_(0.9)
+
+    def evaluate(overrides):
+        x = overrides.get("illumination.rotation_deg", m.illumination.rotation_deg)
+        y = overrides.get("illumination.distance_error_mm", m.illumination.distance_error_mm)
+        return (x - 0.5) ** 2 + 100.0 * (x + y - 3.0) ** 2
+
+    block = Block(m, specs)
+    opt, closure = lbfgs(block, evaluate, 50)
+    opt.step(closure)
+    block.project_and_store()
+    with torch.no_grad():
+        stored = float(evaluate({}))
+    assert stored < 5.96
+    assert abs(stored - 2.2277) < 1e-3, stored
+    assert abs(float(m.illumination.rotation_deg) - 401 / 202) < 1e-3
+    assert float(m.illumination.distance_error_mm) == 1.0

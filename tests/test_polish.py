@@ -194,3 +194,35 @@ def test_a_centre_sampled_linearisation_is_that_of_the_centre_sampled_model():
     torch.testing.assert_close(centre.tangents, plain.tangents, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(centre.residual, plain.residual, rtol=1e-12, atol=1e-12)
     assert float((quad.tangents - centre.tangents).abs().amax()) > 1e-3 * float(quad.tangents.abs().amax())
+
+
+
+def test_a_step_across_a_bound_is_judged_by_the_loss_of_the_point_it_stores():
+    """A Gauss-Newton candidate that crosses a bound is stored clamped; the loss it is chosen by must be
+    the clamped point's. (Judged unprojected, the pupil edge's re-fit of a 32-px fixture lens took a
+    step of the LED tilt to 5.7 deg, bound 5, at a loss of 0.952 and stored it at 1.177, every step.)
+    Here on a closed form: L = (x - 2)^2 + 10 (x - y)^2 over the LED shift (x, y), bounds +/-1, from
+    (0, 0): the Gauss-Newton step is (2, 2) (L = 0), clamped (1, 1) (L = 1 < 4); the stored point's
+    loss is the one returned (unprojected it was 0)."""
+    from metrology.solver.schedule import ParameterSpec
+
+    model, *_ = _known_fit_inputs(frame_px=16, leds_per_side=3, seed=3)
+    path = "illumination.shift_mm"
+    with torch.no_grad():
+        model.illumination.shift_mm.zero_()
+    specs = [ParameterSpec(path, 1.0, 0, (-1.0, 1.0))]
+
+    def evaluate(overrides):
+        x, y = overrides.get(path, model.parameter(path))
+        return (x - 2.0) ** 2 + 10.0 * (x - y) ** 2
+
+    jac = torch.tensor([[1.0, 0.0], [10.0**0.5, -(10.0**0.5)]], dtype=torch.float64)
+    residual = torch.tensor([-2.0, 0.0], dtype=torch.float64)
+    jtj, jtr = jac.T @ jac, jac.T @ residual
+    delta = -torch.linalg.solve(jtj, jtr)
+    torch.testing.assert_close(delta, torch.tensor([2.0, 2.0], dtype=torch.float64))
+    after = polish_module._best_step(model, specs, evaluate, jtj, jtr, delta)
+    with torch.no_grad():
+        stored = float(evaluate({}))
+    torch.testing.assert_close(model.illumination.shift_mm.detach(), torch.tensor([1.0, 1.0]))
+    assert after == pytest.approx(stored, abs=1e-6) and stored == pytest.approx(1.0, abs=1e-6)

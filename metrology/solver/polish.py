@@ -252,7 +252,9 @@ def _loss_and_gradient(model, specs, evaluate, n_valid: float):
 def _best_step(model, specs, evaluate, jtj, jtr, delta, dampings=DAMPINGS, before: float | None = None):
     """Take the candidate step with the lowest loss (see :func:`polish`): the full, half and
     quarter Gauss-Newton step ``delta`` and the Levenberg-Marquardt steps with ``dampings``
-    (relative to the diagonal); None if none lowers the loss (``before``: the loss now, if known)."""
+    (relative to the diagonal); None if none lowers the loss (``before``: the loss now, if known).
+    A candidate's loss is that of its point projected onto the bounds (:meth:`Block.values
+    <metrology.solver.blocks.Block.values>`), the point stored."""
     block = Block(model, specs)
     dj = jtj.diagonal()
     candidates = [delta, 0.5 * delta, 0.25 * delta]

@@ -24,12 +24,11 @@ JOINT_STEPS = 80
 """L-BFGS iterations of the joint (system and sample) pass between two settle tests."""
 JOINT_RISE = 1e-3
 """A joint pass that leaves the objective higher than this fraction above where it began is undone
-and ends the loop (not converged). The L-BFGS pass runs unbounded and its end is clamped to the
-bounds: on the UConn red capture (blind, all terms, 45 iterations, 2026-12-04) one pass ended far
-outside them, the clamp put the NA at 0.01, the defocus at -200 um and every aberration at +/-2 waves,
-and the next Gauss-Newton information was not finite (the green capture's fit of 2026-12-04
-12:28 UTC ended in NaN the same way). Undone, the fit keeps its last good point and says why it is
-not converged."""
+and ends the loop (not converged; the fit keeps its last good point and says why). A backstop: the
+pass's losses are those of points it can store (:meth:`metrology.solver.blocks.Block.values`, the
+projected point). Before that, on the UConn red capture (blind, all terms, 45 iterations, 2026-12-04)
+a pass judged unclamped went from 0.78 to 23 once clamped to the bounds, and an unguarded fit ended
+with the NA at 0.01 and every aberration at +/-2 waves (docs/solver.md)."""
 
 
 
