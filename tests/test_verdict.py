@@ -305,3 +305,21 @@ def test_bad_wavelength_band_is_an_input_error(band, text):
 
     with pytest.raises(InputError, match=re.escape(text)):
         _spec_with(extra_lens=f"wavelength_band_nm = {band}")
+
+
+def test_a_free_sample_fits_message_says_converged_only_where_the_fit_is():
+    """With a free sample the polish's clause is the system's part ("system polished: ..."), so a blind
+    fit's message no longer reads "converged: ...; not converged: the sample is still changing"; a
+    failed polish keeps its "not converged" clause, which the reason line can name."""
+    from metrology.solver.reconstruct import _system_clause
+
+    polished = "converged: remaining Gauss-Newton step 0.076 sigma after 3 steps (data variances re-estimated there)"
+    assert _system_clause(polished) == ("system polished: remaining Gauss-Newton step 0.076 sigma after 3 steps "
+                                        "(data variances re-estimated there)")
+    assert _system_clause("converged at numerical precision (0.6 sigma step left)") == \
+        "system polished at numerical precision (0.6 sigma step left)"
+    failed = "not converged: iteration budget spent with a 3.3 sigma step left"
+    assert _system_clause(failed) == failed
+    message = f"loss unchanged over 2 rounds; {_system_clause(polished)}; not converged: the sample is still changing"
+    assert "; converged" not in message and not message.startswith("converged")
+    assert solver_reason(message) == "solver did not converge: the sample is still changing"
