@@ -310,16 +310,21 @@ def test_bad_wavelength_band_is_an_input_error(band, text):
 def test_a_free_sample_fits_message_says_converged_only_where_the_fit_is():
     """With a free sample the polish's clause is the system's part ("system polished: ..."), so a blind
     fit's message no longer reads "converged: ...; not converged: the sample is still changing"; a
-    failed polish keeps its "not converged" clause, which the reason line can name."""
+    failed polish keeps its "not converged" clause where the fit did not converge (the reason line can
+    name it) and loses it where the settle loop finished the job."""
     from metrology.solver.reconstruct import _system_clause
 
     polished = "converged: remaining Gauss-Newton step 0.076 sigma after 3 steps (data variances re-estimated there)"
-    assert _system_clause(polished) == ("system polished: remaining Gauss-Newton step 0.076 sigma after 3 steps "
-                                        "(data variances re-estimated there)")
-    assert _system_clause("converged at numerical precision (0.6 sigma step left)") == \
+    assert _system_clause(polished, False) == ("system polished: remaining Gauss-Newton step 0.076 sigma after 3 "
+                                               "steps (data variances re-estimated there)")
+    assert _system_clause("converged at numerical precision (0.6 sigma step left)", True) == \
         "system polished at numerical precision (0.6 sigma step left)"
     failed = "not converged: iteration budget spent with a 3.3 sigma step left"
-    assert _system_clause(failed) == failed
-    message = f"loss unchanged over 2 rounds; {_system_clause(polished)}; not converged: the sample is still changing"
+    assert _system_clause(failed, False) == failed
+    # the settle loop polished the system again and the fit converged: no "not converged" clause
+    assert _system_clause(failed, True) == ("system polish unfinished (the settle loop polished it again): "
+                                            "iteration budget spent with a 3.3 sigma step left")
+    message = (f"loss unchanged over 2 rounds; {_system_clause(polished, False)}; "
+               "not converged: the sample is still changing")
     assert "; converged" not in message and not message.startswith("converged")
     assert solver_reason(message) == "solver did not converge: the sample is still changing"

@@ -287,19 +287,25 @@ def _polished(model, data, mask, noise, schedule, evaluate, weighting, rounds, p
         # polished again while the sample settled: the settle test (the remaining Gauss-Newton step
         # at the final point) is the system's convergence test too
         converged = settled and (polished or again[0] is not None)
-        message = f"{message}; {_system_clause(polish_msg)}; {sample_msg}"
+        message = f"{message}; {_system_clause(polish_msg, converged)}; {sample_msg}"
     else:
         message = polish_msg
     return it + steps, converged, message, cols_all, jtj, meat, per_group
 
 
-def _system_clause(polish_msg: str) -> str:
-    """The polish's clause in the message of a fit with a free sample: a converged polish is the
-    system's part, not the fit's convergence (which the settle loop's clause decides), so it reads
-    "system polished: ..." rather than "converged: ..." (a blind fit's message had read "converged:
-    ...; not converged: the sample is still changing"). A polish that failed keeps its "not
-    converged" clause."""
-    return "system polished" + polish_msg[len("converged"):] if polish_msg.startswith("converged") else polish_msg
+def _system_clause(polish_msg: str, converged: bool) -> str:
+    """The polish's clause in the message of a fit with a free sample, whose convergence the settle
+    loop's clause decides (``converged``: the fit's). A converged polish reads "system polished: ..."
+    rather than "converged: ..." (a blind fit's message had read "converged: ...; not converged: the
+    sample is still changing"); a polish that spent its budget keeps its "not converged" clause where
+    the fit did not converge, and reads "system polish unfinished (the settle loop polished it
+    again): ..." where it did (UConn green: "not converged: iteration budget spent ...; sample
+    settled", a converged fit)."""
+    if polish_msg.startswith("converged"):
+        return "system polished" + polish_msg[len("converged"):]
+    if converged and polish_msg.startswith("not converged: "):
+        return "system polish unfinished (the settle loop polished it again): " + polish_msg[len("not converged: "):]
+    return polish_msg
 
 
 def _chi_square_dof(model, data, mask, noise, schedule, weighting: Weighting):
