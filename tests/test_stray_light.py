@@ -103,6 +103,16 @@ def test_a_known_fit_recovers_each_frames_stray_light(hazy_capture):
     np.testing.assert_allclose(found[dark], counts[dark], rtol=0.10)
     z = model.pupil.zernike_waves.detach().double().numpy()
     assert np.abs(z[4:15] - coeffs[4:15]).max() <= 0.001
+    # the measurement records each frame's light for the verdict's check; none is named here
+    from metrology.analysis.verdict import traded_frame_findings
+    from metrology.solver.uncertainty import frame_light
+
+    assert "illumination.stray_light" in fit.columns.paths  # measurement_from_fit records it then
+    light = frame_light(model)
+    assert [tuple(x) for x in light["leds"]] == [tuple(x) for x in leds]
+    np.testing.assert_allclose(light["stray_light"], model.illumination.stray_light.detach().double().numpy())
+    assert min(light["illumination_na"]) < 0.1 < max(light["illumination_na"])  # both sides of the pupil edge
+    assert traded_frame_findings(light, 0.1, fit.quality) == []
     _, plain = _fit(station, leds, frames, truth, stray=False)
     assert plain.reduced_chi2_noise > 5.0
 

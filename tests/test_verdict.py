@@ -328,3 +328,24 @@ def test_a_free_sample_fits_message_says_converged_only_where_the_fit_is():
                "not converged: the sample is still changing")
     assert "; converged" not in message and not message.startswith("converged")
     assert solver_reason(message) == "solver did not converge: the sample is still changing"
+
+
+def test_a_frame_whose_light_went_into_its_haze_is_named(spec):
+    """Stray light fitted: a frame at half the array's median brightness or less, with positive haze,
+    is named in a warning with its LED and illumination NA (not blocking); a blank frame is not judged,
+    nor a dim frame without haze, nor a measurement without the stray light."""
+    from metrology.analysis.verdict import traded_frame_findings
+
+    n = 9
+    light = {"leds": [[r, c] for r in range(3) for c in range(3)], "brightness": [1.0, 0.98, 1.03, 0.95, 1.01, 1.0,
+             0.007, 0.4, 0.99], "stray_light": [0.001] * 6 + [0.35, -0.001, 0.001],
+             "illumination_na": [0.05 + 0.006 * j for j in range(n)]}
+    (warning,) = traded_frame_findings(light, 0.1, DataQuality(blank_frames=[]))
+    assert "LED (2, 0) brightness 0.007 (1 % of the median), stray light 0.35, illumination NA 0.0860" in warning
+    assert "(2, 1)" not in warning  # dim, but no haze took its light
+    assert traded_frame_findings(light, 0.1, DataQuality(blank_frames=[6])) == []
+    assert traded_frame_findings(None, 0.1) == []
+    m = _measurement(_lens_coeffs("good"))
+    m.arrays["frame_light"] = light
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "PASS" and any(w.startswith("frame light possibly traded") for w in v.warnings), v.warnings

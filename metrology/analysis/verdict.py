@@ -174,6 +174,42 @@ def bound_findings(pinned, side: int | None, max_border_fraction: float) -> tupl
     return blocking, warnings
 
 
+TRADED_BRIGHTNESS = 0.5
+"""A frame whose fitted brightness is below this fraction of the array's median while its fitted stray
+light is positive is reported (:func:`traded_frame_findings`)."""
+
+
+def traded_frame_findings(frame_light: dict | None, na: float, quality=None) -> list:
+    """A warning for frames whose light the fit may have put into their haze (stray light fitted).
+
+    Near the pupil edge a frame's brightness and its uniform haze are hard to tell apart: off-model
+    glare trials (``bench_offmodel.py --stray-light 0.001``, known mode, the NA held, 2026-12-04) had
+    converged fits with one edge frame at brightness 0.007-0.73 for a true 0.96-0.98, its haze up to
+    0.35 off (illumination NA 0.097-0.0997 of a 0.1 pupil), the lens 1.15-1.54 u RMS off. A real LED
+    array's brightnesses spread by ~10-20 %, so a frame below :data:`TRADED_BRIGHTNESS` of the median
+    with positive haze is named, with its illumination NA, for the engineer to look at (a dim or
+    failing LED reads the same). Not blocking: the lens's U held on those trials (docs/uncertainty.md,
+    section 5). Blank frames (excluded from the fit) are not judged.
+    """
+    if not frame_light:
+        return []
+    b = np.asarray(frame_light["brightness"], float)
+    s = np.asarray(frame_light["stray_light"], float)
+    blank = set(getattr(quality, "blank_frames", None) or [])
+    fitted = np.array([j not in blank for j in range(len(b))], bool)
+    if not fitted.any():
+        return []
+    median = float(np.median(b[fitted]))
+    low = [j for j in np.flatnonzero(fitted) if b[j] < TRADED_BRIGHTNESS * median and s[j] > 0]
+    if not low:
+        return []
+    leds, ill = frame_light["leds"], frame_light["illumination_na"]
+    named = [f"LED ({leds[j][0]}, {leds[j][1]}) brightness {b[j]:.3g} ({100 * b[j] / median:.0f} % of the median), "
+             f"stray light {s[j]:.3g}, illumination NA {ill[j]:.4f}" for j in low]
+    more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+    return [f"frame light possibly traded for haze (pupil NA {na:.4f}; or a dim LED): " + "; ".join(named[:3]) + more]
+
+
 def validity_findings(measurement: Measurement, spec: LensSpec, station_status: dict | None = None):
     """Reasons that make the measurement invalid, and non-blocking warnings.
 
@@ -198,6 +234,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     if eff is not None and eff < v.min_effective_data_fraction:
         blocking.append(f"the model explains the data poorly: the learned data uncertainty leaves {100 * eff:.0f} % of "
                         f"the camera noise model's information (< {100 * v.min_effective_data_fraction:.0f} %)")
+    warnings += traded_frame_findings(measurement.arrays.get("frame_light"), measurement.na, measurement.quality)
     q = measurement.quality
     for code, message, sev in q.flags:
         (blocking if sev == "error" else warnings).append(f"data quality {sev} [{code}]: {message}")

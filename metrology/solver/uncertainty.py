@@ -293,4 +293,25 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
     )
     m.arrays["uncertainty_method"] = {**info, **{key: r.summary() for key, r in refits.items()}}
     m.arrays["sample_px"] = int(g.object_px)  # side of the sample grid (element names of its values)
+    if "illumination.stray_light" in fit.columns.paths:
+        m.arrays["frame_light"] = frame_light(model)
     return m
+
+
+def frame_light(model) -> dict:
+    """Each frame's fitted light, where the stray light is fitted (the verdict's check of a frame
+    whose light went into its haze, :func:`metrology.analysis.verdict.traded_frame_findings`).
+
+    Returns
+    -------
+    dict
+        ``leds`` (J lists (row, col)), ``brightness`` (J,), ``stray_light`` (J, clear-pupil
+        intensity) and ``illumination_na`` (J,: ``|k_j| lambda``), plain lists.
+    """
+    g = model.geometry
+    with torch.no_grad():
+        k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1).double().cpu()
+        brightness = model.illumination.brightness.detach().double().cpu()
+        stray = model.illumination.stray_light.detach().double().cpu()
+    return {"leds": [[int(r), int(c)] for r, c in g.leds], "brightness": brightness.tolist(),
+            "stray_light": stray.tolist(), "illumination_na": (k * g.wavelength_um).tolist()}
