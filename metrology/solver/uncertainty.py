@@ -291,11 +291,20 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
         vignetting=_fitted_estimates(model, VIGNETTING_PATHS, index, total),
         lens_parameters=_fitted_estimates(model, LENS_SCALARS, index, total),
     )
-    m.arrays["uncertainty_method"] = {**info, **{key: r.summary() for key, r in refits.items()}}
-    m.arrays["sample_px"] = int(g.object_px)  # side of the sample grid (element names of its values)
-    if "illumination.stray_light" in fit.columns.paths:
-        m.arrays["frame_light"] = frame_light(model)
+    m.arrays.update(_fit_records(fit, info, refits))
     return m
+
+
+def _fit_records(fit, info: dict, refits: dict) -> dict:
+    """What the budget and the verdict read besides the estimates: how U was evaluated
+    (``uncertainty_method``, with the re-fits' summaries), the side of the sample grid (``sample_px``:
+    the element names of its values) and, where the stray light is fitted, each frame's light
+    (``frame_light``, :func:`frame_light`)."""
+    records = {"uncertainty_method": {**info, **{key: r.summary() for key, r in refits.items()}},
+               "sample_px": int(fit.model.geometry.object_px)}
+    if "illumination.stray_light" in fit.columns.paths:
+        records["frame_light"] = frame_light(fit.model)
+    return records
 
 
 def frame_light(model) -> dict:
