@@ -226,3 +226,56 @@ def test_a_step_across_a_bound_is_judged_by_the_loss_of_the_point_it_stores():
         stored = float(evaluate({}))
     torch.testing.assert_close(model.illumination.shift_mm.detach(), torch.tensor([1.0, 1.0]))
     assert after == pytest.approx(stored, abs=1e-6) and stored == pytest.approx(1.0, abs=1e-6)
+
+
+def _toy_shift_problem(x, y):
+    """The closed form of the bound tests: L = (x - 2)^2 + 10 (x - y)^2 over the LED shift (x, y), bounds
+    +/-1; its ``J^T J`` and ``J^T r`` at (x, y) (residuals (x - 2, sqrt(10) (x - y)))."""
+    from metrology.solver.schedule import ParameterSpec
+
+    model, *_ = _known_fit_inputs(frame_px=16, leds_per_side=3, seed=3)
+    path = "illumination.shift_mm"
+    with torch.no_grad():
+        model.illumination.shift_mm.copy_(torch.tensor([x, y]))
+    specs = [ParameterSpec(path, 1.0, 0, (-1.0, 1.0))]
+
+    def evaluate(overrides):
+        a, b = overrides.get(path, model.parameter(path))
+        return (a - 2.0) ** 2 + 10.0 * (a - b) ** 2
+
+    jac = torch.tensor([[1.0, 0.0], [10.0**0.5, -(10.0**0.5)]], dtype=torch.float64)
+    residual = torch.tensor([x - 2.0, 10.0**0.5 * (x - y)], dtype=torch.float64)
+    return model, specs, evaluate, jac.T @ jac, jac.T @ residual
+
+
+def test_the_convergence_test_holds_a_parameter_its_step_pushes_across_a_bound():
+    """At the constrained optimum (1, 1) of L = (x - 2)^2 + 10 (x - y)^2 with x <= 1 the unconstrained
+    Gauss-Newton step is (1, 1), 1.0 sigma: a fit whose optimum lies beyond a bound never passed the
+    test. The bound-constrained step holds x on its bound and leaves y nothing to do (0 sigma); the
+    settle loop's test (one backward pass) agrees."""
+    from metrology.solver.blocks import Block
+
+    model, specs, evaluate, jtj, jtr = _toy_shift_problem(1.0, 1.0)
+    unconstrained = -torch.linalg.solve(jtj, jtr)
+    torch.testing.assert_close(unconstrained, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    delta, inv, held = polish_module.bounded_step(jtj, jtr, Block(model, specs))
+    assert held.tolist() == [True, False]
+    torch.testing.assert_close(delta, torch.zeros(2, dtype=torch.float64))
+    assert polish_module.remaining_step_sigma(model, specs, evaluate, jtj, n_valid=1.0) == pytest.approx(0.0, abs=1e-6)
+    # the pull across the bound is the optimum's: the same problem inside the bounds still has its step
+    model, specs, evaluate, jtj, jtr = _toy_shift_problem(0.5, 0.5)
+    assert polish_module.remaining_step_sigma(model, specs, evaluate, jtj, n_valid=1.0) > 1.0
+
+
+def test_a_parameter_on_a_bound_whose_step_points_inside_is_not_held():
+    """At (1, -1) (both on a bound) the descent points inside for both (``J^T r`` = (19, -20)), so neither
+    is held at first; the unconstrained step (1, 3) would carry x across its upper bound, so x is held
+    and y steps alone: (0, 2), y from its lower bound to 1, x's multiplier keeping its sign."""
+    from metrology.solver.blocks import Block
+
+    model, specs, _, jtj, jtr = _toy_shift_problem(1.0, -1.0)
+    delta, _, held = polish_module.bounded_step(jtj, jtr, Block(model, specs))
+    torch.testing.assert_close(jtr, torch.tensor([19.0, -20.0], dtype=torch.float64))
+    assert held.tolist() == [True, False]
+    torch.testing.assert_close(delta, torch.tensor([0.0, 2.0], dtype=torch.float64))
+

@@ -33,11 +33,16 @@ SPATIAL_BLOCKS = 4
 """The spatial jackknife deletes one of ``SPATIAL_BLOCKS^2`` image regions (the same in every frame)."""
 POLISH_TOLERANCE = 0.5
 """Converged when the remaining Gauss-Newton step is below this many standard deviations of every
-parameter (its effect on the result is then below ~12 % of the uncertainty, added in quadrature)."""
+parameter (its effect on the result is then below ~12 % of the uncertainty, added in quadrature).
+The step is that of the bound-constrained problem (:func:`bounded_step`): a parameter on a search
+bound that the step would push across it is held there."""
+BOUND_TOLERANCE = 1e-6
+"""A value within this many of its parameter's steps (:class:`~metrology.solver.schedule.ParameterSpec`
+``step``) of a search bound counts as on it (:func:`bounded_step`)."""
 
 
 def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS, weighting: Weighting | None = None,
-            priors=(), progress=None):
+           priors=(), progress=None):
     """Gauss-Newton polishing of the system parameters and the convergence test.
 
     At most ``budget`` steps are taken, each from a fresh linearisation (the forward-mode
@@ -78,7 +83,7 @@ def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS
     weights_here = True  # the variances were re-estimated at the current point
     lin = linearise(model, data, weighting.residual_scale(mask), noise, specs)
     while True:
-        eq = _normal_equations(lin, model, priors)
+        eq = _normal_equations(lin, model, specs, priors)
         if _DEBUG:
             _debug(step, evaluate, moved, lin.columns, eq)
         if eq.worst < POLISH_TOLERANCE and not weights_here:
@@ -91,7 +96,7 @@ def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS
             message = "not converged: non-finite Jacobian"
         elif eq.worst < POLISH_TOLERANCE:  # with the variances re-estimated at this very point
             message = (f"converged: remaining Gauss-Newton step {eq.worst:.2g} sigma after {step} steps "
-                       f"(data variances re-estimated there: largest change {moved:.2g})")
+                       f"(data variances re-estimated there: largest change {moved:.2g}{_held_clause(eq.held)})")
         if message is None and step >= budget:
             message = f"not converged: iteration budget spent with a {eq.worst:.2g} sigma step left"
         elif message is None:
@@ -116,7 +121,7 @@ def polish(model, data, mask, noise, specs, evaluate, budget: int = POLISH_STEPS
 def _step(model, specs, evaluate, eq, n_valid: float) -> float | None:
     """The best Gauss-Newton candidate from ``eq`` (:func:`_best_step`), then quasi-Newton steps on
     its ``J^T W J`` (:func:`_quasi_newton_steps`); the loss after them, None if no candidate lowers it."""
-    after = _best_step(model, specs, evaluate, eq.jtj, eq.jtr, eq.delta)
+    after = _best_step(model, specs, evaluate, eq.jtj, eq.jtr, eq.delta, held=eq.held)
     return None if after is None else _quasi_newton_steps(model, specs, evaluate, eq.jtj, n_valid)
 
 
@@ -131,17 +136,73 @@ class _Equations:
     inv: torch.Tensor | None = None
     delta: torch.Tensor | None = None
     worst: float = float("inf")  # largest |step| / sigma
+    held: torch.Tensor | None = None  # elements held on a bound (bool, P)
 
 
-def _normal_equations(lin, model, priors) -> _Equations:
+def _normal_equations(lin, model, specs, priors) -> _Equations:
     data_jtj, data_jtr = lin.normal()
     jtj, jtr = add_to_normal_equations(data_jtj, data_jtr, model, priors, lin.columns)
     eq = _Equations(data_jtj, jtj, jtr, bool(torch.isfinite(jtj).all() and torch.isfinite(jtr).all()))
     if eq.finite:
-        eq.inv = psd_inverse(jtj)
-        eq.delta = -(eq.inv @ jtr)
+        eq.delta, eq.inv, eq.held = bounded_step(jtj, jtr, Block(model, specs))
         eq.worst = _step_sigma(eq.delta, eq.inv)
     return eq
+
+
+def bounded_step(jtj: torch.Tensor, jtr: torch.Tensor, block: Block):
+    """The Gauss-Newton step of the bound-constrained problem, by an active set.
+
+    An element on a search bound (within :data:`BOUND_TOLERANCE` steps) is held there when the step
+    would push it across: the step of the others is ``-(H_FF)^-1 g_F`` with the held ones fixed, and
+    a held element is released again when the quadratic model's gradient there
+    (``g + H delta``) no longer points across its bound (its Lagrange multiplier changed sign).
+    Without this a fit whose optimum lies beyond a bound could never pass the convergence test (the
+    unconstrained step there stays large however often the projected step is taken); with it, the fit
+    converges on the bound and the verdict reports the element as on it
+    (:func:`~metrology.solver.schedule.parameters_at_bounds`).
+
+    Parameters
+    ----------
+    jtj : Tensor (P, P)
+        ``J^T W J`` (with the priors).
+    jtr : Tensor (P,)
+        ``J^T W r``: half the gradient of the loss's chi-square (descent is ``-jtr``).
+    block : Block
+        The parameters' current values and bounds (``theta0``, ``lower``, ``upper``, ``steps``), in
+        the columns' order.
+
+    Returns
+    -------
+    delta : Tensor (P,)
+        The step (zero on held elements).
+    inv : Tensor (P, P)
+        The inverse of the free elements' ``J^T W J`` (zero rows and columns on held ones): the
+        conditional covariance the step is measured against.
+    held : Tensor (P,) of bool
+    """
+    dtype, dev = jtj.dtype, jtj.device
+    theta, lower, upper = (t.to(dev, dtype) for t in (block.theta0, block.lower, block.upper))
+    tol = BOUND_TOLERANCE * block.steps.to(dev, dtype)
+    at_lo, at_hi = theta <= lower + tol, theta >= upper - tol
+    held = (at_lo & (jtr > 0)) | (at_hi & (jtr < 0))  # steepest descent points across
+    for _ in range(2 * len(theta) + 1):
+        free = ~held
+        inv = torch.zeros_like(jtj)
+        idx = torch.nonzero(free).flatten()
+        inv[idx[:, None], idx[None, :]] = psd_inverse(jtj[idx[:, None], idx[None, :]])
+        delta = -(inv @ jtr)
+        q = jtr + jtj @ delta  # the quadratic model's gradient at the step
+        out = free & ((at_lo & (delta < 0)) | (at_hi & (delta > 0)))
+        back = held & ((at_lo & (q < 0)) | (at_hi & (q > 0)))
+        if not bool(out.any() or back.any()):
+            break
+        held = (held | out) & ~back
+    return delta, inv, held
+
+
+def _held_clause(held) -> str:
+    n = 0 if held is None else int(held.sum())
+    return f"; {n} parameter element(s) held on a search bound" if n else ""
 
 
 def _step_sigma(delta: torch.Tensor, inv: torch.Tensor) -> float:
@@ -177,12 +238,13 @@ QUASI_TARGET = 0.25
 def remaining_step_sigma(model, specs, evaluate, jtj, n_valid: float) -> float:
     """Largest remaining Gauss-Newton step of the system parameters ``specs``, in standard deviations
     (``|H^-1 J^T W r| / sqrt(diag H^-1)`` with the posterior information ``jtj`` of the polish and a
-    fresh gradient: one backward pass); inf when the loss is not finite."""
+    fresh gradient: one backward pass; bound-constrained as in :func:`bounded_step`); inf when the
+    loss is not finite."""
     g = _gradient_jtr(model, specs, evaluate, n_valid)
     if g is None:
         return float("inf")
-    inv = psd_inverse(jtj.to(g.device, g.dtype))
-    return _step_sigma(inv @ g, inv)
+    delta, inv, _ = bounded_step(jtj.to(g.device, g.dtype), g, Block(model, specs))
+    return _step_sigma(delta, inv)
 
 
 def _quasi_newton_steps(model, specs, evaluate, jtj, n_valid: float) -> float:
@@ -211,21 +273,21 @@ def _quasi_newton_steps(model, specs, evaluate, jtj, n_valid: float) -> float:
         loss, g = _loss_and_gradient(model, specs, evaluate, n_valid)
         if g is None:
             break
-        x = Block(model, specs).theta0.double()
+        here = Block(model, specs)
+        x = here.theta0.double()
         if x0 is not None:  # the secant pair of the last step
             s, y = x - x0, g - g0
             sy, hs = float(s @ y), hess @ s
             shs = float(s @ hs)
             if sy > 0 and shs > 0:
                 hess = hess - torch.outer(hs, hs) / shs + torch.outer(y, y) / sy
-        inv = psd_inverse(hess)
-        delta = -(inv @ g)
+        delta, inv, held = bounded_step(hess, g, here)
         if _DEBUG:
             print(f"  quasi-Newton: loss {loss:.7f}, predicted step {_step_sigma(delta, inv):.3g} sigma, "
                   f"secant {x0 is not None}", flush=True)
         if _step_sigma(delta, inv) < QUASI_TARGET * POLISH_TOLERANCE:
             break
-        after = _best_step(model, specs, evaluate, hess, g, delta, QUASI_DAMPINGS, loss)
+        after = _best_step(model, specs, evaluate, hess, g, delta, QUASI_DAMPINGS, loss, held)
         if after is None or after > loss - 1e-7 * abs(loss):
             loss = loss if after is None else after
             break
@@ -249,16 +311,23 @@ def _loss_and_gradient(model, specs, evaluate, n_valid: float):
     return float(loss.detach()), (0.5 * n_valid * grad / block.steps).double().to(block.z[0].device)
 
 
-def _best_step(model, specs, evaluate, jtj, jtr, delta, dampings=DAMPINGS, before: float | None = None):
+def _best_step(model, specs, evaluate, jtj, jtr, delta, dampings=DAMPINGS, before: float | None = None,
+               held: torch.Tensor | None = None):
     """Take the candidate step with the lowest loss (see :func:`polish`): the full, half and
     quarter Gauss-Newton step ``delta`` and the Levenberg-Marquardt steps with ``dampings``
-    (relative to the diagonal); None if none lowers the loss (``before``: the loss now, if known).
+    (relative to the diagonal; elements ``held`` on a bound, :func:`bounded_step`, stay there);
+    None if none lowers the loss (``before``: the loss now, if known).
     A candidate's loss is that of its point projected onto the bounds (:meth:`Block.values
     <metrology.solver.blocks.Block.values>`), the point stored."""
     block = Block(model, specs)
-    dj = jtj.diagonal()
+    free = torch.ones(len(jtr), dtype=torch.bool, device=jtr.device) if held is None else ~held
+    idx = torch.nonzero(free).flatten()
+    sub, rhs = jtj[idx[:, None], idx[None, :]], jtr[idx]
     candidates = [delta, 0.5 * delta, 0.25 * delta]
-    candidates += [-(psd_inverse(jtj + damping * torch.diag(dj)) @ jtr) for damping in dampings]
+    for damping in dampings:
+        cand = torch.zeros_like(jtr)
+        cand[idx] = -(psd_inverse(sub + damping * torch.diag(sub.diagonal())) @ rhs)
+        candidates.append(cand)
     with torch.no_grad():
         before = float(evaluate({})) if before is None else before
         best, best_loss = None, before
