@@ -196,7 +196,6 @@ def test_a_centre_sampled_linearisation_is_that_of_the_centre_sampled_model():
     assert float((quad.tangents - centre.tangents).abs().amax()) > 1e-3 * float(quad.tangents.abs().amax())
 
 
-
 def test_a_step_across_a_bound_is_judged_by_the_loss_of_the_point_it_stores():
     """A Gauss-Newton candidate that crosses a bound is stored clamped; the loss it is chosen by must be
     the clamped point's. (Judged unprojected, the pupil edge's re-fit of a 32-px fixture lens took a

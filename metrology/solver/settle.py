@@ -31,7 +31,6 @@ a pass judged unclamped went from 0.78 to 23 once clamped to the bounds, and an 
 with the NA at 0.01 and every aberration at +/-2 waves (docs/solver.md)."""
 
 
-
 def sample_settled(model, data, mask, noise, schedule, evaluate, weighting, system_specs, jtj, n_valid: float):
     """The convergence test of a free sample, the same as the system's: after a further pass of the
     sample's own L-BFGS, the system parameters' remaining Gauss-Newton step must still be below
