@@ -78,11 +78,43 @@ def assess(frames: np.ndarray, noise: NoiseModel, background: float) -> tuple[np
     return mask, quality
 
 
-def blank_frames(data: torch.Tensor, model: torch.Tensor, background: float, noise: NoiseModel) -> list:
+TRANSITION_BAND = 0.05
+"""LEDs whose illumination NA lies within this fraction of the pupil's NA of it are judged blank by
+the dark field (:func:`blank_frames`), not by the started model."""
+
+
+def blank_frames(data: torch.Tensor, model: torch.Tensor, background: float, noise: NoiseModel,
+                 illumination_na=None, na: float | None = None) -> list:
     """Frames with no signal where the model predicts clear signal (a dead LED, a missed trigger).
 
     A frame is blank when its mean signal above background is below 20 % of the modelled one and the
     modelled signal is at least 10 standard errors of the frame mean.
+
+    An LED near the bright-/dark-field transition (illumination NA within :data:`TRANSITION_BAND` of
+    the pupil's ``na``, given both) is judged differently: the started model's NA and LED geometry are
+    not known well enough to say whether it lights the pupil, and a live LED just outside the edge reads
+    far below a bright-field prediction. It is blank only when its signal is also below 20 % of the
+    median signal of the dark-field frames (illumination NA beyond the band), which a live LED at the
+    edge exceeds (its scatter is the strongest of the dark field) and a dead one does not. (Judged by
+    the started model alone, blind off-model glare trials lost 1-3 live transition frames in half the
+    trials, the frames that pin the pupil edge, and their per-frame terms drifted to their bounds.)
+
+    Parameters
+    ----------
+    data, model : Tensor (J, n, n)
+        Measured and started frames, counts.
+    background : float
+        Camera offset, counts.
+    noise : NoiseModel
+    illumination_na : array-like (J,), optional
+        Each LED's illumination NA (``|k_j| lambda``).
+    na : float, optional
+        The pupil's NA.
+
+    Returns
+    -------
+    list of int
+        The blank frames' indices.
     """
     with torch.no_grad():
         npix = data.shape[-1] * data.shape[-2]
@@ -91,8 +123,14 @@ def blank_frames(data: torch.Tensor, model: torch.Tensor, background: float, noi
         shot = (model - background).clamp(min=0).mean(dim=(-2, -1)) / noise.gain_e_per_count
         sigma_mean = torch.sqrt(shot + noise.read_noise_counts**2) / npix**0.5
         flat = data.reshape(data.shape[0], -1).std(dim=1) < 1e-6
-        blank = ((measured < 0.2 * predicted) & (predicted > 10 * sigma_mean)) | flat
-        return [int(i) for i in torch.nonzero(blank).flatten()]
+        blank = (measured < 0.2 * predicted) & (predicted > 10 * sigma_mean)
+        if illumination_na is not None and na is not None:
+            s = torch.as_tensor(np.asarray(illumination_na, dtype=float), dtype=measured.dtype, device=measured.device)
+            edge = (s - na).abs() < TRANSITION_BAND * na
+            dark = s >= (1 + TRANSITION_BAND) * na
+            if bool(dark.any()):
+                blank = blank & (~edge | (measured < 0.2 * measured[dark].median()))
+        return [int(i) for i in torch.nonzero(blank | flat).flatten()]
 
 
 def flag_blank(quality: DataQuality, blank: list, n_frames: int, bright_field: np.ndarray) -> None:
