@@ -1,12 +1,16 @@
-"""Blank frames (a dead LED, a missed trigger) against live LEDs at the bright-/dark-field transition
-(:func:`metrology.solver.quality.blank_frames`)."""
+"""Blank frames (a dead LED, a missed trigger, a dropped frame) against live LEDs at the bright-/dark-field
+transition (:func:`metrology.solver.quality.blank_frames`), and the background estimate beside a dropped frame."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
+import metrology
 from metrology.solver import NoiseModel
-from metrology.solver.quality import TRANSITION_BAND, blank_frames
+from metrology.solver.quality import TRANSITION_BAND, blank_frames, estimate_background, flat_frames
+from tests.sim_cases import FIXTURES, bench_station, centre_leds, lens_coefficients, simulate_to
 
 NOISE = NoiseModel(gain_e_per_count=1.0, read_noise_counts=2.0)
 BACKGROUND = 10.0
@@ -48,3 +52,36 @@ def test_the_transition_band_is_relative_to_the_na():
     outside = 0.1 * (1 + 1.5 * TRANSITION_BAND)
     data = _frames([1000.0, 30.0, 1.0, 15.0])
     assert blank_frames(data, PREDICTED, BACKGROUND, NOISE, [0.0, 0.099, outside, 0.13], 0.1) == [2]
+
+
+def test_a_dropped_frame_does_not_pull_the_background_estimate():
+    """A camera drop-out reads 0 counts everywhere, below the offset. Among the darkest tenth of the
+    frames it pulled the pooled 5th percentile to 0 (a known fit of 81 frames then put every
+    dark-field brightness on its bound 0); flat frames are left out of the estimate."""
+    rng = np.random.default_rng(3)
+    frames = 40.0 + rng.normal(0.0, 2.0, size=(20, 16, 16))
+    frames[:10] += 500.0  # bright field
+    expected = estimate_background(frames)
+    assert abs(expected - (40.0 - 1.645 * 2.0)) < 0.5  # the 5th percentile of N(40, 2^2)
+    frames[12] = 0.0  # dropped
+    assert flat_frames(frames).tolist() == [j == 12 for j in range(20)]
+    assert estimate_background(frames) == pytest.approx(estimate_background(np.delete(frames, 12, axis=0)))
+    assert abs(estimate_background(frames) - expected) < 0.5
+
+
+def test_a_dropped_frame_is_excluded_and_the_known_fit_holds(tmp_path):
+    """End to end (known mode, 9 x 9 LEDs, 32 px: the case where it was found): one frame dropped
+    (all 0) is named blank, left out of the fit, and the fit converges with no parameter on a bound
+    and the lens within its U."""
+    station, leds = bench_station(32), centre_leds(9)
+    coeffs = lens_coefficients(0.03, 1)
+    spec = FIXTURES / "specs" / "plan-4x-010.toml"
+    cap, st, _ = simulate_to(tmp_path, station, coeffs, seed=1, leds=leds, blank_frames=[0])
+    result = metrology.inspect(cap, st, spec)
+    doc = result.document
+    assert doc["data_quality"]["blank_frames"] == [0]
+    assert doc["solver"]["converged"] and doc["solver"]["at_bounds"] == []
+    assert doc["solver"]["reduced_chi2"] < 2.0
+    error = result.measurement.zernike_waves[4:15] - coeffs[4:15]
+    assert np.abs(error).max() < 0.005
+    assert np.abs(error / result.measurement.zernike_u[4:15]).max() < 4.0

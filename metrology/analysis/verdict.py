@@ -238,7 +238,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
     q = measurement.quality
     for code, message, sev in q.flags:
         (blocking if sev == "error" else warnings).append(f"data quality {sev} [{code}]: {message}")
-    if q.blank_frames and not any(sev == "error" for _, _, sev in q.flags):
+    if q.blank_frames and not any(code == "blank_frames" for code, _, _ in q.flags):  # else said above
         warnings.append(f"blank frames: {list(q.blank_frames)}")
     if q.saturated_fraction > v.max_saturated_fraction:
         blocking.append(f"saturated fraction {q.saturated_fraction:.3g} > {v.max_saturated_fraction:g}")

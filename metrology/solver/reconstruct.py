@@ -348,7 +348,7 @@ def _exclude_blank_frames(model, data, mask, quality, background, noise) -> None
     ``quality`` and take them out of the fit ``mask`` (in place)."""
     with torch.no_grad():
         pred = model()
-        illumination_na = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1) * model.geometry.wavelength_um
+        illumination_na = model.illumination.illumination_na()
         na = float(model.pupil.na)
     blank = blank_frames(data, pred, background, noise, illumination_na.cpu().numpy(), na)
     flag_blank(quality, blank, data.shape[0], model.bright_field().cpu().numpy())

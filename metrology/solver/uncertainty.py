@@ -319,8 +319,8 @@ def frame_light(model) -> dict:
     """
     g = model.geometry
     with torch.no_grad():
-        k = torch.linalg.vector_norm(model.illumination.spatial_frequencies(), dim=-1).double().cpu()
+        illumination_na = model.illumination.illumination_na().double().cpu()
         brightness = model.illumination.brightness.detach().double().cpu()
         stray = model.illumination.stray_light.detach().double().cpu()
     return {"leds": [[int(r), int(c)] for r, c in g.leds], "brightness": brightness.tolist(),
-            "stray_light": stray.tolist(), "illumination_na": (k * g.wavelength_um).tolist()}
+            "stray_light": stray.tolist(), "illumination_na": illumination_na.tolist()}
