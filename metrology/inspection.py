@@ -99,9 +99,18 @@ def build_arrays(fit, measurement):
         loss_history=np.asarray(fit.history, dtype=float),
         led_xy_mm=xy,
         led_brightness=brightness,
-        led_residual=np.asarray(fit.frame_residuals, dtype=float),
+        led_residual=_fitted_frames_only(fit, fit.frame_residuals),
         led_scale=None if fit.weights is None else fit.weights.frame_scale(),
     )
+
+
+def _fitted_frames_only(fit, per_frame) -> np.ndarray:
+    """``per_frame`` (J,) with NaN where no pixel of the frame was fitted (blank, repeated): the
+    report's LED maps draw those grey instead of as a perfect fit."""
+    values = np.asarray(per_frame, dtype=float).copy()
+    fitted = (fit.mask.reshape(fit.mask.shape[0], -1) > 0).any(dim=1).cpu().numpy()
+    values[~fitted] = np.nan
+    return values
 
 
 @dataclass

@@ -38,6 +38,7 @@ class DataQuality:
     hot_pixels: int = 0
     blank_frames: list = field(default_factory=list)
     flags: list = field(default_factory=list)
+    duplicate_frames: list = field(default_factory=list)  # [frame, the earlier frame it repeats]
 
 
 @dataclass

@@ -9,7 +9,8 @@ import torch
 
 import metrology
 from metrology.solver import NoiseModel
-from metrology.solver.quality import TRANSITION_BAND, blank_frames, estimate_background, flat_frames
+from metrology.solver.quality import (TRANSITION_BAND, assess, blank_frames, duplicate_frames, estimate_background,
+                                      flat_frames)
 from tests.sim_cases import FIXTURES, bench_station, centre_leds, lens_coefficients, simulate_to
 
 NOISE = NoiseModel(gain_e_per_count=1.0, read_noise_counts=2.0)
@@ -85,3 +86,23 @@ def test_a_dropped_frame_is_excluded_and_the_known_fit_holds(tmp_path):
     error = result.measurement.zernike_waves[4:15] - coeffs[4:15]
     assert np.abs(error).max() < 0.005
     assert np.abs(error / result.measurement.zernike_u[4:15]).max() < 4.0
+
+
+def test_a_repeated_frame_is_named_and_left_out_of_the_fit():
+    """A frame equal to an earlier one in every pixel (a missed trigger) is flagged and masked; frames
+    that merely look alike (the same scene, fresh noise) and flat frames are not."""
+    rng = np.random.default_rng(5)
+    scene = 100.0 + 50.0 * rng.random((16, 16))
+    frames = np.stack([rng.poisson(scene).astype(float) for _ in range(30)])
+    frames[7] = frames[6]  # the buffer read again
+    frames[20] = frames[3]
+    frames[25] = 0.0
+    frames[26] = 0.0  # two dropped frames: flat, for the blank-frame rule
+    assert duplicate_frames(frames) == [[7, 6], [20, 3]]
+    mask, quality = assess(frames, NoiseModel(), 100.0)
+    assert not mask[7].any() and not mask[20].any() and mask[6].all() and mask[3].all() and mask[25].all()
+    assert quality.duplicate_frames == [[7, 6], [20, 3]]
+    (flag,) = [f for f in quality.flags if f[0] == "duplicate_frames"]
+    assert "frame 7 repeats frame 6" in flag[1] and flag[2] == "error"  # 2 of 30 > 5 %
+    frames[20] = rng.poisson(scene)
+    assert [f[2] for f in assess(frames, NoiseModel(), 100.0)[1].flags if f[0] == "duplicate_frames"] == ["warning"]

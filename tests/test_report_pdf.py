@@ -252,3 +252,26 @@ def test_unmeasured_station_terms_are_named():
         "illumination.distance_error_mm", "illumination.tilt_deg[0]", "illumination.tilt_deg[1]",
         "sample.position_um[0]", "sample.position_um[1]")]
     assert unmeasured_station_terms({"station_misalignment": full}) == []
+
+
+def test_frames_left_out_of_the_fit_are_grey_on_the_led_maps():
+    """A blank or repeated frame has no learned scale and no residual (NaN): its LED is drawn grey,
+    and the colour scale is that of the fitted frames (a 1e150 placeholder had set its top)."""
+    import io
+
+    import matplotlib.image
+
+    from metrology.report.plots import led_scale_png, sample_led_png
+
+    def grey_pixels(png):
+        rgb = matplotlib.image.imread(io.BytesIO(png))[..., :3]
+        return int((np.abs(rgb - 0.75).max(axis=-1) < 0.02).sum())
+
+    arrays = example_arrays()
+    j = len(arrays.led_residual)
+    arrays.led_scale = np.linspace(1.0, 3.0, j)
+    before = [grey_pixels(led_scale_png(arrays)), grey_pixels(sample_led_png(arrays))]
+    arrays.led_scale[j // 2] = np.nan
+    arrays.led_residual[j // 2] = np.nan
+    after = [grey_pixels(led_scale_png(arrays)), grey_pixels(sample_led_png(arrays))]
+    assert after[0] >= before[0] + 4 and after[1] >= before[1] + 4, (before, after)

@@ -332,6 +332,8 @@ def sample_led_png(arrays: ReportArrays, width_mm=186.0, height_mm=44.0) -> byte
     bytes
         PNG image.
     """
+    import matplotlib  # lazy, as everywhere here
+
     fig = _figure(width_mm, height_mm)
     axes = [fig.add_axes([0.05 + i * 0.25, 0.2, 0.15, 0.66]) for i in range(4)]
     if arrays.sample_amplitude is None or arrays.sample_phase is None:
@@ -350,8 +352,8 @@ def sample_led_png(arrays: ReportArrays, width_mm=186.0, height_mm=44.0) -> byte
         if arrays.led_xy_mm is None or values is None:
             _missing(ax, title)
             continue
-        sc = ax.scatter(arrays.led_xy_mm[:, 0], arrays.led_xy_mm[:, 1], c=values, s=5, cmap=cmap,
-                        edgecolors="none")
+        sc = ax.scatter(arrays.led_xy_mm[:, 0], arrays.led_xy_mm[:, 1], c=values, s=5, edgecolors="none",
+                        cmap=matplotlib.colormaps[cmap].with_extremes(bad="0.75"), plotnonfinite=True)  # not fitted: grey
         ax.set_aspect("equal", adjustable="datalim")
         ax.invert_yaxis()  # +y down, as on every map
         _style(ax, title)
@@ -468,6 +470,7 @@ def convergence_png(history, width_mm=56.0, height_mm=62.0, polish_steps: int = 
 def led_scale_png(arrays: ReportArrays, width_mm=186.0, height_mm=52.0) -> bytes:
     """Per-LED maps of the learned data-uncertainty scale ``s_j`` (log colour scale) and of the raw
     residual against the camera noise: the frames the model explains least are where both are high.
+    Frames left out of the fit (blank, repeated; NaN) are grey.
 
     Returns
     -------
@@ -475,6 +478,7 @@ def led_scale_png(arrays: ReportArrays, width_mm=186.0, height_mm=52.0) -> bytes
         PNG image.
     """
     # lazy: matplotlib loads only when a report is drawn (start-up time)
+    import matplotlib
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
@@ -487,9 +491,11 @@ def led_scale_png(arrays: ReportArrays, width_mm=186.0, height_mm=52.0) -> bytes
         if arrays.led_xy_mm is None or values is None:
             _missing(ax, title)
             continue
-        norm = LogNorm(vmin=1.0, vmax=max(2.0, float(np.nanmax(values)))) if log else None
-        sc = ax.scatter(arrays.led_xy_mm[:, 0], arrays.led_xy_mm[:, 1], c=values, s=9, cmap="inferno",
-                        edgecolors="none", norm=norm)
+        finite = values[np.isfinite(values)]
+        norm = LogNorm(vmin=1.0, vmax=max(2.0, float(finite.max()) if finite.size else 2.0)) if log else None
+        cmap = matplotlib.colormaps["inferno"].with_extremes(bad="0.75")  # frames not fitted: grey
+        sc = ax.scatter(arrays.led_xy_mm[:, 0], arrays.led_xy_mm[:, 1], c=values, s=9, cmap=cmap,
+                        edgecolors="none", norm=norm, plotnonfinite=True)
         ax.set_aspect("equal", adjustable="datalim")
         ax.invert_yaxis()  # +y down, as on every map
         _style(ax, title)

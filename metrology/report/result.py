@@ -240,6 +240,7 @@ def build_document(loaded, measurement, verdict, status, figures, timings, seria
         "data_quality": {
             "saturated_fraction": float(q.saturated_fraction), "hot_pixels": int(q.hot_pixels),
             "blank_frames": [int(b) for b in q.blank_frames],
+            "duplicate_frames": [[int(j), int(i)] for j, i in getattr(q, "duplicate_frames", [])],
             "flags": [{"code": c, "message": m, "severity": s} for c, m, s in q.flags],
         },
         "solver": _solver_block(measurement.solver),

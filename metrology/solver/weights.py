@@ -108,10 +108,13 @@ class DataWeights:
 
     def frame_scale(self) -> np.ndarray:
         """Per-frame scale ``s_j`` (J,): the frame's information relative to the noise model is
-        ``1 / s_j^2`` (``s_j^2`` is the pixel-weighted harmonic mean of its bands' ``v``)."""
+        ``1 / s_j^2`` (``s_j^2`` is the pixel-weighted harmonic mean of its bands' ``v``); NaN for a
+        frame with no pixel in the fit (blank or repeated: it has no scale, and the 1e150 it read
+        before set the top of the report's colour scale)."""
         info = (self.pixels / self.variance).sum(dim=1)
-        n = self.pixels.sum(dim=1).clamp(min=1.0)
-        return torch.sqrt(n / info.clamp(min=1e-300)).cpu().numpy()
+        n = self.pixels.sum(dim=1)
+        s = torch.sqrt(n.clamp(min=1.0) / info.clamp(min=1e-300))
+        return torch.where(n > 0, s, torch.full_like(s, float("nan"))).cpu().numpy()
 
     def band_scale(self) -> np.ndarray:
         """``sqrt(v)`` per frame and band, shape (J, n_bands) (band 0 = frame border)."""
