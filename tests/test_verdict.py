@@ -349,3 +349,25 @@ def test_a_frame_whose_light_went_into_its_haze_is_named(spec):
     m.arrays["frame_light"] = light
     v = judge(m, spec, n_draws=200)
     assert v.overall == "PASS" and any(w.startswith("frame light possibly traded") for w in v.warnings), v.warnings
+
+
+def test_a_frame_the_model_explains_far_worse_than_the_rest_is_named(spec):
+    """A fitted frame whose learned scale is >= 10x the median's (a swapped or foreign frame) is named,
+    the worst first, with its LED and illumination NA; not blocking. Frames not fitted (NaN/None) and
+    a bright field scaled 4-5x as a group (a real station's mis-modelling) are not named."""
+    from metrology.analysis.verdict import MISFIT_SCALE, misfit_frame_findings
+
+    light = {"leds": [[r, c] for r in range(3) for c in range(3)], "brightness": [1.0] * 9,
+             "stray_light": [0.0] * 9, "illumination_na": [0.05 + 0.006 * j for j in range(9)]}
+    scale = [1.0, 1.1, 0.99, 1.02, 146.0, None, 1.0, 12.0, 1.05]
+    (warning,) = misfit_frame_findings(light, {"frame_scale": scale})
+    assert warning.startswith("2 frame(s) fit far worse than the rest")
+    assert warning.index("LED (1, 1) s_j 146 at illumination NA 0.0740") < warning.index("LED (2, 1) s_j 12")
+    assert misfit_frame_findings(light, {"frame_scale": [1.0] * 4 + [4.5] * 5}) == []
+    assert misfit_frame_findings(light, {"frame_scale": [1.0] * 8 + [0.99 * MISFIT_SCALE]}) == []
+    assert misfit_frame_findings(light, {}) == [] and misfit_frame_findings(None, {"frame_scale": scale}) == []
+    m = _measurement(_lens_coeffs("good"))
+    m.arrays["frame_light"] = light
+    m.solver.data_uncertainty = {"frame_scale": scale}
+    v = judge(m, spec, n_draws=200)
+    assert v.overall == "PASS" and any("fit far worse" in w for w in v.warnings), v.warnings

@@ -210,6 +210,41 @@ def traded_frame_findings(frame_light: dict | None, na: float, quality=None) -> 
     return [f"frame light possibly traded for haze (pupil NA {na:.4f}; or a dim LED): " + "; ".join(named[:3]) + more]
 
 
+MISFIT_SCALE = 10.0
+"""A fitted frame whose learned data scale ``s_j`` is at least this many times the median frame's
+(and at least this large) is named (:func:`misfit_frame_findings`)."""
+
+
+def misfit_frame_findings(frame_light: dict | None, data_uncertainty: dict | None) -> list:
+    """A warning naming the frames the model explains far worse than the rest.
+
+    The learned data variances down-weight such a frame, so it does not steer the fit, and nothing
+    else would name it. A frame of another LED is the usual cause: two frames swapped in the capture
+    order (a bright-field frame stored under a dark-field LED read ``s_j`` 145 against a median of
+    1.0; 9 x 9 LEDs, 32 px, simulated), a missed trigger, a reflection. :data:`MISFIT_SCALE` (a
+    variance 100x the median's) leaves out the mis-modelling a real station shows in whole groups of
+    frames (the UConn captures' bright field: ``s_j`` 4-5 against ~1). Not blocking: the frame is
+    down-weighted and U carries it.
+    """
+    if not frame_light or not data_uncertainty or not data_uncertainty.get("frame_scale"):
+        return []
+    scale = np.array([np.nan if x is None else x for x in data_uncertainty["frame_scale"]], float)
+    fitted = np.isfinite(scale)
+    if len(scale) != len(frame_light["leds"]) or not fitted.any():
+        return []
+    median = float(np.median(scale[fitted]))
+    bad = [j for j in np.flatnonzero(fitted) if scale[j] >= MISFIT_SCALE * max(median, 1.0)]
+    if not bad:
+        return []
+    bad.sort(key=lambda j: -scale[j])
+    leds, ill = frame_light["leds"], frame_light["illumination_na"]
+    named = [f"LED ({leds[j][0]}, {leds[j][1]}) s_j {scale[j]:.3g} at illumination NA {ill[j]:.4f}" for j in bad[:3]]
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return [f"{len(bad)} frame(s) fit far worse than the rest (learned data scale >= {MISFIT_SCALE:g}x the median "
+            f"{median:.3g}; down-weighted): " + "; ".join(named) + more
+            + " (a frame of another LED: capture order or a missed trigger; or light the model lacks)"]
+
+
 def validity_findings(measurement: Measurement, spec: LensSpec, station_status: dict | None = None):
     """Reasons that make the measurement invalid, and non-blocking warnings.
 
@@ -235,6 +270,7 @@ def validity_findings(measurement: Measurement, spec: LensSpec, station_status: 
         blocking.append(f"the model explains the data poorly: the learned data uncertainty leaves {100 * eff:.0f} % of "
                         f"the camera noise model's information (< {100 * v.min_effective_data_fraction:.0f} %)")
     warnings += traded_frame_findings(measurement.arrays.get("frame_light"), measurement.na, measurement.quality)
+    warnings += misfit_frame_findings(measurement.arrays.get("frame_light"), sol.data_uncertainty)
     q = measurement.quality
     for code, message, sev in q.flags:
         (blocking if sev == "error" else warnings).append(f"data quality {sev} [{code}]: {message}")

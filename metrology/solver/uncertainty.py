@@ -298,18 +298,16 @@ def measurement_from_fit(fit, constant_uncertainties: dict | None = None, finite
 def _fit_records(fit, info: dict, refits: dict) -> dict:
     """What the budget and the verdict read besides the estimates: how U was evaluated
     (``uncertainty_method``, with the re-fits' summaries), the side of the sample grid (``sample_px``:
-    the element names of its values) and, where the stray light is fitted, each frame's light
-    (``frame_light``, :func:`frame_light`)."""
-    records = {"uncertainty_method": {**info, **{key: r.summary() for key, r in refits.items()}},
-               "sample_px": int(fit.model.geometry.object_px)}
-    if "illumination.stray_light" in fit.columns.paths:
-        records["frame_light"] = frame_light(fit.model)
-    return records
+    the element names of its values) and each frame's light and LED (``frame_light``,
+    :func:`frame_light`)."""
+    return {"uncertainty_method": {**info, **{key: r.summary() for key, r in refits.items()}},
+            "sample_px": int(fit.model.geometry.object_px), "frame_light": frame_light(fit.model)}
 
 
 def frame_light(model) -> dict:
-    """Each frame's fitted light, where the stray light is fitted (the verdict's check of a frame
-    whose light went into its haze, :func:`metrology.analysis.verdict.traded_frame_findings`).
+    """Each frame's LED and fitted light (the verdict's checks of a frame whose light went into its
+    haze, :func:`metrology.analysis.verdict.traded_frame_findings`, and of a frame the model explains
+    far worse than the rest, :func:`metrology.analysis.verdict.misfit_frame_findings`).
 
     Returns
     -------
