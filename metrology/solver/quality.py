@@ -1,7 +1,8 @@
-"""Data quality of a capture: saturation, hot pixels, blank frames; the fit mask."""
+"""Data quality of a capture: saturation, hot pixels, blank and repeated frames; the fit mask."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +59,9 @@ def duplicate_frames(frames) -> list:
     for j in range(len(frames)):
         if flat[j]:
             continue
-        key = np.ascontiguousarray(frames[j]).tobytes()
+        key = hashlib.blake2b(np.ascontiguousarray(frames[j]), digest_size=16).digest()  # not a copy of the frame
         i = first.setdefault(key, j)
-        if i != j:
+        if i != j and np.array_equal(frames[i], frames[j]):
             out.append([j, i])
     return out
 
