@@ -106,3 +106,21 @@ def test_a_repeated_frame_is_named_and_left_out_of_the_fit():
     assert "frame 7 repeats frame 6" in flag[1] and flag[2] == "error"  # 2 of 30 > 5 %
     frames[20] = rng.poisson(scene)
     assert [f[2] for f in assess(frames, NoiseModel(), 100.0)[1].flags if f[0] == "duplicate_frames"] == ["warning"]
+
+
+def test_the_per_frame_terms_of_frames_left_out_are_held():
+    """A frame left out of the fit has no data for its brightness and stray light: the schedule holds
+    them (free, the stray light had no gradient and no prior and went to its bound); other terms, and
+    the stages' own element lists, are kept."""
+    from metrology.solver.schedule import ParameterSpec, Schedule
+
+    s = Schedule(parameters=(ParameterSpec("illumination.brightness", 0.01, 0, (0.0, 10.0)),
+                             ParameterSpec("illumination.stray_light", 0.01, 2, (-1.0, 10.0), (0, 1, 2)),
+                             ParameterSpec("illumination.shift_mm", 0.01)))
+    held = s.without_frames([1, 5], 8)
+    assert [(p.path, p.indices, p.start) for p in held.parameters] == [
+        ("illumination.brightness", (0, 2, 3, 4, 6, 7), 0), ("illumination.stray_light", (0, 2), 2),
+        ("illumination.shift_mm", None, 0)]
+    assert s.without_frames([], 8) is s
+    assert [p.path for p in s.without_frames([0, 1, 2], 8).parameters] == ["illumination.brightness",
+                                                                          "illumination.shift_mm"]

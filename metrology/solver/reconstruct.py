@@ -168,6 +168,7 @@ def reconstruct(
     summary = start(model, data, mask, background, schedule, search_geometry=initialise_geometry, ranges=ranges,
                     observe=observe, sample_given=reference_transmission is not None)
     _exclude_blank_frames(model, data, mask, quality, background, noise)
+    schedule = schedule.without_frames(torch.nonzero(mask.flatten(1).amax(dim=1) <= 0).flatten().tolist(), data.shape[0])
     reference = None
     if schedule.mode == "prior":
         reference = model.sample.transmission().detach().clone()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from metrology.parameters import BY_PATH, GEOMETRY, MODES, SCHEDULE_ORDER
+from metrology.parameters import BY_PATH, GEOMETRY, MODES, PER_FRAME, SCHEDULE_ORDER
 from metrology.solver.jacobian import STRAY_LIGHT, columns_for
 from metrology.solver.priors import default_priors
 
@@ -162,6 +162,24 @@ class Schedule:
     def without(self, *paths) -> "Schedule":
         """The same schedule with ``paths`` fixed (e.g. misalignment frozen at nominal)."""
         return replace(self, parameters=tuple(p for p in self.parameters if p.path not in paths))
+
+    def without_frames(self, frames, n_frames: int) -> "Schedule":
+        """The same schedule with the per-frame terms (:data:`metrology.parameters.PER_FRAME`: each
+        LED's brightness and stray light) of ``frames`` held: frames left out of the fit (blank,
+        repeated) have no data for them. Free, a held-out frame's stray light had no gradient and no
+        prior, and the Gauss-Newton step sent it to its bound (blind off-model glare trials, 3 of 30)."""
+        drop = {int(j) for j in frames}
+        if not drop:
+            return self
+        specs = []
+        for p in self.parameters:
+            if p.path in PER_FRAME:
+                kept = tuple(j for j in (range(n_frames) if p.indices is None else p.indices) if j not in drop)
+                if not kept:
+                    continue
+                p = replace(p, indices=kept)
+            specs.append(p)
+        return replace(self, parameters=tuple(specs))
 
 
 GEOMETRY_PATHS = GEOMETRY
