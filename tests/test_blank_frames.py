@@ -124,3 +124,21 @@ def test_the_per_frame_terms_of_frames_left_out_are_held():
     assert s.without_frames([], 8) is s
     assert [p.path for p in s.without_frames([0, 1, 2], 8).parameters] == ["illumination.brightness",
                                                                           "illumination.shift_mm"]
+
+
+def test_the_blank_frame_flag_names_the_bright_field_ones_that_make_it_an_error():
+    """One blank dark-field frame of 81 is a warning; a blank bright-field frame is an error and the
+    flag says which (a frame of another LED under a bright-field LED reads so, not only a dead LED)."""
+    from metrology.measurement import DataQuality
+    from metrology.solver.quality import flag_blank
+
+    bright = np.zeros(81, bool)
+    bright[30:33] = True
+    q = DataQuality()
+    flag_blank(q, [0], 81, bright)
+    assert q.flags[-1][2] == "warning" and "bright field" not in q.flags[-1][1]
+    q = DataQuality()
+    flag_blank(q, [0, 31], 81, bright)
+    (code, message, severity) = q.flags[-1]
+    assert code == "blank_frames" and severity == "error"
+    assert message.endswith("[0, 31], of them in the bright field: [31]") and "a frame of another LED" in message

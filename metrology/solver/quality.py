@@ -194,12 +194,15 @@ def flag_blank(quality: DataQuality, blank: list, n_frames: int, bright_field: n
     if not blank:
         return
     frac = len(blank) / n_frames
-    severe = frac > 0.05 or any(bright_field[i] for i in blank)
+    bright = [i for i in blank if bright_field[i]]
+    severe = frac > 0.05 or bool(bright)
     quality.flags.append(
         (
             "blank_frames",
-            f"{len(blank)} of {n_frames} frames carry no signal (excluded from the fit): {blank[:12]}"
-            + ("..." if len(blank) > 12 else ""),
+            f"{len(blank)} of {n_frames} frames hold far less light than the model predicts, or none (a dead LED, "
+            f"a dropped frame, a frame of another LED; excluded from the fit): {blank[:12]}"
+            + ("..." if len(blank) > 12 else "")
+            + (f", of them in the bright field: {bright[:12]}" if bright else ""),
             "error" if severe else "warning",
         )
     )
