@@ -44,6 +44,7 @@ from metrology.report.pdf import render_inspection_report
 from metrology.report.plots import ReportArrays
 from metrology.report.result import build_document, figures_of_merit
 from metrology.report.sample_files import check_sample_format, sample_bytes
+from metrology.solver.quality import frames_left_out
 
 EXIT = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
 
@@ -108,8 +109,7 @@ def _fitted_frames_only(fit, per_frame) -> np.ndarray:
     """``per_frame`` (J,) with NaN where no pixel of the frame was fitted (blank, repeated): the
     report's LED maps draw those grey instead of as a perfect fit."""
     values = np.asarray(per_frame, dtype=float).copy()
-    fitted = (fit.mask.reshape(fit.mask.shape[0], -1) > 0).any(dim=1).cpu().numpy()
-    values[~fitted] = np.nan
+    values[frames_left_out(fit.mask)] = np.nan
     return values
 
 

@@ -187,9 +187,7 @@ def bounded_step(jtj: torch.Tensor, jtr: torch.Tensor, block: Block):
     held = (at_lo & (jtr > 0)) | (at_hi & (jtr < 0))  # steepest descent points across
     for _ in range(2 * len(theta) + 1):
         free = ~held
-        inv = torch.zeros_like(jtj)
-        idx = torch.nonzero(free).flatten()
-        inv[idx[:, None], idx[None, :]] = psd_inverse(jtj[idx[:, None], idx[None, :]])
+        inv = _inverse_on(jtj, free)
         delta = -(inv @ jtr)
         q = jtr + jtj @ delta  # the quadratic model's gradient at the step
         out = free & ((at_lo & (delta < 0)) | (at_hi & (delta > 0)))
@@ -198,6 +196,15 @@ def bounded_step(jtj: torch.Tensor, jtr: torch.Tensor, block: Block):
             break
         held = (held | out) & ~back
     return delta, inv, held
+
+
+def _inverse_on(jtj: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``jtj``'s block on the ``free`` elements (P,) bool, zero rows and columns
+    elsewhere, shape (P, P)."""
+    inv = torch.zeros_like(jtj)
+    idx = torch.nonzero(free).flatten()
+    inv[idx[:, None], idx[None, :]] = psd_inverse(jtj[idx[:, None], idx[None, :]])
+    return inv
 
 
 def _held_clause(held) -> str:
@@ -321,13 +328,9 @@ def _best_step(model, specs, evaluate, jtj, jtr, delta, dampings=DAMPINGS, befor
     <metrology.solver.blocks.Block.values>`), the point stored."""
     block = Block(model, specs)
     free = torch.ones(len(jtr), dtype=torch.bool, device=jtr.device) if held is None else ~held
-    idx = torch.nonzero(free).flatten()
-    sub, rhs = jtj[idx[:, None], idx[None, :]], jtr[idx]
+    dj = torch.diag(jtj.diagonal())
     candidates = [delta, 0.5 * delta, 0.25 * delta]
-    for damping in dampings:
-        cand = torch.zeros_like(jtr)
-        cand[idx] = -(psd_inverse(sub + damping * torch.diag(sub.diagonal())) @ rhs)
-        candidates.append(cand)
+    candidates += [-(_inverse_on(jtj + damping * dj, free) @ jtr) for damping in dampings]
     with torch.no_grad():
         before = float(evaluate({})) if before is None else before
         best, best_loss = None, before

@@ -37,10 +37,15 @@ class NoiseModel:
         return cls(gain_e_per_count, max(var, 1e-12) ** 0.5, full_scale)
 
 
-def flat_frames(frames) -> np.ndarray:
-    """Frames whose pixels are all equal (a camera drop-out: no offset, no noise), shape (J,) bool."""
-    flat = np.asarray(frames).reshape(len(frames), -1)
-    return flat.std(axis=1) < 1e-6
+def flat_frames(frames):
+    """Frames whose pixels are all equal (a camera drop-out: no offset, no noise), shape (J,) bool:
+    an ndarray for an ndarray, a tensor on the frames' device for a tensor."""
+    return frames.reshape(len(frames), -1).std(axis=1) < 1e-6
+
+
+def frames_left_out(mask) -> list:
+    """The frames of a (J, n, n) fit mask (tensor) with no pixel in the fit (blank, repeated)."""
+    return torch.nonzero(mask.flatten(1).amax(dim=1) <= 0).flatten().tolist()
 
 
 def duplicate_frames(frames) -> list:
@@ -177,7 +182,7 @@ def blank_frames(data: torch.Tensor, model: torch.Tensor, background: float, noi
         predicted = (model - background).mean(dim=(-2, -1))
         shot = (model - background).clamp(min=0).mean(dim=(-2, -1)) / noise.gain_e_per_count
         sigma_mean = torch.sqrt(shot + noise.read_noise_counts**2) / npix**0.5
-        flat = torch.as_tensor(flat_frames(data.cpu().numpy()), device=data.device)
+        flat = flat_frames(data)
         blank = (measured < 0.2 * predicted) & (predicted > 10 * sigma_mean)
         if illumination_na is not None and na is not None:
             s = torch.as_tensor(np.asarray(illumination_na, dtype=float), dtype=measured.dtype, device=measured.device)

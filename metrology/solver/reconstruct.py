@@ -25,7 +25,8 @@ from metrology.solver.jacobian import columns_for, normal_equations
 from metrology.solver.losses import LOSSES, chi_square, total_variation
 from metrology.solver.polish import WEIGHT_RESTART, polish
 from metrology.solver.priors import add_to_normal_equations, prior_chi2
-from metrology.solver.quality import NoiseModel, assess, blank_frames, estimate_background, flag_blank
+from metrology.solver.quality import (NoiseModel, assess, blank_frames, estimate_background, flag_blank,
+                                      frames_left_out)
 from metrology.solver.schedule import Schedule, parameters_at_bounds
 from metrology.solver.settle import sample_settled
 from metrology.solver.start import MIN_BRIGHT_FIELD_LEDS, start
@@ -168,7 +169,7 @@ def reconstruct(
     summary = start(model, data, mask, background, schedule, search_geometry=initialise_geometry, ranges=ranges,
                     observe=observe, sample_given=reference_transmission is not None)
     _exclude_blank_frames(model, data, mask, quality, background, noise)
-    schedule = schedule.without_frames(torch.nonzero(mask.flatten(1).amax(dim=1) <= 0).flatten().tolist(), data.shape[0])
+    schedule = schedule.without_frames(frames_left_out(mask), data.shape[0])
     reference = None
     if schedule.mode == "prior":
         reference = model.sample.transmission().detach().clone()
